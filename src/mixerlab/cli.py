@@ -1,0 +1,131 @@
+"""The `mixerlab` command line. Every user error is one line naming the problem and the fix, exit status 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Autonomous discovery of linear-attention sequence mixers on MAD.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+class UserError(Exception):
+    """A mistake in the user's input; printed as one line, exit status 2."""
+
+
+def fail(message: str) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA GPU is visible; use --device cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UserError(f"unknown device {device!r}; use cpu or cuda")
+    return device
+
+
+def parse_tasks(tasks: Optional[str]):
+    from mixerlab.tasks import TASK_ORDER, parse_task
+
+    if not tasks:
+        return TASK_ORDER
+    parsed = []
+    for name in tasks.replace(" ", ",").split(","):
+        if name:
+            parsed.append(parse_task(name))
+    return tuple(dict.fromkeys(parsed))
+
+
+@app.command("eval")
+def eval_command(
+    mixer: str = typer.Option("delta_net", help="delta_net | gated_delta_net | delta_net_fla | gated_delta_net_fla | PATH.py"),
+    profile: str = typer.Option("tiny", help="tiny | quick | baseline | full"),
+    tasks: Optional[str] = typer.Option(None, help="comma-separated tasks (default: all six), e.g. memorize,compress"),
+    seeds: int = typer.Option(1, min=1, help="seeds per training; scores are mean and std over seeds"),
+    device: str = typer.Option("auto", help="cpu | cuda | auto"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report (per task, per setting) here"),
+    cache: Optional[Path] = typer.Option(None, help="result cache (SQLite); default ~/.cache/mixerlab/results.sqlite"),
+    no_cache: bool = typer.Option(False, help="neither read nor write the result cache"),
+    lr_schedule: Optional[str] = typer.Option(None, help="override the profile's schedule: constant | cosine"),
+    max_group_tokens: Optional[int] = typer.Option(None, help="tokens per batched step (memory budget)"),
+    name: Optional[str] = typer.Option(None, help="row name in the table (default: the mixer's)"),
+) -> None:
+    """Train a mixer on the MAD tasks of a profile and print its accuracy row."""
+    try:
+        report = _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule,
+                           max_group_tokens, name)
+    except UserError as err:
+        fail(str(err))
+    from mixerlab.table import accuracies_df, format_table
+
+    typer.echo(format_table(accuracies_df({report.mixer: report.row()})))
+    if seeds > 1:
+        for task, score in report.tasks.items():
+            console.print(f"  {task}: {score.mean:.4f} +- {score.std:.4f} over {len(score.seeds)} seeds", highlight=False)
+    console.print(
+        f"[dim]{report.profile} profile, {report.trainings} trainings ({report.from_cache} cached), "
+        f"{report.wall_seconds:.1f}s on {report.device}, lr schedule {report.lr_schedule}[/]"
+    )
+
+
+def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name):
+    from mixerlab.config import get_profile
+    from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer
+    from mixerlab.mixers import MixerLoadError, preflight, resolve_mixer
+    from mixerlab.progress import EvalProgress
+
+    try:
+        prof = get_profile(profile)
+        task_list = parse_tasks(tasks)
+        spec = resolve_mixer(mixer)
+        if name:
+            spec = type(spec)(**{**spec.__dict__, "name": name})
+        dev = resolve_device(device)
+        if not mixer.endswith("_fla"):
+            preflight(spec, prof.train.d_model)
+        overrides = {}
+        if lr_schedule is not None:
+            if lr_schedule not in ("constant", "cosine"):
+                raise UserError(f"unknown lr schedule {lr_schedule!r}; use constant or cosine")
+            overrides["lr_schedule"] = lr_schedule
+        if json_out is not None and not json_out.parent.exists():
+            raise UserError(f"cannot write --json {str(json_out)!r}: folder {str(json_out.parent)!r} does not exist")
+        store = None if no_cache else ResultCache(cache)
+    except (MixerLoadError, ValueError) as err:
+        raise UserError(str(err)) from None
+    options = EvalOptions(tasks=task_list, seeds=seeds, device=dev, max_group_tokens=max_group_tokens,
+                          train_overrides=overrides)
+    report = evaluate_mixer(spec, prof, options, cache=store, progress=EvalProgress(err_console, spec.name))
+    if json_out is not None:
+        json_out.write_text(report.model_dump_json(indent=2))
+    return report
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="log what happens")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        err_console.print("interrupted; finished trainings are in the cache and will not be repeated")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""All configuration in one typed place: how one training runs (`TrainConfig`), what a sweep covers
+(`Profile`), and the named profiles `tiny`, `quick`, `baseline` and `full` (docs/protocol.md explains them).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mixerlab.tasks import Task, TaskSetting, baseline_setting, sweep_settings
+from mixerlab.tasks.settings import TASK_ORDER
+
+# Bump when anything that changes a training's result changes (data, model, optimiser, metric, stopping).
+PROTOCOL_VERSION = 1
+
+
+class TrainConfig(BaseModel):
+    """One MAD training, as mad-lab's released code runs it (defaults), on our trainer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    d_model: int = Field(default=128, ge=8)
+    batch_size: int = Field(default=128, ge=1)
+    max_epochs: int = Field(default=200, ge=1)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        default="constant",
+        description="mad-lab's code intends cosine decay to min_lr but never applies it: constant is what it runs",
+    )
+    min_lr: float = Field(default=1e-6, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    stop_accuracy: float = Field(default=0.999, description="stop once test accuracy exceeds this (MAD: 0.999)")
+    precision: Literal["auto", "bf16", "fp32"] = Field(default="auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    eval_batch_size: int = Field(default=128, ge=1, description="test batch size; MAD averages metrics per batch")
+
+    def autocast_dtype(self, device_type: str):
+        import torch
+
+        if self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda"):
+            return torch.bfloat16
+        return None
+
+
+class Profile(BaseModel):
+    """A named evaluation protocol: which task settings, which (lr, weight decay) grid, which training."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    description: str
+    train: TrainConfig
+    settings: dict[Task, tuple[TaskSetting, ...]]
+    lrs: tuple[float, ...]
+    weight_decays: tuple[float, ...]
+    preferred_device: Literal["cpu", "cuda"] = "cuda"
+
+    def num_trainings(self, tasks: tuple[Task, ...] | None = None, seeds: int = 1) -> int:
+        tasks = tasks or tuple(self.settings)
+        return sum(len(self.settings[t]) for t in tasks) * len(self.lrs) * len(self.weight_decays) * seeds
+
+
+def _tiny_settings() -> dict[Task, tuple[TaskSetting, ...]]:
+    # Small enough for six trainings on 2 CPU cores in about a minute, big enough to show learning.
+    small = {
+        Task.compress: dict(vocab_size=8, seq_len=8, num_train=1024, num_test=256),
+        Task.context_recall: dict(vocab_size=16, seq_len=32, num_train=1024, num_test=256),
+        Task.fuzzy_recall: dict(vocab_size=10, seq_len=32, num_train=2048, num_test=256, k_motif_size=2, v_motif_size=2),
+        Task.memorize: dict(vocab_size=64, seq_len=16, num_train=128, num_test=128),
+        Task.noisy_recall: dict(vocab_size=24, seq_len=32, num_train=1024, num_test=256, noise_vocab_size=8, frac_noise=0.2),
+        Task.selective_copy: dict(vocab_size=8, seq_len=32, num_train=1024, num_test=256, num_tokens_to_copy=4),
+    }
+    return {task: (TaskSetting(task=task, **small[task]),) for task in TASK_ORDER}
+
+
+def _quick_settings() -> dict[Task, tuple[TaskSetting, ...]]:
+    # The full sweep without its most expensive corner (sequences of 512 and 1024 tokens).
+    return {task: tuple(s for s in sweep_settings(task) if s.seq_len <= 256) for task in TASK_ORDER}
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        name="tiny",
+        description="CPU smoke profile: one shrunken setting per task, width 64, a few epochs; for tests and the first run",
+        train=TrainConfig(d_model=64, batch_size=64, max_epochs=8, eval_batch_size=128),
+        settings=_tiny_settings(),
+        lrs=(3e-3,),
+        weight_decays=(0.0,),
+        preferred_device="cpu",
+    ),
+    "baseline": Profile(
+        name="baseline",
+        description="MAD's baseline setting of each task, lr 5e-4, weight decay 0: six trainings",
+        train=TrainConfig(),
+        settings={task: (baseline_setting(task),) for task in TASK_ORDER},
+        lrs=(5e-4,),
+        weight_decays=(0.0,),
+    ),
+    "quick": Profile(
+        name="quick",
+        description="GPU proxy of `full`: its settings up to 256 tokens, lr {5e-4, 1e-3}, weight decay 0, 100 epochs",
+        train=TrainConfig(max_epochs=100),
+        settings=_quick_settings(),
+        lrs=(5e-4, 1e-3),
+        weight_decays=(0.0,),
+    ),
+    "full": Profile(
+        name="full",
+        description="MAD's benchmark sweep (the seeds' protocol): 66 settings x lr {1e-4, 5e-4, 1e-3} x wd {0, 0.1}",
+        train=TrainConfig(),
+        settings={task: tuple(sweep_settings(task)) for task in TASK_ORDER},
+        lrs=(1e-4, 5e-4, 1e-3),
+        weight_decays=(0.0, 0.1),
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}: use one of {', '.join(PROFILES)}")
+    return PROFILES[name]

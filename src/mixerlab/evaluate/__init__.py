@@ -1,0 +1,7 @@
+"""Evaluation of a mixer on a MAD profile: planning, grouping, the result cache and the scores."""
+
+from .aggregate import TaskScore, aggregate
+from .cache import ResultCache, default_cache_path
+from .runner import EvalOptions, EvalReport, evaluate_mixer
+
+__all__ = ["EvalOptions", "EvalReport", "ResultCache", "TaskScore", "aggregate", "default_cache_path", "evaluate_mixer"]

@@ -1,0 +1,97 @@
+"""A durable store of finished trainings, so a sweep can be split across runs, resumed, and never repeated.
+
+One SQLite file (WAL mode); a row per training, keyed by `TrainJob.cache_key` (mixer code hash, task
+setting, lr, weight decay, seed, training config, protocol version). A row is written the moment its
+training finishes, in its own transaction: a killed run loses at most the trainings in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Iterable
+
+from mixerlab.train.result import TrainResult
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    key TEXT PRIMARY KEY,
+    mixer_hash TEXT NOT NULL,
+    mixer_name TEXT NOT NULL,
+    task TEXT NOT NULL,
+    created REAL NOT NULL,
+    payload TEXT NOT NULL
+)
+"""
+
+
+def default_cache_path() -> Path:
+    root = os.environ.get("MIXERLAB_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mixerlab" / "results.sqlite"
+
+
+class ResultCache:
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path else default_cache_path()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(SCHEMA)
+        except (OSError, sqlite3.Error) as err:
+            raise ValueError(f"cannot open the result cache {str(self.path)!r} ({err}); pass a writable --cache path") from None
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, TrainResult]:
+        keys = list(keys)
+        found: dict[str, TrainResult] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            rows = self._db.execute(
+                f"SELECT key, payload FROM results WHERE key IN ({','.join('?' * len(chunk))})", chunk
+            ).fetchall()
+            found.update({key: TrainResult.model_validate_json(payload) for key, payload in rows})
+        return found
+
+    def put(self, result: TrainResult, mixer_hash: str, mixer_name: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
+            (result.key, mixer_hash, mixer_name, result.task, time.time(), result.model_dump_json()),
+        )
+
+    def count(self, mixer_hash: str | None = None) -> int:
+        if mixer_hash is None:
+            return self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        return self._db.execute("SELECT COUNT(*) FROM results WHERE mixer_hash = ?", (mixer_hash,)).fetchone()[0]
+
+    def export_jsonl(self, path: str | Path, mixer_hash: str | None = None) -> int:
+        query, args = "SELECT mixer_hash, mixer_name, payload FROM results", ()
+        if mixer_hash:
+            query, args = query + " WHERE mixer_hash = ?", (mixer_hash,)
+        rows = self._db.execute(query + " ORDER BY key", args).fetchall()
+        with open(path, "w") as fh:
+            for h, name, payload in rows:
+                fh.write(json.dumps({"mixer_hash": h, "mixer_name": name, "result": json.loads(payload)}) + "\n")
+        return len(rows)
+
+    def import_jsonl(self, path: str | Path) -> int:
+        n = 0
+        with open(path) as fh:
+            for line_no, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    result = TrainResult.model_validate(row["result"])
+                except (ValueError, KeyError) as err:
+                    raise ValueError(f"{path}:{line_no}: not a mixerlab result line ({err})") from None
+                self.put(result, row["mixer_hash"], row["mixer_name"])
+                n += 1
+        return n
+
+    def close(self) -> None:
+        self._db.close()

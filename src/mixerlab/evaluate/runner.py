@@ -1,0 +1,136 @@
+"""Evaluate one mixer on a profile: plan the trainings, reuse cached ones, train the rest in groups, score.
+
+This is what `mixerlab eval` runs, and what the research loop calls for every candidate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+from pydantic import BaseModel
+
+from mixerlab.config import Profile, TrainConfig
+from mixerlab.mixers import MixerSpec
+from mixerlab.tasks import TASK_ORDER, Task
+from mixerlab.train.batched import train_group
+from mixerlab.train.job import TrainJob
+from mixerlab.train.result import TrainResult
+from mixerlab.train.schedule import batches_per_epoch
+
+from .aggregate import TaskScore, aggregate
+from .cache import ResultCache
+from .plan import group_jobs, plan_jobs
+
+log = logging.getLogger(__name__)
+
+
+class Progress(Protocol):
+    def start(self, total_trainings: int, cached: int, total_steps: int) -> None: ...
+    def advance_steps(self, member_steps: int) -> None: ...
+    def finished(self, result: TrainResult) -> None: ...
+    def forget_steps(self, member_steps: int) -> None: ...
+    def stop(self) -> None: ...
+
+
+class EvalReport(BaseModel):
+    mixer: str
+    mixer_hash: str
+    profile: str
+    device: str
+    seeds: int
+    tasks: dict[str, TaskScore]
+    trainings: int
+    trained_now: int
+    from_cache: int
+    wall_seconds: float
+    optimizer_steps: int  # member-steps trained in this run
+    steps_per_second: float
+    lr_schedule: str
+
+    def row(self) -> dict[str, float]:
+        return {task: score.mean for task, score in self.tasks.items()}
+
+    def mean_score(self) -> float:
+        return sum(s.mean for s in self.tasks.values()) / max(1, len(self.tasks))
+
+
+@dataclass
+class EvalOptions:
+    tasks: tuple[Task, ...] = TASK_ORDER
+    seeds: int = 1
+    device: str = "cpu"
+    max_group_tokens: int | None = None  # per optimiser step, across the group; None: by device
+    train_overrides: dict = field(default_factory=dict)  # e.g. {"lr_schedule": "cosine"}
+
+
+def default_group_tokens(device: str) -> int:
+    if device.startswith("cuda"):
+        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        return int(total / (80 * 2**30) * 3_000_000)  # ~3M tokens a step on an 80 GB card
+    return 64 * 1024
+
+
+def max_steps(job: TrainJob, train: TrainConfig) -> int:
+    return batches_per_epoch(job.setting.num_train, train.batch_size) * train.max_epochs
+
+
+def evaluate_mixer(
+    spec: MixerSpec,
+    profile: Profile,
+    options: EvalOptions,
+    cache: ResultCache | None = None,
+    progress: Progress | None = None,
+    on_result: Callable[[TrainResult], None] | None = None,
+) -> EvalReport:
+    start = time.perf_counter()
+    train = profile.train.model_copy(update=options.train_overrides) if options.train_overrides else profile.train
+    jobs = plan_jobs(profile, options.tasks, options.seeds)
+    numerics = "bf16" if train.autocast_dtype(torch.device(options.device).type) else "fp32"
+    keys = {job: job.cache_key(spec.code_hash, train, numerics) for job in jobs}
+    done = cache.get_many(keys.values()) if cache else {}
+    todo = [job for job in jobs if keys[job] not in done]
+    results = {keys[j]: done[keys[j]] for j in jobs if keys[j] in done}
+    if progress:
+        progress.start(len(jobs), len(jobs) - len(todo), sum(max_steps(j, train) for j in todo))
+
+    member_steps = 0
+    job_of_key = {keys[j]: j for j in todo}
+
+    def record(result: TrainResult) -> None:
+        results[result.key] = result
+        if cache:
+            cache.put(result, spec.code_hash, spec.name)
+        if progress:
+            progress.finished(result)
+            progress.forget_steps(max_steps(job_of_key[result.key], train) - result.steps)
+        if on_result:
+            on_result(result)
+
+    def count_steps(n: int) -> None:
+        nonlocal member_steps
+        member_steps += n
+        if progress:
+            progress.advance_steps(n)
+
+    if todo:
+        factory = spec.factory()
+        budget = options.max_group_tokens or default_group_tokens(options.device)
+        for group in group_jobs(todo, train.batch_size, budget):
+            log.info("training %d jobs of %s (T=%d)", len(group), group[0].setting.task.value, group[0].setting.input_len)
+            train_group(group, [keys[j] for j in group], train, factory, options.device,
+                        on_result=record, on_steps=count_steps)
+    if progress:
+        progress.stop()
+
+    wall = time.perf_counter() - start
+    scores = aggregate([results[keys[j]] for j in jobs])
+    return EvalReport(
+        mixer=spec.name, mixer_hash=spec.code_hash, profile=profile.name, device=options.device, seeds=options.seeds,
+        tasks=scores, trainings=len(jobs), trained_now=len(todo), from_cache=len(jobs) - len(todo),
+        wall_seconds=wall, optimizer_steps=member_steps, steps_per_second=member_steps / wall if wall else 0.0,
+        lr_schedule=train.lr_schedule,
+    )

@@ -1,0 +1,49 @@
+"""Sequence mixers: the builtin baselines, and loading any mixer from a Python file.
+
+`resolve_mixer("delta_net" | "gated_delta_net" | "delta_net_fla" | "gated_delta_net_fla" | "path/to/file.py")`
+returns a `MixerSpec`. The baseline files are the candidate templates (docs/candidates.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .loading import MixerLoadError, MixerSpec, preflight, spec_from_file
+
+_HERE = Path(__file__).parent
+
+# builtin name -> (file, class, display name in the history table)
+BUILTINS: dict[str, tuple[str, str, str]] = {
+    "delta_net": ("delta_net.py", "DeltaNet", "delta_net_4layer"),
+    "gated_delta_net": ("gated_delta_net.py", "GatedDeltaNet", "gated_delta_net_4layer"),
+    "delta_net_fla": ("fla_kernels.py", "FlaDeltaNet", "delta_net_4layer_fla"),
+    "gated_delta_net_fla": ("fla_kernels.py", "FlaGatedDeltaNet", "gated_delta_net_4layer_fla"),
+}
+BASELINES = ("delta_net", "gated_delta_net")
+
+
+def template_source(name: str = "delta_net") -> str:
+    """Source of a baseline file, the starting point of every candidate."""
+    return (_HERE / BUILTINS[name][0]).read_text()
+
+
+def builtin_spec(name: str) -> MixerSpec:
+    file, cls, display = BUILTINS[name]
+    extras: tuple[str, ...] = ()
+    if file == "fla_kernels.py":  # it builds on both templates
+        extras = (template_source("delta_net"), template_source("gated_delta_net"))
+    return MixerSpec(name=display, source=(_HERE / file).read_text(), filename=str(_HERE / file),
+                     class_name=cls, extra_sources=extras)
+
+
+def resolve_mixer(name_or_path: str) -> MixerSpec:
+    if name_or_path in BUILTINS:
+        return builtin_spec(name_or_path)
+    if name_or_path.endswith(".py") or "/" in name_or_path:
+        return spec_from_file(name_or_path)
+    raise MixerLoadError(
+        f"unknown mixer {name_or_path!r}: use one of {', '.join(BUILTINS)} or a path to a .py file"
+    )
+
+
+__all__ = ["BASELINES", "BUILTINS", "MixerLoadError", "MixerSpec", "builtin_spec", "preflight", "resolve_mixer", "template_source"]

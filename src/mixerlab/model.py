@@ -1,0 +1,121 @@
+"""The MAD backbones around a pluggable sequence mixer: `[mixer, SwiGLU, mixer, SwiGLU]`, width 128.
+
+- `LanguageModel`: token embedding -> pre-norm residual blocks `x = x + layer(norm(x))` -> RMSNorm -> linear
+  head over the vocabulary. No positional embedding. Used for every task but Compress.
+- `AutoEncoder` (Compress): the same encoder, read at its last position; a small MLP decoder with sin-cos
+  position embeddings reconstructs every input token from that single vector.
+
+Initialisation follows mad-lab: embeddings N(0, 0.02); in the language model every Linear bias is zeroed
+(weights keep PyTorch's default init, the mixer's own init included); in the auto-encoder every Linear,
+the mixer's included, is re-initialised N(0, 0.02) with zero bias. RMSNorm eps is 1e-5.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MixerFactory = Callable[[int], nn.Module]  # d_model -> mixer module [B, T, D] -> [B, T, D]
+LAYOUT = ("mixer", "swiglu", "mixer", "swiglu")
+
+
+class SwiGLU(nn.Module):
+    """Channel mixer w3(silu(w1 x) * w2 x), no bias; hidden width 8/3 * d rounded up to a multiple of 16."""
+
+    def __init__(self, d_model: int, multiple_of: int = 16) -> None:
+        super().__init__()
+        hidden = int(2 * d_model * 4 / 3)
+        hidden = multiple_of * math.ceil(hidden / multiple_of)
+        self.w1 = nn.Linear(d_model, hidden, bias=False)
+        self.w2 = nn.Linear(d_model, hidden, bias=False)
+        self.w3 = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + layer(RMSNorm(x))."""
+
+    def __init__(self, d_model: int, layer: nn.Module) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(d_model, eps=1e-5)
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layer(self.norm(x))
+
+
+def make_blocks(d_model: int, mixer_factory: MixerFactory, layout: tuple[str, ...] = LAYOUT) -> nn.ModuleList:
+    layers = [mixer_factory(d_model) if kind == "mixer" else SwiGLU(d_model) for kind in layout]
+    return nn.ModuleList(Block(d_model, layer) for layer in layers)
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, vocab_size: int, d_model: int, mixer_factory: MixerFactory) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.blocks = make_blocks(d_model, mixer_factory)
+        self.norm = nn.RMSNorm(d_model, eps=1e-5)
+        self.head = nn.Linear(d_model, vocab_size)
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.embed.weight, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+def sincos_positions(length: int, dim: int) -> torch.Tensor:
+    """Fixed sin-cos position embeddings [length, dim] (sin half, then cos half)."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000) / (half - 1)))
+    angles = torch.arange(length, dtype=torch.float32)[:, None] * freqs[None]
+    emb = torch.cat([angles.sin(), angles.cos()], 1)
+    return F.pad(emb, (0, dim % 2))
+
+
+class AutoEncoder(nn.Module):
+    def __init__(self, vocab_size: int, d_model: int, mixer_factory: MixerFactory, seq_len: int) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.blocks = make_blocks(d_model, mixer_factory)
+        self.register_buffer("positions", sincos_positions(seq_len, d_model), persistent=False)
+        self.decoder = nn.Sequential(
+            nn.RMSNorm(d_model, eps=1e-5), nn.Linear(d_model, d_model), nn.GELU(),
+            nn.RMSNorm(d_model, eps=1e-5), nn.Linear(d_model, d_model), nn.GELU(),
+        )
+        self.norm = nn.RMSNorm(d_model, eps=1e-5)
+        self.head = nn.Linear(d_model, vocab_size)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.normal_(self.embed.weight, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x)
+        code = x[:, -1]  # the encoder's state at the last (compression) token
+        y = self.decoder(code[:, None, :] + self.positions[: tokens.shape[1]])
+        return self.head(self.norm(y))
+
+
+def build_model(backbone: str, vocab_size: int, seq_len: int, d_model: int, mixer_factory: MixerFactory) -> nn.Module:
+    if backbone == "language_model":
+        return LanguageModel(vocab_size, d_model, mixer_factory)
+    if backbone == "autoencoder":
+        return AutoEncoder(vocab_size, d_model, mixer_factory, seq_len)
+    raise ValueError(f"unknown backbone {backbone!r}: use 'language_model' or 'autoencoder'")

@@ -1,0 +1,373 @@
+"""The fast trainer: many trainings of one shape stepped together as one batched model.
+
+A sweep is hundreds of small trainings; one at a time, a GPU waits on kernel launches. Here the members of a
+group (same backbone and sequence length; any task setting, learning rate, weight decay and seed) keep
+their parameters stacked in one flat `[members, params]` tensor. One step gathers every member's own
+batch, runs the model once under `torch.vmap` over the member dimension (ordinary autograd flows through
+it), and applies AdamW to the flat tensor with per-member learning rates and weight decays. On CUDA the
+step is captured once in a CUDA graph and replayed. Members keep their own epochs (data sizes differ),
+are evaluated at their own epoch ends, stop on their own (MAD's 0.999 rule), and leave the group when
+enough have finished, so the group shrinks instead of carrying dead weight.
+
+Vocabulary sizes may differ: the group is built at the largest vocabulary and every member's logits
+beyond its own vocabulary are masked to -inf, which is exactly training the smaller model (those rows get
+no gradient and never win an argmax). A mixer that cannot run under vmap (in-place writes into unbatched
+tensors, `.item()`, data-dependent Python control flow) is trained one member at a time on the same code
+path without vmap (`vectorize=False`).
+
+`mixerlab.train.single` is the reference this must match; tests/test_train.py holds them together.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state
+
+from mixerlab.config import TrainConfig
+from mixerlab.model import MixerFactory
+from mixerlab.tasks import IGNORE_INDEX, generate
+
+from .common import init_model, make_result, token_losses
+from .job import TrainJob
+from .metrics import batch_metrics
+from .result import EpochRecord, TrainResult
+from .schedule import batches_per_epoch, epoch_order, lr_for_epoch
+
+log = logging.getLogger(__name__)
+
+ResultCallback = Callable[[TrainResult], None]
+StepCallback = Callable[[int], None]  # called with the number of member-steps just done
+
+
+@dataclass
+class _Member:
+    index: int  # position in the caller's job list
+    job: TrainJob
+    key: str
+    train_offset: int
+    test_offset: int
+    n_train: int
+    steps_per_epoch: int
+    history: list[EpochRecord] = field(default_factory=list)
+    done: bool = False
+
+
+def _dataset_rows(jobs: list[TrainJob], device: torch.device):
+    """Concatenate each distinct (setting, seed) dataset once; return tensors and per-job row offsets."""
+    offsets: dict[tuple, tuple[int, int]] = {}
+    train_x, train_y, test_x, test_y = [], [], [], []
+    n_train = n_test = 0
+    for job in jobs:
+        ident = (job.setting, job.seed)
+        if ident in offsets:
+            continue
+        tr, te = generate(job.setting, "train", job.seed), generate(job.setting, "test", job.seed)
+        offsets[ident] = (n_train, n_test)
+        train_x.append(tr.inputs), train_y.append(tr.targets), test_x.append(te.inputs), test_y.append(te.targets)
+        n_train += len(tr)
+        n_test += len(te)
+    cat = lambda parts: torch.cat(parts).to(device)  # noqa: E731
+    return cat(train_x), cat(train_y), cat(test_x), cat(test_y), offsets
+
+
+class BatchedTrainer:
+    """Train `jobs` (same backbone, input length and test-set size) together; see the module docstring."""
+
+    def __init__(
+        self,
+        jobs: list[TrainJob],
+        keys: list[str],
+        train: TrainConfig,
+        mixer_factory: MixerFactory,
+        device: str | torch.device = "cpu",
+        vectorize: bool = True,
+        cuda_graph: bool | None = None,
+        sync_every: int = 20,
+        shrink_below: float = 0.75,
+    ) -> None:
+        if not jobs:
+            raise ValueError("no jobs to train")
+        shapes = {(j.setting.task.backbone, j.setting.input_len, j.setting.num_test) for j in jobs}
+        if len(shapes) != 1:
+            raise ValueError(f"a group needs one backbone, input length and test size; got {sorted(shapes)}")
+        if not vectorize and len(jobs) != 1:
+            raise ValueError("vectorize=False trains exactly one job")
+        self.jobs, self.train, self.device = jobs, train, torch.device(device)
+        self.vectorize = vectorize
+        self.cuda_graph = (self.device.type == "cuda") if cuda_graph is None else cuda_graph
+        self.sync_every, self.shrink_below = sync_every, shrink_below
+        self.autocast = train.autocast_dtype(self.device.type)
+        self.vocab = max(j.setting.vocab_size for j in jobs)
+        self.num_test = jobs[0].setting.num_test
+        self.x_train, self.y_train, self.x_test, self.y_test, offsets = _dataset_rows(jobs, self.device)
+        self.members: list[_Member] = []
+        for i, (job, key) in enumerate(zip(jobs, keys)):
+            tr_off, te_off = offsets[(job.setting, job.seed)]
+            n = job.setting.num_train
+            self.members.append(_Member(i, job, key, tr_off, te_off, n, batches_per_epoch(n, train.batch_size)))
+        models = [init_model(j, train, mixer_factory, vocab_size=self.vocab) for j in jobs]
+        self.base = copy.deepcopy(models[0]).to("meta")
+        params, buffers = stack_module_state(models)
+        self.names = list(params)
+        self.shapes = [tuple(params[n].shape[1:]) for n in self.names]
+        self.sizes = [max(1, int(torch.Size(s).numel())) for s in self.shapes]
+        flat = torch.cat([params[n].reshape(len(jobs), -1) for n in self.names], 1)
+        self.steps_done = 0
+        self.member_steps = 0
+        self._state_from(list(range(len(jobs))), flat, torch.zeros_like(flat), torch.zeros_like(flat),
+                         dict(buffers), torch.zeros(len(jobs)))
+
+    # --- stacked state --------------------------------------------------------------------------
+
+    def _state_from(self, active: list[int], flat: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                    buffers: dict[str, torch.Tensor], loss_sum: torch.Tensor) -> None:
+        """(Re)build every per-member tensor for the members `active` (indices into self.members)."""
+        dev = self.device
+        self.active = active
+        members = [self.members[i] for i in active]
+        self.flat = flat.detach().to(dev).clone().requires_grad_(True)
+        self.exp_avg, self.exp_avg_sq = exp_avg.to(dev).clone(), exp_avg_sq.to(dev).clone()
+        self.buffers = {k: v.to(dev).clone() for k, v in buffers.items()}
+        as_col = lambda values, dtype: torch.tensor(values, dtype=dtype, device=dev)[:, None]  # noqa: E731
+        self.lr_now = as_col([lr_for_epoch(self.train, m.job.lr, self.steps_epoch(m)) for m in members], torch.float32)
+        self.weight_decay = as_col([m.job.weight_decay for m in members], torch.float32)
+        self.train_offset = torch.tensor([m.train_offset for m in members], device=dev)
+        self.n_train = torch.tensor([m.n_train for m in members], device=dev)
+        self.steps_per_epoch = torch.tensor([m.steps_per_epoch for m in members], device=dev)
+        self.test_offset = torch.tensor([m.test_offset for m in members], device=dev)
+        mask = torch.zeros(len(members), self.vocab, device=dev)
+        for row, m in enumerate(members):
+            mask[row, m.job.setting.vocab_size :] = float("-inf")
+        self.vocab_mask = mask
+        max_n = max(m.n_train for m in members)
+        self.order = torch.zeros(len(members), max_n, dtype=torch.long, device=dev)
+        for row, m in enumerate(members):
+            epoch = self.steps_epoch(m)
+            self.order[row, : m.n_train] = epoch_order(m.job.shuffle_seed, epoch, m.n_train).to(dev)
+        self.step_counter = torch.full((), self.steps_done, dtype=torch.long, device=dev)
+        self.loss_sum = loss_sum.to(dev).clone()
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.eager_steps_since_build = 0
+
+    def steps_epoch(self, member: _Member) -> int:
+        """The epoch a member is in (or about to start) after `steps_done` steps."""
+        return self.steps_done // member.steps_per_epoch
+
+    def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = flat.split(self.sizes, 1)
+        return {n: p.reshape(flat.shape[0], *s) for n, p, s in zip(self.names, parts, self.shapes)}
+
+    def _logits(self, flat: torch.Tensor, buffers: dict[str, torch.Tensor], x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logits [M, B, T, V] of every member on its own batch x [M, B, T]."""
+        params = self._views(flat)
+
+        def one(p, b, tokens, vocab_mask):
+            return functional_call(self.base, (p, b), (tokens,)).float() + vocab_mask
+
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None,
+                            cache_enabled=False):
+            if self.vectorize:
+                return torch.vmap(one, randomness="different")(params, buffers, x, mask[:, None, None, :])
+            first = {k: v[0] for k, v in params.items()}
+            return one(first, {k: v[0] for k, v in buffers.items()}, x[0], mask[0])[None]
+
+    # --- one optimisation step (graph-capturable: no host syncs, static shapes) --------------------
+
+    def _step(self) -> None:
+        batch = self.train.batch_size
+        within = self.step_counter % self.steps_per_epoch  # batch index inside each member's epoch
+        slots = within[:, None] * batch + torch.arange(batch, device=self.device)
+        valid = slots < self.n_train[:, None]
+        rows = self.order.gather(1, slots.clamp(max=self.order.shape[1] - 1)) + self.train_offset[:, None]
+        x = self.x_train[rows]
+        y = self.y_train[rows].masked_fill(~valid[..., None], IGNORE_INDEX)
+
+        logits = self._logits(self.flat, self.buffers, x, self.vocab_mask)
+        losses = token_losses(logits, y).flatten(1)
+        counts = (y != IGNORE_INDEX).flatten(1).sum(1).clamp(min=1)
+        member_loss = losses.sum(1) / counts
+        member_loss.sum().backward()  # members are independent: each gets the gradient of its own mean loss
+
+        with torch.no_grad():
+            beta1, beta2 = self.train.betas
+            grad = self.flat.grad
+            step = (self.step_counter + 1).float()
+            self.flat.mul_(1 - self.lr_now * self.weight_decay)
+            self.exp_avg.lerp_(grad, 1 - beta1)
+            self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step_size = self.lr_now / (1 - beta1**step)
+            denom = (self.exp_avg_sq.sqrt() / (1 - beta2**step).sqrt()).add_(self.train.eps)
+            self.flat.sub_(step_size * self.exp_avg / denom)
+            self.loss_sum += member_loss.detach()
+            self.step_counter += 1
+
+    def _run_step(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        if self.cuda_graph and self.eager_steps_since_build >= 2:
+            self._capture()
+            if self.graph is not None:
+                self.graph.replay()
+                return
+        self.flat.grad = None
+        if self.cuda_graph:  # warm-up before a capture must run on a side stream
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._step()
+            torch.cuda.current_stream().wait_stream(side)
+        else:
+            self._step()
+        self.eager_steps_since_build += 1
+
+    def _capture(self) -> None:
+        try:
+            self.flat.grad = None
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._step()
+            self.graph = graph
+        except Exception as err:  # a mixer that syncs with the host cannot be captured; stay eager
+            log.warning("CUDA graph capture failed (%s); training this group eagerly", err)
+            self.cuda_graph = False
+            self.graph = None
+            torch.cuda.synchronize()
+
+    # --- evaluation ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _evaluate(self, rows: list[int]) -> torch.Tensor:
+        """MAD's epoch metrics of the group rows `rows`: [len(rows), 4] = (nll, macro, token, ppl)."""
+        idx = torch.tensor(rows, device=self.device)
+        flat = self.flat.detach()[idx]
+        buffers = {k: v[idx] for k, v in self.buffers.items()}
+        mask = self.vocab_mask[idx]
+        offsets = self.test_offset[idx]
+        totals = torch.zeros(len(rows), 4, device=self.device)
+        eval_batch = self.train.eval_batch_size
+        for start in range(0, self.num_test, eval_batch):
+            width = min(eval_batch, self.num_test - start)
+            test_rows = offsets[:, None] + torch.arange(start, start + width, device=self.device)
+            logits = self._logits(flat, buffers, self.x_test[test_rows], mask)
+            m = batch_metrics(logits.flatten(1, 2), self.y_test[test_rows].flatten(1), self.vocab)
+            totals += torch.stack([m["nll"], m["macro_acc"], m["token_acc"], m["ppl"]], 1) * (width / self.num_test)
+        return totals
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def run(self, on_result: ResultCallback | None = None, on_steps: StepCallback | None = None) -> list[TrainResult]:
+        start_time = time.perf_counter()
+        results: dict[int, TrainResult] = {}
+        pending: list[tuple[int, int, torch.Tensor]] = []  # (member index, epoch, metrics on device)
+        max_steps = max(m.steps_per_epoch for m in self.members) * self.train.max_epochs
+        since_sync = 0
+        while self.active:
+            self._run_step()
+            self.steps_done += 1
+            since_sync += 1
+            self.member_steps += len(self.active)
+            if on_steps:
+                on_steps(len(self.active))
+            due = [row for row, i in enumerate(self.active)
+                   if not self.members[i].done and self.steps_done % self.members[i].steps_per_epoch == 0]
+            finishing = False
+            if due:
+                metrics = self._evaluate(due)
+                losses = self.loss_sum[due] / self.steps_per_epoch[due]
+                self.loss_sum[due] = 0
+                for j, row in enumerate(due):
+                    member = self.members[self.active[row]]
+                    epoch = self.steps_done // member.steps_per_epoch - 1
+                    pending.append((member.index, epoch, torch.cat([losses[j : j + 1], metrics[j]])))
+                    finishing |= epoch + 1 >= self.train.max_epochs
+                    if epoch + 1 < self.train.max_epochs:  # next epoch: new order and learning rate
+                        self.order[row, : member.n_train] = epoch_order(member.job.shuffle_seed, epoch + 1, member.n_train).to(self.device)
+                        self.lr_now[row] = lr_for_epoch(self.train, member.job.lr, epoch + 1)
+            if pending and (finishing or since_sync >= self.sync_every or self.steps_done >= max_steps):
+                since_sync = 0
+                self._absorb(pending, results, on_result, start_time)
+                pending = []
+                self._maybe_shrink()
+        return [results[i] for i in range(len(self.members))]
+
+    def _absorb(self, pending, results, on_result, start_time) -> None:
+        """Move device-side epoch metrics to the host, finish members that stopped or ran out of epochs."""
+        values = torch.stack([v for _, _, v in pending]).cpu().tolist()
+        for (index, epoch, _), (train_loss, nll, macro, token, ppl) in zip(pending, values):
+            member = self.members[index]
+            if member.done or epoch != len(member.history):
+                continue  # already finished (trained on a little past its stop before we looked)
+            member.history.append(EpochRecord(epoch=epoch, train_loss=train_loss, test_loss=nll, test_acc=macro,
+                                              test_token_acc=token, test_ppl=ppl))
+            if macro > self.train.stop_accuracy or epoch + 1 >= self.train.max_epochs:
+                member.done = True
+                steps = len(member.history) * member.steps_per_epoch
+                seconds = (time.perf_counter() - start_time) * steps / max(1, self.steps_done)
+                trainer = "batched" if self.vectorize else "sequential"
+                result = make_result(member.job, member.key, member.history, self.train, steps, seconds, trainer,
+                                     str(self.device))
+                results[index] = result
+                if on_result:
+                    on_result(result)
+
+    def _maybe_shrink(self) -> None:
+        keep = [row for row, i in enumerate(self.active) if not self.members[i].done]
+        if len(keep) == len(self.active):
+            return
+        if not keep:
+            self.active = []
+            return
+        if keep and len(keep) > self.shrink_below * len(self.active):
+            with torch.no_grad():  # finished members stay in the group for now: freeze them
+                for row, i in enumerate(self.active):
+                    if self.members[i].done:
+                        self.lr_now[row] = 0.0
+            return
+        idx = torch.tensor(keep, device=self.device, dtype=torch.long)
+        buffers = {k: v[idx] for k, v in self.buffers.items()}
+        self._state_from([self.active[row] for row in keep], self.flat.detach()[idx], self.exp_avg[idx],
+                         self.exp_avg_sq[idx], buffers, self.loss_sum[idx])
+
+
+def train_group(
+    jobs: list[TrainJob],
+    keys: list[str],
+    train: TrainConfig,
+    mixer_factory: MixerFactory,
+    device: str = "cpu",
+    vectorize: bool | None = None,
+    on_result: ResultCallback | None = None,
+    on_steps: StepCallback | None = None,
+) -> list[TrainResult]:
+    """Train jobs batched; if the mixer does not run under vmap, train them one by one on the same path."""
+    if vectorize is None:
+        vectorize = len(jobs) > 1 and supports_vmap(jobs[0], train, mixer_factory)
+    if vectorize:
+        return BatchedTrainer(jobs, keys, train, mixer_factory, device).run(on_result, on_steps)
+    results = []
+    for job, key in zip(jobs, keys):
+        results += BatchedTrainer([job], [key], train, mixer_factory, device, vectorize=False).run(on_result, on_steps)
+    return results
+
+
+def supports_vmap(job: TrainJob, train: TrainConfig, mixer_factory: MixerFactory) -> bool:
+    """Whether the model runs forward and backward under torch.vmap (checked on a tiny CPU batch)."""
+    models = [init_model(job, train, mixer_factory) for _ in range(2)]
+    base = copy.deepcopy(models[0]).to("meta")
+    params, buffers = stack_module_state(models)
+    tokens = torch.zeros(2, 2, job.setting.input_len, dtype=torch.long)
+    try:
+        out = torch.vmap(lambda p, b, t: functional_call(base, (p, b), (t,)), randomness="different")(params, buffers, tokens)
+        out.float().square().mean().backward()
+        return True
+    except Exception as err:
+        log.info("mixer does not run under vmap (%s: %s); training sequentially", type(err).__name__, err)
+        return False

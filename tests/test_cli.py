@@ -1,0 +1,89 @@
+"""`mixerlab eval` end to end, through a real subprocess: output, JSON, cache reuse, and user errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mixerlab.table import parse_table
+
+
+def mixerlab(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mixerlab.cli", *args], capture_output=True, text=True, cwd=cwd,
+        env={**os.environ, **(env or {})}, timeout=600,
+    )
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr, proc.stderr
+
+
+def test_eval_prints_the_seed_table_writes_json_and_reuses_the_cache(tmp_path: Path) -> None:
+    env = {"MIXERLAB_CACHE": str(tmp_path / "c.sqlite")}
+    out = tmp_path / "report.json"
+    first = mixerlab("eval", "--mixer", "delta_net", "--profile", "tiny", "--tasks", "memorize,context_recall",
+                     "--device", "cpu", "--json", str(out), env=env)
+    assert first.returncode == 0, first.stderr
+    table = parse_table(first.stdout.split("\ntiny profile")[0])
+    assert list(table["Unnamed: 0"]) == ["delta_net_4layer"]
+    assert 0.2 < table["Memorize"][0] <= 1.0 and table["Context Recall"][0] > 0.5
+    assert table[["Compress", "Fuzzy Recall"]].isna().all().all()
+    report = json.loads(out.read_text())
+    assert report["trained_now"] == 2 and report["from_cache"] == 0
+    assert set(report["tasks"]) == {"memorize", "context_recall"}
+
+    again = mixerlab("eval", "--mixer", "delta_net", "--profile", "tiny", "--tasks", "memorize,in-context-recall",
+                     "--device", "cpu", "--json", str(out), env=env)
+    assert again.returncode == 0
+    report2 = json.loads(out.read_text())
+    assert report2["trained_now"] == 0 and report2["from_cache"] == 2
+    assert report2["tasks"]["memorize"]["mean"] == report["tasks"]["memorize"]["mean"]
+
+
+def test_seeds_give_mean_and_std(tmp_path: Path) -> None:
+    proc = mixerlab("eval", "--profile", "tiny", "--tasks", "memorize", "--seeds", "2", "--device", "cpu",
+                    "--json", str(tmp_path / "r.json"))
+    assert proc.returncode == 0, proc.stderr
+    score = json.loads((tmp_path / "r.json").read_text())["tasks"]["memorize"]
+    assert len(score["seeds"]) == 2 and score["seeds"][0] != score["seeds"][1]
+    assert score["std"] > 0
+    assert "+-" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--profile", "huge"], ["unknown profile 'huge'", "tiny"]),
+        (["--tasks", "recal"], ["unknown task 'recal'"]),
+        (["--mixer", "deltanet"], ["unknown mixer 'deltanet'"]),
+        (["--mixer", "no/such/file.py"], ["does not exist"]),
+        (["--device", "tpu"], ["unknown device 'tpu'"]),
+        (["--lr-schedule", "linear"], ["unknown lr schedule 'linear'"]),
+    ],
+)
+def test_bad_input_is_one_clear_line(args: list[str], fragments: list[str]) -> None:
+    assert_user_error(mixerlab("eval", *args), *fragments)
+
+
+@pytest.mark.parametrize(
+    "source, fragment",
+    [
+        ("def f(:\n", "syntax error"),
+        ("x = 1\n", "defines no nn.Module class"),
+        ("import torch\nfrom torch import nn\nclass DeltaNet(nn.Module):\n    def __init__(self, d_model):\n        super().__init__()\n"
+         "    def forward(self, x):\n        return x.sum(-1)\n", "must map"),
+    ],
+)
+def test_bad_mixer_files(tmp_path: Path, source: str, fragment: str) -> None:
+    path = tmp_path / "candidate.py"
+    path.write_text(source)
+    assert_user_error(mixerlab("eval", "--mixer", str(path), "--profile", "tiny"), fragment)

@@ -1,0 +1,42 @@
+"""The MAD backbones: layout, shapes, initialisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mixerlab.mixers.delta_net import DeltaNet
+from mixerlab.model import AutoEncoder, LanguageModel, SwiGLU, build_model
+
+
+def test_language_model_layout_and_shapes() -> None:
+    model = LanguageModel(vocab_size=16, d_model=128, mixer_factory=lambda d: DeltaNet(d))
+    kinds = [type(block.layer).__name__ for block in model.blocks]
+    assert kinds == ["DeltaNet", "SwiGLU", "DeltaNet", "SwiGLU"]
+    assert model.blocks[1].layer.w1.out_features == 352  # mad-lab's SwiGLU width at 128
+    logits = model(torch.randint(0, 16, (2, 37)))
+    assert logits.shape == (2, 37, 16)
+    assert all(m.bias is None or m.bias.abs().max() == 0 for m in model.modules() if isinstance(m, nn.Linear))
+    assert abs(model.embed.weight.std().item() - 0.02) < 0.003
+
+
+def test_autoencoder_reconstructs_from_last_position() -> None:
+    torch.manual_seed(0)
+    model = AutoEncoder(vocab_size=16, d_model=64, mixer_factory=lambda d: DeltaNet(d), seq_len=32)
+    tokens = torch.randint(0, 15, (2, 32))
+    logits = model(tokens)
+    assert logits.shape == (2, 32, 16)
+    changed = tokens.clone()
+    changed[:, 5] = (changed[:, 5] + 1) % 15
+    assert not torch.allclose(model(changed), logits), "earlier tokens reach the code vector"
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear) and m.weight.numel() > 1000]
+    assert all(abs(w.std().item() - 0.02) < 0.004 for w in weights), "every Linear re-initialised N(0, 0.02)"
+
+
+def test_build_model_rejects_unknown_backbone() -> None:
+    try:
+        build_model("transformer", 16, 32, 64, lambda d: SwiGLU(d))
+    except ValueError as err:
+        assert "unknown backbone 'transformer'" in str(err)
+    else:  # pragma: no cover
+        raise AssertionError("expected a ValueError")

@@ -1,0 +1,127 @@
+"""Training: the batched trainer equals the reference trainer; MAD's stopping and scoring rules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mixerlab.config import PROFILES, TrainConfig
+from mixerlab.mixers import resolve_mixer
+from mixerlab.tasks import Task, TaskSetting
+from mixerlab.train.batched import BatchedTrainer, supports_vmap, train_group
+from mixerlab.train.job import TrainJob
+from mixerlab.train.result import EpochRecord, best_epoch, select_epochs
+from mixerlab.train.schedule import epoch_order, lr_for_epoch
+from mixerlab.train.single import train_single
+
+TRAIN = TrainConfig(d_model=32, batch_size=32, max_epochs=3)
+FACTORY = resolve_mixer("delta_net").factory()
+
+
+def recall(num_train: int, vocab: int = 16) -> TaskSetting:
+    return TaskSetting(task=Task.context_recall, vocab_size=vocab, seq_len=24, num_train=num_train, num_test=64)
+
+
+def assert_same_training(a, b, tol: float = 2e-4) -> None:
+    assert len(a.history) == len(b.history)
+    for x, y in zip(a.history, b.history):
+        assert x.train_loss == pytest.approx(y.train_loss, abs=tol)
+        assert x.test_loss == pytest.approx(y.test_loss, abs=tol)
+        assert x.test_acc == pytest.approx(y.test_acc, abs=5e-3)
+    assert a.steps == b.steps
+
+
+def test_batched_equals_reference_trainer_member_by_member() -> None:
+    # different learning rates, weight decays, seeds and data sizes (so epochs and last batches differ)
+    jobs = [
+        TrainJob(setting=recall(96), lr=3e-3, weight_decay=0.0),
+        TrainJob(setting=recall(96), lr=1e-3, weight_decay=0.1),
+        TrainJob(setting=recall(70), lr=3e-3, weight_decay=0.0, seed=1),
+        TrainJob(setting=recall(40), lr=2e-3, weight_decay=0.1),
+    ]
+    batched = train_group(jobs, ["k"] * 4, TRAIN, FACTORY)
+    assert [r.trainer for r in batched] == ["batched"] * 4
+    for job, got in zip(jobs, batched):
+        assert_same_training(train_single(job, TRAIN, FACTORY), got)
+
+
+def test_members_do_not_interact_and_vocabularies_may_differ() -> None:
+    # member `small` trained beside two different partners (same padded vocabulary) must train identically
+    small = TrainJob(setting=recall(64, vocab=12), lr=3e-3, weight_decay=0.0)
+    partner_a = TrainJob(setting=recall(64, vocab=20), lr=1e-3, weight_decay=0.0)
+    partner_b = TrainJob(setting=recall(48, vocab=20), lr=3e-3, weight_decay=0.1, seed=5)
+    with_a = BatchedTrainer([small, partner_a], ["s", "a"], TRAIN, FACTORY).run()
+    with_b = BatchedTrainer([small, partner_b], ["s", "b"], TRAIN, FACTORY).run()
+    assert_same_training(with_a[0], with_b[0], tol=1e-5)
+    assert with_a[1].history != with_b[1].history
+
+
+def test_padded_vocabulary_is_exactly_the_smaller_model() -> None:
+    torch.manual_seed(0)
+    logits_small = torch.randn(2, 5, 7)
+    logits_big = torch.cat([logits_small, torch.randn(2, 5, 4)], -1)
+    mask = torch.zeros(11)
+    mask[7:] = float("-inf")
+    targets = torch.randint(0, 7, (2, 5))
+    loss_small = nn.functional.cross_entropy(logits_small.flatten(0, 1), targets.flatten())
+    loss_big = nn.functional.cross_entropy((logits_big + mask).flatten(0, 1), targets.flatten())
+    assert loss_big.item() == pytest.approx(loss_small.item(), abs=1e-6)
+    assert ((logits_big + mask).argmax(-1) < 7).all()
+
+
+class ItemMixer(nn.Module):
+    """A mixer vmap cannot run (it asks the host for a value), to exercise the sequential fallback."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = 1.0 + 0.0 * float(x.detach().abs().max().item())
+        return self.proj(x.cumsum(1) / torch.arange(1, x.shape[1] + 1)[:, None]) * scale
+
+
+def test_mixers_that_cannot_vmap_train_sequentially() -> None:
+    jobs = [TrainJob(setting=recall(64), lr=3e-3, weight_decay=0.0), TrainJob(setting=recall(64), lr=1e-3, weight_decay=0.0)]
+    assert not supports_vmap(jobs[0], TRAIN, ItemMixer)
+    assert supports_vmap(jobs[0], TRAIN, FACTORY)
+    results = train_group(jobs, ["a", "b"], TRAIN, ItemMixer)
+    assert [r.trainer for r in results] == ["sequential", "sequential"]
+    assert_same_training(train_single(jobs[0], TRAIN, ItemMixer), results[0])
+
+
+def test_early_stop_and_best_perplexity_epoch() -> None:
+    setting = PROFILES["tiny"].settings[Task.context_recall][0]
+    train = PROFILES["tiny"].train.model_copy(update={"max_epochs": 12})
+    result = train_group([TrainJob(setting=setting, lr=3e-3, weight_decay=0.0)], ["k"], train, resolve_mixer("delta_net").factory())[0]
+    assert result.stopped_early, "context recall reaches 0.999 on the tiny profile"
+    assert result.history[-1].test_acc > 0.999
+    assert all(h.test_acc <= 0.999 for h in result.history[:-1])
+    assert result.epochs_trained < 12
+
+
+def record(epoch: int, acc: float, ppl: float) -> EpochRecord:
+    return EpochRecord(epoch=epoch, train_loss=1.0, test_loss=math.log(ppl), test_acc=acc, test_token_acc=acc, test_ppl=ppl)
+
+
+def test_mads_scoring_rule() -> None:
+    history = [record(0, 0.5, 3.0), record(1, 0.8, 1.5), record(2, 0.7, 2.0), record(3, 0.9995, 1.6), record(4, 1.0, 1.0)]
+    kept, stopped = select_epochs(history, 0.999)
+    assert stopped and len(kept) == 4, "training stops at the first epoch above 0.999"
+    assert best_epoch(kept).epoch == 1, "the score comes from the lowest-perplexity epoch, not the last"
+    assert best_epoch([record(0, 0.1, float("nan")), record(1, 0.2, 5.0)]).epoch == 1
+
+
+def test_schedules() -> None:
+    constant = TrainConfig()
+    assert lr_for_epoch(constant, 1e-3, 150) == 1e-3
+    cosine = TrainConfig(lr_schedule="cosine", max_epochs=200)
+    assert lr_for_epoch(cosine, 1e-3, 0) == pytest.approx(1e-3)
+    assert lr_for_epoch(cosine, 1e-3, 100) == pytest.approx((1e-3 + 1e-6) / 2)
+    assert lr_for_epoch(cosine, 1e-3, 200) == pytest.approx(1e-6)
+    a, b = epoch_order(1, 0, 50), epoch_order(1, 1, 50)
+    assert sorted(a.tolist()) == list(range(50)) and not torch.equal(a, b)
+    assert torch.equal(a, epoch_order(1, 0, 50))
