@@ -62,11 +62,12 @@ def eval_command(
     lr_schedule: Optional[str] = typer.Option(None, help="override the profile's schedule: constant | cosine"),
     max_group_tokens: Optional[int] = typer.Option(None, help="tokens per batched step (memory budget)"),
     name: Optional[str] = typer.Option(None, help="row name in the table (default: the mixer's)"),
+    time_limit: Optional[float] = typer.Option(None, help="seconds; stop cleanly after it (finished trainings are cached)"),
 ) -> None:
     """Train a mixer on the MAD tasks of a profile and print its accuracy row."""
     try:
         report = _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule,
-                           max_group_tokens, name)
+                           max_group_tokens, name, time_limit)
     except UserError as err:
         fail(str(err))
     from mixerlab.table import accuracies_df, format_table
@@ -75,13 +76,17 @@ def eval_command(
     if seeds > 1:
         for task, score in report.tasks.items():
             console.print(f"  {task}: {score.mean:.4f} +- {score.std:.4f} over {len(score.seeds)} seeds", highlight=False)
+    if report.incomplete:
+        err_console.print(f"[yellow]{report.incomplete} of {report.trainings} trainings did not finish in the time "
+                          "limit; the row covers the finished settings only. Run again to continue.[/]")
     console.print(
         f"[dim]{report.profile} profile, {report.trainings} trainings ({report.from_cache} cached), "
         f"{report.wall_seconds:.1f}s on {report.device}, lr schedule {report.lr_schedule}[/]"
     )
 
 
-def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name):
+def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name,
+              time_limit=None):
     from mixerlab.config import get_profile
     from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer
     from mixerlab.mixers import MixerLoadError, preflight, resolve_mixer
@@ -107,7 +112,7 @@ def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, l
     except (MixerLoadError, ValueError) as err:
         raise UserError(str(err)) from None
     options = EvalOptions(tasks=task_list, seeds=seeds, device=dev, max_group_tokens=max_group_tokens,
-                          train_overrides=overrides)
+                          train_overrides=overrides, time_limit=time_limit)
     report = evaluate_mixer(spec, prof, options, cache=store, progress=EvalProgress(err_console, spec.name))
     if json_out is not None:
         json_out.write_text(report.model_dump_json(indent=2))

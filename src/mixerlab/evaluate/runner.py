@@ -50,6 +50,7 @@ class EvalReport(BaseModel):
     optimizer_steps: int  # member-steps trained in this run
     steps_per_second: float
     lr_schedule: str
+    incomplete: int = 0  # trainings not finished (time limit): the scores above leave them out
 
     def row(self) -> dict[str, float]:
         return {task: score.mean for task, score in self.tasks.items()}
@@ -64,6 +65,7 @@ class EvalOptions:
     seeds: int = 1
     device: str = "cpu"
     max_group_tokens: int | None = None  # per optimiser step, across the group; None: by device
+    time_limit: float | None = None  # seconds; stop cleanly after it, keeping finished trainings
     train_overrides: dict = field(default_factory=dict)  # e.g. {"lr_schedule": "cosine"}
 
 
@@ -116,21 +118,25 @@ def evaluate_mixer(
         if progress:
             progress.advance_steps(n)
 
+    deadline = time.monotonic() + options.time_limit if options.time_limit else None
     if todo:
         factory = spec.factory()
         budget = options.max_group_tokens or default_group_tokens(options.device)
         for group in group_jobs(todo, train.batch_size, budget):
+            if deadline is not None and time.monotonic() > deadline:
+                break
             log.info("training %d jobs of %s (T=%d)", len(group), group[0].setting.task.value, group[0].setting.input_len)
             train_group(group, [keys[j] for j in group], train, factory, options.device,
-                        on_result=record, on_steps=count_steps)
+                        on_result=record, on_steps=count_steps, deadline=deadline)
     if progress:
         progress.stop()
 
     wall = time.perf_counter() - start
-    scores = aggregate([results[keys[j]] for j in jobs])
+    missing = [j for j in jobs if keys[j] not in results]
+    scores = aggregate([results[keys[j]] for j in jobs if keys[j] in results])
     return EvalReport(
         mixer=spec.name, mixer_hash=spec.code_hash, profile=profile.name, device=options.device, seeds=options.seeds,
         tasks=scores, trainings=len(jobs), trained_now=len(todo), from_cache=len(jobs) - len(todo),
         wall_seconds=wall, optimizer_steps=member_steps, steps_per_second=member_steps / wall if wall else 0.0,
-        lr_schedule=train.lr_schedule,
+        lr_schedule=train.lr_schedule, incomplete=len(missing),
     )

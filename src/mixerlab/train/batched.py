@@ -104,6 +104,8 @@ class BatchedTrainer:
         self.cuda_graph = (self.device.type == "cuda") if cuda_graph is None else cuda_graph
         self.sync_every, self.shrink_below = sync_every, shrink_below
         self.autocast = train.autocast_dtype(self.device.type)
+        if self.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 for float32 matmuls, as mad-lab sets
         self.vocab = max(j.setting.vocab_size for j in jobs)
         self.num_test = jobs[0].setting.num_test
         self.x_train, self.y_train, self.x_test, self.y_test, offsets = _dataset_rows(jobs, self.device)
@@ -263,7 +265,10 @@ class BatchedTrainer:
 
     # --- the loop --------------------------------------------------------------------------------
 
-    def run(self, on_result: ResultCallback | None = None, on_steps: StepCallback | None = None) -> list[TrainResult]:
+    def run(self, on_result: ResultCallback | None = None, on_steps: StepCallback | None = None,
+            deadline: float | None = None) -> list[TrainResult]:
+        """Train to the end; with `deadline` (time.monotonic()), stop at the first sync after it and return
+        only the trainings that finished (unfinished ones are dropped, never half-recorded)."""
         start_time = time.perf_counter()
         results: dict[int, TrainResult] = {}
         pending: list[tuple[int, int, torch.Tensor]] = []  # (member index, epoch, metrics on device)
@@ -296,7 +301,9 @@ class BatchedTrainer:
                 self._absorb(pending, results, on_result, start_time)
                 pending = []
                 self._maybe_shrink()
-        return [results[i] for i in range(len(self.members))]
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+        return [results[i] for i in range(len(self.members)) if i in results]
 
     def _absorb(self, pending, results, on_result, start_time) -> None:
         """Move device-side epoch metrics to the host, finish members that stopped or ran out of epochs."""
@@ -346,15 +353,19 @@ def train_group(
     vectorize: bool | None = None,
     on_result: ResultCallback | None = None,
     on_steps: StepCallback | None = None,
+    deadline: float | None = None,
 ) -> list[TrainResult]:
     """Train jobs batched; if the mixer does not run under vmap, train them one by one on the same path."""
     if vectorize is None:
         vectorize = len(jobs) > 1 and supports_vmap(jobs[0], train, mixer_factory)
     if vectorize:
-        return BatchedTrainer(jobs, keys, train, mixer_factory, device).run(on_result, on_steps)
+        return BatchedTrainer(jobs, keys, train, mixer_factory, device).run(on_result, on_steps, deadline)
     results = []
     for job, key in zip(jobs, keys):
-        results += BatchedTrainer([job], [key], train, mixer_factory, device, vectorize=False).run(on_result, on_steps)
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        trainer = BatchedTrainer([job], [key], train, mixer_factory, device, vectorize=False)
+        results += trainer.run(on_result, on_steps, deadline)
     return results
 
 

@@ -1,0 +1,75 @@
+"""CUDA-only checks, run on the device machine (`make test-gpu`; deselected on CPU by `-m "not gpu"`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mixerlab.config import TrainConfig
+from mixerlab.mixers import resolve_mixer
+from mixerlab.mixers.delta_net import DeltaNet, delta_rule_chunkwise
+from mixerlab.mixers.gated_delta_net import GatedDeltaNet, gated_delta_rule_chunkwise
+from mixerlab.ops import delta_rule_recurrent, gated_delta_rule_recurrent
+from mixerlab.tasks import Task, TaskSetting
+from mixerlab.train.batched import BatchedTrainer
+from mixerlab.train.job import TrainJob
+from mixerlab.train.single import train_single
+
+pytestmark = pytest.mark.gpu
+CUDA = torch.device("cuda")
+
+
+def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).pow(2).mean().sqrt() / b.float().pow(2).mean().sqrt()).item()
+
+
+def inputs(length: int, dk: int = 32, dv: int = 32, heads: int = 4, batch: int = 4):
+    gen = torch.Generator(device=CUDA).manual_seed(length)
+    q = F.normalize(torch.randn(batch, heads, length, dk, device=CUDA, generator=gen), dim=-1)
+    k = F.normalize(torch.randn(batch, heads, length, dk, device=CUDA, generator=gen), dim=-1)
+    v = torch.randn(batch, heads, length, dv, device=CUDA, generator=gen)
+    beta = torch.rand(batch, heads, length, device=CUDA, generator=gen)
+    g = -torch.rand(batch, heads, length, device=CUDA, generator=gen) * 0.5
+    return q, k, v, beta, g
+
+
+@pytest.mark.parametrize("length", [63, 128, 300])
+def test_chunk_forms_equal_recurrences_on_cuda(length: int) -> None:
+    q, k, v, beta, g = inputs(length)
+    assert rel_rms(delta_rule_chunkwise(q, k, v, beta), delta_rule_recurrent(q, k, v, beta)[0]) < 1e-3
+    assert rel_rms(gated_delta_rule_chunkwise(q, k, v, beta, g), gated_delta_rule_recurrent(q, k, v, beta, g)[0]) < 1e-3
+
+
+@pytest.mark.parametrize("name", ["delta_net", "gated_delta_net"])
+def test_fla_kernels_match_the_pytorch_layers(name: str) -> None:
+    pytest.importorskip("fla", reason="fla kernels need flash-linear-attention on the device")
+    torch.manual_seed(0)
+    ours = resolve_mixer(name).load_class()(d_model=128).to(CUDA)
+    theirs = resolve_mixer(name + "_fla").load_class()(d_model=128).to(CUDA)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(8, 256, 128, device=CUDA, requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y_ours, y_fla = ours(x), theirs(x)
+    assert rel_rms(y_fla, y_ours) < 2e-2
+    grad_ours = torch.autograd.grad(y_ours.float().square().sum(), [x, ours.q_proj.weight])
+    grad_fla = torch.autograd.grad(y_fla.float().square().sum(), [x, theirs.q_proj.weight])
+    for a, b in zip(grad_fla, grad_ours):
+        assert rel_rms(a, b) < 3e-2
+
+
+def test_cuda_graph_training_equals_eager_training() -> None:
+    setting = TaskSetting(task=Task.context_recall, vocab_size=16, seq_len=64, num_train=300, num_test=128)
+    train = TrainConfig(d_model=64, batch_size=64, max_epochs=4)
+    jobs = [TrainJob(setting=setting, lr=lr, weight_decay=wd) for lr in (1e-3, 3e-3) for wd in (0.0, 0.1)]
+    factory = resolve_mixer("delta_net").factory()
+    graph = BatchedTrainer(jobs, ["k"] * 4, train, factory, "cuda", cuda_graph=True)
+    graphed = graph.run()
+    assert graph.graph is not None or graph.cuda_graph, "the step was captured"
+    eager = BatchedTrainer(jobs, ["k"] * 4, train, factory, "cuda", cuda_graph=False).run()
+    for a, b in zip(graphed, eager):
+        for x, y in zip(a.history, b.history):
+            assert x.train_loss == pytest.approx(y.train_loss, rel=2e-3, abs=2e-3)
+            assert x.test_acc == pytest.approx(y.test_acc, abs=2e-2)
+    reference = train_single(jobs[1], train, factory, "cuda")
+    assert reference.history[-1].train_loss == pytest.approx(graphed[1].history[-1].train_loss, rel=5e-2, abs=5e-2)
