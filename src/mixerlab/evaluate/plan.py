@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from mixerlab.config import Profile
 from mixerlab.tasks import Task
 from mixerlab.train.job import TrainJob
@@ -18,11 +20,14 @@ def plan_jobs(profile: Profile, tasks: tuple[Task, ...], seeds: int) -> list[Tra
     ]
 
 
-def group_jobs(jobs: list[TrainJob], batch_size: int, max_tokens: int, max_members: int = 512) -> list[list[TrainJob]]:
-    """Split jobs into groups of one shape (backbone, input length, test size) within a token budget per step.
+def group_jobs(
+    jobs: list[TrainJob], capacity: Callable[[TrainJob], int], max_vocab_ratio: int = 4
+) -> list[list[TrainJob]]:
+    """Split jobs into groups of one shape (backbone, input length, test size) that fit in memory.
 
-    Similar jobs (vocabulary, data size) are kept together so padded vocabularies and epoch lengths match.
-    Largest sequence lengths first, so the slowest groups start early.
+    `capacity(job)` is how many members like `job` fit in one group (the group is sized by its largest
+    vocabulary, its last member). A group never pads a vocabulary more than `max_vocab_ratio` times, and
+    similar jobs (vocabulary, data size) stay together. Largest sequence lengths come first.
     """
     def shape(job: TrainJob) -> tuple:
         s = job.setting
@@ -32,10 +37,19 @@ def group_jobs(jobs: list[TrainJob], batch_size: int, max_tokens: int, max_membe
                                           j.setting.task.value, j.lr, j.weight_decay, j.seed))
     groups: list[list[TrainJob]] = []
     for job in ordered:
-        per_member = batch_size * job.setting.input_len
-        limit = max(1, min(max_members, max_tokens // per_member))
-        if groups and shape(groups[-1][0]) == shape(job) and len(groups[-1]) < limit:
-            groups[-1].append(job)
+        group = groups[-1] if groups else None
+        if (
+            group is not None
+            and shape(group[0]) == shape(job)
+            and job.setting.vocab_size <= max_vocab_ratio * group[0].setting.vocab_size
+            and len(group) < capacity(job)
+        ):
+            group.append(job)
         else:
             groups.append([job])
     return groups
+
+
+def token_capacity(batch_size: int, max_tokens: int, max_members: int = 512) -> Callable[[TrainJob], int]:
+    """Members per group from a budget of tokens per step (CPU default)."""
+    return lambda job: max(1, min(max_members, max_tokens // (batch_size * job.setting.input_len)))

@@ -23,7 +23,7 @@ from mixerlab.train.schedule import batches_per_epoch
 
 from .aggregate import TaskScore, aggregate
 from .cache import ResultCache
-from .plan import group_jobs, plan_jobs
+from .plan import group_jobs, plan_jobs, token_capacity
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,27 @@ class EvalOptions:
     train_overrides: dict = field(default_factory=dict)  # e.g. {"lr_schedule": "cosine"}
 
 
-def default_group_tokens(device: str) -> int:
-    if device.startswith("cuda"):
-        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-        return int(total / (80 * 2**30) * 3_000_000)  # ~3M tokens a step on an 80 GB card
-    return 64 * 1024
+def group_capacity(train: TrainConfig, factory, device: str, max_tokens: int | None) -> Callable[[TrainJob], int]:
+    """How many members of a job's shape fit in one group: a token budget on the CPU (or when given), and
+    on CUDA a measured memory probe (candidates differ wildly in activation memory)."""
+    if max_tokens or not device.startswith("cuda"):
+        return token_capacity(train.batch_size, max_tokens or 64 * 1024)
+    from mixerlab.train.batched import probe_member_bytes
+
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    budget = 0.55 * free
+    measured: dict[tuple, int] = {}
+
+    def capacity(job: TrainJob) -> int:
+        s = job.setting
+        ident = (s.task.backbone, s.input_len, s.vocab_size)
+        if ident not in measured:
+            per_member = probe_member_bytes(job, train, factory, device)
+            measured[ident] = max(1, min(512, int(budget // per_member)))
+            log.info("%s: %.2f GiB per member -> %d members per group", s.label, per_member / 2**30, measured[ident])
+        return measured[ident]
+
+    return capacity
 
 
 def max_steps(job: TrainJob, train: TrainConfig) -> int:
@@ -121,8 +137,8 @@ def evaluate_mixer(
     deadline = time.monotonic() + options.time_limit if options.time_limit else None
     if todo:
         factory = spec.factory()
-        budget = options.max_group_tokens or default_group_tokens(options.device)
-        for group in group_jobs(todo, train.batch_size, budget):
+        capacity = group_capacity(train, factory, options.device, options.max_group_tokens)
+        for group in group_jobs(todo, capacity):
             if deadline is not None and time.monotonic() > deadline:
                 break
             log.info("training %d jobs of %s (T=%d)", len(group), group[0].setting.task.value, group[0].setting.input_len)

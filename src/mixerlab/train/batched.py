@@ -42,6 +42,9 @@ from .schedule import batches_per_epoch, epoch_order, lr_for_epoch
 
 log = logging.getLogger(__name__)
 
+EVAL_TOKENS = 2_000_000  # tokens per evaluation forward (members x examples x length)
+EVAL_LOGITS = 400_000_000  # logits elements per evaluation forward
+
 ResultCallback = Callable[[TrainResult], None]
 StepCallback = Callable[[int], None]  # called with the number of member-steps just done
 
@@ -132,6 +135,11 @@ class BatchedTrainer:
                     buffers: dict[str, torch.Tensor], loss_sum: torch.Tensor) -> None:
         """(Re)build every per-member tensor for the members `active` (indices into self.members)."""
         dev = self.device
+        if getattr(self, "graph", None) is not None:  # release the old graph's memory pool first
+            self.graph = None
+            self.flat.grad = None
+            torch.cuda.synchronize(dev)
+            torch.cuda.empty_cache()
         self.active = active
         members = [self.members[i] for i in active]
         self.flat = flat.detach().to(dev).clone().requires_grad_(True)
@@ -221,7 +229,7 @@ class BatchedTrainer:
                 return
         self.flat.grad = None
         if self.cuda_graph:  # warm-up before a capture must run on a side stream
-            side = torch.cuda.Stream()
+            side = self._side_stream = getattr(self, "_side_stream", None) or torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 self._step()
@@ -255,12 +263,21 @@ class BatchedTrainer:
         offsets = self.test_offset[idx]
         totals = torch.zeros(len(rows), 4, device=self.device)
         eval_batch = self.train.eval_batch_size
-        for start in range(0, self.num_test, eval_batch):
-            width = min(eval_batch, self.num_test - start)
-            test_rows = offsets[:, None] + torch.arange(start, start + width, device=self.device)
+        length = self.x_test.shape[1]
+        # several test batches per forward, within a budget of tokens and of logits
+        per_batch = len(rows) * eval_batch * length
+        batches = max(1, min(EVAL_TOKENS // per_batch, EVAL_LOGITS // (per_batch * self.vocab)))
+        for start in range(0, self.num_test, eval_batch * batches):
+            stop = min(self.num_test, start + eval_batch * batches)
+            test_rows = offsets[:, None] + torch.arange(start, stop, device=self.device)
             logits = self._logits(flat, buffers, self.x_test[test_rows], mask)
-            m = batch_metrics(logits.flatten(1, 2), self.y_test[test_rows].flatten(1), self.vocab)
-            totals += torch.stack([m["nll"], m["macro_acc"], m["token_acc"], m["ppl"]], 1) * (width / self.num_test)
+            targets = self.y_test[test_rows]
+            for b0 in range(0, stop - start, eval_batch):  # MAD scores every test batch on its own
+                b1 = min(stop - start, b0 + eval_batch)
+                m = batch_metrics(logits[:, b0:b1].flatten(1, 2), targets[:, b0:b1].flatten(1), self.vocab)
+                weight = (b1 - b0) / self.num_test
+                totals += torch.stack([m["nll"], m["macro_acc"], m["token_acc"], m["ppl"]], 1) * weight
+            del logits
         return totals
 
     # --- the loop --------------------------------------------------------------------------------
@@ -382,3 +399,20 @@ def supports_vmap(job: TrainJob, train: TrainConfig, mixer_factory: MixerFactory
     except Exception as err:
         log.info("mixer does not run under vmap (%s: %s); training sequentially", type(err).__name__, err)
         return False
+
+
+def probe_member_bytes(job: TrainJob, train: TrainConfig, mixer_factory: MixerFactory, device: str) -> float:
+    """Peak GPU memory of one training step per member, measured on a two-member group (x1.3 for the
+    CUDA graph's pool and the evaluation forward)."""
+    dev = torch.device(device)
+    torch.cuda.synchronize(dev)
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    trainer = BatchedTrainer([job, job], ["probe", "probe"], train, mixer_factory, dev, cuda_graph=False)
+    trainer._run_step()
+    torch.cuda.synchronize(dev)
+    peak = torch.cuda.max_memory_allocated(dev) - before
+    del trainer
+    torch.cuda.empty_cache()
+    return 1.3 * peak / 2

@@ -1,0 +1,79 @@
+"""Where the time of one batched training step goes, on the GPU: `python benchmarks/profile_step.py`.
+
+Prints the CUDA kernels and aten ops that dominate a few eager steps of a batched group (torch.profiler),
+so speed work starts from a measurement rather than a guess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mixerlab.config import TrainConfig  # noqa: E402
+from mixerlab.mixers import resolve_mixer  # noqa: E402
+from mixerlab.tasks import parse_task, baseline_setting  # noqa: E402
+from mixerlab.train.batched import BatchedTrainer  # noqa: E402
+from mixerlab.train.job import TrainJob  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--task", default="fuzzy_recall")
+    parser.add_argument("--members", type=int, default=24)
+    parser.add_argument("--mixer", default="delta_net")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--graph", action="store_true", help="time graph replays too")
+    parser.add_argument("--compile", action="store_true", help="time eager steps with the forward under torch.compile")
+    parser.add_argument("--no-profile", action="store_true")
+    args = parser.parse_args()
+    setting = baseline_setting(parse_task(args.task))
+    jobs = [TrainJob(setting=setting, lr=5e-4, weight_decay=0.0, seed=i) for i in range(args.members)]
+    trainer = BatchedTrainer(jobs, ["p"] * len(jobs), TrainConfig(), resolve_mixer(args.mixer).factory(), "cuda",
+                             cuda_graph=False)
+    for _ in range(3):
+        trainer._run_step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        trainer._run_step()
+    torch.cuda.synchronize()
+    eager = (time.perf_counter() - start) / args.steps
+    print(f"eager step: {eager * 1e3:.1f} ms for {args.members} members x {setting.input_len} tokens x 128")
+    if not args.no_profile:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                trainer._run_step()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
+    if args.compile:
+        trainer._logits = torch.compile(trainer._logits)
+        start = time.perf_counter()
+        trainer._run_step()
+        torch.cuda.synchronize()
+        print(f"compile + first step: {time.perf_counter() - start:.1f} s")
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            trainer._run_step()
+        torch.cuda.synchronize()
+        print(f"compiled step: {(time.perf_counter() - start) / args.steps * 1e3:.1f} ms")
+    if args.graph:
+        trainer.cuda_graph = True
+        trainer.eager_steps_since_build = 2
+        trainer._run_step()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            trainer._run_step()
+        torch.cuda.synchronize()
+        print(f"graph step: {(time.perf_counter() - start) / args.steps * 1e3:.1f} ms (captured: {trainer.graph is not None})")
+    print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()
