@@ -119,6 +119,64 @@ def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, l
     return report
 
 
+cache_app = typer.Typer(no_args_is_help=True, help="The result cache of finished trainings.")
+app.add_typer(cache_app, name="cache")
+
+
+def _open_cache(path: Optional[Path]):
+    from mixerlab.evaluate import ResultCache
+
+    try:
+        return ResultCache(path)
+    except ValueError as err:
+        fail(str(err))
+
+
+@cache_app.command("info")
+def cache_info(cache: Optional[Path] = typer.Option(None, help="cache file (default ~/.cache/mixerlab/results.sqlite)")) -> None:
+    """Where the cache is and how many trainings it holds per mixer."""
+    store = _open_cache(cache)
+    typer.echo(f"{store.path}: {store.count()} trainings")
+    for mixer_hash, name, count in store._db.execute(
+        "SELECT mixer_hash, mixer_name, COUNT(*) FROM results GROUP BY mixer_hash, mixer_name ORDER BY mixer_name"
+    ):
+        typer.echo(f"  {name} ({mixer_hash}): {count}")
+
+
+@cache_app.command("export")
+def cache_export(
+    out: Path = typer.Argument(..., help="JSON lines file (.jsonl or .jsonl.gz)"),
+    mixer: Optional[str] = typer.Option(None, help="only this mixer (name or file)"),
+    cache: Optional[Path] = typer.Option(None),
+) -> None:
+    """Write cached trainings to a file, to share them or carry them between machines."""
+    from mixerlab.mixers import MixerLoadError, resolve_mixer
+
+    store = _open_cache(cache)
+    try:
+        mixer_hash = resolve_mixer(mixer).code_hash if mixer else None
+    except MixerLoadError as err:
+        fail(str(err))
+    if not out.parent.exists():
+        fail(f"folder {str(out.parent)!r} does not exist; create it or choose another path")
+    typer.echo(f"exported {store.export_jsonl(out, mixer_hash)} trainings to {out}")
+
+
+@cache_app.command("import")
+def cache_import(
+    file: Path = typer.Argument(..., help="JSON lines file written by `mixerlab cache export`"),
+    cache: Optional[Path] = typer.Option(None),
+) -> None:
+    """Add trainings from an exported file (e.g. benchmarks/results/cache/h100_results.jsonl.gz)."""
+    if not file.is_file():
+        fail(f"{str(file)!r} does not exist; pass a file written by `mixerlab cache export`")
+    store = _open_cache(cache)
+    try:
+        typer.echo(f"imported {store.import_jsonl(file)} trainings into {store.path}")
+    except (ValueError, OSError) as err:
+        fail(str(err))
+
+
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="log what happens")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -7,6 +7,7 @@ training finishes, in its own transaction: a killed run loses at most the traini
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import sqlite3
@@ -73,14 +74,14 @@ class ResultCache:
         if mixer_hash:
             query, args = query + " WHERE mixer_hash = ?", (mixer_hash,)
         rows = self._db.execute(query + " ORDER BY key", args).fetchall()
-        with open(path, "w") as fh:
+        with _open(path, "w") as fh:
             for h, name, payload in rows:
                 fh.write(json.dumps({"mixer_hash": h, "mixer_name": name, "result": json.loads(payload)}) + "\n")
         return len(rows)
 
     def import_jsonl(self, path: str | Path) -> int:
         n = 0
-        with open(path) as fh:
+        with _open(path, "r") as fh:
             for line_no, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
@@ -95,3 +96,10 @@ class ResultCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _open(path: str | Path, mode: str):
+    """Plain or gzip-compressed JSON lines, by file name."""
+    if str(path).endswith(".gz"):
+        return gzip.open(path, mode + "t")
+    return open(path, mode)

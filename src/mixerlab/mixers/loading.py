@@ -6,6 +6,7 @@ stable id for caching, and rebuilds the same class anywhere.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import sys
 import types
@@ -31,9 +32,10 @@ class MixerSpec:
 
     @property
     def code_hash(self) -> str:
-        digest = hashlib.sha256(self.source.encode())
+        """Hash of what the code does: comments, docstrings and formatting do not change it."""
+        digest = hashlib.sha256(normalized_code(self.source).encode())
         for extra in self.extra_sources:
-            digest.update(b"\0" + extra.encode())
+            digest.update(b"\0" + normalized_code(extra).encode())
         return digest.hexdigest()[:16]
 
     def load_class(self) -> type[nn.Module]:
@@ -44,6 +46,20 @@ class MixerSpec:
         """A picklable-free callable d_model -> mixer instance (loads the class once)."""
         cls = self.load_class()
         return lambda d_model: cls(d_model=d_model)
+
+
+def normalized_code(source: str) -> str:
+    """The AST of `source` without docstrings, as text; the raw source if it does not parse."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
 
 def load_module(source: str, filename: str, module_name: str) -> types.ModuleType:

@@ -334,7 +334,8 @@ class BatchedTrainer:
             if macro > self.train.stop_accuracy or epoch + 1 >= self.train.max_epochs:
                 member.done = True
                 steps = len(member.history) * member.steps_per_epoch
-                seconds = (time.perf_counter() - start_time) * steps / max(1, self.steps_done)
+                # the member's share of the group's time so far (it trained `steps` of `member_steps`)
+                seconds = (time.perf_counter() - start_time) * steps / max(1, self.member_steps)
                 trainer = "batched" if self.vectorize else "sequential"
                 result = make_result(member.job, member.key, member.history, self.train, steps, seconds, trainer,
                                      str(self.device))

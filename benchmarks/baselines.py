@@ -1,0 +1,125 @@
+"""Write benchmarks/results/baselines.{md,json}: our DeltaNet / Gated DeltaNet scores beside the seed rows.
+
+Reads finished trainings from a result cache (default: the committed H100 results, imported into a
+temporary cache) and reports, for `full` (1 seed) and `baseline` (3 seeds), every task's score, the seed
+row, the difference, and how many of the protocol's trainings are done (a partial sweep is labelled so).
+
+    python benchmarks/baselines.py [--cache FILE.sqlite] [--import FILE.jsonl.gz ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent / "src"))
+
+from mixerlab.config import PROFILES  # noqa: E402
+from mixerlab.evaluate import ResultCache, aggregate  # noqa: E402
+from mixerlab.evaluate.plan import plan_jobs  # noqa: E402
+from mixerlab.mixers import resolve_mixer  # noqa: E402
+from mixerlab.tasks import TASK_ORDER  # noqa: E402
+
+SEED_ROWS = {
+    "delta_net_4layer": {"compress": 0.487037, "context_recall": 0.999515, "fuzzy_recall": 0.189705,
+                         "memorize": 0.337827, "noisy_recall": 0.999640, "selective_copy": 0.990733},
+    "gated_delta_net_4layer": {"compress": 0.408180, "context_recall": 0.999918, "fuzzy_recall": 0.303293,
+                               "memorize": 0.354294, "noisy_recall": 0.999928, "selective_copy": 0.999304},
+}
+RUNS = {"full": 1, "baseline": 3}
+
+
+def collect(cache: ResultCache, schedule: str = "constant") -> dict:
+    out: dict = {}
+    for profile_name, seeds in RUNS.items():
+        profile = PROFILES[profile_name]
+        train = profile.train.model_copy(update={"lr_schedule": schedule})
+        out[profile_name] = {}
+        for mixer in ("delta_net", "gated_delta_net"):
+            spec = resolve_mixer(mixer)
+            model = {}
+            for task in TASK_ORDER:
+                jobs = plan_jobs(profile, (task,), seeds)
+                keys = [j.cache_key(spec.code_hash, train, "bf16") for j in jobs]
+                found = cache.get_many(keys)
+                if not found:
+                    continue
+                score = aggregate(list(found.values()))[task.value]
+                model[task.value] = {"mean": score.mean, "std": score.std, "seeds": score.seeds,
+                                     "trainings_done": len(found), "trainings_planned": len(jobs),
+                                     "complete": len(found) == len(jobs),
+                                     "seed_row": SEED_ROWS[spec.name][task.value],
+                                     "difference": score.mean - SEED_ROWS[spec.name][task.value]}
+            out[profile_name][spec.name] = model
+    return out
+
+
+def markdown(results: dict, cosine: dict) -> str:
+    lines = [
+        "# Baselines against the seed rows",
+        "",
+        "Written by `python benchmarks/baselines.py` from the result cache (committed trainings:",
+        "`benchmarks/results/cache/h100_results.jsonl.gz`, import with `mixerlab cache import`).",
+        "GPU: NVIDIA H100 80GB HBM3 (the `device` tool), torch 2.11 + CUDA 13, bf16 autocast, TF32 matmuls.",
+        "",
+        "Protocol (docs/protocol.md): `full` = MAD's sweep, 66 settings x lr {1e-4, 5e-4, 1e-3} x weight decay",
+        "{0, 0.1}, 200 epochs, stop above 0.999 test accuracy, score = macro accuracy at the lowest-perplexity",
+        "epoch, best (lr, wd) per setting, mean over a task's settings; constant learning rate. `baseline` =",
+        "MAD's baseline setting of each task, lr 5e-4, wd 0, 3 seeds (mean +- sample std).",
+        "",
+        "A cell is filled only where trainings finished; `done/planned` says how much of the protocol that is.",
+        "",
+    ]
+    for profile, models in results.items():
+        lines += [f"## `{profile}`", "", "| model | task | ours | seed row | difference | done/planned |",
+                  "|---|---|---|---|---|---|"]
+        for model, tasks in models.items():
+            for task in [t.value for t in TASK_ORDER]:
+                if task not in tasks:
+                    planned = PROFILES[profile].num_trainings((next(t for t in TASK_ORDER if t.value == task),), RUNS[profile])
+                    lines.append(f"| {model} | {task} | not run yet | {SEED_ROWS[model][task]:.4f} | | 0/{planned} |")
+                    continue
+                c = tasks[task]
+                ours = f"{c['mean']:.4f}" + (f" +- {c['std']:.4f}" if RUNS[profile] > 1 else "")
+                flag = "" if c["complete"] else " (partial)"
+                lines.append(f"| {model} | {task} | {ours}{flag} | {c['seed_row']:.4f} | {c['difference']:+.4f} | "
+                             f"{c['trainings_done']}/{c['trainings_planned']} |")
+        lines.append("")
+    if cosine:
+        lines += ["## Learning-rate schedule", "", "`full` Memorize for DeltaNet, the one task measured under both schedules:", ""]
+        for model, tasks in cosine.get("full", {}).items():
+            for task, c in tasks.items():
+                const = results["full"].get(model, {}).get(task)
+                if const:
+                    lines.append(f"- {model} {task}: constant {const['mean']:.4f}, cosine {c['mean']:.4f}, seed row {c['seed_row']:.4f}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cache", default=None)
+    parser.add_argument("--import", dest="imports", nargs="*", default=[str(ROOT / "results" / "cache" / "h100_results.jsonl.gz")])
+    parser.add_argument("--notes", default=str(ROOT / "results" / "baselines_notes.md"))
+    args = parser.parse_args()
+    cache = ResultCache(args.cache or Path(tempfile.mkdtemp()) / "cache.sqlite")
+    for path in args.imports:
+        cache.import_jsonl(path)
+    results = collect(cache)
+    cosine = collect(cache, "cosine")
+    cosine = {p: {m: t for m, t in models.items() if t} for p, models in cosine.items()}
+    (ROOT / "results" / "baselines.json").write_text(json.dumps({**results, "cosine_schedule": cosine}, indent=2))
+    text = markdown(results, cosine)
+    notes = Path(args.notes)
+    if notes.exists():
+        text += "\n" + notes.read_text()
+    (ROOT / "results" / "baselines.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
