@@ -87,3 +87,15 @@ def test_bad_mixer_files(tmp_path: Path, source: str, fragment: str) -> None:
     path = tmp_path / "candidate.py"
     path.write_text(source)
     assert_user_error(mixerlab("eval", "--mixer", str(path), "--profile", "tiny"), fragment)
+
+
+def test_check_exit_codes_and_json(tmp_path: Path) -> None:
+    candidates = Path(__file__).parent / "candidates"
+    bad = mixerlab("check", str(candidates / "reversed_cumsum.py"))
+    assert bad.returncode == 1 and "FAIL" in bad.stdout and "after position" in bad.stdout
+    good = mixerlab("check", "delta_net", "--json")
+    assert good.returncode == 0
+    report = json.loads(good.stdout)
+    assert [c["status"] for c in report["checks"]] == ["pass"] * 8
+    assert_user_error(mixerlab("check", "missing.py"), "does not exist")
+    assert_user_error(mixerlab("check"), "Missing argument")

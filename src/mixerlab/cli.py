@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Autonomous discovery of linear-attention sequence mixers on MAD.")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class UserError(Exception):
@@ -117,6 +117,39 @@ def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, l
     if json_out is not None:
         json_out.write_text(report.model_dump_json(indent=2))
     return report
+
+
+@app.command("check")
+def check_command(
+    candidate: str = typer.Argument(..., help="a candidate .py file (or a builtin mixer name)"),
+    json_out: bool = typer.Option(False, "--json", help="print the report as JSON instead of a checklist"),
+    budget: float = typer.Option(0.5, min=0.0, help="allowed relative parameter difference from the reference baseline"),
+    timeout: float = typer.Option(120.0, min=1.0, help="seconds the sandboxed checks may take"),
+    memory_gb: float = typer.Option(8.0, min=0.5, help="memory the sandbox may use"),
+) -> None:
+    """Check a candidate mixer: contract, causality, sub-quadratic cost, numerics, novelty. Exit 0 pass, 1 fail."""
+    from mixerlab.check import CHECK_TITLES, check_candidate
+    from mixerlab.mixers import BUILTINS, MixerLoadError, resolve_mixer
+    from mixerlab.sandbox import SandboxLimits
+
+    try:
+        spec = resolve_mixer(candidate)
+    except MixerLoadError as err:
+        fail(str(err))
+    report = check_candidate(spec, budget=budget, limits=SandboxLimits(timeout_s=timeout, memory_gb=memory_gb),
+                             check_novelty=candidate not in BUILTINS)
+    if json_out:
+        typer.echo(report.model_dump_json(indent=2))
+    else:
+        marks = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "not run": "[dim]skip[/]"}
+        console.print(f"[bold]{spec.name}[/] ({spec.code_hash})")
+        for c in report.checks:
+            console.print(f"  {marks[c.status]}  {CHECK_TITLES[c.name]:<48} [dim]{c.seconds:5.2f}s[/]", highlight=False)
+            if c.status == "fail":
+                console.print(f"        {c.reason}", highlight=False, soft_wrap=True)
+        verdict = "[green]accepted[/]" if report.passed else "[bold red]rejected[/]"
+        console.print(f"{verdict} in {report.seconds:.1f}s")
+    raise typer.Exit(0 if report.passed else 1)
 
 
 cache_app = typer.Typer(no_args_is_help=True, help="The result cache of finished trainings.")

@@ -1,0 +1,128 @@
+"""The candidate checker and sandbox: every bad candidate rejected for the right reason, good ones
+accepted, and the calling process unharmed."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mixerlab.check import check_candidate
+from mixerlab.mixers import builtin_spec, template_source
+from mixerlab.mixers.loading import MixerSpec, spec_from_file
+from mixerlab.sandbox import SandboxLimits, run_sandboxed
+
+CANDIDATES = Path(__file__).parent / "candidates"
+LIMITS = SandboxLimits(timeout_s=25, memory_gb=3.0)
+
+pytestmark = pytest.mark.slow
+
+# file -> (check that must fail, words its reason must contain)
+BAD = {
+    "syntax_error.py": ("static", ["syntax error", "line 8"]),
+    "missing_class.py": ("static", ["no mixer class", "Mixer"]),
+    "forbidden_import.py": ("static", ["imports 'os'"]),
+    "file_access.py": ("static", ["open()"]),
+    "network_access.py": ("static", ["imports 'socket'"]),
+    "wrong_shape.py": ("forward", ["(1, 1, 128)", "(1, 1, 64)", "shape"]),
+    "infinite_loop.py": ("forward", ["did not finish within 25 s"]),
+    "memory_bomb.py": ("forward", ["memory"]),
+    "prints_megabytes.py": ("forward", ["printed more than"]),
+    "nan_in_bf16_only.py": ("forward", ["bf16", "NaN or Inf"]),
+    "no_gradient_to_projection.py": ("backward", ["k_proj.weight", "no gradient"]),
+    "reversed_cumsum.py": ("causality", ["after position", "looks ahead"]),
+    "centred_convolution.py": ("causality", ["after position"]),
+    "hidden_quadratic_attention.py": ("cost", ["length x length", "quadratic"]),
+}
+
+
+def variant(old: str, new: str, name: str) -> MixerSpec:
+    source = template_source("delta_net")
+    assert old in source, f"template anchor missing: {old!r}"
+    return MixerSpec(name=name, source=source.replace(old, new), filename=f"{name}.py")
+
+
+def tanh_on_error() -> MixerSpec:
+    return variant("u_i = u[:, :, i] - w[:, :, i] @ state", "u_i = torch.tanh(u[:, :, i] - w[:, :, i] @ state)",
+                   "delta_net_4layer_tanh_on_error_before_state_update")
+
+
+def layernorm_on_qk() -> MixerSpec:
+    return variant(
+        "q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)",
+        "q = F.normalize(F.layer_norm(q, q.shape[-1:], eps=1e-5), dim=-1)\n"
+        "        k = F.normalize(F.layer_norm(k, k.shape[-1:], eps=1e-5), dim=-1)",
+        "delta_net_4layer_affine_free_layernorm_qk",
+    )
+
+
+@pytest.mark.parametrize("filename", sorted(BAD))
+def test_bad_candidates_are_rejected_for_the_right_reason(filename: str) -> None:
+    check, words = BAD[filename]
+    report = check_candidate(spec_from_file(CANDIDATES / filename), limits=LIMITS)
+    assert not report.passed
+    failure = report.first_failure
+    assert failure is not None and failure.name == check, report.summary()
+    for word in words:
+        assert word in failure.reason, failure.reason
+    assert report.summary().startswith(f"check '{check}'")
+    later = report.checks[[c.name for c in report.checks].index(check) + 1 :]
+    assert all(c.status == "not run" for c in later if c.name != "novelty")
+
+
+def test_a_copy_of_the_baseline_is_not_novel() -> None:
+    source = template_source("delta_net").replace('"""DeltaNet sequence mixer.', '"""My brand new mixer (really DeltaNet).')
+    source = source.replace("# values corrected by what the state already predicts", "# reformatted comment")
+    report = check_candidate(MixerSpec(name="copy", source=source, filename="copy.py"), limits=LIMITS)
+    assert report.first_failure is not None and report.first_failure.name == "novelty"
+    assert "delta_net_4layer" in report.first_failure.reason
+
+
+@pytest.mark.parametrize("spec", [builtin_spec("delta_net"), builtin_spec("gated_delta_net")], ids=lambda s: s.name)
+def test_baselines_pass(spec: MixerSpec) -> None:
+    report = check_candidate(spec, limits=LIMITS, check_novelty=False)
+    assert report.passed, report.summary()
+    assert [c.status for c in report.checks] == ["pass"] * 8
+
+
+@pytest.mark.parametrize("make", [tanh_on_error, layernorm_on_qk], ids=lambda f: f.__name__)
+def test_seed_described_variants_pass(make) -> None:
+    start = time.perf_counter()
+    report = check_candidate(make(), limits=LIMITS)
+    assert report.passed, report.summary()
+    assert time.perf_counter() - start < 30, "a typical candidate is checked within 30 s"
+
+
+def test_parameter_budget_is_enforced() -> None:
+    spec = variant("self.o_proj = nn.Linear(d_model, d_model, bias=False)",
+                   "self.o_proj = nn.Sequential(nn.Linear(d_model, 8 * d_model, bias=False), nn.Linear(8 * d_model, d_model, bias=False))",
+                   "too_big")
+    report = check_candidate(spec, limits=LIMITS)
+    assert report.first_failure.name == "instantiate" and "budget" in report.first_failure.reason
+
+
+def test_sandbox_contains_crashes_forks_writes_and_sockets(tmp_path: Path) -> None:
+    # raw code straight into the worker (no static checks): the sandbox alone must hold
+    crash = run_sandboxed({"kind": "run", "source": "import os\nos.abort()"}, LIMITS)
+    assert crash.status == "crash" and "SIGABRT" in crash.reason(LIMITS)
+    fork = run_sandboxed({"kind": "run", "source": "import os\nos.fork()"}, LIMITS)
+    assert fork.status == "crash" and any("os.fork is not allowed" in m.get("error", "") for m in fork.messages)
+    target = tmp_path / "written.txt"
+    write = run_sandboxed({"kind": "run", "source": f"open({str(target)!r}, 'w').write('x')"}, LIMITS)
+    assert write.status == "crash" and not target.exists()
+    net = run_sandboxed({"kind": "run", "source": "import socket\nsocket.create_connection(('127.0.0.1', 9))"}, LIMITS)
+    assert net.status == "crash" and any("socket" in m.get("error", "") for m in net.messages)
+    scratch = run_sandboxed({"kind": "run", "source": "open('inside.txt', 'w').write('ok')\nsend({'type': 'wrote'})"}, LIMITS)
+    assert scratch.status == "ok" and {"type": "wrote"} in scratch.messages
+
+
+def test_the_caller_survives_every_bad_candidate() -> None:
+    pid = os.getpid()
+    for filename in sorted(BAD):
+        check_candidate(spec_from_file(CANDIDATES / filename), limits=SandboxLimits(timeout_s=10, memory_gb=2.0))
+    assert os.getpid() == pid
+    assert torch.ones(3).sum().item() == 3.0  # still alive and answering
+    assert check_candidate(tanh_on_error(), limits=LIMITS).passed
