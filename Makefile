@@ -5,6 +5,9 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints-cpu.txt | cks
 # CPU machines get the local CPU build of PyTorch; elsewhere `pip install -e .` picks the platform's torch.
 CONSTRAINTS ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
 
+TEST_STAMP := $(VENV)/.test-services
+RUN_DIR ?= runs/demo
+
 .PHONY: setup run test test-gpu bench clean
 
 $(STAMP):
@@ -15,10 +18,17 @@ $(STAMP):
 
 setup: $(STAMP)
 
-run: setup
-	$(VENV)/bin/mixerlab eval --mixer delta_net --profile tiny --device cpu
+$(TEST_STAMP): $(STAMP) scripts/setup_test_services.sh
+	$(PY) -m pip install -q $(CONSTRAINTS) -e ".[test]"
+	sh scripts/setup_test_services.sh $(PY)
+	touch $@
 
-test: setup
+# The main job, offline: two baselines + 3 catalog iterations on the `tiny` profile, on the CPU.
+run: setup
+	$(VENV)/bin/mixerlab discover --proposer catalog --profile tiny --iterations 3 --device cpu \
+		--run-dir $(RUN_DIR) $(if $(wildcard $(RUN_DIR)/mixerlab.db),--resume,)
+
+test: setup $(TEST_STAMP)
 	$(PY) -m pytest -m "not gpu" -q
 
 test-gpu: setup

@@ -152,6 +152,169 @@ def check_command(
     raise typer.Exit(0 if report.passed else 1)
 
 
+def _writable_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".mixerlab-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"run directory {str(path)!r} is not writable ({err.strerror}); choose another --run-dir") from None
+
+
+def _llm_preflight(settings) -> None:
+    """Fail before the run starts if the endpoint cannot answer (nothing is recorded yet)."""
+    import httpx
+
+    from mixerlab.propose.llm import LLMClient, LLMError
+
+    try:
+        client = LLMClient(settings)
+    except LLMError as err:
+        raise UserError(str(err)) from None
+    try:
+        response = client.http.get("/models", timeout=10.0)
+    except httpx.HTTPError as err:
+        raise UserError(f"cannot reach the model endpoint {settings.base_url} ({type(err).__name__}); start the server "
+                        "or fix --base-url") from None
+    if response.status_code in (401, 403):
+        raise UserError(f"{settings.base_url} refused the credentials (HTTP {response.status_code}); "
+                        f"set a valid key in ${settings.api_key_env}")
+
+
+@app.command("discover")
+def discover_command(
+    proposer: str = typer.Option("catalog", help="catalog (offline) | llm (any OpenAI-compatible endpoint)"),
+    iterations: Optional[int] = typer.Option(None, min=0, help="candidates in the run (default 3 unless --budget-minutes)"),
+    budget_minutes: Optional[float] = typer.Option(None, min=0.1, help="stop starting iterations after this long"),
+    profile: Optional[str] = typer.Option(None, help="evaluation profile (default: tiny on CPU, quick on CUDA)"),
+    seeds: int = typer.Option(1, min=1),
+    workers: int = typer.Option(1, min=1, help="candidates evaluated at once (one process each; GPUs round-robin)"),
+    db: Optional[str] = typer.Option(None, help="database URL (default: sqlite in the run directory); postgresql://... works"),
+    run_dir: Path = typer.Option(Path("runs") / "default", help="where the run keeps its database, cache and iteration files"),
+    resume: bool = typer.Option(False, help="continue the run in --run-dir after an interruption"),
+    device: str = typer.Option("auto", help="cpu | cuda | auto"),
+    language: str = typer.Option("en", help="language of the Insights: en | zh"),
+    max_repairs: int = typer.Option(3, min=0, help="repair attempts after a failed check"),
+    promote_to: str = typer.Option("auto", help="profile for candidates that beat their parent: auto | none | full | ..."),
+    base_url: str = typer.Option("http://127.0.0.1:8080/v1", help="OpenAI-compatible endpoint (llm proposer)"),
+    model: str = typer.Option("default", help="model name at the endpoint (llm proposer)"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the API key"),
+    llm_timeout: float = typer.Option(300.0, min=1.0, help="seconds to wait for one model reply"),
+    max_tokens: int = typer.Option(4096, min=64, help="completion token limit per model call"),
+    temperature: float = typer.Option(0.7, min=0.0, max=2.0, help="sampling temperature of the model (0: greedy)"),
+    cache: Optional[Path] = typer.Option(None, help="result cache shared across runs (default: in the run directory)"),
+) -> None:
+    """Run the research loop: baselines, then propose -> check -> evaluate -> record, iteration by iteration."""
+    from mixerlab.config import PROFILES, LoopConfig
+    from mixerlab.executor import LocalExecutor
+    from mixerlab.loop import ResearchLoop, RunExists
+    from mixerlab.propose import CatalogProposer
+    from mixerlab.propose.llm import LLMProposer, LLMSettings
+    from mixerlab.sandbox import SandboxLimits
+    from mixerlab.store import DatabaseError
+
+    try:
+        if proposer not in ("catalog", "llm"):
+            raise UserError(f"unknown proposer {proposer!r}; use catalog or llm")
+        if language not in ("en", "zh"):
+            raise UserError(f"unknown language {language!r}; use en or zh")
+        dev = resolve_device(device)
+        prof = profile or ("quick" if dev.startswith("cuda") else "tiny")
+        if prof not in PROFILES:
+            raise UserError(f"unknown profile {prof!r}; use one of {', '.join(PROFILES)}")
+        if promote_to not in ("auto", "none", *PROFILES):
+            raise UserError(f"unknown --promote-to {promote_to!r}; use auto, none or a profile name")
+        _writable_dir(run_dir)
+        llm = {"base_url": base_url, "model": model, "api_key_env": api_key_env, "timeout_s": llm_timeout,
+               "max_tokens": max_tokens, "temperature": temperature, "require_key": not any(h in base_url for h in ("127.0.0.1", "localhost", "[::1]"))}
+        config = LoopConfig(run_dir=str(run_dir), db_url=db, proposer=proposer, profile=prof, seeds=seeds,
+                            iterations=3 if iterations is None and budget_minutes is None else iterations,
+                            budget_minutes=budget_minutes, workers=workers, device=dev, promote_to=promote_to,
+                            max_repairs=max_repairs, language=language, llm=llm,
+                            cache_path=str(cache) if cache else None)
+        if proposer == "llm":
+            settings = LLMSettings(**llm)
+            _llm_preflight(settings)
+            chosen = LLMProposer(settings)
+        else:
+            chosen = CatalogProposer()
+        import torch
+
+        executor = LocalExecutor(dev, torch.cuda.device_count() if dev.startswith("cuda") else 0,
+                                 SandboxLimits(timeout_s=config.check_timeout_s, memory_gb=config.check_memory_gb),
+                                 workers_per_gpu=max(1, workers // max(1, torch.cuda.device_count() or 1)))
+        loop = ResearchLoop(config, chosen, executor, console)
+        loop.run(resume=resume)
+    except (UserError, RunExists, DatabaseError, ValueError) as err:
+        fail(str(err))
+    _print_where(run_dir, config)
+
+
+def _print_where(run_dir: Path, config) -> None:
+    url = config.database_url
+    console.print(f"\n[bold]results[/]: {url}  (iteration blocks in {run_dir / 'iterations'})", highlight=False)
+    console.print(f"  history table:  mixerlab history --db {url}", highlight=False)
+    console.print(f"  dashboard:      mixerlab serve --db {url}   then open http://127.0.0.1:8000", highlight=False)
+    console.print(f"  report:         mixerlab report --db {url} --out {run_dir / 'report'}", highlight=False)
+
+
+@app.command("history")
+def history_command(
+    db: Optional[str] = typer.Option(None, help="database URL"),
+    run_dir: Optional[Path] = typer.Option(None, help="a run directory (its mixerlab.db)"),
+    run: Optional[str] = typer.Option(None, help="run name (default: every run)"),
+    fmt: str = typer.Option("table", "--format", help="table | csv | json | markdown"),
+    out: Optional[Path] = typer.Option(None, help="write to this file instead of the terminal"),
+) -> None:
+    """Print the history table (the seeds' format) or export it."""
+    import json as _json
+
+    from mixerlab.store import DatabaseError, Store
+    from mixerlab.table import accuracies_df, format_table, to_csv
+
+    if fmt not in ("table", "csv", "json", "markdown"):
+        fail(f"unknown format {fmt!r}; use table, csv, json or markdown")
+    if db is None:
+        if run_dir is None:
+            fail("give --db URL or --run-dir DIR")
+        path = run_dir / "mixerlab.db"
+        if not path.is_file():
+            fail(f"no database at {str(path)!r}; pass the --run-dir of a discover run or --db")
+        db = f"sqlite:///{path.resolve()}"
+    try:
+        store = Store(db)
+    except DatabaseError as err:
+        fail(str(err))
+    runs = store.runs()
+    if run is not None:
+        runs = [r for r in runs if r.name == run]
+        if not runs:
+            fail(f"no run {run!r} in {db}; runs there: {', '.join(r.name for r in store.runs()) or 'none'}")
+    rows, records = {}, []
+    for r in runs:
+        for e in store.experiments(r.id):
+            if e.status == "done" and e.scores:
+                rows[e.name] = {t: s["mean"] for t, s in e.scores.items()}
+            records.append({"run": r.name, "name": e.name, "kind": e.kind, "iteration": e.iteration, "status": e.status,
+                            "success": e.success, "mean_score": e.mean_score, "scores": e.scores,
+                            "failure_reason": e.failure_reason, "edits": e.edits})
+    df = accuracies_df(rows)
+    if fmt == "table":
+        text = format_table(df)
+    elif fmt == "csv":
+        text = to_csv(df)
+    elif fmt == "json":
+        text = _json.dumps(records, indent=2)
+    else:
+        text = df.rename(columns={"Unnamed: 0": "architecture"}).to_markdown(index=False)
+    if out:
+        out.write_text(text + "\n")
+        console.print(f"wrote {out}")
+    else:
+        typer.echo(text)
+
+
 cache_app = typer.Typer(no_args_is_help=True, help="The result cache of finished trainings.")
 app.add_typer(cache_app, name="cache")
 

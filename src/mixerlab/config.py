@@ -119,3 +119,45 @@ def get_profile(name: str) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}: use one of {', '.join(PROFILES)}")
     return PROFILES[name]
+
+
+class LoopConfig(BaseModel):
+    """One discovery run (`mixerlab discover`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: str
+    db_url: str | None = None  # default: sqlite:///<run_dir>/mixerlab.db
+    proposer: Literal["catalog", "llm"] = "catalog"
+    profile: str = "tiny"
+    seeds: int = Field(default=1, ge=1)
+    iterations: int | None = Field(default=3, ge=0)
+    budget_minutes: float | None = Field(default=None, gt=0)
+    workers: int = Field(default=1, ge=1)
+    device: str = "cpu"
+    promote_to: str = Field(default="auto", description="profile to re-run improvements on; auto: full on CUDA, none on CPU")
+    max_repairs: int = Field(default=3, ge=0)
+    language: Literal["en", "zh"] = "en"
+    ucb_c: float = Field(default=0.5, ge=0)
+    noise_floor: float = Field(default=0.01, ge=0)
+    check_timeout_s: float = 120.0
+    check_memory_gb: float = 8.0
+    eval_timeout_s: float | None = None  # default by profile
+    cache_path: str | None = None  # default: <run_dir>/cache.sqlite
+    llm: dict = Field(default_factory=dict)  # LLMSettings fields
+
+    @property
+    def database_url(self) -> str:
+        from pathlib import Path
+
+        return self.db_url or f"sqlite:///{(Path(self.run_dir) / 'mixerlab.db').resolve()}"
+
+    def promotion_profile(self) -> str | None:
+        if self.promote_to == "auto":
+            return "full" if self.device.startswith("cuda") and self.profile != "full" else None
+        return None if self.promote_to in ("none", self.profile) else self.promote_to
+
+    def evaluation_timeout(self, profile: str) -> float:
+        if self.eval_timeout_s:
+            return self.eval_timeout_s
+        return {"tiny": 1800.0, "baseline": 6 * 3600.0, "quick": 12 * 3600.0}.get(profile, 48 * 3600.0)

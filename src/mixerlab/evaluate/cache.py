@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Iterable
@@ -41,7 +42,8 @@ class ResultCache:
         self.path = Path(path) if path else default_cache_path()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._lock = threading.Lock()  # one connection shared by the loop's worker threads
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(SCHEMA)
         except (OSError, sqlite3.Error) as err:
@@ -52,17 +54,19 @@ class ResultCache:
         found: dict[str, TrainResult] = {}
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
-            rows = self._db.execute(
-                f"SELECT key, payload FROM results WHERE key IN ({','.join('?' * len(chunk))})", chunk
-            ).fetchall()
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT key, payload FROM results WHERE key IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall()
             found.update({key: TrainResult.model_validate_json(payload) for key, payload in rows})
         return found
 
     def put(self, result: TrainResult, mixer_hash: str, mixer_name: str) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
-            (result.key, mixer_hash, mixer_name, result.task, time.time(), result.model_dump_json()),
-        )
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                (result.key, mixer_hash, mixer_name, result.task, time.time(), result.model_dump_json()),
+            )
 
     def count(self, mixer_hash: str | None = None) -> int:
         if mixer_hash is None:

@@ -74,6 +74,10 @@ class SandboxOutcome:
 def _preexec(limits: SandboxLimits, isolate: bool) -> Callable[[], None]:
     def setup() -> None:
         os.setsid()  # own process group: the whole tree can be killed at once
+        try:  # and die with the parent, even when the parent is killed with SIGKILL (Linux)
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except Exception:  # noqa: BLE001 - not Linux
+            pass
         cpu = int(limits.timeout_s * max(1, limits.cpu_threads) + 30)
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

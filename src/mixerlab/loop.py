@@ -1,0 +1,363 @@
+"""The research loop (`mixerlab discover`).
+
+A run first evaluates both baselines; then each iteration selects a parent (select.py), asks the proposer
+for a named change with its Insights document, checks the code in the sandbox (repairing up to
+`max_repairs` times with the exact report), evaluates it on the run's profile (sandboxed; every finished
+training goes to the result cache at once), judges it against its parent, the baselines and its own
+targets (judge.py), promotes real improvements to the `full` protocol, records everything and prints the
+iteration block in the seeds' shape.
+
+Durability: every state change is one committed row update, so a kill at any moment (kill -9 included)
+leaves each experiment either finished or visibly unfinished (proposed / checking / evaluating).
+`--resume` re-checks or re-evaluates the unfinished ones (finished trainings come from the cache) and
+continues the iteration count from the database, so nothing is lost or done twice.
+"""
+
+from __future__ import annotations
+
+import difflib
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from mixerlab.check import CHECK_TITLES, CheckReport, novelty_hash
+from mixerlab.config import LoopConfig, get_profile
+from mixerlab.evaluate import ResultCache
+from mixerlab.evaluate.plan import plan_jobs
+from mixerlab.executor import Executor
+from mixerlab.insights import Insights, render_block
+from mixerlab.judge import TASKS, improves, judge
+from mixerlab.mixers import builtin_spec
+from mixerlab.mixers.loading import MixerSpec
+from mixerlab.propose import ExperimentView, Proposal, ProposalContext, Proposer, ProposerError, TokenUse
+from mixerlab.select import references, select_parent
+from mixerlab.store import Experiment, Store
+from mixerlab.store.repository import UNFINISHED
+from mixerlab.table import accuracies_df
+from mixerlab.tasks import TASK_ORDER
+from mixerlab.train.result import TrainResult
+
+BASELINES = ("delta_net", "gated_delta_net")
+
+
+class RunExists(ValueError):
+    pass
+
+
+def timestamp() -> str:
+    return datetime.now().strftime("%Y%m%d_%H%M%S")
+
+
+def view(e: Experiment, names: dict[int, str]) -> ExperimentView:
+    return ExperimentView(name=e.name, kind=e.kind, parent=names.get(e.parent_id) if e.parent_id else None,
+                          edits=list(e.edits or []), status=e.status, success=e.success, scores=e.scores or {},
+                          mean_score=e.mean_score, failure_reason=e.failure_reason, expected=e.expected or {}, code=e.code)
+
+
+def report_text(report: CheckReport) -> str:
+    lines = [report.summary(), ""]
+    for c in report.checks:
+        lines.append(f"[{c.status}] {CHECK_TITLES[c.name]}: {c.reason}")
+    return "\n".join(lines)
+
+
+def curves(trainings: list[TrainResult]) -> dict[str, Any]:
+    """Per task, the learning curve of its first setting's best training (seed 0)."""
+    out: dict[str, Any] = {}
+    for task in TASKS:
+        runs = [t for t in trainings if t.task == task and t.seed == 0]
+        if not runs:
+            continue
+        first = sorted({t.setting for t in runs})[0]
+        best = max((t for t in runs if t.setting == first), key=lambda t: t.score)
+        out[task] = {"setting": first, "lr": best.lr, "weight_decay": best.weight_decay,
+                     "test_acc": [h.test_acc for h in best.history], "train_loss": [h.train_loss for h in best.history]}
+    return out
+
+
+class ResearchLoop:
+    def __init__(self, config: LoopConfig, proposer: Proposer, executor: Executor, console: Console | None = None) -> None:
+        self.config = config
+        self.proposer = proposer
+        self.executor = executor
+        self.console = console or Console()
+        self.run_dir = Path(config.run_dir)
+        self.store = Store(config.database_url)
+        self.cache = ResultCache(config.cache_path or self.run_dir / "cache.sqlite")
+        self.lock = threading.Lock()  # one proposal at a time: each sees the others' claims
+        self.print_lock = threading.Lock()
+        self.run_id: int | None = None
+        self.stop_at = time.monotonic() + config.budget_minutes * 60 if config.budget_minutes else None
+        self.progress: Progress | None = None
+
+    # the run ------------------------------------------------------------------------------------
+
+    @property
+    def run_name(self) -> str:
+        return self.run_dir.resolve().name
+
+    def open_run(self, resume: bool) -> None:
+        existing = self.store.find_run(self.run_name)
+        if existing and not resume:
+            raise RunExists(f"run {self.run_name!r} already exists in {self.config.database_url}; "
+                            "add --resume to continue it, or choose another --run-dir")
+        if not existing and resume:
+            raise RunExists(f"no run {self.run_name!r} in {self.config.database_url} to resume; drop --resume to start it")
+        if existing:
+            self.run_id = existing.id
+            self.store.set_run_status(existing.id, "running")
+        else:
+            self.run_id = self.store.create_run(self.run_name, self.config.model_dump(mode="json")).id
+        (self.run_dir / "iterations").mkdir(parents=True, exist_ok=True)
+
+    def history(self) -> list[ExperimentView]:
+        rows = self.store.experiments(self.run_id)
+        names = {e.id: e.name for e in rows}
+        return [view(e, names) for e in rows]
+
+    def event(self, stage: str, message: str = "", iteration: int = 0, experiment: str = "") -> None:
+        self.store.log_event(self.run_id, stage, message, iteration, experiment)
+        if self.progress is not None:
+            best = max((e for e in self.history() if e.mean_score is not None), key=lambda e: e.mean_score, default=None)
+            suffix = f" · best {best.name} {best.mean_score:.4f}" if best else ""
+            self.progress.update(self._task, description=f"iteration {iteration} · {stage} {experiment}{suffix}")
+
+    def run(self, resume: bool = False) -> None:
+        self.open_run(resume)
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=self.console,
+                      transient=True) as progress:
+            self.progress = progress
+            self._task = progress.add_task("starting")
+            try:
+                self.ensure_baselines()
+                self.resume_unfinished()
+                workers = max(1, self.config.workers)
+                with ThreadPoolExecutor(workers) as pool:
+                    for future in [pool.submit(self.worker, slot) for slot in range(workers)]:
+                        future.result()
+                self.store.set_run_status(self.run_id, "finished")
+            except BaseException:
+                self.store.set_run_status(self.run_id, "interrupted")
+                raise
+            finally:
+                self.progress = None
+
+    def worker(self, slot: int) -> None:
+        while True:
+            with self.lock:
+                iteration = self.claim_iteration()
+                if iteration is None:
+                    return
+                experiment, proposal, context = self.propose(iteration)
+            if experiment is not None:
+                self.check_and_evaluate(experiment, proposal, context, slot)
+
+    def claim_iteration(self) -> int | None:
+        if self.stop_at is not None and time.monotonic() > self.stop_at:
+            return None
+        count = sum(1 for e in self.store.experiments(self.run_id) if e.kind == "candidate")
+        if self.config.iterations is not None and count >= self.config.iterations:
+            return None
+        return count + 1
+
+    # baselines and resuming ----------------------------------------------------------------------
+
+    def ensure_baselines(self) -> None:
+        for name in BASELINES:
+            spec = builtin_spec(name)
+            row = next((e for e in self.store.experiments(self.run_id) if e.name == spec.name), None)
+            if row is None:
+                row = self.store.add_experiment(
+                    run_id=self.run_id, name=spec.name, kind="baseline", iteration=0, proposer="baseline",
+                    code=spec.source, code_hash=spec.code_hash, novelty_hash=novelty_hash(spec.source),
+                    status="evaluating", profile=self.config.profile, timestamp=timestamp(),
+                )
+            if row.status != "done":
+                self.evaluate(row, spec, parent=None, slot=0)
+
+    def resume_unfinished(self) -> None:
+        for row in self.store.experiments(self.run_id, statuses=UNFINISHED):
+            if row.kind != "candidate":
+                continue
+            self.event("resuming", f"was {row.status}", row.iteration, row.name)
+            spec = MixerSpec(name=row.name, source=row.code, filename=f"{row.name}.py")
+            parent = self.store.experiment(row.parent_id) if row.parent_id else None
+            if row.status in ("proposed", "checking"):
+                report = self.executor.check(spec, self.store.known_novelty(), 0)
+                number = len(self.store.attempts(row.id))
+                self.store.add_attempt(row.id, number=number, code=row.code, passed=report.passed,
+                                       reason=report.summary(), check_report=report.model_dump(mode="json"))
+                if not report.passed:
+                    self.fail(row, f"checks failed: {report.summary()}", report)
+                    continue
+                row = self.store.update_experiment(row.id, status="evaluating", check_report=report.model_dump(mode="json"))
+            self.evaluate(row, spec, parent=parent, slot=0)
+
+    # one iteration -------------------------------------------------------------------------------
+
+    def eligible(self, e: ExperimentView) -> bool:
+        if self.proposer.name == "catalog":  # catalog edits apply to DeltaNet-lineage code
+            return e.name == "delta_net_4layer" or (e.kind == "candidate" and bool(e.edits))
+        return True
+
+    def propose(self, iteration: int) -> tuple[Experiment | None, Proposal | None, ProposalContext | None]:
+        history = self.history()
+        parent = select_parent(history, self.eligible, self.config.ucb_c)
+        if parent is None:
+            self.event("stopped", "no eligible parent", iteration)
+            return None, None, None
+        claimed = {(e.parent, e.edits[-1]) for e in history if e.parent and e.edits}
+        context = ProposalContext(history=history, parent=parent, references=references(history, parent),
+                                  iteration=iteration, language=self.config.language, noise_floor=self.config.noise_floor,
+                                  taken_names={e.name for e in history}, claimed=claimed)
+        self.event("proposing", f"parent {parent.name}", iteration)
+        stamp, start = timestamp(), time.perf_counter()
+        parent_row = next(e for e in self.store.experiments(self.run_id) if e.name == parent.name)
+        try:
+            proposal = self.proposer.propose(context)
+        except ProposerError as err:
+            name = f"delta_net_4layer_no_proposal_{iteration}"
+            row = self.store.add_experiment(
+                run_id=self.run_id, name=name, kind="candidate", iteration=iteration, parent_id=parent_row.id,
+                proposer=self.proposer.name, code="", code_hash="", novelty_hash="", status="failed", success=False,
+                failure_reason=f"the proposer failed: {err}", profile=self.config.profile, timestamp=stamp,
+                insights={}, timings={"propose_s": time.perf_counter() - start},
+            )
+            self.event("failed", str(err), iteration, name)
+            self.print_block(row)
+            return None, None, None
+        spec = MixerSpec(name=proposal.name, source=proposal.code, filename=f"{proposal.name}.py")
+        row = self.store.add_experiment(
+            run_id=self.run_id, name=proposal.name, kind="candidate", iteration=iteration, parent_id=parent_row.id,
+            proposer=self.proposer.name, edits=proposal.edits, code=proposal.code, code_hash=spec.code_hash,
+            novelty_hash=novelty_hash(proposal.code), diff=self.diff(parent.code, proposal.code),
+            insights=proposal.insights.model_dump(), expected=proposal.expected, status="checking",
+            profile=self.config.profile, timestamp=stamp, tokens=proposal.tokens.model_dump(),
+            timings={"propose_s": time.perf_counter() - start},
+        )
+        self.event("proposed", proposal.insights.reasoning.splitlines()[0][:200], iteration, proposal.name)
+        return row, proposal, context
+
+    @staticmethod
+    def diff(old: str, new: str) -> str:
+        return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), "parent.py", "candidate.py"))
+
+    def check_and_evaluate(self, row: Experiment, proposal: Proposal, context: ProposalContext, slot: int) -> None:
+        tokens = proposal.tokens
+        start = time.perf_counter()
+        for number in range(self.config.max_repairs + 1):
+            self.event("checking", f"attempt {number + 1}", row.iteration, row.name)
+            spec = MixerSpec(name=row.name, source=proposal.code, filename=f"{row.name}.py")
+            report = self.executor.check(spec, self.store.known_novelty(), slot)
+            self.store.add_attempt(row.id, number=number, code=proposal.code, passed=report.passed, reason=report.summary(),
+                                   check_report=report.model_dump(mode="json"), tokens=proposal.tokens.model_dump())
+            if report.passed:
+                break
+            if number == self.config.max_repairs:
+                self.fail(row, f"checks failed after {number + 1} attempt(s): {report.summary()}", report,
+                          timings={"check_s": time.perf_counter() - start}, tokens=tokens)
+                return
+            self.event("repairing", report.summary()[:200], row.iteration, row.name)
+            try:
+                with self.lock:  # the proposer keeps no shared state, but model endpoints may be rate-limited
+                    proposal = self.proposer.repair(context, proposal, report_text(report))
+            except ProposerError as err:
+                self.fail(row, f"checks failed ({report.summary()}); the repair failed: {err}", report,
+                          timings={"check_s": time.perf_counter() - start}, tokens=tokens)
+                return
+            tokens = tokens + proposal.tokens
+            parent = context.parent
+            row = self.store.update_experiment(
+                row.id, code=proposal.code, code_hash=MixerSpec(row.name, proposal.code).code_hash,
+                novelty_hash=novelty_hash(proposal.code), diff=self.diff(parent.code, proposal.code),
+                edits=proposal.edits, tokens=tokens.model_dump(),
+            )
+        timings = {**(row.timings or {}), "check_s": time.perf_counter() - start}
+        row = self.store.update_experiment(row.id, status="evaluating", check_report=report.model_dump(mode="json"),
+                                           timings=timings, tokens=tokens.model_dump())
+        parent_row = self.store.experiment(row.parent_id)
+        self.evaluate(row, MixerSpec(name=row.name, source=row.code, filename=f"{row.name}.py"), parent_row, slot)
+
+    def fail(self, row: Experiment, reason: str, report: CheckReport | None = None, timings: dict | None = None,
+             tokens: TokenUse | None = None) -> None:
+        fields: dict[str, Any] = {"status": "failed", "success": False, "failure_reason": reason}
+        if report is not None:
+            fields["check_report"] = report.model_dump(mode="json")
+        if timings:
+            fields["timings"] = {**(row.timings or {}), **timings}
+        if tokens is not None:
+            fields["tokens"] = tokens.model_dump()
+        row = self.store.update_experiment(row.id, **fields)
+        self.event("failed", reason[:300], row.iteration, row.name)
+        self.print_block(row)
+
+    # evaluation ------------------------------------------------------------------------------------
+
+    def scores_of(self, report: dict[str, Any]) -> dict[str, dict]:
+        return {task: {"mean": s["mean"], "std": s["std"], "seeds": s["seeds"]} for task, s in report["tasks"].items()}
+
+    def run_profile(self, row: Experiment, spec: MixerSpec, profile_name: str, slot: int) -> tuple[dict | None, list, str]:
+        profile = get_profile(profile_name)
+        train = profile.train
+        numerics = "bf16" if train.autocast_dtype("cuda" if self.config.device.startswith("cuda") else "cpu") else "fp32"
+        keys = [j.cache_key(spec.code_hash, train, numerics) for j in plan_jobs(profile, TASK_ORDER, self.config.seeds)]
+        cached = {k: r.model_dump(mode="json") for k, r in self.cache.get_many(keys).items()}
+        options = {"profile": profile_name, "tasks": [t.value for t in TASK_ORDER], "seeds": self.config.seeds,
+                   "cached": cached, "timeout_s": self.config.evaluation_timeout(profile_name)}
+
+        def record(result: TrainResult) -> None:
+            self.cache.put(result, spec.code_hash, spec.name)
+
+        outcome = self.executor.evaluate(spec, options, record, slot)
+        if not outcome.ok:
+            return None, outcome.trainings, outcome.error
+        trainings = outcome.trainings + [TrainResult.model_validate(v) for v in cached.values()]
+        return outcome.report, trainings, ""
+
+    def evaluate(self, row: Experiment, spec: MixerSpec, parent: Experiment | None, slot: int) -> None:
+        self.event("evaluating", f"profile {self.config.profile}", row.iteration, row.name)
+        start = time.perf_counter()
+        report, trainings, error = self.run_profile(row, spec, self.config.profile, slot)
+        timings = {**(row.timings or {}), "eval_s": time.perf_counter() - start}
+        if report is None:
+            self.fail(row, f"evaluation failed: {error}", timings=timings)
+            return
+        scores = self.scores_of(report)
+        mean = statistics.fmean(s["mean"] for s in scores.values())
+        baselines = {e.name: e.scores for e in self.store.experiments(self.run_id) if e.kind == "baseline" and e.scores}
+        judgement = judge(scores, parent.scores if parent else None, baselines, row.expected or {}, self.config.noise_floor)
+        fields: dict[str, Any] = {"status": "done", "success": True, "scores": scores, "mean_score": mean,
+                                  "judgement": judgement, "curves": curves(trainings), "timings": timings}
+        promotion = self.config.promotion_profile()
+        if row.kind == "candidate" and promotion and improves(judgement):
+            self.event("promoting", f"to {promotion}", row.iteration, row.name)
+            t0 = time.perf_counter()
+            promoted, _, error = self.run_profile(row, spec, promotion, slot)
+            fields["promoted"] = {"profile": promotion, "scores": self.scores_of(promoted)} if promoted else {"profile": promotion, "error": error}
+            fields["timings"] = {**timings, "promote_s": time.perf_counter() - t0}
+        row = self.store.update_experiment(row.id, **fields)
+        self.event("done", f"mean {mean:.4f}", row.iteration, row.name)
+        if row.kind == "candidate":
+            self.print_block(row)
+
+    # output -----------------------------------------------------------------------------------------
+
+    def table_before(self, row: Experiment):
+        done = [e for e in self.store.experiments(self.run_id) if e.status == "done" and e.scores and e.id < row.id]
+        return accuracies_df({e.name: {t: s["mean"] for t, s in e.scores.items()} for e in done})
+
+    def print_block(self, row: Experiment) -> None:
+        insights = Insights(**row.insights) if row.insights else Insights(
+            observations="(no proposal)", code_issues="(no proposal)", reasoning=row.failure_reason or "(no proposal)",
+            expected="(no proposal)", lessons="(no proposal)")
+        block = render_block(self.table_before(row), row.timestamp or timestamp(), insights, row.name, bool(row.success))
+        with self.print_lock:
+            self.console.print(block, highlight=False, markup=False, soft_wrap=True)
+        (self.run_dir / "iterations" / f"{row.iteration:03d}_{(row.code_hash or 'none')[:16]}.txt").write_text(block)

@@ -1,0 +1,101 @@
+"""What every proposer gets (the history, the parent, reference experiments) and must return (a named
+code change with its Insights document and numeric per-task targets)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+from mixerlab.insights import Insights
+from mixerlab.tasks import TASK_ORDER
+
+Language = Literal["en", "zh"]
+
+
+class TokenUse(BaseModel):
+    prompt: int = 0
+    completion: int = 0
+    calls: int = 0
+    cost: float = 0.0
+
+    def __add__(self, other: "TokenUse") -> "TokenUse":
+        return TokenUse(prompt=self.prompt + other.prompt, completion=self.completion + other.completion,
+                        calls=self.calls + other.calls, cost=self.cost + other.cost)
+
+
+class Proposal(BaseModel):
+    name: str  # delta_net_4layer_<change_in_snake_case>
+    code: str
+    insights: Insights
+    expected: dict[str, float] = Field(default_factory=dict)  # task -> target accuracy
+    edits: list[str] = Field(default_factory=list)  # catalog edits composing the code (empty for others)
+    tokens: TokenUse = Field(default_factory=TokenUse)
+
+
+@dataclass
+class ExperimentView:
+    """One row of the history as proposers see it."""
+
+    name: str
+    kind: str
+    parent: str | None
+    edits: list[str]
+    status: str
+    success: bool | None
+    scores: dict[str, dict]  # task -> {mean, std, seeds}
+    mean_score: float | None
+    failure_reason: str = ""
+    expected: dict[str, float] = field(default_factory=dict)
+    code: str = ""
+
+    def score(self, task: str) -> float | None:
+        value = self.scores.get(task)
+        return None if value is None else value["mean"]
+
+    def std(self, task: str) -> float:
+        value = self.scores.get(task)
+        return 0.0 if value is None else value.get("std", 0.0)
+
+
+@dataclass
+class ProposalContext:
+    history: list[ExperimentView]  # every experiment of the run so far, oldest first
+    parent: ExperimentView
+    references: list[ExperimentView]  # siblings, the best, recent failures
+    iteration: int
+    language: Language = "en"
+    noise_floor: float = 0.01
+    taken_names: set[str] = field(default_factory=set)
+    claimed: set[tuple[str, str]] = field(default_factory=set)  # (parent, edit) pairs already tried or in flight
+
+    @property
+    def evaluated(self) -> list[ExperimentView]:
+        return [e for e in self.history if e.status == "done" and e.scores]
+
+    def baseline(self, name: str) -> ExperimentView | None:
+        return next((e for e in self.history if e.name == name), None)
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    name, n = base, 2
+    while name in taken:
+        name = f"{base}_v{n}"
+        n += 1
+    return name
+
+
+class ProposerError(RuntimeError):
+    """A proposer could not produce a usable proposal; the message says why (recorded with the experiment)."""
+
+
+class Proposer(Protocol):
+    name: str
+
+    def propose(self, context: ProposalContext) -> Proposal: ...
+
+    def repair(self, context: ProposalContext, proposal: Proposal, report: str) -> Proposal: ...
+
+
+TASK_NAMES = [t.value for t in TASK_ORDER]

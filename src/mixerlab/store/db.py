@@ -1,0 +1,66 @@
+"""Opening the database: SQLite (a file, WAL mode) by default, PostgreSQL by URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .models import Base
+
+
+class DatabaseError(ValueError):
+    """The database cannot be used; the message says what to fix."""
+
+
+def sqlite_url(path: str | Path) -> str:
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def open_engine(url: str) -> Engine:
+    """Create the engine and the tables; raise DatabaseError with a fix for bad URLs and unreachable servers."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseError(f"bad database URL {url!r}: use sqlite:///path/to/run.db or postgresql://user@host:port/db") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise DatabaseError(f"unsupported database {backend!r} in {url!r}: use sqlite:/// or postgresql://")
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).resolve().parent
+        if not folder.exists():
+            raise DatabaseError(f"folder {str(folder)!r} for the database does not exist; create it or use --run-dir")
+    try:
+        engine = create_engine(parsed, pool_pre_ping=True, future=True)
+    except (ArgumentError, ModuleNotFoundError) as err:
+        raise DatabaseError(f"cannot use {url!r}: {err}; for PostgreSQL install psycopg (pip install 'psycopg[binary]')") from None
+    if backend == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:  # durability with concurrent readers (the web view)
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+    try:
+        Base.metadata.create_all(engine)
+    except OperationalError as err:
+        hint = "is the server running and the URL right?" if backend == "postgresql" else "is the folder writable?"
+        raise DatabaseError(f"cannot open database {parsed.render_as_string(hide_password=True)!r}: "
+                            f"{str(err.orig).strip().splitlines()[0]}; {hint}") from None
+    except SQLAlchemyError as err:
+        raise DatabaseError(f"cannot open database {url!r}: {err}") from None
+    missing = {"runs", "experiments", "attempts", "events"} - set(inspect(engine).get_table_names())
+    if missing:
+        raise DatabaseError(f"database {url!r} lacks tables {sorted(missing)}; it is not a mixerlab database")
+    return engine
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False, future=True)

@@ -1,0 +1,104 @@
+"""The research record: runs, experiments, repair attempts and live events (SQLAlchemy 2.0 ORM)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(20), default="running")  # running | finished | interrupted
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
+
+    experiments: Mapped[list[Experiment]] = relationship(back_populates="run", order_by="Experiment.id")
+
+
+class Experiment(Base):
+    """One architecture: a baseline or a proposed candidate, with everything learned about it."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (UniqueConstraint("run_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    name: Mapped[str] = mapped_column(String(300))
+    kind: Mapped[str] = mapped_column(String(20))  # baseline | candidate
+    iteration: Mapped[int] = mapped_column(Integer, default=0)  # 0 for baselines
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id"), nullable=True)
+    proposer: Mapped[str] = mapped_column(String(40), default="")
+    edits: Mapped[list[Any]] = mapped_column(JSON, default=list)  # catalog edits composing this code
+    code: Mapped[str] = mapped_column(Text)
+    code_hash: Mapped[str] = mapped_column(String(32), index=True)
+    novelty_hash: Mapped[str] = mapped_column(String(32), index=True)
+    diff: Mapped[str] = mapped_column(Text, default="")  # unified diff against the parent's code
+    insights: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the five sections
+    expected: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # task -> target accuracy
+    status: Mapped[str] = mapped_column(String(20), default="proposed")  # proposed|checking|evaluating|done|failed
+    success: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    failure_reason: Mapped[str] = mapped_column(Text, default="")
+    check_report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    profile: Mapped[str] = mapped_column(String(20), default="")
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # task -> {mean, std, seeds}
+    mean_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    promoted: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # scores under the promotion profile
+    judgement: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # vs parent / baselines / expected
+    curves: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # task -> per-epoch test accuracy, loss
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # stage -> seconds
+    tokens: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # prompt, completion, cost
+    timestamp: Mapped[str] = mapped_column(String(20), default="")  # YYYYMMDD_HHMMSS of the proposal
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
+
+    run: Mapped[Run] = relationship(back_populates="experiments")
+    parent: Mapped[Experiment | None] = relationship(remote_side="Experiment.id")
+    attempts: Mapped[list[Attempt]] = relationship(back_populates="experiment", order_by="Attempt.number",
+                                                   cascade="all, delete-orphan")
+
+
+class Attempt(Base):
+    """One version of a candidate's code and its check report: the proposal, then each repair."""
+
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)  # 0 = the proposal, 1.. = repairs
+    code: Mapped[str] = mapped_column(Text)
+    passed: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    check_report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    tokens: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+    experiment: Mapped[Experiment] = relationship(back_populates="attempts")
+
+
+class Event(Base):
+    """What the loop is doing now (the dashboard's live view reads these)."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    iteration: Mapped[int] = mapped_column(Integer, default=0)
+    stage: Mapped[str] = mapped_column(String(40))
+    message: Mapped[str] = mapped_column(Text, default="")
+    experiment: Mapped[str] = mapped_column(String(300), default="")
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, index=True)

@@ -1,0 +1,103 @@
+"""The store's operations. Each call is one short transaction, so a kill at any moment leaves every row
+either fully written or not written at all."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from .db import open_engine, session_factory
+from .models import Attempt, Event, Experiment, Run
+
+UNFINISHED = ("proposed", "checking", "evaluating")
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = open_engine(url)
+        self.session = session_factory(self.engine)
+
+    # runs -----------------------------------------------------------------------------------
+
+    def find_run(self, name: str) -> Run | None:
+        with self.session() as s:
+            return s.scalar(select(Run).where(Run.name == name))
+
+    def create_run(self, name: str, config: dict[str, Any]) -> Run:
+        with self.session.begin() as s:
+            run = Run(name=name, config=config)
+            s.add(run)
+        return run
+
+    def runs(self) -> list[Run]:
+        with self.session() as s:
+            return list(s.scalars(select(Run).order_by(Run.id)))
+
+    def set_run_status(self, run_id: int, status: str) -> None:
+        with self.session.begin() as s:
+            s.get(Run, run_id).status = status
+
+    # experiments ----------------------------------------------------------------------------
+
+    def add_experiment(self, **fields: Any) -> Experiment:
+        with self.session.begin() as s:
+            experiment = Experiment(**fields)
+            s.add(experiment)
+        return experiment
+
+    def update_experiment(self, experiment_id: int, **fields: Any) -> Experiment:
+        with self.session.begin() as s:
+            experiment = s.get(Experiment, experiment_id)
+            for key, value in fields.items():
+                setattr(experiment, key, value)
+        return experiment
+
+    def experiment(self, experiment_id: int) -> Experiment | None:
+        with self.session() as s:
+            return s.get(Experiment, experiment_id)
+
+    def experiments(self, run_id: int | None = None, statuses: Iterable[str] | None = None) -> list[Experiment]:
+        with self.session() as s:
+            query = select(Experiment).order_by(Experiment.id)
+            if run_id is not None:
+                query = query.where(Experiment.run_id == run_id)
+            if statuses is not None:
+                query = query.where(Experiment.status.in_(list(statuses)))
+            return list(s.scalars(query))
+
+    def name_taken(self, run_id: int, name: str) -> bool:
+        with self.session() as s:
+            return s.scalar(select(Experiment.id).where(Experiment.run_id == run_id, Experiment.name == name)) is not None
+
+    def known_novelty(self) -> dict[str, str]:
+        """novelty hash -> experiment name, over every experiment that passed its checks."""
+        with self.session() as s:
+            rows = s.execute(select(Experiment.novelty_hash, Experiment.name).where(Experiment.status.in_(("done", "evaluating"))))
+            return {h: n for h, n in rows}
+
+    # attempts and events ------------------------------------------------------------------------
+
+    def add_attempt(self, experiment_id: int, **fields: Any) -> Attempt:
+        with self.session.begin() as s:
+            attempt = Attempt(experiment_id=experiment_id, **fields)
+            s.add(attempt)
+        return attempt
+
+    def attempts(self, experiment_id: int) -> list[Attempt]:
+        with self.session() as s:
+            return list(s.scalars(select(Attempt).where(Attempt.experiment_id == experiment_id).order_by(Attempt.number)))
+
+    def log_event(self, run_id: int, stage: str, message: str = "", iteration: int = 0, experiment: str = "") -> None:
+        with self.session.begin() as s:
+            s.add(Event(run_id=run_id, stage=stage, message=message, iteration=iteration, experiment=experiment))
+
+    def events(self, run_id: int, limit: int = 50) -> list[Event]:
+        with self.session() as s:
+            rows = s.scalars(select(Event).where(Event.run_id == run_id).order_by(Event.id.desc()).limit(limit))
+            return list(rows)
+
+
+__all__ = ["IntegrityError", "Store", "UNFINISHED"]

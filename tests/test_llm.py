@@ -1,0 +1,97 @@
+"""The LLM proposer: robust parsing, every endpoint fault with its documented retry behaviour, and the real
+path against llama.cpp's OpenAI-compatible server with SmolLM2-135M."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from mixerlab.mixers import template_source
+from mixerlab.propose import ExperimentView, ProposalContext
+from mixerlab.propose.llm import LLMClient, LLMError, LLMProposer, LLMSettings, parse_reply, salvage_json
+from services import FaultServer, free_port, llama_server
+
+SECTIONS_JSON = '"observations": "o", "code_issues": "c", "reasoning": "r", "expected": "e", "lessons": "l"'
+
+
+def context() -> ProposalContext:
+    parent = ExperimentView(name="delta_net_4layer", kind="baseline", parent=None, edits=[], status="done", success=True,
+                            scores={"compress": {"mean": 0.5, "std": 0.0, "seeds": [0.5]}}, mean_score=0.5,
+                            code=template_source("delta_net"))
+    return ProposalContext(history=[parent], parent=parent, references=[], iteration=1, taken_names={"delta_net_4layer"})
+
+
+def settings(url: str, **kw) -> LLMSettings:
+    return LLMSettings(base_url=url, max_retries=2, format_retries=1, backoff_s=0.05, timeout_s=5, **kw)
+
+
+def test_parse_json_fenced_json_and_tagged_sections() -> None:
+    plain = parse_reply('{"name": "delta_net_4layer_a", "code": "class DeltaNet: pass", "targets": {"compress": 0.6}, ' + SECTIONS_JSON + "}")
+    assert plain.name == "delta_net_4layer_a" and plain.targets == {"compress": 0.6} and plain.insights.lessons == "l"
+    fenced = parse_reply('Here you go:\n```json\n{"name": "n", "code": "```python\\nclass DeltaNet: pass\\n```", ' + SECTIONS_JSON + "}\n```")
+    assert fenced.code.strip() == "class DeltaNet: pass"
+    tagged = parse_reply("<name>delta_net_4layer_b</name>\nKey Observations from Experiment Results\nobs\n"
+                         "Specific Code Issues Identified\nissue\nTechnical Reasoning for Proposed Change\nwhy\n"
+                         "Expected Improvements\nmore\nLessons from Historical Attempts\nless\n"
+                         "<code>\n```python\nclass DeltaNet: pass\n```\n</code>")
+    assert tagged.name == "delta_net_4layer_b" and tagged.insights.reasoning == "why" and "class DeltaNet" in tagged.code
+    with pytest.raises(ValueError, match="lacks name, code"):
+        parse_reply("I think you should add a gate.")
+    missing = parse_reply('{"name": "n", "code": ""}')  # empty sections are marked, the checker judges the code
+    assert "wrote nothing" in missing.insights.observations
+    assert salvage_json('{"name": "n", "code": "class A:\\n    pa') == {"name": "n", "code": "class A:\n    pa"}
+
+
+@pytest.fixture()
+def fault():
+    server = FaultServer()
+    yield server
+    server.close()
+
+
+def test_http_500_and_429_are_retried_with_backoff(fault: FaultServer) -> None:
+    fault.mode, fault.fail_times = "500", 2
+    proposal = LLMProposer(settings(fault.url)).propose(context())
+    assert proposal.name == "delta_net_4layer_fault_test" and fault.requests == 3
+    assert proposal.tokens.prompt == 100 and proposal.tokens.completion == 20 and proposal.tokens.calls == 1
+    fault.mode, fault.fail_times, fault.requests = "429", 1, 0
+    LLMProposer(settings(fault.url)).propose(context())
+    assert fault.requests == 2
+    fault.mode, fault.fail_times, fault.requests = "500", 10, 0
+    with pytest.raises(LLMError, match=r"HTTP 500 .*gave up after 3 attempts"):
+        LLMProposer(settings(fault.url)).propose(context())
+    assert fault.requests == 3
+
+
+def test_garbage_and_truncated_replies_get_clear_errors(fault: FaultServer) -> None:
+    fault.mode = "garbage"
+    with pytest.raises(LLMError, match="not with a chat completion"):
+        LLMProposer(settings(fault.url)).propose(context())
+    fault.mode, fault.requests = "truncated", 0
+    with pytest.raises(LLMError, match="cut off at max_tokens"):
+        LLMProposer(settings(fault.url)).propose(context())
+    assert fault.requests == 2  # asked once more (format_retries=1)
+
+
+def test_timeouts_server_down_and_missing_key(fault: FaultServer, monkeypatch) -> None:
+    fault.mode = "timeout"
+    start = time.monotonic()
+    with pytest.raises(LLMError, match="no reply from .* within 1 s"):
+        LLMClient(settings(fault.url).model_copy(update={"timeout_s": 1.0, "max_retries": 1})).chat([], False)
+    assert time.monotonic() - start < 10
+    with pytest.raises(LLMError, match="cannot reach http://127.0.0.1:.*is the server running"):
+        LLMClient(settings(f"http://127.0.0.1:{free_port()}/v1")).chat([], False)
+    monkeypatch.delenv("MY_KEY", raising=False)
+    with pytest.raises(LLMError, match="set the environment variable MY_KEY"):
+        LLMClient(settings(fault.url, api_key_env="MY_KEY", require_key=True))
+
+
+@pytest.mark.slow
+def test_real_llama_cpp_server_answers_a_proposal() -> None:
+    with llama_server() as url:
+        proposer = LLMProposer(LLMSettings(base_url=url, max_tokens=600, temperature=0.0, timeout_s=240))
+        proposal = proposer.propose(context())
+    assert proposal.name.startswith("delta_net_4layer_")
+    assert proposal.tokens.prompt > 1000 and proposal.tokens.completion > 0  # the real prompt and reply, counted
+    assert isinstance(proposal.code, str)
