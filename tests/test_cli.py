@@ -99,3 +99,11 @@ def test_check_exit_codes_and_json(tmp_path: Path) -> None:
     assert [c["status"] for c in report["checks"]] == ["pass"] * 8
     assert_user_error(mixerlab("check", "missing.py"), "does not exist")
     assert_user_error(mixerlab("check"), "Missing argument")
+
+
+def test_serve_history_and_report_bad_input(tmp_path: Path) -> None:
+    assert_user_error(mixerlab("serve", "--db", f"sqlite:///{tmp_path}/missing.db"), "no database at")
+    assert_user_error(mixerlab("serve"), "give --db URL or --run-dir DIR")
+    assert_user_error(mixerlab("report", "--out", str(tmp_path / "r"), "--run-dir", str(tmp_path)), "no database at")
+    assert_user_error(mixerlab("history", "--db", "mysql://x/y"), "unsupported database 'mysql'")
+    assert_user_error(mixerlab("history", "--run-dir", str(tmp_path), "--format", "xml"), "unknown format 'xml'")

@@ -21,12 +21,6 @@ from services import free_port, llama_server, postgres_server
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory) -> Path:
-    """One result cache for the session: baseline trainings are computed once (as across a user's runs)."""
-    return tmp_path_factory.mktemp("cache") / "results.sqlite"
-
-
 def discover(*args: str, wait: bool = True):
     command = [sys.executable, "-m", "mixerlab.cli", "discover", "--device", "cpu", *args]
     if not wait:
@@ -43,10 +37,8 @@ def blocks(text: str) -> list[str]:
     return out
 
 
-def test_catalog_loop_records_everything_and_prints_the_seed_blocks(tmp_path: Path, shared_cache: Path) -> None:
-    run_dir = tmp_path / "run"
-    proc = discover("--run-dir", str(run_dir), "--iterations", "2", "--workers", "2", "--cache", str(shared_cache))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def test_catalog_loop_records_everything_and_prints_the_seed_blocks(tmp_path: Path, tiny_run) -> None:
+    run_dir, proc = tiny_run
     store = Store(f"sqlite:///{run_dir / 'mixerlab.db'}")
     rows = store.experiments()
     assert [r.name for r in rows[:2]] == ["delta_net_4layer", "gated_delta_net_4layer"]

@@ -243,7 +243,8 @@ def discover_command(
 
         executor = LocalExecutor(dev, torch.cuda.device_count() if dev.startswith("cuda") else 0,
                                  SandboxLimits(timeout_s=config.check_timeout_s, memory_gb=config.check_memory_gb),
-                                 workers_per_gpu=max(1, workers // max(1, torch.cuda.device_count() or 1)))
+                                 workers_per_gpu=max(1, workers // max(1, torch.cuda.device_count() or 1)),
+                                 workers=workers)
         loop = ResearchLoop(config, chosen, executor, console)
         loop.run(resume=resume)
     except (UserError, RunExists, DatabaseError, ValueError) as err:
@@ -313,6 +314,77 @@ def history_command(
         console.print(f"wrote {out}")
     else:
         typer.echo(text)
+
+
+def _db_from(db: Optional[str], run_dir: Optional[Path]) -> str:
+    if db:
+        return db
+    if run_dir is None:
+        fail("give --db URL or --run-dir DIR")
+    path = run_dir / "mixerlab.db"
+    if not path.is_file():
+        fail(f"no database at {str(path)!r}; pass the --run-dir of a discover run or --db")
+    return f"sqlite:///{path.resolve()}"
+
+
+def _existing_db(db: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(db)
+    except Exception:  # noqa: BLE001
+        fail(f"bad database URL {db!r}: use sqlite:///path/to/run.db or postgresql://user@host:port/db")
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
+        fail(f"no database at {url.database!r}; point --db at a discover run's mixerlab.db")
+
+
+@app.command("serve")
+def serve_command(
+    db: Optional[str] = typer.Option(None, help="database URL of a run (sqlite:///... or postgresql://...)"),
+    run_dir: Optional[Path] = typer.Option(None, help="or a run directory"),
+    host: str = typer.Option("127.0.0.1", help="bind address; anything but loopback requires a token"),
+    port: int = typer.Option(8000, min=1, max=65535),
+    token: Optional[str] = typer.Option(None, help="access token (generated when binding beyond loopback)"),
+) -> None:
+    """Serve the research dashboard (read-only): leaderboard, experiments, lineage, live view, compare."""
+    import uvicorn
+
+    from mixerlab.store import DatabaseError
+    from mixerlab.web.app import create_app, default_token
+
+    url = _db_from(db, run_dir)
+    _existing_db(url)
+    token = default_token(host, token)
+    try:
+        application = create_app(url, token)
+    except DatabaseError as err:
+        fail(str(err))
+    shown = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+    console.print(f"mixerlab dashboard on [bold]{shown}[/] (read-only; Ctrl-C to stop)", highlight=False)
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+@app.command("report")
+def report_command(
+    out: Path = typer.Option(..., help="folder for index.html and report.md"),
+    db: Optional[str] = typer.Option(None, help="database URL"),
+    run_dir: Optional[Path] = typer.Option(None, help="or a run directory"),
+    run: Optional[str] = typer.Option(None, help="only this run"),
+    top: int = typer.Option(5, min=1, help="experiments shown in full"),
+) -> None:
+    """Write a static, self-contained HTML report (and Markdown) that opens from disk."""
+    from mixerlab.store import DatabaseError
+    from mixerlab.web.report import write_report
+
+    url = _db_from(db, run_dir)
+    _existing_db(url)
+    try:
+        html, md = write_report(url, out, run, top)
+    except DatabaseError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"cannot write the report to {str(out)!r} ({err.strerror}); choose another --out")
+    console.print(f"wrote {html} and {md}")
 
 
 cache_app = typer.Typer(no_args_is_help=True, help="The result cache of finished trainings.")

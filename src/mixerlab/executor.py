@@ -7,6 +7,7 @@ executor (mixerlab.ray_executor) implements the same two calls on a cluster.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -54,8 +55,9 @@ def outcome_from_messages(messages: list[dict], status_reason: str | None, secon
 
 class LocalExecutor:
     def __init__(self, device: str = "cpu", gpus: int = 0, check_limits: SandboxLimits = SandboxLimits(),
-                 eval_memory_gb: float = 16.0, workers_per_gpu: int = 1) -> None:
+                 eval_memory_gb: float = 16.0, workers_per_gpu: int = 1, workers: int = 1) -> None:
         self.device = device
+        self.cpu_threads = max(1, (os.cpu_count() or 1) // max(1, workers))  # no oversubscription
         self.gpus = gpus
         self.check_limits = check_limits
         self.eval_memory_gb = eval_memory_gb
@@ -69,7 +71,7 @@ class LocalExecutor:
         cuda = self.device.startswith("cuda") and self.gpus > 0
         limits = SandboxLimits(
             timeout_s=options.pop("timeout_s"), memory_gb=self.eval_memory_gb, output_bytes=20_000_000,
-            cpu_threads=options.get("cpu_threads", 2),
+            cpu_threads=self.cpu_threads,
             cuda_device=(slot % self.gpus) if cuda else None,
             gpu_memory_fraction=(0.9 / self.workers_per_gpu) if cuda else None,
         )

@@ -60,6 +60,7 @@ class Experiment(Base):
     promoted: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # scores under the promotion profile
     judgement: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # vs parent / baselines / expected
     curves: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # task -> per-epoch test accuracy, loss
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # compact means/stds/verdicts for listings
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # stage -> seconds
     tokens: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # prompt, completion, cost
     timestamp: Mapped[str] = mapped_column(String(20), default="")  # YYYYMMDD_HHMMSS of the proposal
@@ -102,3 +103,19 @@ class Event(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     experiment: Mapped[str] = mapped_column(String(300), default="")
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, index=True)
+
+
+VERDICT_CODES = {"better": "b", "worse": "w", "within noise": "n"}
+
+
+def summarize(scores: dict[str, Any] | None, judgement: dict[str, Any] | None) -> dict[str, Any]:
+    """What a listing of thousands of experiments needs, small enough to decode fast."""
+    scores, judgement = scores or {}, judgement or {}
+    parent = judgement.get("vs_parent", {}).get("tasks", {})
+    baseline = judgement.get("vs_baselines", {}).get("delta_net_4layer", {}).get("tasks", {})
+    return {
+        "m": {t: round(v["mean"], 6) for t, v in scores.items()},
+        "s": {t: round(v.get("std", 0.0), 6) for t, v in scores.items()},
+        "vp": {t: VERDICT_CODES[v["verdict"]] for t, v in parent.items()},
+        "vb": {t: VERDICT_CODES[v["verdict"]] for t, v in baseline.items()},
+    }

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from .db import open_engine, session_factory
-from .models import Attempt, Event, Experiment, Run
+from .models import Attempt, Event, Experiment, Run, summarize
 
 UNFINISHED = ("proposed", "checking", "evaluating")
 
@@ -45,6 +45,7 @@ class Store:
     def add_experiment(self, **fields: Any) -> Experiment:
         with self.session.begin() as s:
             experiment = Experiment(**fields)
+            experiment.summary = summarize(fields.get("scores"), fields.get("judgement"))
             s.add(experiment)
         return experiment
 
@@ -53,6 +54,8 @@ class Store:
             experiment = s.get(Experiment, experiment_id)
             for key, value in fields.items():
                 setattr(experiment, key, value)
+            if "scores" in fields or "judgement" in fields:
+                experiment.summary = summarize(experiment.scores, experiment.judgement)
         return experiment
 
     def experiment(self, experiment_id: int) -> Experiment | None:

@@ -1,0 +1,1 @@
+"""The research dashboard (`mixerlab serve`) and the static report (`mixerlab report`)."""

@@ -1,0 +1,237 @@
+"""The research dashboard (`mixerlab serve`): read-only pages and a JSON API over a run's database.
+
+Pages: leaderboard (/), experiment (/experiments/{id}), lineage (/lineage), live (/live), compare
+(/compare?ids=1,2). API under /api/ (schema at /openapi.json), used by the pages' scripts. Nothing writes.
+Bound to 127.0.0.1 by default; bound elsewhere it requires a token (header `Authorization: Bearer <token>`,
+or `?token=` once, which sets a cookie). Bad ids give 404, bad queries 422, each with a plain message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import secrets
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import DiffLexer, PythonLexer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mixerlab.insights import SECTIONS
+from mixerlab.store import Store
+
+from .charts import bar_chart, line_chart, lineage_tree, score_color
+from .queries import COLUMNS, SORT_KEYS, TASKS, Queries
+
+HERE = Path(__file__).parent
+PAGE_SIZE = 100
+log = logging.getLogger(__name__)
+
+SortKey = Enum("SortKey", {k: k for k in SORT_KEYS}, type=str)  # type: ignore[misc]
+
+
+class Order(str, Enum):
+    asc = "asc"
+    desc = "desc"
+
+
+def code_html(code: str) -> str:
+    return highlight(code or "", PythonLexer(), HtmlFormatter(cssclass="hl", linenos="table"))
+
+
+def diff_html(diff: str) -> str:
+    return highlight(diff or "(no parent: nothing to compare)", DiffLexer(), HtmlFormatter(cssclass="hl"))
+
+
+def parse_ids(ids: str) -> list[int]:
+    try:
+        parsed = [int(part) for part in ids.split(",") if part.strip()]
+    except ValueError:
+        raise HTTPException(422, "ids must be comma-separated experiment ids, e.g. ?ids=3,7") from None
+    if len(parsed) < 2:
+        raise HTTPException(422, "compare needs at least two experiment ids, e.g. ?ids=3,7")
+    return parsed
+
+
+def create_app(db_url: str, token: str | None = None) -> FastAPI:
+    store = Store(db_url)
+    queries = Queries(store)
+    app = FastAPI(title="mixerlab", description="Read-only view of a mixerlab research record.", version="1")
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.globals.update(COLUMNS=COLUMNS, TASKS=TASKS, SECTIONS=SECTIONS, score_color=score_color)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    highlight_css = HtmlFormatter(cssclass="hl").get_style_defs(".hl")
+
+    @app.middleware("http")
+    async def server_timing(request: Request, call_next):
+        """Report the server's own time per request (Server-Timing header: what the benchmark reads)."""
+        start = time.perf_counter()
+        response = await call_next(request)
+        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - start) * 1000:.1f}"
+        return response
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        if token is None or request.url.path in ("/healthz",):
+            return await call_next(request)
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or request.cookies.get("mixerlab_token")
+        query = request.query_params.get("token")
+        if query and secrets.compare_digest(query, token):
+            response = RedirectResponse(request.url.remove_query_params("token"), status_code=303)
+            response.set_cookie("mixerlab_token", token, httponly=True, samesite="strict")
+            return response
+        if not given or not secrets.compare_digest(given, token):
+            return JSONResponse({"detail": "a token is required: open the URL printed by `mixerlab serve` (?token=...)"},
+                                status_code=401)
+        return await call_next(request)
+
+    def wants_html(request: Request) -> bool:
+        return not request.url.path.startswith("/api") and "text/html" in request.headers.get("accept", "text/html")
+
+    def error_page(request: Request, status: int, message: str) -> Response:
+        if wants_html(request):
+            return templates.TemplateResponse(request, "error.html", {"status": status, "message": message},
+                                              status_code=status)
+        return JSONResponse({"detail": message}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "not found"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no page at {request.url.path}; start from the leaderboard at /"
+        return error_page(request, exc.status_code, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"][1:]) or "request"
+            problems.append(f"invalid {where} {err.get('input')!r}: {err['msg']}")
+        return error_page(request, 422, "; ".join(problems))
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception):  # pragma: no cover - logged, never shown
+        log.exception("error serving %s", request.url.path)
+        return error_page(request, 500, "internal error (see the server log)")
+
+    # --- API -----------------------------------------------------------------------------------
+
+    @app.get("/highlight.css", include_in_schema=False)
+    def highlight_stylesheet() -> Response:
+        return Response(highlight_css, media_type="text/css")
+
+    @app.get("/healthz", include_in_schema=False)
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/runs", summary="Runs in the database")
+    def api_runs() -> list[dict[str, Any]]:
+        return queries.runs()
+
+    @app.get("/api/experiments", summary="The leaderboard: experiments with their six task scores")
+    def api_experiments(
+        run: str | None = None,
+        sort: SortKey = SortKey("mean_score"),
+        order: Order = Order.desc,
+        q: Annotated[str, Query(max_length=200)] = "",
+        status: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        rows = queries.leaderboard(run, sort.value, order == Order.desc, q, status)
+        return {"total": len(rows), "items": [r.as_json() for r in rows[offset : offset + limit]]}
+
+    @app.get("/api/experiments/{experiment_id}", summary="One experiment, everything recorded about it")
+    def api_experiment(experiment_id: int) -> dict[str, Any]:
+        data = queries.experiment(experiment_id)
+        if data is None:
+            raise HTTPException(404, f"no experiment with id {experiment_id}")
+        return data
+
+    @app.get("/api/lineage", summary="The tree of experiments (parent -> child)")
+    def api_lineage(run: str | None = None) -> list[dict[str, Any]]:
+        return queries.lineage(run)
+
+    @app.get("/api/live", summary="What the loop is doing now")
+    def api_live(run: str | None = None) -> dict[str, Any]:
+        return queries.live(run)
+
+    @app.get("/api/compare", summary="Two or more experiments side by side")
+    def api_compare(ids: str) -> dict[str, Any]:
+        items = []
+        for experiment_id in parse_ids(ids):
+            data = queries.experiment(experiment_id)
+            if data is None:
+                raise HTTPException(404, f"no experiment with id {experiment_id}")
+            items.append(data)
+        diff = "".join(difflib.unified_diff(items[0]["code"].splitlines(True), items[1]["code"].splitlines(True),
+                                            items[0]["name"], items[1]["name"]))
+        return {"items": items, "diff": diff}
+
+    # --- pages -----------------------------------------------------------------------------------
+
+    def page(request: Request, name: str, **context: Any) -> HTMLResponse:
+        runs = queries.runs()
+        return templates.TemplateResponse(request, name, {"runs": runs, **context})
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def leaderboard(request: Request, run: str | None = None, sort: SortKey = SortKey("mean_score"),
+                    order: Order = Order.desc, q: Annotated[str, Query(max_length=200)] = "",
+                    status: str | None = None, page_number: Annotated[int, Query(alias="page", ge=1)] = 1):
+        rows = queries.leaderboard(run, sort.value, order == Order.desc, q, status)
+        pages = max(1, -(-len(rows) // PAGE_SIZE))
+        shown = rows[(page_number - 1) * PAGE_SIZE : page_number * PAGE_SIZE]
+        return page(request, "leaderboard.html", rows=shown, total=len(rows), run=run, sort=sort.value,
+                    order=order.value, q=q, status=status, page=page_number, pages=pages)
+
+    @app.get("/experiments/{experiment_id}", response_class=HTMLResponse, include_in_schema=False)
+    def experiment_page(request: Request, experiment_id: int):
+        data = queries.experiment(experiment_id)
+        if data is None:
+            raise HTTPException(404, f"no experiment with id {experiment_id}; see the leaderboard at /")
+        series = {"this": [(data["scores"].get(t) or {}).get("mean") for t in TASKS]}
+        if data["parent"]:
+            series["parent"] = [(data["parent"]["scores"].get(t) or {}).get("mean") for t in TASKS]
+        for name, scores in data["baselines"].items():
+            if name != data["name"]:
+                series[name] = [(scores.get(t) or {}).get("mean") for t in TASKS]
+        bars = bar_chart([COLUMNS[t] for t in TASKS], series, "accuracy per task")
+        curves = {t: line_chart({"test acc": c["test_acc"], "train loss": [min(1.0, x / 5) for x in c["train_loss"]]},
+                                f"{COLUMNS[t]} ({c['setting']}, lr {c['lr']:g})", y_range=(0.0, 1.0))
+                  for t, c in (data["curves"] or {}).items()}
+        return page(request, "experiment.html", e=data, code=code_html(data["code"]), diff=diff_html(data["diff"]),
+                    bars=bars, curves=curves, attempt_code=[code_html(a["code"]) for a in data["attempts"]])
+
+    @app.get("/lineage", response_class=HTMLResponse, include_in_schema=False)
+    def lineage_page(request: Request, run: str | None = None):
+        nodes = api_lineage(run)
+        return page(request, "lineage.html", tree=lineage_tree(nodes), run=run, count=len(nodes))
+
+    @app.get("/live", response_class=HTMLResponse, include_in_schema=False)
+    def live_page(request: Request, run: str | None = None):
+        return page(request, "live.html", live=queries.live(run), run=run)
+
+    @app.get("/compare", response_class=HTMLResponse, include_in_schema=False)
+    def compare_page(request: Request, ids: str = ""):
+        if not ids:
+            return page(request, "compare.html", items=[], diff="", message="pick experiments on the leaderboard, then Compare")
+        data = api_compare(ids)
+        return page(request, "compare.html", items=data["items"], diff=diff_html(data["diff"]), message="")
+
+    return app
+
+
+def default_token(host: str, token: str | None) -> str | None:
+    """Loopback needs no token; any other bind address gets the given one or a fresh random one."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return token
+    return token or secrets.token_urlsafe(24)
