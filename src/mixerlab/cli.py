@@ -204,10 +204,15 @@ def discover_command(
     max_tokens: int = typer.Option(4096, min=64, help="completion token limit per model call"),
     temperature: float = typer.Option(0.7, min=0.0, max=2.0, help="sampling temperature of the model (0: greedy)"),
     cache: Optional[Path] = typer.Option(None, help="result cache shared across runs (default: in the run directory)"),
+    executor: str = typer.Option("local", help="local (processes here) | ray (a Ray cluster; pip install mixerlab[ray])"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster: auto | HOST:PORT (default: a private local cluster)"),
+    gpus_per_task: float = typer.Option(1.0, min=0.0, help="Ray: GPUs per training task (fractions share a GPU)"),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads per training (default: cores / workers)"),
+    llm_rate: Optional[float] = typer.Option(None, min=0.1, help="at most this many model calls per minute"),
 ) -> None:
     """Run the research loop: baselines, then propose -> check -> evaluate -> record, iteration by iteration."""
     from mixerlab.config import PROFILES, LoopConfig
-    from mixerlab.executor import LocalExecutor
+    from mixerlab.executor import make_executor
     from mixerlab.loop import ResearchLoop, RunExists
     from mixerlab.propose import CatalogProposer
     from mixerlab.propose.llm import LLMProposer, LLMSettings
@@ -227,7 +232,7 @@ def discover_command(
             raise UserError(f"unknown --promote-to {promote_to!r}; use auto, none or a profile name")
         _writable_dir(run_dir)
         llm = {"base_url": base_url, "model": model, "api_key_env": api_key_env, "timeout_s": llm_timeout,
-               "max_tokens": max_tokens, "temperature": temperature, "require_key": not any(h in base_url for h in ("127.0.0.1", "localhost", "[::1]"))}
+               "max_tokens": max_tokens, "temperature": temperature, "max_calls_per_minute": llm_rate, "require_key": not any(h in base_url for h in ("127.0.0.1", "localhost", "[::1]"))}
         config = LoopConfig(run_dir=str(run_dir), db_url=db, proposer=proposer, profile=prof, seeds=seeds,
                             iterations=3 if iterations is None and budget_minutes is None else iterations,
                             budget_minutes=budget_minutes, workers=workers, device=dev, promote_to=promote_to,
@@ -241,12 +246,25 @@ def discover_command(
             chosen = CatalogProposer()
         import torch
 
-        executor = LocalExecutor(dev, torch.cuda.device_count() if dev.startswith("cuda") else 0,
-                                 SandboxLimits(timeout_s=config.check_timeout_s, memory_gb=config.check_memory_gb),
-                                 workers_per_gpu=max(1, workers // max(1, torch.cuda.device_count() or 1)),
-                                 workers=workers)
-        loop = ResearchLoop(config, chosen, executor, console)
-        loop.run(resume=resume)
+        if executor not in ("local", "ray"):
+            raise UserError(f"unknown executor {executor!r}; use local or ray")
+        gpus = torch.cuda.device_count() if dev.startswith("cuda") else 0
+        limits = SandboxLimits(timeout_s=config.check_timeout_s, memory_gb=config.check_memory_gb)
+        try:
+            runner = make_executor(executor, device=dev, gpus=gpus, check_limits=limits, workers=workers,
+                                   workers_per_gpu=max(1, workers // max(1, gpus or 1)), address=ray_address,
+                                   gpus_per_task=gpus_per_task, **({"threads": threads} if threads else {}))
+        except ImportError as err:
+            raise UserError(str(err)) from None
+        except ConnectionError as err:
+            raise UserError(f"cannot connect to the Ray cluster at {ray_address!r} ({err}); start it or fix --ray-address") from None
+        if threads and executor == "local":
+            runner.cpu_threads = threads
+        loop = ResearchLoop(config, chosen, runner, console)
+        try:
+            loop.run(resume=resume)
+        finally:
+            runner.close()
     except (UserError, RunExists, DatabaseError, ValueError) as err:
         fail(str(err))
     _print_where(run_dir, config)

@@ -7,6 +7,11 @@ training goes to the result cache at once), judges it against its parent, the ba
 targets (judge.py), promotes real improvements to the `full` protocol, records everything and prints the
 iteration block in the seeds' shape.
 
+Pipeline: one proposal thread selects, proposes, checks and repairs, and puts checked candidates on a
+bounded queue (as long as the number of evaluation workers); `--workers` evaluation threads take them off
+and train them through the executor. Proposals thus run ahead of evaluations, so GPUs do not wait for the
+language model, without piling up stale proposals.
+
 Durability: every state change is one committed row update, so a kill at any moment (kill -9 included)
 leaves each experiment either finished or visibly unfinished (proposed / checking / evaluating).
 `--resume` re-checks or re-evaluates the unfinished ones (finished trainings come from the cache) and
@@ -16,6 +21,7 @@ continues the iteration count from the database, so nothing is lost or done twic
 from __future__ import annotations
 
 import difflib
+import queue
 import statistics
 import threading
 import time
@@ -91,7 +97,6 @@ class ResearchLoop:
         self.run_dir = Path(config.run_dir)
         self.store = Store(config.database_url)
         self.cache = ResultCache(config.cache_path or self.run_dir / "cache.sqlite")
-        self.lock = threading.Lock()  # one proposal at a time: each sees the others' claims
         self.print_lock = threading.Lock()
         self.run_id: int | None = None
         self.stop_at = time.monotonic() + config.budget_minutes * 60 if config.budget_minutes else None
@@ -138,10 +143,7 @@ class ResearchLoop:
             try:
                 self.ensure_baselines()
                 self.resume_unfinished()
-                workers = max(1, self.config.workers)
-                with ThreadPoolExecutor(workers) as pool:
-                    for future in [pool.submit(self.worker, slot) for slot in range(workers)]:
-                        future.result()
+                self.pipeline()
                 self.store.set_run_status(self.run_id, "finished")
             except BaseException:
                 self.store.set_run_status(self.run_id, "interrupted")
@@ -149,15 +151,58 @@ class ResearchLoop:
             finally:
                 self.progress = None
 
-    def worker(self, slot: int) -> None:
-        while True:
-            with self.lock:
-                iteration = self.claim_iteration()
-                if iteration is None:
-                    return
-                experiment, proposal, context = self.propose(iteration)
-            if experiment is not None:
-                self.check_and_evaluate(experiment, proposal, context, slot)
+    def pipeline(self) -> None:
+        workers = max(1, self.config.workers)
+        ready: queue.Queue = queue.Queue(maxsize=workers)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def producer() -> None:
+            try:
+                while not stop.is_set():
+                    iteration = self.claim_iteration()
+                    if iteration is None:
+                        return
+                    proposed = self.propose(iteration)
+                    if proposed == "stop":
+                        return
+                    if proposed is None:
+                        continue
+                    checked = self.check_with_repairs(*proposed)
+                    if checked is not None and not put(checked):
+                        return
+            finally:
+                for _ in range(workers):
+                    put(None)
+
+        def consumer(slot: int) -> None:
+            try:
+                while (item := ready.get()) is not None:
+                    row, parent = item
+                    self.evaluate(row, MixerSpec(name=row.name, source=row.code, filename=f"{row.name}.py"), parent, slot)
+            except BaseException:
+                stop.set()
+                raise
+
+        with ThreadPoolExecutor(workers + 1) as pool:
+            futures = [pool.submit(producer)] + [pool.submit(consumer, slot) for slot in range(workers)]
+            errors = []
+            for future in futures:
+                try:
+                    future.result()
+                except BaseException as err:  # noqa: BLE001 - re-raised below, after every thread stopped
+                    stop.set()
+                    errors.append(err)
+            if errors:
+                raise errors[0]
 
     def claim_iteration(self) -> int | None:
         if self.stop_at is not None and time.monotonic() > self.stop_at:
@@ -207,12 +252,13 @@ class ResearchLoop:
             return e.name == "delta_net_4layer" or (e.kind == "candidate" and bool(e.edits))
         return True
 
-    def propose(self, iteration: int) -> tuple[Experiment | None, Proposal | None, ProposalContext | None]:
+    def propose(self, iteration: int):
+        """(row, proposal, context) for a new candidate; None if the proposer failed (recorded); "stop" if no parent."""
         history = self.history()
         parent = select_parent(history, self.eligible, self.config.ucb_c)
         if parent is None:
             self.event("stopped", "no eligible parent", iteration)
-            return None, None, None
+            return "stop"
         claimed = {(e.parent, e.edits[-1]) for e in history if e.parent and e.edits}
         context = ProposalContext(history=history, parent=parent, references=references(history, parent),
                                   iteration=iteration, language=self.config.language, noise_floor=self.config.noise_floor,
@@ -232,7 +278,7 @@ class ResearchLoop:
             )
             self.event("failed", str(err), iteration, name)
             self.print_block(row)
-            return None, None, None
+            return None
         spec = MixerSpec(name=proposal.name, source=proposal.code, filename=f"{proposal.name}.py")
         row = self.store.add_experiment(
             run_id=self.run_id, name=proposal.name, kind="candidate", iteration=iteration, parent_id=parent_row.id,
@@ -249,7 +295,9 @@ class ResearchLoop:
     def diff(old: str, new: str) -> str:
         return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), "parent.py", "candidate.py"))
 
-    def check_and_evaluate(self, row: Experiment, proposal: Proposal, context: ProposalContext, slot: int) -> None:
+    def check_with_repairs(self, row: Experiment, proposal: Proposal, context: ProposalContext):
+        """Check, repairing up to max_repairs times; (row, parent row) when it passed, None when recorded as failed."""
+        slot = 0
         tokens = proposal.tokens
         start = time.perf_counter()
         for number in range(self.config.max_repairs + 1):
@@ -263,15 +311,14 @@ class ResearchLoop:
             if number == self.config.max_repairs:
                 self.fail(row, f"checks failed after {number + 1} attempt(s): {report.summary()}", report,
                           timings={"check_s": time.perf_counter() - start}, tokens=tokens)
-                return
+                return None
             self.event("repairing", report.summary()[:200], row.iteration, row.name)
             try:
-                with self.lock:  # the proposer keeps no shared state, but model endpoints may be rate-limited
-                    proposal = self.proposer.repair(context, proposal, report_text(report))
+                proposal = self.proposer.repair(context, proposal, report_text(report))
             except ProposerError as err:
                 self.fail(row, f"checks failed ({report.summary()}); the repair failed: {err}", report,
                           timings={"check_s": time.perf_counter() - start}, tokens=tokens)
-                return
+                return None
             tokens = tokens + proposal.tokens
             parent = context.parent
             row = self.store.update_experiment(
@@ -282,8 +329,7 @@ class ResearchLoop:
         timings = {**(row.timings or {}), "check_s": time.perf_counter() - start}
         row = self.store.update_experiment(row.id, status="evaluating", check_report=report.model_dump(mode="json"),
                                            timings=timings, tokens=tokens.model_dump())
-        parent_row = self.store.experiment(row.parent_id)
-        self.evaluate(row, MixerSpec(name=row.name, source=row.code, filename=f"{row.name}.py"), parent_row, slot)
+        return row, self.store.experiment(row.parent_id)
 
     def fail(self, row: Experiment, reason: str, report: CheckReport | None = None, timings: dict | None = None,
              tokens: TokenUse | None = None) -> None:

@@ -23,7 +23,10 @@ def plan_jobs(profile: Profile, tasks: tuple[Task, ...], seeds: int) -> list[Tra
 def group_jobs(
     jobs: list[TrainJob], capacity: Callable[[TrainJob], int], max_vocab_ratio: int = 4
 ) -> list[list[TrainJob]]:
-    """Split jobs into groups of one shape (backbone, input length, test size) that fit in memory.
+    """Split jobs into groups of one task and shape (backbone, input length, test size) that fit in memory.
+
+    Groups never span tasks, so evaluating a mixer's tasks separately (as the Ray executor does, one task per
+    cluster task) trains exactly the same groups, member for member, as evaluating them together.
 
     `capacity(job)` is how many members like `job` fit in one group (the group is sized by its largest
     vocabulary, its last member). A group never pads a vocabulary more than `max_vocab_ratio` times, and
@@ -31,10 +34,10 @@ def group_jobs(
     """
     def shape(job: TrainJob) -> tuple:
         s = job.setting
-        return (s.task.backbone, s.input_len, s.num_test)
+        return (s.task.value, s.task.backbone, s.input_len, s.num_test)
 
     ordered = sorted(jobs, key=lambda j: (-j.setting.input_len, shape(j), j.setting.vocab_size, -j.setting.num_train,
-                                          j.setting.task.value, j.lr, j.weight_decay, j.seed))
+                                          j.lr, j.weight_decay, j.seed))
     groups: list[list[TrainJob]] = []
     for job in ordered:
         group = groups[-1] if groups else None

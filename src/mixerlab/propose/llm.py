@@ -20,6 +20,7 @@ import json
 import os
 import random
 import re
+import threading
 import time
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ class LLMSettings(BaseModel):
     max_tokens: int = 4096
     temperature: float = 0.7
     use_json_schema: bool = True
+    max_calls_per_minute: float | None = None  # the endpoint's rate limit: calls are spaced to respect it
     price_prompt_per_1k: float = 0.0
     price_completion_per_1k: float = 0.0
 
@@ -82,6 +84,19 @@ class LLMClient:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.Client(base_url=settings.base_url.rstrip("/"), headers=headers,
                                  timeout=httpx.Timeout(settings.timeout_s, connect=10.0))
+        self._rate_lock = threading.Lock()
+        self._next_call = 0.0
+
+    def _wait_for_rate_limit(self) -> None:
+        """Space calls at least 60 / max_calls_per_minute seconds apart (shared by every thread)."""
+        if not self.settings.max_calls_per_minute:
+            return
+        with self._rate_lock:
+            now = time.monotonic()
+            wait = self._next_call - now
+            self._next_call = max(now, self._next_call) + 60.0 / self.settings.max_calls_per_minute
+        if wait > 0:
+            time.sleep(wait)
 
     FORMATS = ("json_schema", "json_object", None)
 
@@ -109,6 +124,7 @@ class LLMClient:
         schema = form is not None
         last = ""
         for attempt in range(self.settings.max_retries + 1):
+            self._wait_for_rate_limit()
             try:
                 response = self.http.post("/chat/completions", json=body)
             except httpx.TimeoutException:

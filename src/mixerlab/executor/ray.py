@@ -1,0 +1,111 @@
+"""The Ray executor: checks and trainings as Ray tasks on a cluster (`--executor ray`).
+
+- A candidate's checks are one Ray task (1 CPU). Its evaluation is one Ray task per MAD task, so a single
+  candidate spreads over the cluster; each declares its resources (CPUs, and GPUs, possibly fractional so
+  several small trainings share one GPU) and runs the candidate inside the same sandbox as locally.
+- Fault tolerance: a task whose worker process or node dies is retried by Ray up to `max_retries` times.
+  A candidate that fails by itself (crash, timeout, bad numerics) comes back as a normal, failed result and
+  is never retried. The driver alone writes the database and the result cache; restarting the driver with
+  `--resume` continues from the database.
+- Results equal the local executor's: the same groups are trained (groups never span tasks) with the same
+  seeds; on CPU use the same threads per training (`--threads`), since the thread count changes float sums.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from mixerlab.check import CheckReport
+from mixerlab.mixers.loading import MixerSpec
+from mixerlab.sandbox import SandboxLimits
+
+from .base import EvalOutcome, TrainingCallback, evaluation_request, merge_outcomes, outcome_from_messages, spec_payload
+
+try:
+    import ray
+except ImportError as err:  # pragma: no cover - depends on the installation
+    raise ImportError("the Ray executor needs Ray: pip install 'mixerlab[ray]'") from err
+
+
+@ray.remote
+def _sandbox_task(request: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
+    """Run one sandboxed request on whichever node Ray chose; return the worker's messages as data."""
+    from mixerlab.sandbox import SandboxLimits, run_sandboxed
+
+    gpu_ids = ray.get_gpu_ids()
+    limits = SandboxLimits(**{**limits, "cuda_device": int(gpu_ids[0]) if gpu_ids else None})
+    outcome = run_sandboxed(request, limits)
+    return {"status": outcome.status, "messages": outcome.messages, "seconds": outcome.seconds,
+            "reason": outcome.reason(limits) if outcome.status != "ok" else None}
+
+
+@ray.remote(num_cpus=1)
+def _check_task(spec: dict[str, Any], known: dict[str, str], limits: dict[str, Any]) -> dict[str, Any]:
+    from mixerlab.check import check_candidate
+    from mixerlab.mixers.loading import MixerSpec
+    from mixerlab.sandbox import SandboxLimits
+
+    return check_candidate(MixerSpec(**spec), known=known, limits=SandboxLimits(**limits)).model_dump(mode="json")
+
+
+def _limits_dict(limits: SandboxLimits) -> dict[str, Any]:
+    return {field: getattr(limits, field) for field in limits.__dataclass_fields__}
+
+
+class RayExecutor:
+    def __init__(self, address: str | None = None, device: str = "cpu", gpus: int = 0,
+                 check_limits: SandboxLimits = SandboxLimits(), eval_memory_gb: float = 16.0,
+                 gpus_per_task: float = 1.0, threads: int = 1, max_retries: int = 2, workers: int = 1,
+                 workers_per_gpu: int = 1, num_cpus: int | None = None) -> None:
+        if not ray.is_initialized():
+            if address in (None, "", "local"):  # a private cluster on this machine, on loopback
+                ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                         log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+        self.device = device
+        self.check_limits = check_limits
+        self.eval_memory_gb = eval_memory_gb
+        self.gpus_per_task = gpus_per_task if device.startswith("cuda") else 0.0
+        self.threads = threads
+        self.max_retries = max_retries
+
+    def check(self, spec: MixerSpec, known: dict[str, str], slot: int) -> CheckReport:
+        ref = _check_task.options(max_retries=self.max_retries).remote(spec_payload(spec), known, _limits_dict(self.check_limits))
+        return CheckReport.model_validate(ray.get(ref))
+
+    def evaluate(self, spec: MixerSpec, options: dict[str, Any], on_training: TrainingCallback, slot: int) -> EvalOutcome:
+        options = dict(options)
+        cuda = self.gpus_per_task > 0
+        limits = SandboxLimits(timeout_s=options.pop("timeout_s"), memory_gb=self.eval_memory_gb, output_bytes=20_000_000,
+                               cpu_threads=self.threads, gpu_memory_fraction=(0.9 * min(1.0, self.gpus_per_task)) if cuda else None)
+        options["device"] = "cuda" if cuda else "cpu"
+        pending = {}
+        for task in options["tasks"]:
+            request = evaluation_request(spec, {**options, "tasks": [task]})
+            ref = _sandbox_task.options(num_cpus=self.threads, num_gpus=self.gpus_per_task,
+                                        max_retries=self.max_retries, retry_exceptions=False).remote(request, _limits_dict(limits))
+            pending[ref] = task
+        parts: list[EvalOutcome] = []
+        start = time.monotonic()
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            task = pending.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except ray.exceptions.RayError as err:  # retries exhausted: the node or worker kept dying
+                parts.append(EvalOutcome(ok=False, error=f"training {task} was lost {self.max_retries + 1} times on the "
+                                                         f"cluster ({type(err).__name__}); the run can --resume"))
+                continue
+            outcome = outcome_from_messages(result["messages"], result["reason"], result["seconds"])
+            for training in outcome.trainings:  # the driver alone writes results
+                on_training(training)
+            parts.append(outcome)
+        merged = merge_outcomes(parts)
+        merged.seconds = time.monotonic() - start
+        return merged
+
+    def close(self) -> None:
+        if ray.is_initialized():
+            ray.shutdown()
