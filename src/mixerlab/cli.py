@@ -209,6 +209,7 @@ def discover_command(
     gpus_per_task: float = typer.Option(1.0, min=0.0, help="Ray: GPUs per training task (fractions share a GPU)"),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads per training (default: cores / workers)"),
     llm_rate: Optional[float] = typer.Option(None, min=0.1, help="at most this many model calls per minute"),
+    proposal_threads: int = typer.Option(1, min=1, help="proposals made at once (hides model latency on big clusters)"),
 ) -> None:
     """Run the research loop: baselines, then propose -> check -> evaluate -> record, iteration by iteration."""
     from mixerlab.config import PROFILES, LoopConfig
@@ -237,7 +238,7 @@ def discover_command(
                             iterations=3 if iterations is None and budget_minutes is None else iterations,
                             budget_minutes=budget_minutes, workers=workers, device=dev, promote_to=promote_to,
                             max_repairs=max_repairs, language=language, llm=llm,
-                            cache_path=str(cache) if cache else None)
+                            cache_path=str(cache) if cache else None, proposal_threads=proposal_threads)
         if proposer == "llm":
             settings = LLMSettings(**llm)
             _llm_preflight(settings)

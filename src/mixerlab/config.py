@@ -134,6 +134,7 @@ class LoopConfig(BaseModel):
     iterations: int | None = Field(default=3, ge=0)
     budget_minutes: float | None = Field(default=None, gt=0)
     workers: int = Field(default=1, ge=1)
+    proposal_threads: int = Field(default=1, ge=1, description="proposals made concurrently (LLM latency hiding)")
     device: str = "cpu"
     promote_to: str = Field(default="auto", description="profile to re-run improvements on; auto: full on CUDA, none on CPU")
     max_repairs: int = Field(default=3, ge=0)

@@ -43,6 +43,7 @@ from mixerlab.judge import TASKS, improves, judge
 from mixerlab.mixers import builtin_spec
 from mixerlab.mixers.loading import MixerSpec
 from mixerlab.propose import ExperimentView, Proposal, ProposalContext, Proposer, ProposerError, TokenUse
+from mixerlab.propose.base import unique_name
 from mixerlab.select import references, select_parent
 from mixerlab.store import Experiment, Store
 from mixerlab.store.repository import UNFINISHED
@@ -98,6 +99,7 @@ class ResearchLoop:
         self.store = Store(config.database_url)
         self.cache = ResultCache(config.cache_path or self.run_dir / "cache.sqlite")
         self.print_lock = threading.Lock()
+        self.propose_lock = threading.RLock()
         self.run_id: int | None = None
         self.stop_at = time.monotonic() + config.budget_minutes * 60 if config.budget_minutes else None
         self.progress: Progress | None = None
@@ -165,12 +167,18 @@ class ResearchLoop:
                     continue
             return False
 
+        claim_lock = threading.Lock()
+        producers = max(1, self.config.proposal_threads)
+        closed = threading.Semaphore(0)
+
         def producer() -> None:
             try:
                 while not stop.is_set():
-                    iteration = self.claim_iteration()
-                    if iteration is None:
-                        return
+                    with claim_lock:  # iteration numbers are handed out once, across proposal threads
+                        iteration = self.claim_iteration(reserved=self._reserved)
+                        if iteration is None:
+                            return
+                        self._reserved.add(iteration)
                     proposed = self.propose(iteration)
                     if proposed == "stop":
                         return
@@ -180,8 +188,13 @@ class ResearchLoop:
                     if checked is not None and not put(checked):
                         return
             finally:
-                for _ in range(workers):
-                    put(None)
+                closed.release()
+
+        def close_queue() -> None:  # once every proposal thread is done, tell every evaluation worker
+            for _ in range(producers):
+                closed.acquire()
+            for _ in range(workers):
+                put(None)
 
         def consumer(slot: int) -> None:
             try:
@@ -192,8 +205,10 @@ class ResearchLoop:
                 stop.set()
                 raise
 
-        with ThreadPoolExecutor(workers + 1) as pool:
-            futures = [pool.submit(producer)] + [pool.submit(consumer, slot) for slot in range(workers)]
+        self._reserved: set[int] = set()
+        with ThreadPoolExecutor(workers + producers + 1) as pool:
+            futures = ([pool.submit(producer) for _ in range(producers)] + [pool.submit(close_queue)]
+                       + [pool.submit(consumer, slot) for slot in range(workers)])
             errors = []
             for future in futures:
                 try:
@@ -204,13 +219,15 @@ class ResearchLoop:
             if errors:
                 raise errors[0]
 
-    def claim_iteration(self) -> int | None:
+    def claim_iteration(self, reserved: set[int] = frozenset()) -> int | None:
+        """The next iteration number, counting recorded candidates and numbers handed out but not yet recorded."""
         if self.stop_at is not None and time.monotonic() > self.stop_at:
             return None
-        count = sum(1 for e in self.store.experiments(self.run_id) if e.kind == "candidate")
-        if self.config.iterations is not None and count >= self.config.iterations:
+        recorded = {e.iteration for e in self.store.experiments(self.run_id) if e.kind == "candidate"}
+        taken = recorded | set(reserved)
+        if self.config.iterations is not None and len(taken) >= self.config.iterations:
             return None
-        return count + 1
+        return max(taken, default=0) + 1
 
     # baselines and resuming ----------------------------------------------------------------------
 
@@ -253,43 +270,57 @@ class ResearchLoop:
         return True
 
     def propose(self, iteration: int):
-        """(row, proposal, context) for a new candidate; None if the proposer failed (recorded); "stop" if no parent."""
-        history = self.history()
-        parent = select_parent(history, self.eligible, self.config.ucb_c)
-        if parent is None:
-            self.event("stopped", "no eligible parent", iteration)
-            return "stop"
-        claimed = {(e.parent, e.edits[-1]) for e in history if e.parent and e.edits}
-        context = ProposalContext(history=history, parent=parent, references=references(history, parent),
-                                  iteration=iteration, language=self.config.language, noise_floor=self.config.noise_floor,
-                                  taken_names={e.name for e in history}, claimed=claimed)
-        self.event("proposing", f"parent {parent.name}", iteration)
+        """(row, proposal, context) for a new candidate; None if the proposer failed (recorded); "stop" if no parent.
+
+        Selection and recording are serialised across proposal threads; the proposer call itself runs
+        concurrently only for proposers that are slow and stateless (a model endpoint), never for the catalog,
+        whose instant choices must see each other."""
+        concurrent = self.proposer.name != "catalog"
+        with self.propose_lock:
+            history = self.history()
+            parent = select_parent(history, self.eligible, self.config.ucb_c)
+            if parent is None:
+                self.event("stopped", "no eligible parent", iteration)
+                return "stop"
+            claimed = {(e.parent, e.edits[-1]) for e in history if e.parent and e.edits}
+            context = ProposalContext(history=history, parent=parent, references=references(history, parent),
+                                      iteration=iteration, language=self.config.language, noise_floor=self.config.noise_floor,
+                                      taken_names={e.name for e in history}, claimed=claimed)
+            self.event("proposing", f"parent {parent.name}", iteration)
+            parent_row = next(e for e in self.store.experiments(self.run_id) if e.name == parent.name)
+            if not concurrent:
+                return self._record_proposal(iteration, parent, parent_row, context)
+        return self._record_proposal(iteration, parent, parent_row, context)
+
+    def _record_proposal(self, iteration: int, parent: ExperimentView, parent_row: Experiment, context: ProposalContext):
         stamp, start = timestamp(), time.perf_counter()
-        parent_row = next(e for e in self.store.experiments(self.run_id) if e.name == parent.name)
         try:
             proposal = self.proposer.propose(context)
         except ProposerError as err:
-            name = f"delta_net_4layer_no_proposal_{iteration}"
-            row = self.store.add_experiment(
-                run_id=self.run_id, name=name, kind="candidate", iteration=iteration, parent_id=parent_row.id,
-                proposer=self.proposer.name, code="", code_hash="", novelty_hash="", status="failed", success=False,
-                failure_reason=f"the proposer failed: {err}", profile=self.config.profile, timestamp=stamp,
-                insights={}, timings={"propose_s": time.perf_counter() - start},
-            )
+            with self.propose_lock:
+                name = unique_name(f"delta_net_4layer_no_proposal_{iteration}", {e.name for e in self.history()})
+                row = self.store.add_experiment(
+                    run_id=self.run_id, name=name, kind="candidate", iteration=iteration, parent_id=parent_row.id,
+                    proposer=self.proposer.name, code="", code_hash="", novelty_hash="", status="failed", success=False,
+                    failure_reason=f"the proposer failed: {err}", profile=self.config.profile, timestamp=stamp,
+                    insights={}, timings={"propose_s": time.perf_counter() - start},
+                )
             self.event("failed", str(err), iteration, name)
             self.print_block(row)
             return None
-        spec = MixerSpec(name=proposal.name, source=proposal.code, filename=f"{proposal.name}.py")
-        row = self.store.add_experiment(
-            run_id=self.run_id, name=proposal.name, kind="candidate", iteration=iteration, parent_id=parent_row.id,
-            proposer=self.proposer.name, edits=proposal.edits, code=proposal.code, code_hash=spec.code_hash,
-            novelty_hash=novelty_hash(proposal.code), diff=self.diff(parent.code, proposal.code),
-            insights=proposal.insights.model_dump(), expected=proposal.expected, status="checking",
-            profile=self.config.profile, timestamp=stamp, tokens=proposal.tokens.model_dump(),
-            timings={"propose_s": time.perf_counter() - start},
-        )
-        self.event("proposed", proposal.insights.reasoning.splitlines()[0][:200], iteration, proposal.name)
-        return row, proposal, context
+        with self.propose_lock:  # a concurrent proposal may have taken the name meanwhile
+            name = unique_name(proposal.name, {e.name for e in self.history()})
+            spec = MixerSpec(name=name, source=proposal.code, filename=f"{name}.py")
+            row = self.store.add_experiment(
+                run_id=self.run_id, name=name, kind="candidate", iteration=iteration, parent_id=parent_row.id,
+                proposer=self.proposer.name, edits=proposal.edits, code=proposal.code, code_hash=spec.code_hash,
+                novelty_hash=novelty_hash(proposal.code), diff=self.diff(parent.code, proposal.code),
+                insights=proposal.insights.model_dump(), expected=proposal.expected, status="checking",
+                profile=self.config.profile, timestamp=stamp, tokens=proposal.tokens.model_dump(),
+                timings={"propose_s": time.perf_counter() - start},
+            )
+        self.event("proposed", proposal.insights.reasoning.splitlines()[0][:200], iteration, name)
+        return row, proposal.model_copy(update={"name": name}), context
 
     @staticmethod
     def diff(old: str, new: str) -> str:

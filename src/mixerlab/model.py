@@ -55,6 +55,14 @@ def make_blocks(d_model: int, mixer_factory: MixerFactory, layout: tuple[str, ..
     return nn.ModuleList(Block(d_model, layer) for layer in layers)
 
 
+def encode(embed: nn.Embedding, blocks: nn.ModuleList, tokens: torch.Tensor) -> torch.Tensor:
+    """Token embedding, then the residual blocks: [B, T] -> [B, T, D] (both backbones start this way)."""
+    x = embed(tokens)
+    for block in blocks:
+        x = block(x)
+    return x
+
+
 class LanguageModel(nn.Module):
     def __init__(self, vocab_size: int, d_model: int, mixer_factory: MixerFactory) -> None:
         super().__init__()
@@ -69,10 +77,7 @@ class LanguageModel(nn.Module):
         nn.init.normal_(self.embed.weight, std=0.02)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x))
+        return self.head(self.norm(encode(self.embed, self.blocks, tokens)))
 
 
 def sincos_positions(length: int, dim: int) -> torch.Tensor:
@@ -105,10 +110,7 @@ class AutoEncoder(nn.Module):
         nn.init.normal_(self.embed.weight, std=0.02)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens)
-        for block in self.blocks:
-            x = block(x)
-        code = x[:, -1]  # the encoder's state at the last (compression) token
+        code = encode(self.embed, self.blocks, tokens)[:, -1]  # the encoder's state at the last (compression) token
         y = self.decoder(code[:, None, :] + self.positions[: tokens.shape[1]])
         return self.head(self.norm(y))
 

@@ -220,7 +220,12 @@ def salvage_json(text: str) -> dict | None:
         elif ch in "}]" and stack:
             stack.pop()
     closing = ('"' if in_string else "") + "".join(reversed(stack))
-    for candidate in (body + closing, body.rstrip().rstrip(",:") + closing):
+    return _first_object([body + closing, body.rstrip().rstrip(",:") + closing])
+
+
+def _first_object(candidates: list[str]) -> dict | None:
+    """The first candidate text that parses as a JSON object."""
+    for candidate in candidates:
         try:
             value = json.loads(candidate)
         except ValueError:
@@ -236,14 +241,7 @@ def _json_object(text: str) -> dict | None:
     start, end = text.find("{"), text.rfind("}")
     if start != -1 and end > start:
         candidates.append(text[start : end + 1])
-    for candidate in candidates:
-        try:
-            value = json.loads(candidate)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
+    return _first_object(candidates)
 
 
 def _tagged(text: str) -> dict:
