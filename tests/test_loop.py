@@ -145,11 +145,14 @@ def test_llm_loop_on_a_real_server_records_failures_with_reasons(tmp_path: Path,
     assert len(candidates) == 2
     for c in candidates:
         assert c.success is False and c.status == "failed" and c.failure_reason
-        if c.code:  # the model answered: its code was checked and repaired, every attempt kept
+        if c.code:  # the model answered: its code was checked, the report sent back for repair, every attempt kept
             attempts = store.attempts(c.id)
-            assert len(attempts) == 2 and not any(a.passed for a in attempts)
-            assert c.failure_reason.startswith("checks failed after 2 attempt(s): check '")
-            assert c.tokens["prompt"] > 0 and c.tokens["calls"] >= 2
+            assert attempts and not any(a.passed for a in attempts) and attempts[0].reason.startswith("check '")
+            if len(attempts) == 2:  # the repair came back as code, and failed its checks too
+                assert c.failure_reason.startswith("checks failed after 2 attempt(s): check '")
+            else:  # the repair reply itself was unusable: recorded as such
+                assert len(attempts) == 1 and "the repair failed:" in c.failure_reason
+            assert c.tokens["prompt"] > 0 and c.tokens["calls"] >= 1
     assert any(c.code for c in candidates), "at least one reply reached the checker"
     assert len(blocks(proc.stdout)) == 2 and all(parse_block(b).success is False for b in blocks(proc.stdout))
 
@@ -179,3 +182,12 @@ def test_unwritable_run_dir(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     proc = discover("--run-dir", str(blocker / "run"))
     assert proc.returncode == 2 and "is not writable" in proc.stderr and "--run-dir" in proc.stderr
+
+
+def test_proposal_threads_hand_out_each_iteration_once(tmp_path: Path, tiny_run, shared_cache: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = discover("--run-dir", str(run_dir), "--iterations", "3", "--proposal-threads", "3", "--cache", str(shared_cache))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    candidates = [e for e in Store(f"sqlite:///{run_dir / 'mixerlab.db'}").experiments() if e.kind == "candidate"]
+    assert sorted(e.iteration for e in candidates) == [1, 2, 3]
+    assert len({e.name for e in candidates}) == 3 and len({(e.parent_id, tuple(e.edits)) for e in candidates}) == 3

@@ -130,3 +130,38 @@ def test_unknown_mixer_names() -> None:
         resolve_mixer("deltanet")
     with pytest.raises(MixerLoadError, match="does not exist"):
         resolve_mixer("missing/file.py")
+
+
+def test_parsing_is_safe_from_several_threads() -> None:
+    """Proposal threads parse candidates at once; CPython 3.11's AST conversion is not re-entrant across
+    threads when a finaliser switches threads mid-parse (SystemError: recursion depth mismatch)."""
+    import threading
+    import time
+
+    from mixerlab.mixers import template_source
+    from mixerlab.mixers.loading import parse_source
+
+    class CycleWithFinaliser:  # cyclic garbage whose __del__ yields: the GC then switches threads mid-parse
+        def __init__(self) -> None:
+            self.me = self
+
+        def __del__(self) -> None:
+            time.sleep(0)
+
+    source, errors = template_source("gated_delta_net"), []
+
+    def parse_many() -> None:
+        try:
+            for _ in range(60):
+                for _ in range(50):
+                    CycleWithFinaliser()
+                parse_source(source)
+        except SystemError as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=parse_many) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

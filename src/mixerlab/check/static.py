@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 
+from ..mixers.loading import parse_source
 from .contract import (
     ALLOWED_DUNDERS,
     ALLOWED_MODULES,
@@ -90,7 +91,7 @@ class _Visitor(ast.NodeVisitor):
 
 def static_check(source: str, filename: str = "<candidate>") -> tuple[CheckResult, ast.Module | None]:
     try:
-        tree = ast.parse(source, filename)
+        tree = parse_source(source, filename)
     except SyntaxError as err:
         return CheckResult.fail("static", f"syntax error at line {err.lineno}: {err.msg}; fix the Python syntax"), None
     classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]

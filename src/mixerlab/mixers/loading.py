@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import sys
+import threading
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +49,24 @@ class MixerSpec:
         return lambda d_model: cls(d_model=d_model)
 
 
+_AST_LOCK = threading.Lock()
+
+
+def parse_source(source: str, filename: str = "<unknown>") -> ast.Module:
+    """`ast.parse` behind a process-wide lock.
+
+    CPython 3.11's AST conversion keeps its recursion counter in interpreter-global state, so two threads
+    parsing at once (proposal threads do) can fail with "SystemError: AST constructor recursion depth
+    mismatch". Parsing a candidate takes milliseconds; serialising it costs nothing measurable.
+    """
+    with _AST_LOCK:
+        return ast.parse(source, filename)
+
+
 def normalized_code(source: str) -> str:
     """The AST of `source` without docstrings, as text; the raw source if it does not parse."""
     try:
-        tree = ast.parse(source)
+        tree = parse_source(source)
     except SyntaxError:
         return source
     for node in ast.walk(tree):

@@ -41,9 +41,10 @@ def _ensure_import(source: str, module: str) -> str:
 @lru_cache(maxsize=1)
 def _gated_chunk_function() -> str:
     from mixerlab.mixers import template_source
+    from mixerlab.mixers.loading import parse_source
 
     source = template_source("gated_delta_net")
-    tree = ast.parse(source)
+    tree = parse_source(source)
     node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "gated_delta_rule_chunkwise")
     return ast.get_source_segment(source, node)
 
