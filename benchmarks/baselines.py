@@ -108,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     cache = ResultCache(args.cache or Path(tempfile.mkdtemp()) / "cache.sqlite")
     for path in args.imports:
-        cache.import_jsonl(path)
+        cache.import_file(path)
     results = collect(cache)
     cosine = collect(cache, "cosine")
     cosine = {p: {m: t for m, t in models.items() if t} for p, models in cosine.items()}

@@ -61,3 +61,29 @@ def test_unwritable_cache_is_a_clear_error(tmp_path) -> None:
         assert "cannot open the result cache" in str(err) and "--cache" in str(err)
     else:  # pragma: no cover
         raise AssertionError("expected ValueError")
+
+
+def test_import_takes_another_cache_file_and_explains_bad_files(tmp_path) -> None:
+    """A cache brought back from a GPU machine merges as it is; anything else is named and explained."""
+    import gzip
+
+    import pytest
+
+    remote = ResultCache(tmp_path / "remote.sqlite")
+    remote.put(result("r1", 0.9), "h", "m")
+    remote.put(result("r2", 0.1), "h", "m")
+    remote.close()
+    local = ResultCache(tmp_path / "local.sqlite")
+    assert local.import_file(tmp_path / "remote.sqlite") == 2
+    assert local.get_many(["r1"])["r1"].score == 0.9 and local.count("h") == 2
+    assert local.import_file(tmp_path / "remote.sqlite") == 2 and local.count() == 2  # idempotent
+    (tmp_path / "binary.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    (tmp_path / "plain.jsonl.gz").write_text('{"not": "gzip"}\n')
+    (tmp_path / "wrong.jsonl").write_text('{"mixer_hash": "h"}\n')
+    for name, message in [("binary.jsonl", "not a JSON lines file"), ("plain.jsonl.gz", "not a JSON lines file"),
+                          ("wrong.jsonl", "wrong.jsonl:1: not a mixerlab result line")]:
+        with pytest.raises(ValueError, match=message):
+            local.import_file(tmp_path / name)
+    with gzip.open(tmp_path / "ok.jsonl.gz", "wt") as fh:
+        fh.write("")
+    assert local.import_file(tmp_path / "ok.jsonl.gz") == 0

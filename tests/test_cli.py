@@ -107,3 +107,17 @@ def test_serve_history_and_report_bad_input(tmp_path: Path) -> None:
     assert_user_error(mixerlab("report", "--out", str(tmp_path / "r"), "--run-dir", str(tmp_path)), "no database at")
     assert_user_error(mixerlab("history", "--db", "mysql://x/y"), "unsupported database 'mysql'")
     assert_user_error(mixerlab("history", "--run-dir", str(tmp_path), "--format", "xml"), "unknown format 'xml'")
+
+
+def test_cache_import_export_round_trip_and_bad_file(tmp_path: Path) -> None:
+    committed = Path(__file__).parents[1] / "benchmarks" / "results" / "cache" / "h100_results.jsonl.gz"
+    proc = mixerlab("cache", "import", str(committed), "--cache", str(tmp_path / "a.sqlite"))
+    assert proc.returncode == 0 and "imported" in proc.stdout, proc.stderr
+    n = int(proc.stdout.split("imported ")[1].split()[0])
+    proc = mixerlab("cache", "import", str(tmp_path / "a.sqlite"), "--cache", str(tmp_path / "b.sqlite"))
+    assert proc.returncode == 0 and f"imported {n} trainings" in proc.stdout, proc.stderr
+    proc = mixerlab("cache", "export", str(tmp_path / "b.jsonl"), "--cache", str(tmp_path / "b.sqlite"))
+    assert proc.returncode == 0 and len((tmp_path / "b.jsonl").read_text().splitlines()) == n
+    (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    assert_user_error(mixerlab("cache", "import", str(tmp_path / "image.png"), "--cache", str(tmp_path / "b.sqlite")),
+                      "not a JSON lines file", "mixerlab cache export")

@@ -451,15 +451,15 @@ def cache_export(
 
 @cache_app.command("import")
 def cache_import(
-    file: Path = typer.Argument(..., help="JSON lines file written by `mixerlab cache export`"),
+    file: Path = typer.Argument(..., help="JSON lines file written by `mixerlab cache export`, or another cache's .sqlite"),
     cache: Optional[Path] = typer.Option(None),
 ) -> None:
-    """Add trainings from an exported file (e.g. benchmarks/results/cache/h100_results.jsonl.gz)."""
+    """Add trainings from an exported file (e.g. benchmarks/results/cache/h100_results.jsonl.gz) or another cache."""
     if not file.is_file():
-        fail(f"{str(file)!r} does not exist; pass a file written by `mixerlab cache export`")
+        fail(f"{str(file)!r} does not exist; pass a file written by `mixerlab cache export` or a cache's .sqlite")
     store = _open_cache(cache)
     try:
-        typer.echo(f"imported {store.import_jsonl(file)} trainings into {store.path}")
+        typer.echo(f"imported {store.import_file(file)} trainings into {store.path}")
     except (ValueError, OSError) as err:
         fail(str(err))
 

@@ -83,20 +83,49 @@ class ResultCache:
                 fh.write(json.dumps({"mixer_hash": h, "mixer_name": name, "result": json.loads(payload)}) + "\n")
         return len(rows)
 
+    def import_file(self, path: str | Path) -> int:
+        """Add the trainings of an exported JSON lines file or of another cache's SQLite file."""
+        with open(path, "rb") as fh:
+            is_sqlite = fh.read(16) == b"SQLite format 3\x00"
+        return self.import_sqlite(path) if is_sqlite else self.import_jsonl(path)
+
     def import_jsonl(self, path: str | Path) -> int:
         n = 0
-        with _open(path, "r") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    result = TrainResult.model_validate(row["result"])
-                except (ValueError, KeyError) as err:
-                    raise ValueError(f"{path}:{line_no}: not a mixerlab result line ({err})") from None
-                self.put(result, row["mixer_hash"], row["mixer_name"])
-                n += 1
+        try:
+            with _open(path, "r") as fh:
+                for line_no, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                        result = TrainResult.model_validate(row["result"])
+                    except (ValueError, KeyError, TypeError) as err:
+                        raise ValueError(f"{path}:{line_no}: not a mixerlab result line ({err})") from None
+                    self.put(result, row["mixer_hash"], row["mixer_name"])
+                    n += 1
+        except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as err:
+            raise ValueError(
+                f"{path}: not a JSON lines file ({err}); pass a file written by `mixerlab cache export` or a cache's .sqlite"
+            ) from None
         return n
+
+    def import_sqlite(self, path: str | Path) -> int:
+        """Copy every training of another result cache (e.g. one brought back from a GPU machine)."""
+        try:
+            other = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+            try:
+                rows = other.execute("SELECT mixer_hash, mixer_name, payload FROM results").fetchall()
+            finally:
+                other.close()
+        except sqlite3.Error as err:
+            raise ValueError(f"{path}: not a mixerlab result cache ({err}); pass a .sqlite written by `mixerlab eval --cache`") from None
+        for mixer_hash, mixer_name, payload in rows:
+            try:
+                result = TrainResult.model_validate_json(payload)
+            except ValueError as err:
+                raise ValueError(f"{path}: a row is not a mixerlab training result ({err})") from None
+            self.put(result, mixer_hash, mixer_name)
+        return len(rows)
 
     def close(self) -> None:
         self._db.close()

@@ -64,7 +64,12 @@ def parse_source(source: str, filename: str = "<unknown>") -> ast.Module:
 
 
 def normalized_code(source: str) -> str:
-    """The AST of `source` without docstrings, as text; the raw source if it does not parse."""
+    """The AST of `source` without docstrings, as text; the raw source if it does not parse.
+
+    The text must be the same on every Python the code runs on (results computed on a GPU machine are
+    looked up on a CPU one), so it is written by `_canonical`, not `ast.dump`, whose output changes
+    between versions (3.12 adds `type_params=[]` to every function, 3.13 omits empty fields).
+    """
     try:
         tree = parse_source(source)
     except SyntaxError:
@@ -74,7 +79,17 @@ def normalized_code(source: str) -> str:
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
                 and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
             node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+    return _canonical(tree)
+
+
+def _canonical(node: object) -> str:
+    """Node type and non-empty fields by name: fields that a Python version adds empty leave it unchanged."""
+    if isinstance(node, ast.AST):
+        fields = ((name, getattr(node, name, None)) for name in node._fields)
+        return f"{type(node).__name__}({', '.join(f'{n}={_canonical(v)}' for n, v in fields if v is not None and v != [])})"
+    if isinstance(node, list):
+        return f"[{', '.join(_canonical(item) for item in node)}]"
+    return repr(node)
 
 
 def load_module(source: str, filename: str, module_name: str) -> types.ModuleType:
