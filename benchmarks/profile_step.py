@@ -22,6 +22,16 @@ from mixerlab.train.batched import BatchedTrainer  # noqa: E402
 from mixerlab.train.job import TrainJob  # noqa: E402
 
 
+def seconds_per_step(trainer: BatchedTrainer, steps: int) -> float:
+    """Mean wall time of `steps` optimizer steps, with the GPU drained before and after."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer._run_step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--task", default="fuzzy_recall")
@@ -38,12 +48,7 @@ def main() -> None:
                              cuda_graph=False)
     for _ in range(3):
         trainer._run_step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        trainer._run_step()
-    torch.cuda.synchronize()
-    eager = (time.perf_counter() - start) / args.steps
+    eager = seconds_per_step(trainer, args.steps)
     print(f"eager step: {eager * 1e3:.1f} ms for {args.members} members x {setting.input_len} tokens x 128")
     if not args.no_profile:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -57,21 +62,12 @@ def main() -> None:
         trainer._run_step()
         torch.cuda.synchronize()
         print(f"compile + first step: {time.perf_counter() - start:.1f} s")
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            trainer._run_step()
-        torch.cuda.synchronize()
-        print(f"compiled step: {(time.perf_counter() - start) / args.steps * 1e3:.1f} ms")
+        print(f"compiled step: {seconds_per_step(trainer, args.steps) * 1e3:.1f} ms")
     if args.graph:
         trainer.cuda_graph = True
         trainer.eager_steps_since_build = 2
         trainer._run_step()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            trainer._run_step()
-        torch.cuda.synchronize()
-        print(f"graph step: {(time.perf_counter() - start) / args.steps * 1e3:.1f} ms (captured: {trainer.graph is not None})")
+        print(f"graph step: {seconds_per_step(trainer, args.steps) * 1e3:.1f} ms (captured: {trainer.graph is not None})")
     print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
