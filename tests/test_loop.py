@@ -186,8 +186,22 @@ def test_unwritable_run_dir(tmp_path: Path) -> None:
 
 def test_proposal_threads_hand_out_each_iteration_once(tmp_path: Path, tiny_run, shared_cache: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = discover("--run-dir", str(run_dir), "--iterations", "3", "--proposal-threads", "3", "--cache", str(shared_cache))
+    proc = discover("--run-dir", str(run_dir), "--iterations", "3", "--proposal-threads", "3", "--proposals-ahead", "2",
+                    "--cache", str(shared_cache))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     candidates = [e for e in Store(f"sqlite:///{run_dir / 'mixerlab.db'}").experiments() if e.kind == "candidate"]
     assert sorted(e.iteration for e in candidates) == [1, 2, 3]
     assert len({e.name for e in candidates}) == 3 and len({(e.parent_id, tuple(e.edits)) for e in candidates}) == 3
+
+
+def test_by_default_each_catalog_proposal_learns_from_every_result_before_it(tmp_path: Path, tiny_run,
+                                                                             shared_cache: Path) -> None:
+    """The catalog proposes instantly, so nothing is proposed ahead: iteration 2 sees iteration 1's scores."""
+    run_dir = tmp_path / "run"
+    proc = discover("--run-dir", str(run_dir), "--iterations", "2", "--cache", str(shared_cache))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    first, second = sorted((e for e in Store(f"sqlite:///{run_dir / 'mixerlab.db'}").experiments() if e.kind == "candidate"),
+                           key=lambda e: e.iteration)
+    assert first.status == "done" and second.created >= first.updated
+    second_block = parse_block(blocks(proc.stdout)[1])
+    assert second_block.name == second.name and "3 architectures evaluated" in second_block.insights.observations

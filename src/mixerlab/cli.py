@@ -210,6 +210,8 @@ def discover_command(
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads per training (default: cores / workers)"),
     llm_rate: Optional[float] = typer.Option(None, min=0.1, help="at most this many model calls per minute"),
     proposal_threads: int = typer.Option(1, min=1, help="proposals made at once (hides model latency on big clusters)"),
+    proposals_ahead: Optional[int] = typer.Option(
+        None, min=0, help="candidates proposed beyond those in evaluation (default: 0 for catalog, 1 for llm)"),
 ) -> None:
     """Run the research loop: baselines, then propose -> check -> evaluate -> record, iteration by iteration."""
     from mixerlab.config import PROFILES, LoopConfig
@@ -238,7 +240,8 @@ def discover_command(
                             iterations=3 if iterations is None and budget_minutes is None else iterations,
                             budget_minutes=budget_minutes, workers=workers, device=dev, promote_to=promote_to,
                             max_repairs=max_repairs, language=language, llm=llm,
-                            cache_path=str(cache) if cache else None, proposal_threads=proposal_threads)
+                            cache_path=str(cache) if cache else None, proposal_threads=proposal_threads,
+                            proposals_ahead=proposals_ahead)
         if proposer == "llm":
             settings = LLMSettings(**llm)
             _llm_preflight(settings)

@@ -135,6 +135,10 @@ class LoopConfig(BaseModel):
     budget_minutes: float | None = Field(default=None, gt=0)
     workers: int = Field(default=1, ge=1)
     proposal_threads: int = Field(default=1, ge=1, description="proposals made concurrently (LLM latency hiding)")
+    proposals_ahead: int | None = Field(
+        default=None, ge=0,
+        description="candidates proposed beyond those being evaluated; a proposal made ahead cannot learn from the "
+                    "evaluations still running. None: 0 for catalog (it proposes in milliseconds), 1 for llm")
     device: str = "cpu"
     promote_to: str = Field(default="auto", description="profile to re-run improvements on; auto: full on CUDA, none on CPU")
     max_repairs: int = Field(default=3, ge=0)
@@ -143,6 +147,12 @@ class LoopConfig(BaseModel):
     noise_floor: float = Field(default=0.01, ge=0)
     check_timeout_s: float = 120.0
     check_memory_gb: float = 8.0
+
+    @property
+    def lookahead(self) -> int:
+        if self.proposals_ahead is not None:
+            return self.proposals_ahead
+        return 1 if self.proposer == "llm" else 0
     eval_timeout_s: float | None = None  # default by profile
     cache_path: str | None = None  # default: <run_dir>/cache.sqlite
     llm: dict = Field(default_factory=dict)  # LLMSettings fields

@@ -7,10 +7,11 @@ training goes to the result cache at once), judges it against its parent, the ba
 targets (judge.py), promotes real improvements to the `full` protocol, records everything and prints the
 iteration block in the seeds' shape.
 
-Pipeline: one proposal thread selects, proposes, checks and repairs, and puts checked candidates on a
-bounded queue (as long as the number of evaluation workers); `--workers` evaluation threads take them off
-and train them through the executor. Proposals thus run ahead of evaluations, so GPUs do not wait for the
-language model, without piling up stale proposals.
+Pipeline: proposal threads select, propose, check and repair, and put checked candidates on a queue;
+`--workers` evaluation threads take them off and train them through the executor. At most `workers +
+proposals_ahead` candidates are proposed and not yet finished: with a slow language model a proposal is
+made while the GPUs train (they do not wait for it), and with the instant catalog proposer every proposal
+waits for, and learns from, every result before it (a proposal made ahead cannot see the runs in flight).
 
 Durability: every state change is one committed row update, so a kill at any moment (kill -9 included)
 leaves each experiment either finished or visibly unfinished (proposed / checking / evaluating).
@@ -170,23 +171,37 @@ class ResearchLoop:
         claim_lock = threading.Lock()
         producers = max(1, self.config.proposal_threads)
         closed = threading.Semaphore(0)
+        in_flight = threading.Semaphore(workers + self.config.lookahead)  # proposed and not yet evaluated
+
+        def take_slot() -> bool:
+            while not stop.is_set():
+                if in_flight.acquire(timeout=0.5):
+                    return True
+            return False
 
         def producer() -> None:
             try:
-                while not stop.is_set():
-                    with claim_lock:  # iteration numbers are handed out once, across proposal threads
-                        iteration = self.claim_iteration(reserved=self._reserved)
-                        if iteration is None:
+                while take_slot():
+                    queued = False
+                    try:
+                        with claim_lock:  # iteration numbers are handed out once, across proposal threads
+                            iteration = self.claim_iteration(reserved=self._reserved)
+                            if iteration is None:
+                                return
+                            self._reserved.add(iteration)
+                        proposed = self.propose(iteration)
+                        if proposed == "stop":
                             return
-                        self._reserved.add(iteration)
-                    proposed = self.propose(iteration)
-                    if proposed == "stop":
-                        return
-                    if proposed is None:
-                        continue
-                    checked = self.check_with_repairs(*proposed)
-                    if checked is not None and not put(checked):
-                        return
+                        if proposed is None:
+                            continue
+                        checked = self.check_with_repairs(*proposed)
+                        if checked is not None:
+                            if not put(checked):
+                                return
+                            queued = True  # its evaluation frees the slot
+                    finally:
+                        if not queued:
+                            in_flight.release()
             finally:
                 closed.release()
 
@@ -200,7 +215,10 @@ class ResearchLoop:
             try:
                 while (item := ready.get()) is not None:
                     row, parent = item
-                    self.evaluate(row, MixerSpec(name=row.name, source=row.code, filename=f"{row.name}.py"), parent, slot)
+                    try:
+                        self.evaluate(row, MixerSpec(name=row.name, source=row.code, filename=f"{row.name}.py"), parent, slot)
+                    finally:
+                        in_flight.release()
             except BaseException:
                 stop.set()
                 raise
