@@ -32,6 +32,14 @@ def seconds_per_step(trainer: BatchedTrainer, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def graph_step(trainer: BatchedTrainer, label: str, steps: int = 10) -> None:
+    """Capture the trainer's step as a CUDA graph and time its replays."""
+    trainer.cuda_graph = True
+    trainer.eager_steps_since_build = 2
+    trainer._run_step()
+    print(f"{label}: {seconds_per_step(trainer, steps) * 1e3:.1f} ms (captured: {trainer.graph is not None})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--task", default="fuzzy_recall")
@@ -39,7 +47,8 @@ def main() -> None:
     parser.add_argument("--mixer", default="delta_net")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--graph", action="store_true", help="time graph replays too")
-    parser.add_argument("--compile", action="store_true", help="time eager steps with the forward under torch.compile")
+    parser.add_argument("--compile", action="store_true", help="time steps with the forward under torch.compile "
+                        "(and, with --graph, compiled steps replayed as a CUDA graph)")
     parser.add_argument("--no-profile", action="store_true")
     args = parser.parse_args()
     setting = baseline_setting(parse_task(args.task))
@@ -56,18 +65,18 @@ def main() -> None:
                 trainer._run_step()
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
+    if args.graph:
+        graph_step(trainer, "graph step")
     if args.compile:
-        trainer._logits = torch.compile(trainer._logits)
+        trainer = BatchedTrainer(jobs, ["p"] * len(jobs), TrainConfig(), resolve_mixer(args.mixer).factory(), "cuda",
+                                 cuda_graph=False, compile_step=True)
         start = time.perf_counter()
         trainer._run_step()
         torch.cuda.synchronize()
         print(f"compile + first step: {time.perf_counter() - start:.1f} s")
         print(f"compiled step: {seconds_per_step(trainer, args.steps) * 1e3:.1f} ms")
-    if args.graph:
-        trainer.cuda_graph = True
-        trainer.eager_steps_since_build = 2
-        trainer._run_step()
-        print(f"graph step: {seconds_per_step(trainer, args.steps) * 1e3:.1f} ms (captured: {trainer.graph is not None})")
+        if args.graph:
+            graph_step(trainer, "compiled graph step")
     print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 

@@ -68,6 +68,8 @@ def test_seeds_give_mean_and_std(tmp_path: Path) -> None:
         (["--mixer", "no/such/file.py"], ["does not exist"]),
         (["--device", "tpu"], ["unknown device 'tpu'"]),
         (["--lr-schedule", "linear"], ["unknown lr schedule 'linear'"]),
+        (["--init", "xavier"], ["unknown init 'xavier'", "normal"]),
+        (["--compile", "--device", "cpu"], ["--compile", "CUDA"]),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], fragments: list[str]) -> None:

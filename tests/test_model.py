@@ -40,3 +40,21 @@ def test_build_model_rejects_unknown_backbone() -> None:
         assert "unknown backbone 'transformer'" in str(err)
     else:  # pragma: no cover
         raise AssertionError("expected a ValueError")
+
+
+def test_normal_init_reinitialises_every_linear_of_the_language_model() -> None:
+    """init="normal" is mad-lab before Dec 2024: the mixer's and SwiGLU's Linears N(0, 0.02) too."""
+    default = LanguageModel(vocab_size=64, d_model=128, mixer_factory=lambda d: DeltaNet(d))
+    normal = build_model("language_model", 64, 32, 128, lambda d: DeltaNet(d), init="normal")
+    q_default, q_normal = default.blocks[0].layer.q_proj.weight, normal.blocks[0].layer.q_proj.weight
+    assert abs(q_default.std().item() - 128**-0.5 / 3**0.5) < 0.005  # PyTorch's kaiming-uniform default
+    assert abs(q_normal.std().item() - 0.02) < 0.003
+    big = [m.weight for m in normal.modules() if isinstance(m, nn.Linear) and m.weight.numel() > 1000]
+    assert len(big) >= 9 and all(abs(w.std().item() - 0.02) < 0.004 for w in big)
+    assert all(m.bias is None or m.bias.abs().max() == 0 for m in normal.modules() if isinstance(m, nn.Linear))
+    try:
+        build_model("language_model", 64, 32, 128, lambda d: DeltaNet(d), init="xavier")
+    except ValueError as err:
+        assert "unknown init 'xavier'" in str(err)
+    else:
+        raise AssertionError("an unknown init must be refused")

@@ -63,11 +63,15 @@ def eval_command(
     max_group_tokens: Optional[int] = typer.Option(None, help="tokens per batched step (memory budget)"),
     name: Optional[str] = typer.Option(None, help="row name in the table (default: the mixer's)"),
     time_limit: Optional[float] = typer.Option(None, help="seconds; stop cleanly after it (finished trainings are cached)"),
+    init: Optional[str] = typer.Option(None, help="override the model init: mad-lab (as released) | normal (every "
+                                       "Linear N(0, 0.02), mad-lab before Dec 2024)"),
+    compile_step: bool = typer.Option(False, "--compile", help="CUDA: torch.compile each group's training step "
+                                      "(faster on long groups; tens of seconds to compile per shape)"),
 ) -> None:
     """Train a mixer on the MAD tasks of a profile and print its accuracy row."""
     try:
         report = _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule,
-                           max_group_tokens, name, time_limit)
+                           max_group_tokens, name, time_limit, init, compile_step)
     except UserError as err:
         fail(str(err))
     from mixerlab.table import accuracies_df, format_table
@@ -81,12 +85,12 @@ def eval_command(
                           "limit; the row covers the finished settings only. Run again to continue.[/]")
     console.print(
         f"[dim]{report.profile} profile, {report.trainings} trainings ({report.from_cache} cached), "
-        f"{report.wall_seconds:.1f}s on {report.device}, lr schedule {report.lr_schedule}[/]"
+        f"{report.wall_seconds:.1f}s on {report.device}, lr schedule {report.lr_schedule}, init {report.init}[/]"
     )
 
 
 def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name,
-              time_limit=None):
+              time_limit=None, init=None, compile_step=False):
     from mixerlab.config import get_profile
     from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer
     from mixerlab.mixers import MixerLoadError, preflight, resolve_mixer
@@ -106,13 +110,19 @@ def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, l
             if lr_schedule not in ("constant", "cosine"):
                 raise UserError(f"unknown lr schedule {lr_schedule!r}; use constant or cosine")
             overrides["lr_schedule"] = lr_schedule
+        if init is not None:
+            if init not in ("mad-lab", "normal"):
+                raise UserError(f"unknown init {init!r}; use mad-lab or normal")
+            overrides["init"] = init
+        if compile_step and not dev.startswith("cuda"):
+            raise UserError("--compile speeds up CUDA training only; drop it or pass --device cuda")
         if json_out is not None and not json_out.parent.exists():
             raise UserError(f"cannot write --json {str(json_out)!r}: folder {str(json_out.parent)!r} does not exist")
         store = None if no_cache else ResultCache(cache)
     except (MixerLoadError, ValueError) as err:
         raise UserError(str(err)) from None
     options = EvalOptions(tasks=task_list, seeds=seeds, device=dev, max_group_tokens=max_group_tokens,
-                          train_overrides=overrides, time_limit=time_limit)
+                          train_overrides=overrides, time_limit=time_limit, compile_step=compile_step)
     report = evaluate_mixer(spec, prof, options, cache=store, progress=EvalProgress(err_console, spec.name))
     if json_out is not None:
         json_out.write_text(report.model_dump_json(indent=2))

@@ -33,6 +33,11 @@ class TrainConfig(BaseModel):
     stop_accuracy: float = Field(default=0.999, description="stop once test accuracy exceeds this (MAD: 0.999)")
     precision: Literal["auto", "bf16", "fp32"] = Field(default="auto", description="auto: bf16 on CUDA, fp32 on CPU")
     eval_batch_size: int = Field(default=128, ge=1, description="test batch size; MAD averages metrics per batch")
+    init: Literal["mad-lab", "normal"] = Field(
+        default="mad-lab",
+        description="mad-lab: as released (language model keeps PyTorch's Linear init, biases zeroed); normal: every "
+        "Linear N(0, 0.02), as mad-lab did before Dec 2024",
+    )
 
     def autocast_dtype(self, device_type: str):
         import torch

@@ -7,7 +7,9 @@
 
 Initialisation follows mad-lab: embeddings N(0, 0.02); in the language model every Linear bias is zeroed
 (weights keep PyTorch's default init, the mixer's own init included); in the auto-encoder every Linear,
-the mixer's included, is re-initialised N(0, 0.02) with zero bias. RMSNorm eps is 1e-5.
+the mixer's included, is re-initialised N(0, 0.02) with zero bias. RMSNorm eps is 1e-5. `init="normal"`
+re-initialises the language model's Linears N(0, 0.02) too, as mad-lab did before December 2024 (the seed
+rows may predate that change).
 """
 
 from __future__ import annotations
@@ -63,14 +65,25 @@ def encode(embed: nn.Embedding, blocks: nn.ModuleList, tokens: torch.Tensor) -> 
     return x
 
 
+def reinit_linears_normal(model: nn.Module, std: float = 0.02) -> None:
+    """Every Linear (the mixer's included) N(0, std) with zero bias: mad-lab's `_init_weights` for Linears."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 class LanguageModel(nn.Module):
-    def __init__(self, vocab_size: int, d_model: int, mixer_factory: MixerFactory) -> None:
+    def __init__(self, vocab_size: int, d_model: int, mixer_factory: MixerFactory, init: str = "mad-lab") -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.embed = nn.Embedding(vocab_size, d_model)
         self.blocks = make_blocks(d_model, mixer_factory)
         self.norm = nn.RMSNorm(d_model, eps=1e-5)
         self.head = nn.Linear(d_model, vocab_size)
+        if init == "normal":
+            reinit_linears_normal(self)
         for module in self.modules():
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -102,11 +115,7 @@ class AutoEncoder(nn.Module):
         )
         self.norm = nn.RMSNorm(d_model, eps=1e-5)
         self.head = nn.Linear(d_model, vocab_size)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        reinit_linears_normal(self)
         nn.init.normal_(self.embed.weight, std=0.02)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -115,9 +124,14 @@ class AutoEncoder(nn.Module):
         return self.head(self.norm(y))
 
 
-def build_model(backbone: str, vocab_size: int, seq_len: int, d_model: int, mixer_factory: MixerFactory) -> nn.Module:
+def build_model(
+    backbone: str, vocab_size: int, seq_len: int, d_model: int, mixer_factory: MixerFactory, init: str = "mad-lab"
+) -> nn.Module:
+    """`init` ("mad-lab" or "normal") matters for the language model only: the auto-encoder is always normal."""
+    if init not in ("mad-lab", "normal"):
+        raise ValueError(f"unknown init {init!r}: use 'mad-lab' or 'normal'")
     if backbone == "language_model":
-        return LanguageModel(vocab_size, d_model, mixer_factory)
+        return LanguageModel(vocab_size, d_model, mixer_factory, init)
     if backbone == "autoencoder":
         return AutoEncoder(vocab_size, d_model, mixer_factory, seq_len)
     raise ValueError(f"unknown backbone {backbone!r}: use 'language_model' or 'autoencoder'")

@@ -50,6 +50,7 @@ class EvalReport(BaseModel):
     optimizer_steps: int  # member-steps trained in this run
     steps_per_second: float
     lr_schedule: str
+    init: str = "mad-lab"
     incomplete: int = 0  # trainings not finished (time limit): the scores above leave them out
 
     def row(self) -> dict[str, float]:
@@ -67,6 +68,7 @@ class EvalOptions:
     max_group_tokens: int | None = None  # per optimiser step, across the group; None: by device
     time_limit: float | None = None  # seconds; stop cleanly after it, keeping finished trainings
     train_overrides: dict = field(default_factory=dict)  # e.g. {"lr_schedule": "cosine"}
+    compile_step: bool = False  # CUDA: torch.compile each group's training step
 
 
 def group_capacity(train: TrainConfig, factory, device: str, max_tokens: int | None) -> Callable[[TrainJob], int]:
@@ -143,7 +145,7 @@ def evaluate_mixer(
                 break
             log.info("training %d jobs of %s (T=%d)", len(group), group[0].setting.task.value, group[0].setting.input_len)
             train_group(group, [keys[j] for j in group], train, factory, options.device,
-                        on_result=record, on_steps=count_steps, deadline=deadline)
+                        on_result=record, on_steps=count_steps, deadline=deadline, compile_step=options.compile_step)
     if progress:
         progress.stop()
 
@@ -154,5 +156,5 @@ def evaluate_mixer(
         mixer=spec.name, mixer_hash=spec.code_hash, profile=profile.name, device=options.device, seeds=options.seeds,
         tasks=scores, trainings=len(jobs), trained_now=len(todo), from_cache=len(jobs) - len(todo),
         wall_seconds=wall, optimizer_steps=member_steps, steps_per_second=member_steps / wall if wall else 0.0,
-        lr_schedule=train.lr_schedule, incomplete=len(missing),
+        lr_schedule=train.lr_schedule, init=train.init, incomplete=len(missing),
     )

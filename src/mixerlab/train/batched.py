@@ -94,6 +94,7 @@ class BatchedTrainer:
         cuda_graph: bool | None = None,
         sync_every: int = 20,
         shrink_below: float = 0.75,
+        compile_step: bool = False,
     ) -> None:
         if not jobs:
             raise ValueError("no jobs to train")
@@ -106,6 +107,11 @@ class BatchedTrainer:
         self.vectorize = vectorize
         self.cuda_graph = (self.device.type == "cuda") if cuda_graph is None else cuda_graph
         self.sync_every, self.shrink_below = sync_every, shrink_below
+        # torch.compile fuses the many small elementwise kernels of the step (CUDA only; compiling costs tens of
+        # seconds per shape, so it pays on long groups). The member count is dynamic: shrinking does not recompile.
+        self.compiled_logits = None
+        if compile_step and self.device.type == "cuda":
+            self.compiled_logits = torch.compile(self._logits, dynamic=None)
         self.autocast = train.autocast_dtype(self.device.type)
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for float32 matmuls, as mad-lab sets
@@ -188,6 +194,15 @@ class BatchedTrainer:
             first = {k: v[0] for k, v in params.items()}
             return one(first, {k: v[0] for k, v in buffers.items()}, x[0], mask[0])[None]
 
+    def _training_logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled_logits is not None:
+            try:
+                return self.compiled_logits(self.flat, self.buffers, x, self.vocab_mask)
+            except Exception as err:  # a mixer the compiler cannot handle still trains, eagerly
+                log.warning("torch.compile failed for this group (%s: %s); training eagerly", type(err).__name__, err)
+                self.compiled_logits = None
+        return self._logits(self.flat, self.buffers, x, self.vocab_mask)
+
     # --- one optimisation step (graph-capturable: no host syncs, static shapes) --------------------
 
     def _step(self) -> None:
@@ -199,7 +214,7 @@ class BatchedTrainer:
         x = self.x_train[rows]
         y = self.y_train[rows].masked_fill(~valid[..., None], IGNORE_INDEX)
 
-        logits = self._logits(self.flat, self.buffers, x, self.vocab_mask)
+        logits = self._training_logits(x)
         losses = token_losses(logits, y).flatten(1)
         counts = (y != IGNORE_INDEX).flatten(1).sum(1).clamp(min=1)
         member_loss = losses.sum(1) / counts
@@ -372,17 +387,19 @@ def train_group(
     on_result: ResultCallback | None = None,
     on_steps: StepCallback | None = None,
     deadline: float | None = None,
+    compile_step: bool = False,
 ) -> list[TrainResult]:
     """Train jobs batched; if the mixer does not run under vmap, train them one by one on the same path."""
     if vectorize is None:
         vectorize = len(jobs) > 1 and supports_vmap(jobs[0], train, mixer_factory)
     if vectorize:
-        return BatchedTrainer(jobs, keys, train, mixer_factory, device).run(on_result, on_steps, deadline)
+        trainer = BatchedTrainer(jobs, keys, train, mixer_factory, device, compile_step=compile_step)
+        return trainer.run(on_result, on_steps, deadline)
     results = []
     for job, key in zip(jobs, keys):
         if deadline is not None and time.monotonic() > deadline:
             break
-        trainer = BatchedTrainer([job], [key], train, mixer_factory, device, vectorize=False)
+        trainer = BatchedTrainer([job], [key], train, mixer_factory, device, vectorize=False, compile_step=compile_step)
         results += trainer.run(on_result, on_steps, deadline)
     return results
 

@@ -20,7 +20,8 @@ def init_model(job: TrainJob, train: TrainConfig, mixer_factory: MixerFactory, v
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(job.init_seed)
         return build_model(
-            setting.task.backbone, vocab_size or setting.vocab_size, setting.input_len, train.d_model, mixer_factory
+            setting.task.backbone, vocab_size or setting.vocab_size, setting.input_len, train.d_model, mixer_factory,
+            train.init,
         )
 
 

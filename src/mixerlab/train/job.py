@@ -12,6 +12,20 @@ from mixerlab.tasks import TaskSetting
 from mixerlab.tasks.sampling import stable_seed
 
 
+# Fields added to TrainConfig after results were first cached: left out of the key at their default, so
+# every earlier result keeps its key (a non-default value still makes a new one).
+_ADDED_LATER = {"init": "mad-lab"}
+
+
+def train_identity(train: TrainConfig) -> dict:
+    """The part of a TrainConfig that changes a training's result (precision is covered by `numerics`)."""
+    fields = train.model_dump(mode="json", exclude={"precision"})
+    for name, default in _ADDED_LATER.items():
+        if fields.get(name) == default:
+            del fields[name]
+    return fields
+
+
 class TrainJob(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -43,7 +57,7 @@ class TrainJob(BaseModel):
                 "lr": self.lr,
                 "wd": self.weight_decay,
                 "seed": self.seed,
-                "train": train.model_dump(mode="json", exclude={"precision"}),
+                "train": train_identity(train),
                 "numerics": numerics,
                 "protocol": PROTOCOL_VERSION,
             },
