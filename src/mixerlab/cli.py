@@ -67,11 +67,13 @@ def eval_command(
                                        "Linear N(0, 0.02), mad-lab before Dec 2024)"),
     compile_step: bool = typer.Option(False, "--compile", help="CUDA: torch.compile each group's training step "
                                       "(faster on long groups; tens of seconds to compile per shape)"),
+    checkpoint_every: float = typer.Option(120.0, min=0.0, help="seconds between saves of unfinished groups beside "
+                                           "the cache (a kill or --time-limit resumes from there)"),
 ) -> None:
     """Train a mixer on the MAD tasks of a profile and print its accuracy row."""
     try:
         report = _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule,
-                           max_group_tokens, name, time_limit, init, compile_step)
+                           max_group_tokens, name, time_limit, init, compile_step, checkpoint_every)
     except UserError as err:
         fail(str(err))
     from mixerlab.table import accuracies_df, format_table
@@ -80,9 +82,12 @@ def eval_command(
     if seeds > 1:
         for task, score in report.tasks.items():
             console.print(f"  {task}: {score.mean:.4f} +- {score.std:.4f} over {len(score.seeds)} seeds", highlight=False)
+    if report.resumed:
+        console.print(f"[dim]{report.resumed} trainings continued from a checkpoint of an earlier run[/]")
     if report.incomplete:
         err_console.print(f"[yellow]{report.incomplete} of {report.trainings} trainings did not finish in the time "
-                          "limit; the row covers the finished settings only. Run again to continue.[/]")
+                          "limit; the row covers the finished settings only. Run again to continue (unfinished "
+                          "groups were checkpointed beside the cache).[/]")
     console.print(
         f"[dim]{report.profile} profile, {report.trainings} trainings ({report.from_cache} cached), "
         f"{report.wall_seconds:.1f}s on {report.device}, lr schedule {report.lr_schedule}, init {report.init}[/]"
@@ -90,7 +95,7 @@ def eval_command(
 
 
 def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name,
-              time_limit=None, init=None, compile_step=False):
+              time_limit=None, init=None, compile_step=False, checkpoint_every=120.0):
     from mixerlab.config import get_profile
     from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer
     from mixerlab.mixers import MixerLoadError, preflight, resolve_mixer
@@ -122,7 +127,8 @@ def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, l
     except (MixerLoadError, ValueError) as err:
         raise UserError(str(err)) from None
     options = EvalOptions(tasks=task_list, seeds=seeds, device=dev, max_group_tokens=max_group_tokens,
-                          train_overrides=overrides, time_limit=time_limit, compile_step=compile_step)
+                          train_overrides=overrides, time_limit=time_limit, compile_step=compile_step,
+                          checkpoint_every=checkpoint_every)
     report = evaluate_mixer(spec, prof, options, cache=store, progress=EvalProgress(err_console, spec.name))
     if json_out is not None:
         json_out.write_text(report.model_dump_json(indent=2))

@@ -17,6 +17,7 @@ from mixerlab.config import Profile, TrainConfig
 from mixerlab.mixers import MixerSpec
 from mixerlab.tasks import TASK_ORDER, Task
 from mixerlab.train.batched import train_group
+from mixerlab.train.checkpoint import CheckpointStore
 from mixerlab.train.job import TrainJob
 from mixerlab.train.result import TrainResult
 from mixerlab.train.schedule import batches_per_epoch
@@ -52,6 +53,7 @@ class EvalReport(BaseModel):
     lr_schedule: str
     init: str = "mad-lab"
     incomplete: int = 0  # trainings not finished (time limit): the scores above leave them out
+    resumed: int = 0  # unfinished trainings picked up from a checkpoint of an earlier run
 
     def row(self) -> dict[str, float]:
         return {task: score.mean for task, score in self.tasks.items()}
@@ -69,6 +71,7 @@ class EvalOptions:
     time_limit: float | None = None  # seconds; stop cleanly after it, keeping finished trainings
     train_overrides: dict = field(default_factory=dict)  # e.g. {"lr_schedule": "cosine"}
     compile_step: bool = False  # CUDA: torch.compile each group's training step
+    checkpoint_every: float = 120.0  # seconds; unfinished groups are saved beside the cache this often
 
 
 def group_capacity(train: TrainConfig, factory, device: str, max_tokens: int | None) -> Callable[[TrainJob], int]:
@@ -114,11 +117,16 @@ def evaluate_mixer(
     done = cache.get_many(keys.values()) if cache else {}
     todo = [job for job in jobs if keys[job] not in done]
     results = {keys[j]: done[keys[j]] for j in jobs if keys[j] in done}
+    job_of_key = {keys[j]: j for j in todo}
+    checkpoints = CheckpointStore.beside(cache.path, options.checkpoint_every) if cache else None
+    resumable = _resumable_groups(checkpoints, job_of_key) if checkpoints and todo else []
+    resumed = sum(len(group) for _, _, group in resumable)
     if progress:
         progress.start(len(jobs), len(jobs) - len(todo), sum(max_steps(j, train) for j in todo))
+        for _, state, group in resumable:  # steps an earlier run trained count as done
+            progress.advance_steps(state["steps_done"] * len(group))
 
     member_steps = 0
-    job_of_key = {keys[j]: j for j in todo}
 
     def record(result: TrainResult) -> None:
         results[result.key] = result
@@ -139,13 +147,27 @@ def evaluate_mixer(
     deadline = time.monotonic() + options.time_limit if options.time_limit else None
     if todo:
         factory = spec.factory()
-        capacity = group_capacity(train, factory, options.device, options.max_group_tokens)
-        for group in group_jobs(todo, capacity):
+        claimed = set()
+        for ident, state, group in resumable:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            log.info("resuming %d jobs of %s at step %d", len(group), group[0].setting.task.value, state["steps_done"])
+            try:
+                train_group(group, [keys[j] for j in group], train, factory, options.device, on_result=record,
+                            on_steps=count_steps, deadline=deadline, compile_step=options.compile_step,
+                            checkpoints=checkpoints, resume=(ident, state))
+                claimed.update(group)
+            except ValueError as err:  # e.g. written by another mixerlab version: train these from the start
+                log.warning("cannot resume checkpoint %s (%s); training its jobs from the start", ident, err)
+        fresh = [j for j in todo if j not in claimed and keys[j] not in results]
+        capacity = group_capacity(train, factory, options.device, options.max_group_tokens) if fresh else None
+        for group in group_jobs(fresh, capacity) if fresh else []:
             if deadline is not None and time.monotonic() > deadline:
                 break
             log.info("training %d jobs of %s (T=%d)", len(group), group[0].setting.task.value, group[0].setting.input_len)
             train_group(group, [keys[j] for j in group], train, factory, options.device,
-                        on_result=record, on_steps=count_steps, deadline=deadline, compile_step=options.compile_step)
+                        on_result=record, on_steps=count_steps, deadline=deadline, compile_step=options.compile_step,
+                        checkpoints=checkpoints)
     if progress:
         progress.stop()
 
@@ -156,5 +178,16 @@ def evaluate_mixer(
         mixer=spec.name, mixer_hash=spec.code_hash, profile=profile.name, device=options.device, seeds=options.seeds,
         tasks=scores, trainings=len(jobs), trained_now=len(todo), from_cache=len(jobs) - len(todo),
         wall_seconds=wall, optimizer_steps=member_steps, steps_per_second=member_steps / wall if wall else 0.0,
-        lr_schedule=train.lr_schedule, init=train.init, incomplete=len(missing),
+        lr_schedule=train.lr_schedule, init=train.init, incomplete=len(missing), resumed=resumed,
     )
+
+
+def _resumable_groups(checkpoints: CheckpointStore, job_of_key: dict[str, TrainJob]):
+    """Checkpointed groups with members still to train here: [(id, state, those members' jobs)], each job once."""
+    found, claimed = [], set()
+    for ident, state in checkpoints.load_all():
+        jobs = [job_of_key[k] for k in state["keys"] if k in job_of_key and k not in claimed]
+        if jobs:
+            claimed.update(k for k in state["keys"] if k in job_of_key)
+            found.append((ident, state, jobs))
+    return found

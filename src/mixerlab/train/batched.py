@@ -34,6 +34,7 @@ from mixerlab.config import TrainConfig
 from mixerlab.model import MixerFactory
 from mixerlab.tasks import IGNORE_INDEX, generate
 
+from .checkpoint import CheckpointStore, group_id
 from .common import init_model, make_result, token_losses
 from .job import TrainJob
 from .metrics import batch_metrics
@@ -95,6 +96,8 @@ class BatchedTrainer:
         sync_every: int = 20,
         shrink_below: float = 0.75,
         compile_step: bool = False,
+        vocab_size: int | None = None,
+        checkpoints: CheckpointStore | None = None,
     ) -> None:
         if not jobs:
             raise ValueError("no jobs to train")
@@ -115,7 +118,10 @@ class BatchedTrainer:
         self.autocast = train.autocast_dtype(self.device.type)
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for float32 matmuls, as mad-lab sets
-        self.vocab = max(j.setting.vocab_size for j in jobs)
+        self.vocab = vocab_size or max(j.setting.vocab_size for j in jobs)
+        self.checkpoints = checkpoints
+        self.ident = group_id(keys)
+        self.elapsed_before = 0.0  # seconds trained by earlier runs of a resumed group
         self.num_test = jobs[0].setting.num_test
         self.x_train, self.y_train, self.x_test, self.y_test, offsets = _dataset_rows(jobs, self.device)
         self.members: list[_Member] = []
@@ -266,6 +272,46 @@ class BatchedTrainer:
             self.graph = None
             torch.cuda.synchronize()
 
+    # --- checkpoints: state of the unfinished members, at a sync point ------------------------------
+
+    def state(self, elapsed: float) -> dict:
+        """Everything needed to continue the unfinished members exactly (call with no epoch metrics pending)."""
+        rows = [row for row, i in enumerate(self.active) if not self.members[i].done]
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+        members = [self.members[self.active[row]] for row in rows]
+        cpu = lambda t: t.detach()[idx].cpu()  # noqa: E731
+        return {
+            "keys": [m.key for m in members],
+            "histories": [[r.model_dump() for r in m.history] for m in members],
+            "vocab": self.vocab,
+            "vectorize": self.vectorize,
+            "steps_done": self.steps_done,
+            "member_steps": self.member_steps,
+            "elapsed": elapsed,
+            "flat": cpu(self.flat),
+            "exp_avg": cpu(self.exp_avg),
+            "exp_avg_sq": cpu(self.exp_avg_sq),
+            "buffers": {k: cpu(v) for k, v in self.buffers.items()},
+            "loss_sum": cpu(self.loss_sum),
+        }
+
+    def restore(self, state: dict, ident: str | None = None) -> None:
+        """Continue from `state` (this trainer's jobs must be among its members; others are left out)."""
+        position = {key: row for row, key in enumerate(state["keys"])}
+        missing = [m.key for m in self.members if m.key not in position]
+        if missing or state["vocab"] != self.vocab or state["flat"].shape[1] != self.flat.shape[1]:
+            raise ValueError(f"checkpoint does not fit this group (missing members {missing[:3]}, vocab "
+                             f"{state['vocab']} vs {self.vocab})")
+        rows = torch.tensor([position[m.key] for m in self.members], dtype=torch.long)
+        for m in self.members:
+            m.history = [EpochRecord(**r) for r in state["histories"][position[m.key]]]
+        self.steps_done, self.member_steps = state["steps_done"], state["member_steps"]
+        self.elapsed_before = state["elapsed"]
+        self.ident = ident or self.ident
+        self._state_from(list(range(len(self.members))), state["flat"][rows], state["exp_avg"][rows],
+                         state["exp_avg_sq"][rows], {k: v[rows] for k, v in state["buffers"].items()},
+                         state["loss_sum"][rows])
+
     # --- evaluation ------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -300,8 +346,10 @@ class BatchedTrainer:
     def run(self, on_result: ResultCallback | None = None, on_steps: StepCallback | None = None,
             deadline: float | None = None) -> list[TrainResult]:
         """Train to the end; with `deadline` (time.monotonic()), stop at the first sync after it and return
-        only the trainings that finished (unfinished ones are dropped, never half-recorded)."""
-        start_time = time.perf_counter()
+        only the trainings that finished. Unfinished ones are never half-recorded: with a checkpoint store they
+        are saved there (and every `checkpoints.every` seconds, against kills) to be resumed, else dropped."""
+        start_time = time.perf_counter() - self.elapsed_before
+        last_save = time.monotonic()
         results: dict[int, TrainResult] = {}
         pending: list[tuple[int, int, torch.Tensor]] = []  # (member index, epoch, metrics on device)
         max_steps = max(m.steps_per_epoch for m in self.members) * self.train.max_epochs
@@ -333,8 +381,14 @@ class BatchedTrainer:
                 self._absorb(pending, results, on_result, start_time)
                 pending = []
                 self._maybe_shrink()
-                if deadline is not None and time.monotonic() > deadline:
+                out_of_time = deadline is not None and time.monotonic() > deadline
+                if self.checkpoints and self.active and (out_of_time or time.monotonic() - last_save > self.checkpoints.every):
+                    self.checkpoints.save(self.ident, self.state(time.perf_counter() - start_time))
+                    last_save = time.monotonic()
+                if out_of_time:
                     break
+        if self.checkpoints and not self.active:
+            self.checkpoints.remove(self.ident)
         return [results[i] for i in range(len(self.members)) if i in results]
 
     def _absorb(self, pending, results, on_result, start_time) -> None:
@@ -388,18 +442,29 @@ def train_group(
     on_steps: StepCallback | None = None,
     deadline: float | None = None,
     compile_step: bool = False,
+    checkpoints: CheckpointStore | None = None,
+    resume: tuple[str, dict] | None = None,
 ) -> list[TrainResult]:
-    """Train jobs batched; if the mixer does not run under vmap, train them one by one on the same path."""
+    """Train jobs batched; if the mixer does not run under vmap, train them one by one on the same path.
+    `resume` = (checkpoint id, state) continues a group a checkpoint saved; `jobs` are its unfinished members."""
+    if resume is not None:
+        ident, state = resume
+        trainer = BatchedTrainer(jobs, keys, train, mixer_factory, device, vectorize=state["vectorize"],
+                                 compile_step=compile_step, vocab_size=state["vocab"], checkpoints=checkpoints)
+        trainer.restore(state, ident)
+        return trainer.run(on_result, on_steps, deadline)
     if vectorize is None:
         vectorize = len(jobs) > 1 and supports_vmap(jobs[0], train, mixer_factory)
     if vectorize:
-        trainer = BatchedTrainer(jobs, keys, train, mixer_factory, device, compile_step=compile_step)
+        trainer = BatchedTrainer(jobs, keys, train, mixer_factory, device, compile_step=compile_step,
+                                 checkpoints=checkpoints)
         return trainer.run(on_result, on_steps, deadline)
     results = []
     for job, key in zip(jobs, keys):
         if deadline is not None and time.monotonic() > deadline:
             break
-        trainer = BatchedTrainer([job], [key], train, mixer_factory, device, vectorize=False, compile_step=compile_step)
+        trainer = BatchedTrainer([job], [key], train, mixer_factory, device, vectorize=False, compile_step=compile_step,
+                                 checkpoints=checkpoints)
         results += trainer.run(on_result, on_steps, deadline)
     return results
 

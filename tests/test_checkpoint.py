@@ -1,0 +1,96 @@
+"""Unfinished groups survive a time limit, a crash or a kill, and continue exactly where they stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mixerlab.config import Profile, TrainConfig
+from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer
+from mixerlab.evaluate.plan import plan_jobs
+from mixerlab.mixers import resolve_mixer
+from mixerlab.tasks import Task, TaskSetting
+from mixerlab.train.batched import BatchedTrainer, train_group
+from mixerlab.train.checkpoint import CheckpointStore
+
+SETTING = TaskSetting(task=Task.context_recall, vocab_size=16, seq_len=32, num_train=256, num_test=128)
+TRAIN = TrainConfig(d_model=32, batch_size=32, max_epochs=5)
+PROFILE = Profile(name="test", description="two small trainings", train=TRAIN,
+                  settings={Task.context_recall: (SETTING,)}, lrs=(1e-3, 3e-3), weight_decays=(0.0,),
+                  preferred_device="cpu")
+
+
+def histories(results) -> list[float]:
+    """Every epoch number and metric of every training, flattened in order."""
+    return [value for r in sorted(results, key=lambda r: r.key) for e in r.history
+            for value in (e.epoch, e.train_loss, e.test_loss, e.test_acc)]
+
+
+def interrupted_checkpoint(jobs, keys, store: CheckpointStore) -> str:
+    """Train until the first sync point, as a run whose time limit has passed, and leave its checkpoint."""
+    trainer = BatchedTrainer(jobs, keys, TRAIN, resolve_mixer("delta_net").factory(), "cpu", checkpoints=store)
+    finished = trainer.run(deadline=time.monotonic() - 1)
+    assert finished == [] and 0 < trainer.steps_done < 8 * TRAIN.max_epochs, "stopped mid-training"
+    assert store.path(trainer.ident).exists()
+    return trainer.ident
+
+
+def test_a_resumed_group_trains_exactly_like_an_uninterrupted_one(tmp_path: Path) -> None:
+    jobs = plan_jobs(PROFILE, (Task.context_recall,), 1)
+    keys = ["a", "b"]
+    factory = resolve_mixer("delta_net").factory()
+    straight = BatchedTrainer(jobs, keys, TRAIN, factory, "cpu").run()
+
+    store = CheckpointStore(tmp_path / "ckpt", every=0)
+    ident = interrupted_checkpoint(jobs, keys, store)
+    [(found_ident, state)] = store.load_all()
+    assert found_ident == ident and state["keys"] == keys and len(state["histories"][0]) == 2  # 2 epochs recorded
+    resumed = train_group(jobs, keys, TRAIN, factory, "cpu", checkpoints=store, resume=(ident, state))
+
+    assert histories(resumed) == pytest.approx(histories(straight)) and len(resumed) == 2
+    assert [r.score for r in resumed] == [r.score for r in straight]
+    assert not store.path(ident).exists(), "a finished group's checkpoint is deleted"
+
+
+def test_eval_picks_up_checkpoints_and_skips_unreadable_ones(tmp_path: Path) -> None:
+    spec = resolve_mixer("delta_net")
+    jobs = plan_jobs(PROFILE, (Task.context_recall,), 1)
+    keys = [job.cache_key(spec.code_hash, TRAIN, "fp32") for job in jobs]
+    reference = evaluate_mixer(spec, PROFILE, EvalOptions(tasks=(Task.context_recall,)), ResultCache(tmp_path / "a.sqlite"))
+
+    cache = ResultCache(tmp_path / "b.sqlite")
+    store = CheckpointStore.beside(cache.path)
+    interrupted_checkpoint(jobs, keys, store)
+    (store.folder / "0000garbage.pt").write_bytes(b"not a checkpoint")
+    report = evaluate_mixer(spec, PROFILE, EvalOptions(tasks=(Task.context_recall,)), cache)
+
+    assert report.resumed == 2 and report.incomplete == 0
+    assert report.tasks["context_recall"].mean == reference.tasks["context_recall"].mean
+    assert [p.name for p in store.folder.glob("*.pt")] == ["0000garbage.pt"], "the resumed group's file is gone"
+
+
+@pytest.mark.slow
+def test_a_killed_eval_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    cache = tmp_path / "cache.sqlite"
+    folder = CheckpointStore.beside(cache).folder
+    command = [sys.executable, "-m", "mixerlab.cli", "eval", "--profile", "tiny", "--device", "cpu",
+               "--tasks", "fuzzy_recall", "--cache", str(cache), "--checkpoint-every", "0"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    victim = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 300
+    while not list(folder.glob("*.pt")) and time.monotonic() < deadline and victim.poll() is None:
+        time.sleep(0.2)
+    assert list(folder.glob("*.pt")), "a checkpoint was written while training"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "1 trainings continued from a checkpoint" in again.stdout
+    assert "Fuzzy Recall" in again.stdout and not list(folder.glob("*.pt"))
