@@ -98,3 +98,15 @@ def test_compiled_step_trains_like_the_eager_step() -> None:
         for x, y in zip(a.history, b.history):
             assert x.train_loss == pytest.approx(y.train_loss, rel=5e-3, abs=5e-3)
             assert x.test_acc == pytest.approx(y.test_acc, abs=2e-2)
+
+
+def test_compiled_groups_of_different_lengths_in_one_process() -> None:
+    """A second group of another sequence length once made dynamo trace the length symbolically and fail."""
+    train = TrainConfig(d_model=64, batch_size=32, max_epochs=1)
+    factory = resolve_mixer("gated_delta_net").factory()
+    for task, length in ((Task.fuzzy_recall, 64), (Task.compress, 16)):
+        setting = TaskSetting(task=task, vocab_size=16, seq_len=length, num_train=64, num_test=32)
+        jobs = [TrainJob(setting=setting, lr=1e-3, weight_decay=0.0, seed=s) for s in range(3)]
+        trainer = BatchedTrainer(jobs, ["k"] * 3, train, factory, "cuda", compile_step=True)
+        assert len(trainer.run()) == 3
+        assert trainer.compiled_logits is not None, f"{task.value}: the compiled step fell back to eager"

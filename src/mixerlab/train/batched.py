@@ -110,11 +110,18 @@ class BatchedTrainer:
         self.vectorize = vectorize
         self.cuda_graph = (self.device.type == "cuda") if cuda_graph is None else cuda_graph
         self.sync_every, self.shrink_below = sync_every, shrink_below
-        # torch.compile fuses the many small elementwise kernels of the step (CUDA only; compiling costs tens of
-        # seconds per shape, so it pays on long groups). The member count is dynamic: shrinking does not recompile.
+        # torch.compile fuses the many small elementwise kernels of the step (CUDA only; compiling costs about
+        # half a minute per shape, so it pays on long groups). Shapes are static: dynamo's automatic dynamic
+        # shapes, triggered when a later group of another length reused the cached code, made the sequence
+        # length symbolic, which vmap'd linear layers cannot trace. Every group shape compiles once instead.
         self.compiled_logits = None
         if compile_step and self.device.type == "cuda":
-            self.compiled_logits = torch.compile(self._logits, dynamic=None)
+            import torch._dynamo
+
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+            torch._dynamo.config.accumulated_cache_size_limit = max(
+                torch._dynamo.config.accumulated_cache_size_limit, 1024)
+            self.compiled_logits = torch.compile(self._logits, dynamic=False)
         self.autocast = train.autocast_dtype(self.device.type)
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for float32 matmuls, as mad-lab sets
