@@ -81,6 +81,15 @@ def _dataset_rows(jobs: list[TrainJob], device: torch.device):
     return cat(train_x), cat(train_y), cat(test_x), cat(test_y), offsets
 
 
+def compile_static(fn: Callable) -> Callable:
+    """torch.compile with static shapes and room in dynamo's cache for every group shape of a sweep."""
+    from torch import _dynamo
+
+    _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 256)
+    _dynamo.config.accumulated_cache_size_limit = max(_dynamo.config.accumulated_cache_size_limit, 1024)
+    return torch.compile(fn, dynamic=False)
+
+
 class BatchedTrainer:
     """Train `jobs` (same backbone, input length and test-set size) together; see the module docstring."""
 
@@ -116,12 +125,7 @@ class BatchedTrainer:
         # length symbolic, which vmap'd linear layers cannot trace. Every group shape compiles once instead.
         self.compiled_logits = None
         if compile_step and self.device.type == "cuda":
-            import torch._dynamo
-
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
-            torch._dynamo.config.accumulated_cache_size_limit = max(
-                torch._dynamo.config.accumulated_cache_size_limit, 1024)
-            self.compiled_logits = torch.compile(self._logits, dynamic=False)
+            self.compiled_logits = compile_static(self._logits)
         self.autocast = train.autocast_dtype(self.device.type)
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for float32 matmuls, as mad-lab sets
