@@ -33,11 +33,13 @@ SEED_ROWS = {
 RUNS = {"full": 1, "baseline": 3}
 
 
-def collect(cache: ResultCache, schedule: str = "constant") -> dict:
+def collect(cache: ResultCache, **overrides) -> dict:
+    """Scores per profile, model and task from the cached trainings; `overrides` change the TrainConfig
+    (e.g. lr_schedule="cosine", init="normal") to collect a variant's trainings instead of the protocol's."""
     out: dict = {}
     for profile_name, seeds in RUNS.items():
         profile = PROFILES[profile_name]
-        train = profile.train.model_copy(update={"lr_schedule": schedule})
+        train = profile.train.model_copy(update=overrides)
         out[profile_name] = {}
         for mixer in ("delta_net", "gated_delta_net"):
             spec = resolve_mixer(mixer)
@@ -58,7 +60,21 @@ def collect(cache: ResultCache, schedule: str = "constant") -> dict:
     return out
 
 
-def markdown(results: dict, cosine: dict) -> str:
+def variant_lines(results: dict, variant: dict, title: str, intro: str, base: str, other: str) -> list[str]:
+    """One line per (model, task) measured under a variant of `full`, beside the protocol's score."""
+    if not any(variant.get("full", {}).values()):
+        return []
+    lines = [f"## {title}", "", intro, ""]
+    for model, tasks in variant["full"].items():
+        for task, c in tasks.items():
+            const = results["full"].get(model, {}).get(task)
+            if const:
+                lines.append(f"- {model} {task}: {base} {const['mean']:.4f}, {other} {c['mean']:.4f} "
+                             f"({c['trainings_done']}/{c['trainings_planned']}), seed row {c['seed_row']:.4f}")
+    return lines + [""]
+
+
+def markdown(results: dict, cosine: dict, normal_init: dict) -> str:
     lines = [
         "# Baselines against the seed rows",
         "",
@@ -89,14 +105,12 @@ def markdown(results: dict, cosine: dict) -> str:
                 lines.append(f"| {model} | {task} | {ours}{flag} | {c['seed_row']:.4f} | {c['difference']:+.4f} | "
                              f"{c['trainings_done']}/{c['trainings_planned']} |")
         lines.append("")
-    if cosine:
-        lines += ["## Learning-rate schedule", "", "`full` Memorize for DeltaNet, the one task measured under both schedules:", ""]
-        for model, tasks in cosine.get("full", {}).items():
-            for task, c in tasks.items():
-                const = results["full"].get(model, {}).get(task)
-                if const:
-                    lines.append(f"- {model} {task}: constant {const['mean']:.4f}, cosine {c['mean']:.4f}, seed row {c['seed_row']:.4f}")
-        lines.append("")
+    lines += variant_lines(results, cosine, "Learning-rate schedule",
+                           "`full` tasks measured under both schedules (constant is `full`'s default):",
+                           "constant", "cosine")
+    lines += variant_lines(results, normal_init, "Initialisation",
+                           "`full` tasks measured with every Linear N(0, 0.02) (`--init normal`, mad-lab before Dec "
+                           "2024) beside the released init (`mad-lab`, `full`'s default):", "mad-lab", "normal")
     return "\n".join(lines) + "\n"
 
 
@@ -110,10 +124,12 @@ def main() -> None:
     for path in args.imports:
         cache.import_file(path)
     results = collect(cache)
-    cosine = collect(cache, "cosine")
-    cosine = {p: {m: t for m, t in models.items() if t} for p, models in cosine.items()}
-    (ROOT / "results" / "baselines.json").write_text(json.dumps({**results, "cosine_schedule": cosine}, indent=2))
-    text = markdown(results, cosine)
+    measured = lambda found: {p: {m: t for m, t in models.items() if t} for p, models in found.items()}  # noqa: E731
+    cosine = measured(collect(cache, lr_schedule="cosine"))
+    normal_init = measured(collect(cache, init="normal"))
+    (ROOT / "results" / "baselines.json").write_text(
+        json.dumps({**results, "cosine_schedule": cosine, "normal_init": normal_init}, indent=2))
+    text = markdown(results, cosine, normal_init)
     notes = Path(args.notes)
     if notes.exists():
         text += "\n" + notes.read_text()
