@@ -118,7 +118,10 @@ def evaluate_mixer(
     todo = [job for job in jobs if keys[job] not in done]
     results = {keys[j]: done[keys[j]] for j in jobs if keys[j] in done}
     job_of_key = {keys[j]: j for j in todo}
-    checkpoints = CheckpointStore.beside(cache.path, options.checkpoint_every) if cache else None
+    # unfinished groups are checkpointed beside a cache file; a cache without one (the sandboxed loop's
+    # in-memory view of its parent's trainings) trains without checkpoints
+    cache_path = getattr(cache, "path", None)
+    checkpoints = CheckpointStore.beside(cache_path, options.checkpoint_every) if cache_path else None
     resumable = _resumable_groups(checkpoints, job_of_key) if checkpoints and todo else []
     resumed = sum(len(group) for _, _, group in resumable)
     if progress:
