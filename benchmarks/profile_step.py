@@ -7,6 +7,7 @@ so speed work starts from a measurement rather than a guess.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -46,30 +47,30 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=24)
     parser.add_argument("--mixer", default="delta_net")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--seq-len", type=int, help="override the setting's sequence length")
+    parser.add_argument("--chunk-size", type=int, help="the mixer's chunk_size argument")
     parser.add_argument("--graph", action="store_true", help="time graph replays too")
     parser.add_argument("--compile", action="store_true", help="time steps with the forward under torch.compile "
                         "(and, with --graph, compiled steps replayed as a CUDA graph)")
     parser.add_argument("--no-profile", action="store_true")
     args = parser.parse_args()
     setting = baseline_setting(parse_task(args.task))
+    if args.seq_len:
+        setting = setting.model_copy(update={"seq_len": args.seq_len})
     jobs = [TrainJob(setting=setting, lr=5e-4, weight_decay=0.0, seed=i) for i in range(args.members)]
-    trainer = BatchedTrainer(jobs, ["p"] * len(jobs), TrainConfig(), resolve_mixer(args.mixer).factory(), "cuda",
-                             cuda_graph=False)
+    factory = resolve_mixer(args.mixer).factory()
+    if args.chunk_size:
+        factory = functools.partial(resolve_mixer(args.mixer).load_class(), chunk_size=args.chunk_size)
+    trainer = BatchedTrainer(jobs, ["p"] * len(jobs), TrainConfig(), factory, "cuda", cuda_graph=False)
     for _ in range(3):
         trainer._run_step()
     eager = seconds_per_step(trainer, args.steps)
     print(f"eager step: {eager * 1e3:.1f} ms for {args.members} members x {setting.input_len} tokens x 128")
-    if not args.no_profile:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
-            for _ in range(3):
-                trainer._run_step()
-            torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
     if args.graph:
         graph_step(trainer, "graph step")
     if args.compile:
-        trainer = BatchedTrainer(jobs, ["p"] * len(jobs), TrainConfig(), resolve_mixer(args.mixer).factory(), "cuda",
-                                 cuda_graph=False, compile_step=True)
+        trainer = BatchedTrainer(jobs, ["p"] * len(jobs), TrainConfig(), factory, "cuda", cuda_graph=False,
+                                 compile_step=True)
         start = time.perf_counter()
         trainer._run_step()
         torch.cuda.synchronize()
@@ -77,6 +78,14 @@ def main() -> None:
         print(f"compiled step: {seconds_per_step(trainer, args.steps) * 1e3:.1f} ms")
         if args.graph:
             graph_step(trainer, "compiled graph step")
+    if not args.no_profile:  # the last trainer built: the compiled one with --compile
+        trainer.cuda_graph = False
+        trainer.graph = None
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                trainer._run_step()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
     print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 

@@ -1,7 +1,11 @@
-"""The delta-rule math: naive per-step recurrences (the correctness reference) and the optional fla kernels.
+"""Math kernels and their references.
 
-The chunkwise-parallel forms live inside the mixer templates (`mixerlab/mixers/*.py`), because a candidate
-is one self-contained file that edits them; tests hold every fast form against `naive`.
+- `naive`: per-step delta-rule recurrences, the correctness reference. The chunkwise-parallel forms live
+  inside the mixer templates (`mixerlab/mixers/*.py`), because a candidate is one self-contained file that
+  edits them; tests hold every fast form against `naive`.
+- `depthwise`: depthwise convolution as shifted multiply-adds (fast under torch.compile; `nn.Conv1d` is the
+  reference).
+- `fold`: a vmap rule for kernels that have none (fla's Triton ops), folding vmapped members into the batch.
 """
 
 from .naive import delta_rule_recurrent, gated_delta_rule_recurrent

@@ -32,6 +32,7 @@ from torch.func import functional_call, stack_module_state
 
 from mixerlab.config import TrainConfig
 from mixerlab.model import MixerFactory
+from mixerlab.ops.depthwise import use_shifted_depthwise_convs
 from mixerlab.tasks import IGNORE_INDEX, generate
 
 from .checkpoint import CheckpointStore, group_id
@@ -142,6 +143,8 @@ class BatchedTrainer:
             self.members.append(_Member(i, job, key, tr_off, te_off, n, batches_per_epoch(n, train.batch_size)))
         models = [init_model(j, train, mixer_factory, vocab_size=self.vocab) for j in jobs]
         self.base = copy.deepcopy(models[0]).to("meta")
+        if self.compiled_logits is not None:  # same math; pays only when compiled (fused), slower eagerly
+            use_shifted_depthwise_convs(self.base)
         params, buffers = stack_module_state(models)
         self.names = list(params)
         self.shapes = [tuple(params[n].shape[1:]) for n in self.names]
