@@ -70,6 +70,7 @@ def test_seeds_give_mean_and_std(tmp_path: Path) -> None:
         (["--lr-schedule", "linear"], ["unknown lr schedule 'linear'"]),
         (["--init", "xavier"], ["unknown init 'xavier'", "normal"]),
         (["--compile", "--device", "cpu"], ["--compile", "CUDA"]),
+        (["--max-seq-len", "0"], ["Invalid value", "--max-seq-len"]),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], fragments: list[str]) -> None:

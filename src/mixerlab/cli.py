@@ -69,11 +69,13 @@ def eval_command(
                                       "(faster on long groups; tens of seconds to compile per shape)"),
     checkpoint_every: float = typer.Option(120.0, min=0.0, help="seconds between saves of unfinished groups beside "
                                            "the cache (a kill or --time-limit resumes from there)"),
+    max_seq_len: Optional[int] = typer.Option(None, min=1, help="train only the settings up to this sequence length "
+                                              "now (run a long sweep in parts; the row stays partial until all ran)"),
 ) -> None:
     """Train a mixer on the MAD tasks of a profile and print its accuracy row."""
     try:
         report = _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule,
-                           max_group_tokens, name, time_limit, init, compile_step, checkpoint_every)
+                           max_group_tokens, name, time_limit, init, compile_step, checkpoint_every, max_seq_len)
     except UserError as err:
         fail(str(err))
     from mixerlab.table import accuracies_df, format_table
@@ -85,9 +87,11 @@ def eval_command(
     if report.resumed:
         console.print(f"[dim]{report.resumed} trainings continued from a checkpoint of an earlier run[/]")
     if report.incomplete:
-        err_console.print(f"[yellow]{report.incomplete} of {report.trainings} trainings did not finish in the time "
-                          "limit; the row covers the finished settings only. Run again to continue (unfinished "
-                          "groups were checkpointed beside the cache).[/]")
+        why = "were left out (--max-seq-len) or did not finish in the time limit" if max_seq_len else \
+            "did not finish in the time limit"
+        err_console.print(f"[yellow]{report.incomplete} of {report.trainings} trainings {why}; the row covers the "
+                          "finished settings only. Run again to continue (unfinished groups were checkpointed beside "
+                          "the cache).[/]")
     console.print(
         f"[dim]{report.profile} profile, {report.trainings} trainings ({report.from_cache} cached), "
         f"{report.wall_seconds:.1f}s on {report.device}, lr schedule {report.lr_schedule}, init {report.init}[/]"
@@ -95,7 +99,7 @@ def eval_command(
 
 
 def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name,
-              time_limit=None, init=None, compile_step=False, checkpoint_every=120.0):
+              time_limit=None, init=None, compile_step=False, checkpoint_every=120.0, max_seq_len=None):
     from mixerlab.config import get_profile
     from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer
     from mixerlab.mixers import MixerLoadError, preflight, resolve_mixer
@@ -128,7 +132,7 @@ def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, l
         raise UserError(str(err)) from None
     options = EvalOptions(tasks=task_list, seeds=seeds, device=dev, max_group_tokens=max_group_tokens,
                           train_overrides=overrides, time_limit=time_limit, compile_step=compile_step,
-                          checkpoint_every=checkpoint_every)
+                          checkpoint_every=checkpoint_every, max_seq_len=max_seq_len)
     report = evaluate_mixer(spec, prof, options, cache=store, progress=EvalProgress(err_console, spec.name))
     if json_out is not None:
         json_out.write_text(report.model_dump_json(indent=2))

@@ -72,6 +72,7 @@ class EvalOptions:
     train_overrides: dict = field(default_factory=dict)  # e.g. {"lr_schedule": "cosine"}
     compile_step: bool = False  # CUDA: torch.compile each group's training step
     checkpoint_every: float = 120.0  # seconds; unfinished groups are saved beside the cache this often
+    max_seq_len: int | None = None  # train only settings up to this length now (a long sweep in parts)
 
 
 def group_capacity(train: TrainConfig, factory, device: str, max_tokens: int | None) -> Callable[[TrainJob], int]:
@@ -115,7 +116,8 @@ def evaluate_mixer(
     numerics = "bf16" if train.autocast_dtype(torch.device(options.device).type) else "fp32"
     keys = {job: job.cache_key(spec.code_hash, train, numerics) for job in jobs}
     done = cache.get_many(keys.values()) if cache else {}
-    todo = [job for job in jobs if keys[job] not in done]
+    todo = [job for job in jobs if keys[job] not in done
+            and (options.max_seq_len is None or job.setting.seq_len <= options.max_seq_len)]
     results = {keys[j]: done[keys[j]] for j in jobs if keys[j] in done}
     job_of_key = {keys[j]: j for j in todo}
     # unfinished groups are checkpointed beside a cache file; a cache without one (the sandboxed loop's
@@ -164,7 +166,8 @@ def evaluate_mixer(
                 log.warning("cannot resume checkpoint %s (%s); training its jobs from the start", ident, err)
         fresh = [j for j in todo if j not in claimed and keys[j] not in results]
         capacity = group_capacity(train, factory, options.device, options.max_group_tokens) if fresh else None
-        for group in group_jobs(fresh, capacity) if fresh else []:
+        # cheapest groups first: a time-limited run finishes as many trainings as it can
+        for group in sorted(group_jobs(fresh, capacity), key=lambda g: _group_cost(g, train)) if fresh else []:
             if deadline is not None and time.monotonic() > deadline:
                 break
             log.info("training %d jobs of %s (T=%d)", len(group), group[0].setting.task.value, group[0].setting.input_len)
@@ -183,6 +186,11 @@ def evaluate_mixer(
         wall_seconds=wall, optimizer_steps=member_steps, steps_per_second=member_steps / wall if wall else 0.0,
         lr_schedule=train.lr_schedule, init=train.init, incomplete=len(missing), resumed=resumed,
     )
+
+
+def _group_cost(group: list[TrainJob], train: TrainConfig) -> int:
+    """Tokens a group trains if nobody stops early (its step count is its longest member's)."""
+    return max(max_steps(j, train) for j in group) * len(group) * group[0].setting.input_len
 
 
 def _resumable_groups(checkpoints: CheckpointStore, job_of_key: dict[str, TrainJob]):

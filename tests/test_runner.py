@@ -1,0 +1,48 @@
+"""The evaluation runner: a sweep run in parts (--max-seq-len) and the order groups train in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mixerlab.config import Profile, TrainConfig
+from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer
+from mixerlab.evaluate import runner
+from mixerlab.evaluate.plan import plan_jobs
+from mixerlab.mixers import resolve_mixer
+from mixerlab.tasks import Task, TaskSetting
+
+SHORT = TaskSetting(task=Task.context_recall, vocab_size=16, seq_len=16, num_train=128, num_test=64)
+LONG = TaskSetting(task=Task.context_recall, vocab_size=16, seq_len=48, num_train=128, num_test=64)
+TRAIN = TrainConfig(d_model=32, batch_size=32, max_epochs=2)
+PROFILE = Profile(name="test", description="two lengths", train=TRAIN,
+                  settings={Task.context_recall: (LONG, SHORT)}, lrs=(1e-3,), weight_decays=(0.0,),
+                  preferred_device="cpu")
+TASKS = (Task.context_recall,)
+
+
+def test_a_sweep_in_parts_by_sequence_length_adds_up_to_the_whole(tmp_path: Path) -> None:
+    spec = resolve_mixer("delta_net")
+    whole = evaluate_mixer(spec, PROFILE, EvalOptions(tasks=TASKS), ResultCache(tmp_path / "whole.sqlite"))
+
+    cache = ResultCache(tmp_path / "parts.sqlite")
+    first = evaluate_mixer(spec, PROFILE, EvalOptions(tasks=TASKS, max_seq_len=32), cache)
+    assert (first.trained_now, first.incomplete) == (1, 1), "only the 16-token setting trains; the row is partial"
+    second = evaluate_mixer(spec, PROFILE, EvalOptions(tasks=TASKS), cache)
+    assert (second.from_cache, second.trained_now, second.incomplete) == (1, 1, 0)
+    assert second.tasks["context_recall"].mean == whole.tasks["context_recall"].mean
+
+
+def test_cheapest_groups_train_first(tmp_path: Path, monkeypatch) -> None:
+    """Under a time limit, the run should finish as many trainings as it can: short groups go first."""
+    lengths: list[int] = []
+    real = runner.train_group
+
+    def spy(jobs, *args, **kwargs):
+        lengths.append(jobs[0].setting.seq_len)
+        return real(jobs, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_group", spy)
+    evaluate_mixer(resolve_mixer("delta_net"), PROFILE, EvalOptions(tasks=TASKS), ResultCache(tmp_path / "c.sqlite"))
+    assert lengths == [16, 48]
+    jobs = plan_jobs(PROFILE, TASKS, 1)
+    assert runner._group_cost([jobs[0]], TRAIN) > runner._group_cost([jobs[1]], TRAIN)  # LONG is planned first
