@@ -85,6 +85,15 @@ def test_import_takes_another_cache_file_and_explains_bad_files(tmp_path) -> Non
                           ("wrong.jsonl", "wrong.jsonl:1: not a mixerlab result line")]:
         with pytest.raises(ValueError, match=message):
             local.import_file(tmp_path / name)
+    good_line = (tmp_path / "export.jsonl")
+    remote = ResultCache(tmp_path / "remote.sqlite")
+    remote.put(result("r3", 0.5), "h", "m")
+    remote.export_jsonl(good_line)
+    remote.close()
+    (tmp_path / "half.jsonl").write_text(good_line.read_text() + "{broken\n")
+    with pytest.raises(ValueError, match="half.jsonl:4: not a mixerlab result line"):
+        local.import_file(tmp_path / "half.jsonl")
+    assert local.count() == 2 and not local.get_many(["r3"]), "a file with a bad line imports nothing"
     with gzip.open(tmp_path / "ok.jsonl.gz", "wt") as fh:
         fh.write("")
     assert local.import_file(tmp_path / "ok.jsonl.gz") == 0

@@ -62,11 +62,19 @@ class ResultCache:
         return found
 
     def put(self, result: TrainResult, mixer_hash: str, mixer_name: str) -> None:
+        self.put_many([(result, mixer_hash, mixer_name)])
+
+    def put_many(self, rows: list[tuple[TrainResult, str, str]]) -> None:
+        """Write (result, mixer hash, mixer name) rows in one transaction: all of them or none."""
+        values = [(r.key, h, name, r.task, time.time(), r.model_dump_json()) for r, h, name in rows]
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
-                (result.key, mixer_hash, mixer_name, result.task, time.time(), result.model_dump_json()),
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)", values)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def count(self, mixer_hash: str | None = None) -> int:
         if mixer_hash is None:
@@ -90,7 +98,8 @@ class ResultCache:
         return self.import_sqlite(path) if is_sqlite else self.import_jsonl(path)
 
     def import_jsonl(self, path: str | Path) -> int:
-        n = 0
+        """Every line is checked before any is written: a bad file imports nothing."""
+        rows: list[tuple[TrainResult, str, str]] = []
         try:
             with _open(path, "r") as fh:
                 for line_no, line in enumerate(fh, 1):
@@ -101,13 +110,13 @@ class ResultCache:
                         result = TrainResult.model_validate(row["result"])
                     except (ValueError, KeyError, TypeError) as err:
                         raise ValueError(f"{path}:{line_no}: not a mixerlab result line ({err})") from None
-                    self.put(result, row["mixer_hash"], row["mixer_name"])
-                    n += 1
+                    rows.append((result, row["mixer_hash"], row["mixer_name"]))
         except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as err:
             raise ValueError(
                 f"{path}: not a JSON lines file ({err}); pass a file written by `mixerlab cache export` or a cache's .sqlite"
             ) from None
-        return n
+        self.put_many(rows)
+        return len(rows)
 
     def import_sqlite(self, path: str | Path) -> int:
         """Copy every training of another result cache (e.g. one brought back from a GPU machine)."""
@@ -119,13 +128,12 @@ class ResultCache:
                 other.close()
         except sqlite3.Error as err:
             raise ValueError(f"{path}: not a mixerlab result cache ({err}); pass a .sqlite written by `mixerlab eval --cache`") from None
-        for mixer_hash, mixer_name, payload in rows:
-            try:
-                result = TrainResult.model_validate_json(payload)
-            except ValueError as err:
-                raise ValueError(f"{path}: a row is not a mixerlab training result ({err})") from None
-            self.put(result, mixer_hash, mixer_name)
-        return len(rows)
+        try:
+            results = [(TrainResult.model_validate_json(payload), h, name) for h, name, payload in rows]
+        except ValueError as err:
+            raise ValueError(f"{path}: a row is not a mixerlab training result ({err})") from None
+        self.put_many(results)
+        return len(results)
 
     def close(self) -> None:
         self._db.close()
