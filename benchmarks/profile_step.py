@@ -58,9 +58,8 @@ def main() -> None:
     if args.seq_len:
         setting = setting.model_copy(update={"seq_len": args.seq_len})
     jobs = [TrainJob(setting=setting, lr=5e-4, weight_decay=0.0, seed=i) for i in range(args.members)]
-    factory = resolve_mixer(args.mixer).factory()
-    if args.chunk_size:
-        factory = functools.partial(resolve_mixer(args.mixer).load_class(), chunk_size=args.chunk_size)
+    spec = resolve_mixer(args.mixer)
+    factory = functools.partial(spec.load_class(), chunk_size=args.chunk_size) if args.chunk_size else spec.factory()
     trainer = BatchedTrainer(jobs, ["p"] * len(jobs), TrainConfig(), factory, "cuda", cuda_graph=False)
     for _ in range(3):
         trainer._run_step()
