@@ -4,6 +4,8 @@ accepted, and the calling process unharmed."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 import torch
 
 from mixerlab.check import check_candidate
+from mixerlab.check.dynamic import check_cost
 from mixerlab.mixers import builtin_spec, template_source
 from mixerlab.mixers.loading import MixerSpec, spec_from_file
 from mixerlab.sandbox import SandboxLimits, run_sandboxed
@@ -71,6 +74,37 @@ def test_bad_candidates_are_rejected_for_the_right_reason(filename: str) -> None
     assert report.summary().startswith(f"check '{check}'")
     later = report.checks[[c.name for c in report.checks].index(check) + 1 :]
     assert all(c.status == "not run" for c in later if c.name != "novelty")
+
+
+def test_time_quadratic_mixer_with_linear_memory_fails_the_cost_check() -> None:
+    """Block-wise full attention never builds a length x length tensor; only its time gives it away."""
+    module = spec_from_file(CANDIDATES / "chunked_full_attention.py").load_class()(d_model=128)
+    result = check_cost(module, 128, lengths=(256, 512, 1024, 2048, 4096))
+    assert result.status == "fail" and "forward time grows like T^" in result.reason, result.reason
+    assert result.details["memory_exponent"] < 1.2 and result.details["time_exponent"] > 1.5
+    assert result.details["rounds"] == 3  # measured again before it counted
+
+
+BUSY_LOOP = "import torch, time\ntorch.set_num_threads(2)\na = torch.randn(1500, 1500)\nwhile True:\n    a @ a\n"
+
+
+def test_cost_check_is_steady_on_a_machine_busy_with_other_work() -> None:
+    """CI failed once because a loop worker training beside the check inflated its wall-clock times
+    (DeltaNet measured as T^2.67). The check times CPU work on one thread, which other processes do not inflate."""
+    hogs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(2)]
+    try:
+        time.sleep(2.0)
+        module = builtin_spec("delta_net").load_class()(d_model=128)
+        exponents = []
+        for _ in range(2):
+            result = check_cost(module, 128)
+            assert result.passed, result.reason
+            exponents.append(result.details["time_exponent"])
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert all(0.7 < e < 1.4 for e in exponents), exponents
 
 
 def test_a_copy_of_the_baseline_is_not_novel() -> None:
