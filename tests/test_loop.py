@@ -52,7 +52,8 @@ def test_catalog_loop_records_everything_and_prints_the_seed_blocks(tmp_path: Pa
         assert all(len(s["seeds"]) == 1 for s in c.scores.values())
         assert c.check_report["checks"][0]["status"] == "pass" and c.expected
         assert c.timings["check_s"] > 0 and c.timings["eval_s"] > 0 and "vs_parent" in c.judgement
-        assert store.attempts(c.id)[0].passed and c.curves
+        first = store.attempts(c.id)[0]
+        assert first.passed and c.curves, first.reason
         assert len(c.timestamp) == 15 and c.profile == "tiny"
     printed = blocks(proc.stdout)
     assert len(printed) == 2

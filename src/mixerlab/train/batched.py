@@ -20,6 +20,7 @@ path without vmap (`vectorize=False`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -33,6 +34,7 @@ from torch.func import functional_call, stack_module_state
 from mixerlab.config import TrainConfig
 from mixerlab.model import MixerFactory
 from mixerlab.ops.depthwise import use_shifted_depthwise_convs
+from mixerlab.ops.triangular import UseProductTriangularSolves
 from mixerlab.tasks import IGNORE_INDEX, generate
 
 from .checkpoint import CheckpointStore, group_id
@@ -108,6 +110,7 @@ class BatchedTrainer:
         compile_step: bool = False,
         vocab_size: int | None = None,
         checkpoints: CheckpointStore | None = None,
+        product_solves: bool | None = None,
     ) -> None:
         if not jobs:
             raise ValueError("no jobs to train")
@@ -145,6 +148,9 @@ class BatchedTrainer:
         self.base = copy.deepcopy(models[0]).to("meta")
         if self.compiled_logits is not None:  # same math; pays only when compiled (fused), slower eagerly
             use_shifted_depthwise_convs(self.base)
+        # small unit-triangular solves (the chunk WY solve) as batched products; default: with the compiled step
+        use_products = self.compiled_logits is not None if product_solves is None else product_solves
+        self.solves = UseProductTriangularSolves if use_products else contextlib.nullcontext
         params, buffers = stack_module_state(models)
         self.names = list(params)
         self.shapes = [tuple(params[n].shape[1:]) for n in self.names]
@@ -217,11 +223,13 @@ class BatchedTrainer:
     def _training_logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.compiled_logits is not None:
             try:
-                return self.compiled_logits(self.flat, self.buffers, x, self.vocab_mask)
+                with self.solves():
+                    return self.compiled_logits(self.flat, self.buffers, x, self.vocab_mask)
             except Exception as err:  # a mixer the compiler cannot handle still trains, eagerly
                 log.warning("torch.compile failed for this group (%s: %s); training eagerly", type(err).__name__, err)
                 self.compiled_logits = None
-        return self._logits(self.flat, self.buffers, x, self.vocab_mask)
+        with self.solves():
+            return self._logits(self.flat, self.buffers, x, self.vocab_mask)
 
     # --- one optimisation step (graph-capturable: no host syncs, static shapes) --------------------
 
@@ -345,7 +353,8 @@ class BatchedTrainer:
         for start in range(0, self.num_test, eval_batch * batches):
             stop = min(self.num_test, start + eval_batch * batches)
             test_rows = offsets[:, None] + torch.arange(start, stop, device=self.device)
-            logits = self._logits(flat, buffers, self.x_test[test_rows], mask)
+            with self.solves():
+                logits = self._logits(flat, buffers, self.x_test[test_rows], mask)
             targets = self.y_test[test_rows]
             for b0 in range(0, stop - start, eval_batch):  # MAD scores every test batch on its own
                 b1 = min(stop - start, b0 + eval_batch)
