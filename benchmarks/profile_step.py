@@ -52,9 +52,9 @@ def main() -> None:
     parser.add_argument("--graph", action="store_true", help="time graph replays too")
     parser.add_argument("--compile", action="store_true", help="time steps with the forward under torch.compile "
                         "(and, with --graph, compiled steps replayed as a CUDA graph)")
-    parser.add_argument("--solves", choices=["auto", "library", "products"], default="auto",
-                        help="chunk WY solves: torch.linalg.solve_triangular, batched products (ops/triangular.py), "
-                        "or the trainer's default (products when compiled)")
+    parser.add_argument("--solves", choices=["library", "products"], default="library",
+                        help="chunk WY solves: torch.linalg.solve_triangular (the default) or batched products "
+                        "(ops/triangular.py)")
     parser.add_argument("--no-profile", action="store_true")
     args = parser.parse_args()
     setting = baseline_setting(parse_task(args.task))
@@ -63,7 +63,7 @@ def main() -> None:
     jobs = [TrainJob(setting=setting, lr=5e-4, weight_decay=0.0, seed=i) for i in range(args.members)]
     spec = resolve_mixer(args.mixer)
     factory = functools.partial(spec.load_class(), chunk_size=args.chunk_size) if args.chunk_size else spec.factory()
-    products = {"auto": None, "library": False, "products": True}[args.solves]
+    products = args.solves == "products"
     trainer = BatchedTrainer(jobs, ["p"] * len(jobs), TrainConfig(), factory, "cuda", cuda_graph=False,
                              product_solves=products)
     for _ in range(3):
