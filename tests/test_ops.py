@@ -13,7 +13,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from mixerlab.mixers import resolve_mixer
-from mixerlab.ops.depthwise import depthwise_conv1d, use_shifted_depthwise_convs
+from mixerlab.ops.depthwise import depthwise_conv1d, use_library_depthwise_convs, use_shifted_depthwise_convs
 from mixerlab.ops.fold import fold_vmap
 from mixerlab.ops.triangular import UseProductTriangularSolves, unit_lower_inverse, unit_lower_solve
 
@@ -49,6 +49,10 @@ def test_only_plain_depthwise_convs_are_rerouted() -> None:
     ref = model(x)
     assert use_shifted_depthwise_convs(model) == 1
     torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-6)
+    # the trainer's eager fallback after a failed compile puts the library kernel back
+    assert use_library_depthwise_convs(model) == 1 and use_library_depthwise_convs(model) == 0
+    assert all("_conv_forward" not in m.__dict__ for m in model.modules())
+    torch.testing.assert_close(model(x), ref)
 
 
 @pytest.mark.parametrize("name", ["delta_net", "gated_delta_net"])

@@ -38,7 +38,8 @@ def _delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.T
     return o.transpose(1, 2).float()
 
 
-def _gated_delta_rule(q, k, v, beta, g) -> torch.Tensor:
+def _gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Head-first in and out (as `gated_delta_rule_chunkwise`, g = log decay <= 0), float32 out."""
     if not q.is_cuda:
         return gated_delta_rule_chunkwise(q, k, v, beta, g).float()
     _, chunk_gated_delta_rule = _import_fla()

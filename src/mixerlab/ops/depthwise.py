@@ -63,3 +63,13 @@ def use_shifted_depthwise_convs(model: nn.Module) -> int:
             module._conv_forward = functools.partial(_shifted_conv_forward, module)  # type: ignore[method-assign]
             changed += 1
     return changed
+
+
+def use_library_depthwise_convs(model: nn.Module) -> int:
+    """Undo `use_shifted_depthwise_convs` (for eager training, where `nn.Conv1d`'s kernel is faster)."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.Conv1d) and "_conv_forward" in module.__dict__:
+            del module._conv_forward
+            changed += 1
+    return changed

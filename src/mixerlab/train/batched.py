@@ -33,7 +33,7 @@ from torch.func import functional_call, stack_module_state
 
 from mixerlab.config import TrainConfig
 from mixerlab.model import MixerFactory
-from mixerlab.ops.depthwise import use_shifted_depthwise_convs
+from mixerlab.ops.depthwise import use_library_depthwise_convs, use_shifted_depthwise_convs
 from mixerlab.ops.triangular import UseProductTriangularSolves
 from mixerlab.tasks import IGNORE_INDEX, generate
 
@@ -228,6 +228,7 @@ class BatchedTrainer:
             except Exception as err:  # a mixer the compiler cannot handle still trains, eagerly
                 log.warning("torch.compile failed for this group (%s: %s); training eagerly", type(err).__name__, err)
                 self.compiled_logits = None
+                use_library_depthwise_convs(self.base)  # shifted convs pay only when fused
         with self.solves():
             return self._logits(self.flat, self.buffers, x, self.vocab_mask)
 

@@ -62,7 +62,8 @@ class CheckpointStore:
         found = []
         for path in sorted(self.folder.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
             try:
-                state = torch.load(path, map_location="cpu", weights_only=False)
+                # memory-mapped: tensors of groups this run does not resume are never read into memory
+                state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
             except Exception as err:  # a truncated or foreign file costs its group's progress, nothing else
                 log.warning("ignoring unreadable checkpoint %s (%s); its trainings start over", path, err)
                 continue
