@@ -5,7 +5,7 @@ The chunk algorithm of DeltaNet and Gated DeltaNet solves `(I + L) X = B` for ev
 lower triangular and C x C (C = 64). `torch.linalg.solve_triangular` runs cuBLAS' batched triangular solve,
 whose small sequential kernels made 20% of a compiled DeltaNet training step on the H100
 (benchmarks/profile_step.py), forward and backward. Here the inverse is built by blocked recursive
-inversion, each level one batched product over all blocks:
+inversion, each level two batched products over all its blocks at once:
 
     inv([[A11, 0], [A21, A22]]) = [[inv(A11), 0], [-inv(A22) A21 inv(A11), inv(A22)]]
 
