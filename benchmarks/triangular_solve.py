@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mixerlab.ops.triangular import unit_lower_solve  # noqa: E402
+from run import device_name, time_call  # noqa: E402  (benchmarks/run.py: the shared timer)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -28,27 +28,11 @@ def library_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(a, b, upper=False, unitriangular=True)
 
 
-def seconds(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
-    """Median wall time of `fn` (after two warm-ups), with the device drained around each call."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 def forward_backward(solve: Callable, a: torch.Tensor, b: torch.Tensor) -> Callable[[], None]:
-    def run() -> None:
+    def step() -> None:
         a.grad = b.grad = None
         solve(a, b).square().sum().backward()
-    return run
+    return step
 
 
 def main() -> None:
@@ -60,6 +44,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     device = torch.device(args.device)
+    ms = lambda fn: 1e3 * time_call(fn, args.device, args.repeats)  # noqa: E731  median over the repeats
     rows = []
     for systems in args.systems:
         gen = torch.Generator(device=device).manual_seed(0)
@@ -68,16 +53,16 @@ def main() -> None:
         b = torch.randn(systems, 64, args.rhs, device=device, generator=gen).requires_grad_()
         row = {"systems": systems, "size": 64, "rhs": args.rhs}
         for label, solve in (("library", library_solve), ("products", unit_lower_solve)):
-            row[f"{label}_ms"] = 1e3 * seconds(forward_backward(solve, a, b), device, args.repeats)
+            row[f"{label}_ms"] = ms(forward_backward(solve, a, b))
             if device.type == "cuda":
                 compiled = torch.compile(solve, dynamic=False)
-                row[f"{label}_compiled_ms"] = 1e3 * seconds(forward_backward(compiled, a, b), device, args.repeats)
+                row[f"{label}_compiled_ms"] = ms(forward_backward(compiled, a, b))
         row["eager_speedup"] = row["library_ms"] / row["products_ms"]
         if device.type == "cuda":
             row["compiled_speedup"] = row["library_compiled_ms"] / row["products_compiled_ms"]
         rows.append(row)
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    name = device_name(args.device)
     report = {"device": name, "torch": torch.__version__, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "triangular_solve.json").write_text(json.dumps(report, indent=2) + "\n")

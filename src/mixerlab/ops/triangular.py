@@ -14,7 +14,7 @@ recursive triangular inversion (no powers of L, which overflow when keys repeat)
 too. `torch.linalg.solve_triangular` is the reference; tests/test_ops.py holds the two together.
 
 Opt-in (`BatchedTrainer(product_solves=True)`, `benchmarks/profile_step.py --solves products`) until its
-speed is measured on a GPU (`benchmarks/triangular_solve.py`); eagerly on CPU it is 0.55x the library solve
+speed is measured on a GPU (`benchmarks/triangular_solve.py`); eagerly on CPU it is 0.56-0.59x the library solve
 at the shapes of a batched step (benchmarks/results/triangular_solve.md).
 """
 

@@ -149,7 +149,7 @@ class BatchedTrainer:
         if self.compiled_logits is not None:  # same math; pays only when compiled (fused), slower eagerly
             use_shifted_depthwise_convs(self.base)
         # small unit-triangular solves (the chunk WY solve) as batched products (ops/triangular.py): opt-in
-        # until measured on a GPU (eagerly on CPU they are 0.55x of the library solve)
+        # until measured on a GPU (eagerly on CPU they are 0.56-0.59x of the library solve)
         self.solves = UseProductTriangularSolves if product_solves else contextlib.nullcontext
         params, buffers = stack_module_state(models)
         self.names = list(params)
@@ -221,15 +221,14 @@ class BatchedTrainer:
             return one(first, {k: v[0] for k, v in buffers.items()}, x[0], mask[0])[None]
 
     def _training_logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compiled_logits is not None:
-            try:
-                with self.solves():
-                    return self.compiled_logits(self.flat, self.buffers, x, self.vocab_mask)
-            except Exception as err:  # a mixer the compiler cannot handle still trains, eagerly
-                log.warning("torch.compile failed for this group (%s: %s); training eagerly", type(err).__name__, err)
-                self.compiled_logits = None
-                use_library_depthwise_convs(self.base)  # shifted convs pay only when fused
         with self.solves():
+            if self.compiled_logits is not None:
+                try:
+                    return self.compiled_logits(self.flat, self.buffers, x, self.vocab_mask)
+                except Exception as err:  # a mixer the compiler cannot handle still trains, eagerly
+                    log.warning("torch.compile failed for this group (%s: %s); training eagerly", type(err).__name__, err)
+                    self.compiled_logits = None
+                    use_library_depthwise_convs(self.base)  # shifted convs pay only when fused
             return self._logits(self.flat, self.buffers, x, self.vocab_mask)
 
     # --- one optimisation step (graph-capturable: no host syncs, static shapes) --------------------
