@@ -52,9 +52,6 @@ def main() -> None:
     parser.add_argument("--graph", action="store_true", help="time graph replays too")
     parser.add_argument("--compile", action="store_true", help="time steps with the forward under torch.compile "
                         "(and, with --graph, compiled steps replayed as a CUDA graph)")
-    parser.add_argument("--solves", choices=["library", "products"], default="library",
-                        help="chunk WY solves: torch.linalg.solve_triangular (the default) or batched products "
-                        "(ops/triangular.py)")
     parser.add_argument("--no-profile", action="store_true")
     args = parser.parse_args()
     setting = baseline_setting(parse_task(args.task))
@@ -63,19 +60,16 @@ def main() -> None:
     jobs = [TrainJob(setting=setting, lr=5e-4, weight_decay=0.0, seed=i) for i in range(args.members)]
     spec = resolve_mixer(args.mixer)
     factory = functools.partial(spec.load_class(), chunk_size=args.chunk_size) if args.chunk_size else spec.factory()
-    products = args.solves == "products"
-    trainer = BatchedTrainer(jobs, ["p"] * len(jobs), TrainConfig(), factory, "cuda", cuda_graph=False,
-                             product_solves=products)
+    trainer = BatchedTrainer(jobs, ["p"] * len(jobs), TrainConfig(), factory, "cuda", cuda_graph=False)
     for _ in range(3):
         trainer._run_step()
     eager = seconds_per_step(trainer, args.steps)
-    print(f"eager step: {eager * 1e3:.1f} ms for {args.members} members x {setting.input_len} tokens x 128 "
-          f"(solves: {args.solves})")
+    print(f"eager step: {eager * 1e3:.1f} ms for {args.members} members x {setting.input_len} tokens x 128")
     if args.graph:
         graph_step(trainer, "graph step")
     if args.compile:
         trainer = BatchedTrainer(jobs, ["p"] * len(jobs), TrainConfig(), factory, "cuda", cuda_graph=False,
-                                 compile_step=True, product_solves=products)
+                                 compile_step=True)
         start = time.perf_counter()
         trainer._run_step()
         torch.cuda.synchronize()

@@ -1,10 +1,8 @@
 """Fast ops against their references: the shifted depthwise convolution against nn.Conv1d, and the vmap
-folding wrapper (used to batch fla's kernels) against plain vmap, and the product-form triangular solve
-against torch.linalg.solve_triangular."""
+folding wrapper (used to batch fla's kernels) against plain vmap."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import pytest
@@ -15,7 +13,6 @@ from torch.func import functional_call, stack_module_state
 from mixerlab.mixers import resolve_mixer
 from mixerlab.ops.depthwise import depthwise_conv1d, use_library_depthwise_convs, use_shifted_depthwise_convs
 from mixerlab.ops.fold import fold_vmap
-from mixerlab.ops.triangular import UseProductTriangularSolves, unit_lower_inverse, unit_lower_solve
 
 
 @pytest.mark.parametrize("taps, padding, bias", [(4, 3, False), (3, 1, True), (1, 0, False), (5, 4, True)])
@@ -105,66 +102,3 @@ def test_fla_variants_train_under_vmap_like_the_templates(name: str) -> None:
     torch.testing.assert_close(y_v, y_t)
     for key in g_t:
         torch.testing.assert_close(g_v[key], g_t[key])
-
-
-@pytest.mark.parametrize("size", [1, 2, 7, 16, 37, 64, 128])
-def test_product_triangular_solve_equals_solve_triangular(size: int) -> None:
-    a = torch.eye(size, dtype=torch.float64) + 0.3 * torch.randn(3, 2, size, size, dtype=torch.float64).tril(-1)
-    a = a + torch.randn_like(a).triu(1)  # entries above the diagonal must be ignored, as unitriangular=True does
-    b = torch.randn(3, 2, size, 5, dtype=torch.float64)
-    a.requires_grad_(), b.requires_grad_()
-    fast = unit_lower_solve(a, b)
-    ref = torch.linalg.solve_triangular(a, b, upper=False, unitriangular=True)
-    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
-    w = torch.randn_like(ref)
-    grads = torch.autograd.grad((fast * w).sum(), [a, b], materialize_grads=True)  # size 1: a is not used
-    for g, g_ref in zip(grads, torch.autograd.grad((ref * w).sum(), [a, b])):
-        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9)
-
-
-def test_product_inverse_is_stable_when_keys_repeat() -> None:
-    """Repeated tokens give repeated keys (dot products of 1), where powers of L reach C(63, 31) ~ 1e18 and a
-    power-series inverse loses every digit in float32; the recursive block inverse stays exact."""
-    ones = torch.ones(64, 64).tril()  # I + L with every k_i . k_j = 1
-    torch.testing.assert_close(unit_lower_inverse(ones) @ ones, torch.eye(64), rtol=0, atol=1e-6)
-    k = torch.nn.functional.normalize(torch.randn(64, 16), dim=-1)
-    k[8:40] = k[3]
-    a = torch.eye(64) + (k @ k.T).tril(-1)
-    ref = torch.linalg.solve_triangular(a, torch.eye(64), upper=False, unitriangular=True)
-    torch.testing.assert_close(unit_lower_inverse(a), ref, rtol=1e-5, atol=1e-5)
-
-
-def test_triangular_mode_reroutes_only_small_unit_lower_solves() -> None:
-    a = torch.eye(8) + torch.randn(8, 8).tril(-1)
-    b = torch.randn(8, 3)
-    mode = UseProductTriangularSolves()
-    with mode:
-        torch.linalg.solve_triangular(a, b, upper=False, unitriangular=True)
-        torch.linalg.solve_triangular(a, b, upper=False)  # not unit diagonal: the library solve
-        torch.linalg.solve_triangular(a.T, b, upper=True, unitriangular=True)  # upper: the library solve
-        big = torch.eye(200) + 0.01 * torch.randn(200, 200).tril(-1)
-        torch.linalg.solve_triangular(big, torch.randn(200, 2), upper=False, unitriangular=True)  # too large
-    assert mode.rerouted == 1
-
-
-@pytest.mark.parametrize("name", ["delta_net", "gated_delta_net"])
-def test_baseline_layers_train_the_same_with_product_solves_under_vmap(name: str) -> None:
-    """The batched trainer's path (stacked members under vmap): outputs and gradients unchanged."""
-    torch.manual_seed(0)
-    cls = resolve_mixer(name).load_class()
-    params, _ = stack_module_state([cls(d_model=32) for _ in range(3)])
-    base = cls(d_model=32).to("meta")
-    x = torch.randn(3, 2, 150, 32)  # three chunks of 64, the last one partial
-    results = []
-    for product in (False, True):
-        p = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
-        mode = UseProductTriangularSolves()
-        with mode if product else contextlib.nullcontext():
-            y = torch.vmap(lambda pp, t: functional_call(base, (pp,), (t,)))(p, x)
-            y.square().sum().backward()
-        assert mode.rerouted == (1 if product else 0)  # one solve per forward, all chunks at once
-        results.append((y.detach(), {k: v.grad for k, v in p.items()}))
-    (y_ref, g_ref), (y_fast, g_fast) = results
-    torch.testing.assert_close(y_fast, y_ref, rtol=1e-4, atol=1e-5)
-    for key in g_ref:
-        torch.testing.assert_close(g_fast[key], g_ref[key], rtol=1e-3, atol=1e-4)

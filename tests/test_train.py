@@ -48,18 +48,6 @@ def test_batched_equals_reference_trainer_member_by_member() -> None:
         assert_same_training(train_single(job, TRAIN, FACTORY), got)
 
 
-@pytest.mark.parametrize("name", ["delta_net", "gated_delta_net"])
-def test_product_triangular_solves_train_the_same_models(name: str) -> None:
-    """The trainer's fast WY solve (ops/triangular.py) changes rounding only: same curves, same steps."""
-    jobs = [TrainJob(setting=recall(64), lr=3e-3, weight_decay=0.0), TrainJob(setting=recall(48), lr=1e-3, weight_decay=0.1)]
-    factory = resolve_mixer(name).factory()
-    library = BatchedTrainer(jobs, ["a", "b"], TRAIN, factory, product_solves=False)
-    products = BatchedTrainer(jobs, ["a", "b"], TRAIN, factory, product_solves=True)
-    assert products.solves is not library.solves
-    for a, b in zip(library.run(), products.run()):
-        assert_same_training(a, b)
-
-
 def test_members_do_not_interact_and_vocabularies_may_differ() -> None:
     # member `small` trained beside two different partners (same padded vocabulary) must train identically
     small = TrainJob(setting=recall(64, vocab=12), lr=3e-3, weight_decay=0.0)

@@ -6,8 +6,6 @@
 - `depthwise`: depthwise convolution as shifted multiply-adds (fast under torch.compile; `nn.Conv1d` is the
   reference).
 - `fold`: a vmap rule for kernels that have none (fla's Triton ops), folding vmapped members into the batch.
-- `triangular`: the chunk WY solve as recursive block inversion by batched products, swapped in for
-  `torch.linalg.solve_triangular` (the reference) by a TorchFunctionMode; opt-in (`product_solves`).
 """
 
 from .naive import delta_rule_recurrent, gated_delta_rule_recurrent

@@ -20,7 +20,6 @@ path without vmap (`vectorize=False`).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import time
@@ -34,7 +33,6 @@ from torch.func import functional_call, stack_module_state
 from mixerlab.config import TrainConfig
 from mixerlab.model import MixerFactory
 from mixerlab.ops.depthwise import use_library_depthwise_convs, use_shifted_depthwise_convs
-from mixerlab.ops.triangular import UseProductTriangularSolves
 from mixerlab.tasks import IGNORE_INDEX, generate
 
 from .checkpoint import CheckpointStore, group_id
@@ -110,7 +108,6 @@ class BatchedTrainer:
         compile_step: bool = False,
         vocab_size: int | None = None,
         checkpoints: CheckpointStore | None = None,
-        product_solves: bool = False,
     ) -> None:
         if not jobs:
             raise ValueError("no jobs to train")
@@ -148,9 +145,6 @@ class BatchedTrainer:
         self.base = copy.deepcopy(models[0]).to("meta")
         if self.compiled_logits is not None:  # same math; pays only when compiled (fused), slower eagerly
             use_shifted_depthwise_convs(self.base)
-        # small unit-triangular solves (the chunk WY solve) as batched products (ops/triangular.py): opt-in
-        # until measured on a GPU (eagerly on CPU they are 0.56-0.59x of the library solve)
-        self.solves = UseProductTriangularSolves if product_solves else contextlib.nullcontext
         params, buffers = stack_module_state(models)
         self.names = list(params)
         self.shapes = [tuple(params[n].shape[1:]) for n in self.names]
@@ -221,15 +215,14 @@ class BatchedTrainer:
             return one(first, {k: v[0] for k, v in buffers.items()}, x[0], mask[0])[None]
 
     def _training_logits(self, x: torch.Tensor) -> torch.Tensor:
-        with self.solves():
-            if self.compiled_logits is not None:
-                try:
-                    return self.compiled_logits(self.flat, self.buffers, x, self.vocab_mask)
-                except Exception as err:  # a mixer the compiler cannot handle still trains, eagerly
-                    log.warning("torch.compile failed for this group (%s: %s); training eagerly", type(err).__name__, err)
-                    self.compiled_logits = None
-                    use_library_depthwise_convs(self.base)  # shifted convs pay only when fused
-            return self._logits(self.flat, self.buffers, x, self.vocab_mask)
+        if self.compiled_logits is not None:
+            try:
+                return self.compiled_logits(self.flat, self.buffers, x, self.vocab_mask)
+            except Exception as err:  # a mixer the compiler cannot handle still trains, eagerly
+                log.warning("torch.compile failed for this group (%s: %s); training eagerly", type(err).__name__, err)
+                self.compiled_logits = None
+                use_library_depthwise_convs(self.base)  # shifted convs pay only when fused
+        return self._logits(self.flat, self.buffers, x, self.vocab_mask)
 
     # --- one optimisation step (graph-capturable: no host syncs, static shapes) --------------------
 
@@ -353,8 +346,7 @@ class BatchedTrainer:
         for start in range(0, self.num_test, eval_batch * batches):
             stop = min(self.num_test, start + eval_batch * batches)
             test_rows = offsets[:, None] + torch.arange(start, stop, device=self.device)
-            with self.solves():
-                logits = self._logits(flat, buffers, self.x_test[test_rows], mask)
+            logits = self._logits(flat, buffers, self.x_test[test_rows], mask)
             targets = self.y_test[test_rows]
             for b0 in range(0, stop - start, eval_batch):  # MAD scores every test batch on its own
                 b1 = min(stop - start, b0 + eval_batch)
