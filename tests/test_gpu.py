@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from mixerlab.config import TrainConfig
 from mixerlab.mixers import resolve_mixer
-from mixerlab.mixers.delta_net import DeltaNet, delta_rule_chunkwise
-from mixerlab.mixers.gated_delta_net import GatedDeltaNet, gated_delta_rule_chunkwise
+from mixerlab.mixers.delta_net import delta_rule_chunkwise
+from mixerlab.mixers.gated_delta_net import gated_delta_rule_chunkwise
 from mixerlab.ops import delta_rule_recurrent, gated_delta_rule_recurrent
 from mixerlab.tasks import Task, TaskSetting
 from mixerlab.train.batched import BatchedTrainer

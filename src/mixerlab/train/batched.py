@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from mixerlab.config import TrainConfig
