@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT.parent / "src"))
 from mixerlab.config import PROFILES  # noqa: E402
 from mixerlab.evaluate import ResultCache, aggregate  # noqa: E402
 from mixerlab.evaluate.plan import plan_jobs  # noqa: E402
+from mixerlab.evaluate.prefix import find_finished  # noqa: E402
 from mixerlab.mixers import resolve_mixer  # noqa: E402
 from mixerlab.tasks import TASK_ORDER  # noqa: E402
 
@@ -60,6 +61,63 @@ def collect(cache: ResultCache, **overrides) -> dict:
     return out
 
 
+def collect_quick(cache: ResultCache) -> dict:
+    """`quick` per model and task, read off the cached `full` trainings (its jobs are full's jobs up to 256
+    tokens with lr 5e-4/1e-3 and wd 0, and their first 100 epochs: evaluate/prefix.py), beside `full` itself,
+    with what each costs in optimiser steps and training tokens (trainings that stop early cost less)."""
+    quick, full = PROFILES["quick"], PROFILES["full"]
+    out: dict = {}
+    for mixer in ("delta_net", "gated_delta_net"):
+        spec = resolve_mixer(mixer)
+        model = {}
+        for task in TASK_ORDER:
+            quick_jobs, full_jobs = plan_jobs(quick, (task,), 1), plan_jobs(full, (task,), 1)
+            got = find_finished(cache, quick_jobs, spec.code_hash, quick.train, "bf16")
+            full_keys = {j.cache_key(spec.code_hash, full.train, "bf16"): j for j in full_jobs}
+            full_got = cache.get_many(full_keys)
+            if not got or len(full_got) < len(full_jobs):
+                continue  # compared only where `full` is complete
+            length = {j.cache_key(spec.code_hash, quick.train, "bf16"): j.setting.input_len for j in quick_jobs}
+            tokens = lambda results, lengths: sum(r.steps * full.train.batch_size * lengths[r.key] for r in results)  # noqa: E731
+            score = aggregate(list(got.values()))[task.value].mean
+            full_score = aggregate(list(full_got.values()))[task.value].mean
+            model[task.value] = {
+                "mean": score, "full_mean": full_score, "difference_from_full": score - full_score,
+                "trainings_done": len(got), "trainings_planned": len(quick_jobs), "complete": len(got) == len(quick_jobs),
+                "member_steps": sum(r.steps for r in got.values()),
+                "full_member_steps": sum(r.steps for r in full_got.values()),
+                "tokens": tokens(got.values(), length),
+                "full_tokens": tokens(full_got.values(), {k: j.setting.input_len for k, j in full_keys.items()}),
+            }
+        out[spec.name] = model
+    return out
+
+
+def quick_lines(quick: dict) -> list[str]:
+    rows = [(m, t, c) for m, tasks in quick.items() for t, c in tasks.items()]
+    if not rows:
+        return []
+    lines = ["## `quick` against `full`", "",
+             "`quick` (settings up to 256 tokens, lr {5e-4, 1e-3}, wd 0, 100 epochs) read off the `full` trainings",
+             "above: with a constant learning rate a 100-epoch training is the first 100 epochs of the 200-epoch one",
+             "(same init, data and steps), so these are exact, not re-trained (`src/mixerlab/evaluate/prefix.py`).",
+             "Cost is what the trainings actually ran (early stops included): optimiser steps summed over trainings,",
+             "and training tokens (steps x batch x length), the better proxy for GPU time.", "",
+             "| model | task | quick | full | quick - full | trainings | steps, share of full | tokens, share of full |",
+             "|---|---|---|---|---|---|---|---|"]
+    for model, task, c in rows:
+        flag = "" if c["complete"] else " (partial)"
+        lines.append(f"| {model} | {task} | {c['mean']:.4f}{flag} | {c['full_mean']:.4f} | {c['difference_from_full']:+.4f} | "
+                     f"{c['trainings_done']}/{c['trainings_planned']} | {c['member_steps']:,} "
+                     f"({c['member_steps'] / c['full_member_steps']:.0%}) | {c['tokens'] / 1e9:.2f}G "
+                     f"({c['tokens'] / c['full_tokens']:.0%}) |")
+    steps = sum(c["member_steps"] for _, _, c in rows), sum(c["full_member_steps"] for _, _, c in rows)
+    tokens = sum(c["tokens"] for _, _, c in rows), sum(c["full_tokens"] for _, _, c in rows)
+    lines += ["", f"Over these cells `quick` costs {steps[0] / steps[1]:.0%} of `full`'s optimiser steps and "
+              f"{tokens[0] / tokens[1]:.0%} of its training tokens.", ""]
+    return lines
+
+
 def variant_lines(results: dict, variant: dict, title: str, intro: str, base: str, other: str) -> list[str]:
     """One line per (model, task) measured under a variant of `full`, beside the protocol's score."""
     if not any(variant.get("full", {}).values()):
@@ -74,7 +132,7 @@ def variant_lines(results: dict, variant: dict, title: str, intro: str, base: st
     return lines + [""]
 
 
-def markdown(results: dict, cosine: dict, normal_init: dict) -> str:
+def markdown(results: dict, cosine: dict, normal_init: dict, quick: dict) -> str:
     lines = [
         "# Baselines against the seed rows",
         "",
@@ -105,6 +163,7 @@ def markdown(results: dict, cosine: dict, normal_init: dict) -> str:
                 lines.append(f"| {model} | {task} | {ours}{flag} | {c['seed_row']:.4f} | {c['difference']:+.4f} | "
                              f"{c['trainings_done']}/{c['trainings_planned']} |")
         lines.append("")
+    lines += quick_lines(quick)
     lines += variant_lines(results, cosine, "Learning-rate schedule",
                            "`full` tasks measured under both schedules (constant is `full`'s default):",
                            "constant", "cosine")
@@ -127,9 +186,10 @@ def main() -> None:
     measured = lambda found: {p: {m: t for m, t in models.items() if t} for p, models in found.items()}  # noqa: E731
     cosine = measured(collect(cache, lr_schedule="cosine"))
     normal_init = measured(collect(cache, init="normal"))
+    quick = collect_quick(cache)
     (ROOT / "results" / "baselines.json").write_text(
-        json.dumps({**results, "cosine_schedule": cosine, "normal_init": normal_init}, indent=2))
-    text = markdown(results, cosine, normal_init)
+        json.dumps({**results, "quick_vs_full": quick, "cosine_schedule": cosine, "normal_init": normal_init}, indent=2))
+    text = markdown(results, cosine, normal_init, quick)
     notes = Path(args.notes)
     if notes.exists():
         text += "\n" + notes.read_text()

@@ -85,6 +85,9 @@ def eval_command(
             console.print(f"  {task}: {score.mean:.4f} +- {score.std:.4f} over {len(score.seeds)} seeds", highlight=False)
     if report.resumed:
         console.print(f"[dim]{report.resumed} trainings continued from a checkpoint of an earlier run[/]")
+    if report.from_longer:
+        console.print(f"[dim]{report.from_longer} trainings read off the first epochs of cached longer trainings "
+                      "(same jobs, constant learning rate)[/]")
     if report.incomplete:
         why = "were left out (--max-seq-len) or did not finish in the time limit" if max_seq_len else \
             "did not finish in the time limit"

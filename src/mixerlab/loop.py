@@ -38,6 +38,7 @@ from mixerlab.check import CHECK_TITLES, CheckReport, novelty_hash
 from mixerlab.config import LoopConfig, get_profile
 from mixerlab.evaluate import ResultCache
 from mixerlab.evaluate.plan import plan_jobs
+from mixerlab.evaluate.prefix import find_finished
 from mixerlab.executor import Executor
 from mixerlab.insights import Insights, render_block
 from mixerlab.judge import TASKS, improves, judge
@@ -402,8 +403,9 @@ class ResearchLoop:
         profile = get_profile(profile_name)
         train = profile.train
         numerics = "bf16" if train.autocast_dtype("cuda" if self.config.device.startswith("cuda") else "cpu") else "fp32"
-        keys = [j.cache_key(spec.code_hash, train, numerics) for j in plan_jobs(profile, TASK_ORDER, self.config.seeds)]
-        cached = {k: r.model_dump(mode="json") for k, r in self.cache.get_many(keys).items()}
+        jobs = plan_jobs(profile, TASK_ORDER, self.config.seeds)
+        found = find_finished(self.cache, jobs, spec.code_hash, train, numerics)
+        cached = {k: r.model_dump(mode="json") for k, r in found.items()}
         options = {"profile": profile_name, "tasks": [t.value for t in TASK_ORDER], "seeds": self.config.seeds,
                    "cached": cached, "timeout_s": self.config.evaluation_timeout(profile_name)}
 

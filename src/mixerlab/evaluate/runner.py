@@ -25,6 +25,7 @@ from mixerlab.train.schedule import batches_per_epoch
 from .aggregate import TaskScore, aggregate
 from .cache import ResultCache
 from .plan import group_jobs, plan_jobs, token_capacity
+from .prefix import find_finished
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class EvalReport(BaseModel):
     init: str = "mad-lab"
     incomplete: int = 0  # trainings not finished (time limit): the scores above leave them out
     resumed: int = 0  # unfinished trainings picked up from a checkpoint of an earlier run
+    from_longer: int = 0  # of from_cache: read off the first epochs of a cached longer training (evaluate/prefix.py)
 
     def row(self) -> dict[str, float]:
         return {task: score.mean for task, score in self.tasks.items()}
@@ -115,7 +117,8 @@ def evaluate_mixer(
     jobs = plan_jobs(profile, options.tasks, options.seeds)
     numerics = "bf16" if train.autocast_dtype(torch.device(options.device).type) else "fp32"
     keys = {job: job.cache_key(spec.code_hash, train, numerics) for job in jobs}
-    done = cache.get_many(keys.values()) if cache else {}
+    done = find_finished(cache, jobs, spec.code_hash, train, numerics) if cache else {}
+    derived = [r for r in done.values() if r.derived_from]  # read off longer trainings, not stored again
     todo = [job for job in jobs if keys[job] not in done
             and (options.max_seq_len is None or job.setting.seq_len <= options.max_seq_len)]
     results = {keys[j]: done[keys[j]] for j in jobs if keys[j] in done}
@@ -185,6 +188,7 @@ def evaluate_mixer(
         tasks=scores, trainings=len(jobs), trained_now=len(todo), from_cache=len(jobs) - len(todo),
         wall_seconds=wall, optimizer_steps=member_steps, steps_per_second=member_steps / wall if wall else 0.0,
         lr_schedule=train.lr_schedule, init=train.init, incomplete=len(missing), resumed=resumed,
+        from_longer=len(derived),
     )
 
 

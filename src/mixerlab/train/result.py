@@ -43,6 +43,8 @@ class TrainResult(BaseModel):
     trainer: str  # "batched", "sequential" or "single"
     device: str
     history: list[EpochRecord]
+    # the key of the longer training whose first epochs this is (read off its history, not trained again)
+    derived_from: str | None = None
 
 
 def select_epochs(history: list[EpochRecord], stop_accuracy: float) -> tuple[list[EpochRecord], bool]:
