@@ -81,8 +81,11 @@ def test_time_quadratic_mixer_with_linear_memory_fails_the_cost_check() -> None:
     module = spec_from_file(CANDIDATES / "chunked_full_attention.py").load_class()(d_model=128)
     result = check_cost(module, 128, lengths=(256, 512, 1024, 2048, 4096))
     assert result.status == "fail" and "forward time grows like T^" in result.reason, result.reason
-    assert result.details["memory_exponent"] < 1.2 and result.details["time_exponent"] > 1.5
-    assert result.details["rounds"] == 3  # measured again before it counted
+    d = result.details
+    assert d["memory_exponent"] < 1.2 and d["time_exponent"] - d["reference_time_exponent"] > 0.5
+    assert d["rounds"] == 3  # measured again before it counted
+    # where 4,096 tokens ran too fast to judge, longer inputs were timed instead of letting it pass
+    assert d["seconds"][-1] > 0.25 and d["lengths"][-1] >= 4096
 
 
 BUSY_LOOP = "import torch, time\ntorch.set_num_threads(2)\na = torch.randn(1500, 1500)\nwhile True:\n    a @ a\n"
@@ -90,21 +93,23 @@ BUSY_LOOP = "import torch, time\ntorch.set_num_threads(2)\na = torch.randn(1500,
 
 def test_cost_check_is_steady_on_a_machine_busy_with_other_work() -> None:
     """CI failed once because a loop worker training beside the check inflated its wall-clock times
-    (DeltaNet measured as T^2.67). The check times CPU work on one thread, which other processes do not inflate."""
+    (DeltaNet measured as T^2.67). The check times CPU work on one thread, which other processes do not inflate,
+    and judges growth against the reference DeltaNet timed in the same rounds."""
     hogs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(2)]
     try:
         time.sleep(2.0)
         module = builtin_spec("delta_net").load_class()(d_model=128)
-        exponents = []
+        excess = []
         for _ in range(2):
             result = check_cost(module, 128)
             assert result.passed, result.reason
-            exponents.append(result.details["time_exponent"])
+            excess.append(result.details["time_exponent"] - result.details["reference_time_exponent"])
     finally:
         for hog in hogs:
             hog.kill()
             hog.wait()
-    assert all(0.7 < e < 1.4 for e in exponents), exponents
+    # the template against itself: its growth beyond the reference's is timer and cache noise only
+    assert all(abs(e) < 0.25 for e in excess), excess
 
 
 def test_a_copy_of_the_baseline_is_not_novel() -> None:

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Continue the baselines' `full` sweep on a GPU machine reached by short commands (a lent or remote GPU):
+# the sweep runs detached in the background, and each `poll` waits, then copies the results so far out.
+#
+#   bash benchmarks/gpu_sweep.sh wheels         # here, once: wheels of what the GPU image lacks -> .whl/
+#   bash benchmarks/gpu_sweep.sh start [JOB...] # there: start (or find running) the sweep; JOB = mixer:task
+#   bash benchmarks/gpu_sweep.sh poll SECONDS   # there: wait up to SECONDS, then copy results to $OUT
+#
+# Every finished training is written to the cache the moment it finishes, and unfinished groups are
+# checkpointed every 60 s, so a machine that goes away loses at most a minute of training: `start` on a
+# fresh machine imports the committed results (and .carry/results.jsonl.gz and .carry/checkpoints/, what
+# earlier polls brought back, if carried) and continues. PROFILE and DEVICE (default full, cuda) are settings. Bring results home with `mixerlab cache import results.jsonl.gz`, then
+# `python benchmarks/baselines.py` and commit benchmarks/results/cache/h100_results.jsonl.gz.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${SWEEP_DIR:-/tmp/mixerlab-sweep}
+CACHE=$WORK/cache.sqlite
+OUT=${OUT:-$WORK/out}
+PROFILE=${PROFILE:-full}
+DEVICE=${DEVICE:-cuda}
+# what is left of the two baselines' `full` sweeps, cheapest first (2026-12-01)
+DEFAULT_JOBS="gated_delta_net:noisy_recall gated_delta_net:compress delta_net:selective_copy
+gated_delta_net:selective_copy delta_net:fuzzy_recall gated_delta_net:fuzzy_recall"
+
+python_env() {
+    if [ -d .whl ] && [ ! -d "$WORK/site" ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" .whl/*.whl
+    fi
+    export PYTHONPATH="$WORK/site:$PWD/src" PYTHONUNBUFFERED=1
+}
+
+case "${1:-}" in
+wheels)  # pydantic and its parts are not in the GPU image (Python 3.12 there)
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+        pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
+    ls .whl ;;
+start)
+    shift
+    mkdir -p "$WORK"
+    python_env
+    if pgrep -f "mixerlab-sweep-runner" >/dev/null; then echo "sweep already running"; tail -n 3 "$WORK/log"; exit 0; fi
+    if [ ! -f "$CACHE" ]; then
+        python3 -m mixerlab.cli cache import benchmarks/results/cache/h100_results.jsonl.gz --cache "$CACHE"
+        if [ -f .carry/results.jsonl.gz ]; then python3 -m mixerlab.cli cache import .carry/results.jsonl.gz --cache "$CACHE"; fi
+        if [ -d .carry/checkpoints ]; then cp -r .carry/checkpoints "$CACHE.checkpoints"; fi
+    fi
+    jobs="${*:-$DEFAULT_JOBS}"
+    # the runner's name is in its command line, so a second `start` finds it
+    compile=""; [ "$DEVICE" = cuda ] && compile="--compile"
+    setsid nohup bash -c '
+        for job in $1; do
+            python3 -m mixerlab.cli eval --mixer "${job%%:*}" --profile "$3" --tasks "${job#*:}" --device "$4" $5 \
+                --cache "$2" --checkpoint-every 60 || echo "FAILED $job"
+        done; echo SWEEP-DONE' mixerlab-sweep-runner "$jobs" "$CACHE" "$PROFILE" "$DEVICE" "$compile" \
+        > "$WORK/log" 2>&1 < /dev/null &
+    sleep 5; tail -n 5 "$WORK/log" ;;
+poll)
+    python_env
+    deadline=$(( $(date +%s) + ${2:-500} ))
+    while [ "$(date +%s)" -lt "$deadline" ] && pgrep -f "mixerlab-sweep-runner" >/dev/null; do sleep 10; done
+    mkdir -p "$OUT"
+    python3 -m mixerlab.cli cache export "$OUT/results.jsonl.gz" --cache "$CACHE"
+    # checkpoints come back only when small enough to travel (a file limit of 16 MiB, say)
+    for f in "$CACHE.checkpoints"/*; do [ -f "$f" ] && [ "$(stat -c %s "$f")" -lt 16000000 ] && cp "$f" "$OUT/"; done
+    grep -a -E "trainings|FAILED|SWEEP-DONE|Error" "$WORK/log" | tail -n 20 || true
+    tail -c 1500 "$WORK/log" ;;
+*)
+    sed -n 2,13p "$0"; exit 2 ;;
+esac
