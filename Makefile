@@ -18,8 +18,13 @@ $(STAMP):
 
 setup: $(STAMP)
 
-$(TEST_STAMP): $(STAMP) scripts/setup_test_services.sh
-	$(PY) -m pip install -q $(CONSTRAINTS) -e ".[test]"
+# llama.cpp builds for the build machine's CPU by default; on CPUs that advertise AMX inside VMs that do not
+# enable it, its AMX kernels die with a general protection fault at the first generation (seen here). Build
+# it for portable AVX2 instead, without a cached wheel from an earlier build.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
+$(TEST_STAMP): $(STAMP) scripts/setup_test_services.sh Makefile
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --no-cache-dir $(CONSTRAINTS) -e ".[test]"
 	sh scripts/setup_test_services.sh $(PY)
 	touch $@
 
