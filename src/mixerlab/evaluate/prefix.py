@@ -23,20 +23,19 @@ class ResultLookup(Protocol):
     def get_many(self, keys: Iterable[str]) -> dict[str, TrainResult]: ...
 
 
-def longer_trainings(train: TrainConfig, epochs: Iterable[int] | None = None) -> list[TrainConfig]:
-    """Configs whose trainings start with `train`'s whole training (longest first); [] for a cosine schedule.
-    `epochs`: the epoch counts to consider (default: those of the named profiles)."""
+def longer_trainings(train: TrainConfig) -> list[TrainConfig]:
+    """Configs, at the epoch counts of the named profiles, whose trainings start with `train`'s whole training
+    (longest first); [] for a cosine schedule."""
     if train.lr_schedule != "constant":
         return []
-    if epochs is None:
-        epochs = {p.train.max_epochs for p in PROFILES.values()} | {TrainConfig().max_epochs}
+    epochs = {p.train.max_epochs for p in PROFILES.values()} | {TrainConfig().max_epochs}
     longer = sorted({e for e in epochs if e > train.max_epochs}, reverse=True)
     return [train.model_copy(update={"max_epochs": e}) for e in longer]
 
 
 def first_epochs(result: TrainResult, train: TrainConfig, key: str) -> TrainResult:
     """`result` (a longer training of the same job) as the training `train` describes: its first
-    `train.max_epochs` epochs, scored by MAD's rule, stored under `key` with `derived_from` set."""
+    `train.max_epochs` epochs, scored by MAD's rule, keyed `key`, with `derived_from` set."""
     history, stopped = select_epochs(result.history[: train.max_epochs], train.stop_accuracy)
     if not history:
         raise ValueError(f"training {result.key} has no epochs to read a prefix from")
