@@ -61,6 +61,11 @@ def collect(cache: ResultCache, **overrides) -> dict:
     return out
 
 
+def training_tokens(results: dict, jobs: dict, batch_size: int) -> int:
+    """Tokens the trainings `results` (by key) ran: steps x batch x their job's input length."""
+    return sum(r.steps * batch_size * jobs[key].setting.input_len for key, r in results.items())
+
+
 def collect_quick(cache: ResultCache) -> dict:
     """`quick` per model and task, read off the cached `full` trainings (its jobs are full's jobs up to 256
     tokens with lr 5e-4/1e-3 and wd 0, and their first 100 epochs: evaluate/prefix.py), beside `full` itself,
@@ -72,13 +77,12 @@ def collect_quick(cache: ResultCache) -> dict:
         model = {}
         for task in TASK_ORDER:
             quick_jobs, full_jobs = plan_jobs(quick, (task,), 1), plan_jobs(full, (task,), 1)
-            got = find_finished(cache, quick_jobs, spec.code_hash, quick.train, "bf16")
+            quick_keys = {j.cache_key(spec.code_hash, quick.train, "bf16"): j for j in quick_jobs}
             full_keys = {j.cache_key(spec.code_hash, full.train, "bf16"): j for j in full_jobs}
+            got = find_finished(cache, quick_jobs, spec.code_hash, quick.train, "bf16")
             full_got = cache.get_many(full_keys)
             if not got or len(full_got) < len(full_jobs):
                 continue  # compared only where `full` is complete
-            length = {j.cache_key(spec.code_hash, quick.train, "bf16"): j.setting.input_len for j in quick_jobs}
-            tokens = lambda results, lengths: sum(r.steps * full.train.batch_size * lengths[r.key] for r in results)  # noqa: E731
             score = aggregate(list(got.values()))[task.value].mean
             full_score = aggregate(list(full_got.values()))[task.value].mean
             model[task.value] = {
@@ -86,8 +90,8 @@ def collect_quick(cache: ResultCache) -> dict:
                 "trainings_done": len(got), "trainings_planned": len(quick_jobs), "complete": len(got) == len(quick_jobs),
                 "member_steps": sum(r.steps for r in got.values()),
                 "full_member_steps": sum(r.steps for r in full_got.values()),
-                "tokens": tokens(got.values(), length),
-                "full_tokens": tokens(full_got.values(), {k: j.setting.input_len for k, j in full_keys.items()}),
+                "tokens": training_tokens(got, quick_keys, full.train.batch_size),
+                "full_tokens": training_tokens(full_got, full_keys, full.train.batch_size),
             }
         out[spec.name] = model
     return out

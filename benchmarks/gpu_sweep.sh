@@ -9,7 +9,8 @@
 # Every finished training is written to the cache the moment it finishes, and unfinished groups are
 # checkpointed every 60 s, so a machine that goes away loses at most a minute of training: `start` on a
 # fresh machine imports the committed results (and .carry/results.jsonl.gz and .carry/checkpoints/, what
-# earlier polls brought back, if carried) and continues. PROFILE and DEVICE (default full, cuda) are settings. Bring results home with `mixerlab cache import results.jsonl.gz`, then
+# earlier polls brought back, if carried) and continues. PROFILE and DEVICE (default full, cuda) are
+# settings. Bring results home with `mixerlab cache import results.jsonl.gz`, then
 # `python benchmarks/baselines.py` and commit benchmarks/results/cache/h100_results.jsonl.gz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,5 +68,5 @@ poll)
     grep -a -E "trainings|FAILED|SWEEP-DONE|Error" "$WORK/log" | tail -n 20 || true
     tail -c 1500 "$WORK/log" ;;
 *)
-    sed -n 2,13p "$0"; exit 2 ;;
+    sed -n 2,14p "$0"; exit 2 ;;
 esac
