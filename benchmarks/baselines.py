@@ -1,6 +1,6 @@
 """Write benchmarks/results/baselines.{md,json}: our DeltaNet / Gated DeltaNet scores beside the seed rows.
 
-Reads finished trainings from a result cache (default: the committed H100 results, imported into a
+Reads finished trainings from a result cache (default: the committed GPU results, imported into a
 temporary cache) and reports, for `full` (1 seed) and `baseline` (3 seeds), every task's score, the seed
 row, the difference, and how many of the protocol's trainings are done (a partial sweep is labelled so).
 
@@ -141,8 +141,9 @@ def markdown(results: dict, cosine: dict, normal_init: dict, quick: dict) -> str
         "# Baselines against the seed rows",
         "",
         "Written by `python benchmarks/baselines.py` from the result cache (committed trainings:",
-        "`benchmarks/results/cache/h100_results.jsonl.gz`, import with `mixerlab cache import`).",
-        "GPU: NVIDIA H100 80GB HBM3 (the `device` tool), torch 2.11 + CUDA 13, bf16 autocast, TF32 matmuls.",
+        "`benchmarks/results/cache/gpu_results.jsonl.gz`, import with `mixerlab cache import`).",
+        "GPUs: NVIDIA H100 80GB HBM3 (sessions 1-8) and NVIDIA H200 (from the tenth session; which trainings ran where:",
+        "baselines_notes.md), both lent by the `device` tool; torch 2.11 + CUDA 13, bf16 autocast, TF32 matmuls.",
         "",
         "Protocol (docs/protocol.md): `full` = MAD's sweep, 66 settings x lr {1e-4, 5e-4, 1e-3} x weight decay",
         "{0, 0.1}, 200 epochs, stop above 0.999 test accuracy, score = macro accuracy at the lowest-perplexity",
@@ -180,7 +181,7 @@ def markdown(results: dict, cosine: dict, normal_init: dict, quick: dict) -> str
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cache", default=None)
-    parser.add_argument("--import", dest="imports", nargs="*", default=[str(ROOT / "results" / "cache" / "h100_results.jsonl.gz")])
+    parser.add_argument("--import", dest="imports", nargs="*", default=[str(ROOT / "results" / "cache" / "gpu_results.jsonl.gz")])
     parser.add_argument("--notes", default=str(ROOT / "results" / "baselines_notes.md"))
     args = parser.parse_args()
     cache = ResultCache(args.cache or Path(tempfile.mkdtemp()) / "cache.sqlite")

@@ -11,7 +11,7 @@
 # fresh machine imports the committed results (and .carry/results.jsonl.gz and .carry/checkpoints/, what
 # earlier polls brought back, if carried) and continues. PROFILE and DEVICE (default full, cuda) are
 # settings. Bring results home with `mixerlab cache import results.jsonl.gz`, then
-# `python benchmarks/baselines.py` and commit benchmarks/results/cache/h100_results.jsonl.gz.
+# `python benchmarks/baselines.py` and commit benchmarks/results/cache/gpu_results.jsonl.gz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${SWEEP_DIR:-/tmp/mixerlab-sweep}
@@ -20,7 +20,7 @@ OUT=${OUT:-$WORK/out}
 PROFILE=${PROFILE:-full}
 DEVICE=${DEVICE:-cuda}
 # what is left of the two baselines' `full` sweeps, cheapest first (2026-12-01)
-DEFAULT_JOBS="gated_delta_net:noisy_recall gated_delta_net:compress delta_net:selective_copy
+DEFAULT_JOBS="gated_delta_net:compress delta_net:selective_copy
 gated_delta_net:selective_copy delta_net:fuzzy_recall gated_delta_net:fuzzy_recall"
 
 python_env() {
@@ -43,7 +43,7 @@ start)
     python_env
     if pgrep -f "mixerlab-sweep-runner" >/dev/null; then echo "sweep already running"; tail -n 3 "$WORK/log"; exit 0; fi
     if [ ! -f "$CACHE" ]; then
-        python3 -m mixerlab.cli cache import benchmarks/results/cache/h100_results.jsonl.gz --cache "$CACHE"
+        python3 -m mixerlab.cli cache import benchmarks/results/cache/gpu_results.jsonl.gz --cache "$CACHE"
         if [ -f .carry/results.jsonl.gz ]; then python3 -m mixerlab.cli cache import .carry/results.jsonl.gz --cache "$CACHE"; fi
         if [ -d .carry/checkpoints ]; then cp -r .carry/checkpoints "$CACHE.checkpoints"; fi
     fi

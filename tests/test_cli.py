@@ -113,7 +113,7 @@ def test_serve_history_and_report_bad_input(tmp_path: Path) -> None:
 
 
 def test_cache_import_export_round_trip_and_bad_file(tmp_path: Path) -> None:
-    committed = Path(__file__).parents[1] / "benchmarks" / "results" / "cache" / "h100_results.jsonl.gz"
+    committed = Path(__file__).parents[1] / "benchmarks" / "results" / "cache" / "gpu_results.jsonl.gz"
     proc = mixerlab("cache", "import", str(committed), "--cache", str(tmp_path / "a.sqlite"))
     assert proc.returncode == 0 and "imported" in proc.stdout, proc.stderr
     n = int(proc.stdout.split("imported ")[1].split()[0])

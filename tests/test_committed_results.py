@@ -14,7 +14,7 @@ from mixerlab.evaluate.plan import plan_jobs
 from mixerlab.mixers import resolve_mixer
 from mixerlab.tasks import Task
 
-COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cache" / "h100_results.jsonl.gz"
+COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cache" / "gpu_results.jsonl.gz"
 
 
 def test_committed_memorize_sweeps_are_found_under_the_current_code(tmp_path) -> None:

@@ -479,7 +479,7 @@ def cache_import(
     file: Path = typer.Argument(..., help="JSON lines file written by `mixerlab cache export`, or another cache's .sqlite"),
     cache: Optional[Path] = typer.Option(None),
 ) -> None:
-    """Add trainings from an exported file (e.g. benchmarks/results/cache/h100_results.jsonl.gz) or another cache."""
+    """Add trainings from an exported file (e.g. benchmarks/results/cache/gpu_results.jsonl.gz) or another cache."""
     if not file.is_file():
         fail(f"{str(file)!r} does not exist; pass a file written by `mixerlab cache export` or a cache's .sqlite")
     store = _open_cache(cache)
