@@ -59,6 +59,34 @@ def test_members_do_not_interact_and_vocabularies_may_differ() -> None:
     assert with_a[1].history != with_b[1].history
 
 
+def test_a_member_beside_a_larger_vocabulary_trains_as_it_does_alone() -> None:
+    # built at the padded size, the member's initial weights (and so its result) would depend on its partner
+    small = TrainJob(setting=recall(64, vocab=12), lr=3e-3, weight_decay=0.1)
+    partner = TrainJob(setting=recall(64, vocab=40), lr=1e-3, weight_decay=0.0)
+    together = BatchedTrainer([small, partner], ["s", "p"], TRAIN, FACTORY).run()
+    alone = train_single(small, TRAIN, FACTORY)
+    assert_same_training(together[0], alone)
+    assert together[0].score == pytest.approx(alone.score, abs=5e-3)
+
+
+def test_padding_a_vocabulary_keeps_the_model_and_its_initial_weights() -> None:
+    from mixerlab.model import build_model, pad_vocabulary
+
+    for backbone in ("language_model", "autoencoder"):
+        torch.manual_seed(3)
+        small = build_model(backbone, 12, 8, 32, FACTORY)
+        torch.manual_seed(3)
+        padded = pad_vocabulary(build_model(backbone, 12, 8, 32, FACTORY), 30)
+        assert padded.embed.weight.shape[0] == padded.head.weight.shape[0] == padded.vocab_size == 30
+        assert torch.equal(padded.embed.weight[:12], small.embed.weight)
+        assert torch.equal(padded.blocks[0].layer.q_proj.weight, small.blocks[0].layer.q_proj.weight)
+        tokens = torch.randint(0, 12, (2, 8))
+        assert torch.allclose(padded(tokens)[..., :12], small(tokens), atol=1e-6)
+        assert not padded.head.weight[12:].any()
+    with pytest.raises(ValueError, match="cannot pad"):
+        pad_vocabulary(small, 4)
+
+
 def test_padded_vocabulary_is_exactly_the_smaller_model() -> None:
     torch.manual_seed(0)
     logits_small = torch.randn(2, 5, 7)
@@ -125,3 +153,18 @@ def test_schedules() -> None:
     a, b = epoch_order(1, 0, 50), epoch_order(1, 1, 50)
     assert sorted(a.tolist()) == list(range(50)) and not torch.equal(a, b)
     assert torch.equal(a, epoch_order(1, 0, 50))
+
+
+def test_init_seed_per_setting_or_per_run() -> None:
+    from mixerlab.train.common import init_model
+
+    a, b = (TrainJob(setting=recall(64), lr=lr, weight_decay=0.0) for lr in (1e-3, 3e-3))
+    first = lambda model: next(model.parameters()).detach()  # noqa: E731
+    shared = TRAIN
+    per_run = TRAIN.model_copy(update={"init_seed": "run"})
+    assert torch.equal(first(init_model(a, shared, FACTORY)), first(init_model(b, shared, FACTORY)))
+    assert not torch.equal(first(init_model(a, per_run, FACTORY)), first(init_model(b, per_run, FACTORY)))
+    assert torch.equal(first(init_model(a, per_run, FACTORY)), first(init_model(a, per_run, FACTORY)))
+    # the default leaves every cached key as it was; the other value makes new ones
+    assert a.cache_key("m", shared) == a.cache_key("m", TrainConfig(d_model=32, batch_size=32, max_epochs=3))
+    assert a.cache_key("m", per_run) != a.cache_key("m", shared)

@@ -64,6 +64,8 @@ def eval_command(
     time_limit: Optional[float] = typer.Option(None, help="seconds; stop cleanly after it (finished trainings are cached)"),
     init: Optional[str] = typer.Option(None, help="override the model init: mad-lab (as released) | normal (every "
                                        "Linear N(0, 0.02), mad-lab before Dec 2024)"),
+    init_seed: Optional[str] = typer.Option(None, help="setting (the six lr x wd runs of a setting share their "
+                                            "initial weights) | run (each its own, as mad-lab's unseeded init)"),
     compile_step: bool = typer.Option(False, "--compile", help="CUDA: torch.compile each group's training step "
                                       "(faster on long groups; tens of seconds to compile per shape)"),
     checkpoint_every: float = typer.Option(120.0, min=0.0, help="seconds between saves of unfinished groups beside "
@@ -74,7 +76,8 @@ def eval_command(
     """Train a mixer on the MAD tasks of a profile and print its accuracy row."""
     try:
         report = _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule,
-                           max_group_tokens, name, time_limit, init, compile_step, checkpoint_every, max_seq_len)
+                           max_group_tokens, name, time_limit, init, compile_step, checkpoint_every, max_seq_len,
+                           init_seed)
     except UserError as err:
         fail(str(err))
     from mixerlab.table import accuracies_df, format_table
@@ -96,12 +99,14 @@ def eval_command(
                           "the cache).[/]")
     console.print(
         f"[dim]{report.profile} profile, {report.trainings} trainings ({report.from_cache} cached), "
-        f"{report.wall_seconds:.1f}s on {report.device}, lr schedule {report.lr_schedule}, init {report.init}[/]"
+        f"{report.wall_seconds:.1f}s on {report.device}, lr schedule {report.lr_schedule}, init {report.init} "
+        f"(seeded per {report.init_seed})[/]"
     )
 
 
 def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name,
-              time_limit=None, init=None, compile_step=False, checkpoint_every=120.0, max_seq_len=None):
+              time_limit=None, init=None, compile_step=False, checkpoint_every=120.0, max_seq_len=None,
+              init_seed=None):
     from mixerlab.config import get_profile
     from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer
     from mixerlab.mixers import MixerLoadError, preflight, resolve_mixer
@@ -125,6 +130,10 @@ def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, l
             if init not in ("mad-lab", "normal"):
                 raise UserError(f"unknown init {init!r}; use mad-lab or normal")
             overrides["init"] = init
+        if init_seed is not None:
+            if init_seed not in ("setting", "run"):
+                raise UserError(f"unknown init seed {init_seed!r}; use setting or run")
+            overrides["init_seed"] = init_seed
         if compile_step and not dev.startswith("cuda"):
             raise UserError("--compile speeds up CUDA training only; drop it or pass --device cuda")
         if json_out is not None and not json_out.parent.exists():

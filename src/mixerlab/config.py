@@ -39,6 +39,13 @@ class TrainConfig(BaseModel):
         "Linear N(0, 0.02), as mad-lab did before Dec 2024",
     )
 
+    init_seed: Literal["setting", "run"] = Field(
+        default="setting",
+        description="setting: the six (lr, wd) runs of a setting start from the same weights (a paired comparison); "
+        "run: each training draws its own, as mad-lab's unseeded init does (MAD's best-of-six then also picks "
+        "the luckiest init)",
+    )
+
     def autocast_dtype(self, device_type: str):
         import torch
 

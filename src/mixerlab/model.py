@@ -124,6 +124,33 @@ class AutoEncoder(nn.Module):
         return self.head(self.norm(y))
 
 
+def pad_vocabulary(model: nn.Module, vocab_size: int) -> nn.Module:
+    """Grow the token embedding and the head to `vocab_size` rows, the new rows zero, in place.
+
+    The batched trainer runs members of different vocabularies at the largest one. Building each member at
+    its own vocabulary and padding afterwards keeps its initial weights exactly those it gets alone (built at
+    the padded size, the larger draws would shift every later random draw), so a training's result does not
+    depend on which partners share its group. The padded rows are never read: the trainer masks their logits.
+    """
+    old = model.vocab_size
+    if vocab_size < old:
+        raise ValueError(f"cannot pad a vocabulary of {old} down to {vocab_size}")
+    if vocab_size == old:
+        return model
+    with torch.no_grad():
+        embed = nn.Embedding(vocab_size, model.embed.embedding_dim)
+        embed.weight.zero_()
+        embed.weight[:old] = model.embed.weight
+        head = nn.Linear(model.head.in_features, vocab_size, bias=model.head.bias is not None)
+        head.weight.zero_()
+        head.weight[:old] = model.head.weight
+        if head.bias is not None:
+            head.bias.zero_()
+            head.bias[:old] = model.head.bias
+    model.embed, model.head, model.vocab_size = embed, head, vocab_size
+    return model
+
+
 def build_model(
     backbone: str, vocab_size: int, seq_len: int, d_model: int, mixer_factory: MixerFactory, init: str = "mad-lab"
 ) -> nn.Module:

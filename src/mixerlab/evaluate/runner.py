@@ -53,6 +53,7 @@ class EvalReport(BaseModel):
     steps_per_second: float
     lr_schedule: str
     init: str = "mad-lab"
+    init_seed: str = "setting"
     incomplete: int = 0  # trainings not finished (time limit): the scores above leave them out
     resumed: int = 0  # unfinished trainings picked up from a checkpoint of an earlier run
     from_longer: int = 0  # of from_cache: read off the first epochs of a cached longer training (evaluate/prefix.py)
@@ -187,7 +188,7 @@ def evaluate_mixer(
         mixer=spec.name, mixer_hash=spec.code_hash, profile=profile.name, device=options.device, seeds=options.seeds,
         tasks=scores, trainings=len(jobs), trained_now=len(todo), from_cache=len(jobs) - len(todo),
         wall_seconds=wall, optimizer_steps=member_steps, steps_per_second=member_steps / wall if wall else 0.0,
-        lr_schedule=train.lr_schedule, init=train.init, incomplete=len(missing), resumed=resumed,
+        lr_schedule=train.lr_schedule, init=train.init, init_seed=train.init_seed, incomplete=len(missing), resumed=resumed,
         from_longer=len(derived),
     )
 

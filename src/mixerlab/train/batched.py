@@ -9,9 +9,10 @@ step is captured once in a CUDA graph and replayed. Members keep their own epoch
 are evaluated at their own epoch ends, stop on their own (MAD's 0.999 rule), and leave the group when
 enough have finished, so the group shrinks instead of carrying dead weight.
 
-Vocabulary sizes may differ: the group is built at the largest vocabulary and every member's logits
-beyond its own vocabulary are masked to -inf, which is exactly training the smaller model (those rows get
-no gradient and never win an argmax). A mixer that cannot run under vmap (in-place writes into unbatched
+Vocabulary sizes may differ: each member is built at its own vocabulary (the same initial weights as
+alone) and padded with zero rows to the group's largest, and its logits beyond its own vocabulary are
+masked to -inf, which is exactly training the smaller model (those rows get no gradient and never win an
+argmax). A mixer that cannot run under vmap (in-place writes into unbatched
 tensors, `.item()`, data-dependent Python control flow) is trained one member at a time on the same code
 path without vmap (`vectorize=False`).
 

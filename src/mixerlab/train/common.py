@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixerlab.config import TrainConfig
-from mixerlab.model import MixerFactory, build_model
+from mixerlab.model import MixerFactory, build_model, pad_vocabulary
 from mixerlab.tasks import IGNORE_INDEX
 
 from .job import TrainJob
@@ -18,11 +18,11 @@ def init_model(job: TrainJob, train: TrainConfig, mixer_factory: MixerFactory, v
     """Build the job's model on the CPU from its own seed (independent of any global RNG state)."""
     setting = job.setting
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(job.init_seed)
-        return build_model(
-            setting.task.backbone, vocab_size or setting.vocab_size, setting.input_len, train.d_model, mixer_factory,
-            train.init,
+        torch.manual_seed(job.init_seed if train.init_seed == "setting" else job.run_init_seed)
+        model = build_model(
+            setting.task.backbone, setting.vocab_size, setting.input_len, train.d_model, mixer_factory, train.init
         )
+        return pad_vocabulary(model, vocab_size or setting.vocab_size)  # inside: its fresh layers draw too
 
 
 def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

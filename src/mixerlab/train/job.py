@@ -14,7 +14,7 @@ from mixerlab.tasks.sampling import stable_seed
 
 # Fields added to TrainConfig after results were first cached: left out of the key at their default, so
 # every earlier result keeps its key (a non-default value still makes a new one).
-_ADDED_LATER = {"init": "mad-lab"}
+_ADDED_LATER = {"init": "mad-lab", "init_seed": "setting"}
 
 
 def train_identity(train: TrainConfig) -> dict:
@@ -38,6 +38,11 @@ class TrainJob(BaseModel):
     def init_seed(self) -> int:
         """Model init depends on (setting, seed) only: every (lr, wd) of a setting starts from the same weights."""
         return stable_seed("mixerlab-init", self.setting.key(), self.seed)
+
+    @property
+    def run_init_seed(self) -> int:
+        """Model init of this one training (`init_seed="run"`): differs between the (lr, wd) of a setting."""
+        return stable_seed("mixerlab-init-run", self.setting.key(), self.seed, self.lr, self.weight_decay)
 
     @property
     def shuffle_seed(self) -> int:
