@@ -3,7 +3,8 @@
 # the sweep runs detached in the background, and each `poll` waits, then copies the results so far out.
 #
 #   bash benchmarks/gpu_sweep.sh wheels         # here, once: wheels of what the GPU image lacks -> .whl/
-#   bash benchmarks/gpu_sweep.sh start [JOB...] # there: start (or find running) the sweep; JOB = mixer:task
+#   bash benchmarks/gpu_sweep.sh start [JOB...] # there: start (or find running) the sweep; JOB = mixer:task[:flags]
+#                                               # flags comma-separated, e.g. delta_net:memorize:--init-seed=run
 #   bash benchmarks/gpu_sweep.sh poll SECONDS   # there: wait up to SECONDS, then copy results to $OUT
 #
 # Every finished training is written to the cache the moment it finishes, and unfinished groups are
@@ -24,7 +25,8 @@ DEFAULT_JOBS="gated_delta_net:compress delta_net:selective_copy
 gated_delta_net:selective_copy delta_net:fuzzy_recall gated_delta_net:fuzzy_recall"
 
 python_env() {
-    if [ -d .whl ] && [ ! -d "$WORK/site" ]; then
+    # only where pydantic is missing (the GPU image): the wheels are built for its Python 3.12
+    if [ -d .whl ] && [ ! -d "$WORK/site" ] && ! python3 -c "import pydantic" 2>/dev/null; then
         python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" .whl/*.whl
     fi
     export PYTHONPATH="$WORK/site:$PWD/src" PYTHONUNBUFFERED=1
@@ -52,8 +54,9 @@ start)
     compile=""; [ "$DEVICE" = cuda ] && compile="--compile"
     setsid nohup bash -c '
         for job in $1; do
-            python3 -m mixerlab.cli eval --mixer "${job%%:*}" --profile "$3" --tasks "${job#*:}" --device "$4" $5 \
-                --cache "$2" --checkpoint-every 60 || echo "FAILED $job"
+            IFS=: read -r mixer task extra <<< "$job"
+            python3 -m mixerlab.cli eval --mixer "$mixer" --profile "$3" --tasks "$task" --device "$4" $5 \
+                ${extra//,/ } --cache "$2" --checkpoint-every 60 || echo "FAILED $job"
         done; echo SWEEP-DONE' mixerlab-sweep-runner "$jobs" "$CACHE" "$PROFILE" "$DEVICE" "$compile" \
         > "$WORK/log" 2>&1 < /dev/null &
     sleep 5; tail -n 5 "$WORK/log" ;;
