@@ -135,19 +135,15 @@ def pad_vocabulary(model: nn.Module, vocab_size: int) -> nn.Module:
     old = model.vocab_size
     if vocab_size < old:
         raise ValueError(f"cannot pad a vocabulary of {old} down to {vocab_size}")
-    if vocab_size == old:
+    extra = vocab_size - old
+    if not extra:
         return model
-    with torch.no_grad():
-        embed = nn.Embedding(vocab_size, model.embed.embedding_dim)
-        embed.weight.zero_()
-        embed.weight[:old] = model.embed.weight
-        head = nn.Linear(model.head.in_features, vocab_size, bias=model.head.bias is not None)
-        head.weight.zero_()
-        head.weight[:old] = model.head.weight
-        if head.bias is not None:
-            head.bias.zero_()
-            head.bias[:old] = model.head.bias
-    model.embed, model.head, model.vocab_size = embed, head, vocab_size
+    for layer, names in ((model.embed, ("weight",)), (model.head, ("weight", "bias"))):
+        for name in names:
+            param = getattr(layer, name)
+            if param is not None:  # rows are the first dimension: pad it at the end with zeros
+                setattr(layer, name, nn.Parameter(F.pad(param.detach(), (0, 0) * (param.dim() - 1) + (0, extra))))
+    model.embed.num_embeddings = model.head.out_features = model.vocab_size = vocab_size
     return model
 
 

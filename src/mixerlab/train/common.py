@@ -22,7 +22,7 @@ def init_model(job: TrainJob, train: TrainConfig, mixer_factory: MixerFactory, v
         model = build_model(
             setting.task.backbone, setting.vocab_size, setting.input_len, train.d_model, mixer_factory, train.init
         )
-        return pad_vocabulary(model, vocab_size or setting.vocab_size)  # inside: its fresh layers draw too
+    return pad_vocabulary(model, vocab_size or setting.vocab_size)
 
 
 def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
