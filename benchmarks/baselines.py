@@ -136,7 +136,7 @@ def variant_lines(results: dict, variant: dict, title: str, intro: str, base: st
     return lines + [""]
 
 
-def markdown(results: dict, cosine: dict, normal_init: dict, quick: dict) -> str:
+def markdown(results: dict, cosine: dict, normal_init: dict, run_init: dict, quick: dict) -> str:
     lines = [
         "# Baselines against the seed rows",
         "",
@@ -175,6 +175,10 @@ def markdown(results: dict, cosine: dict, normal_init: dict, quick: dict) -> str
     lines += variant_lines(results, normal_init, "Initialisation",
                            "`full` tasks measured with every Linear N(0, 0.02) (`--init normal`, mad-lab before Dec "
                            "2024) beside the released init (`mad-lab`, `full`'s default):", "mad-lab", "normal")
+    lines += variant_lines(results, run_init, "One initialisation per training",
+                           "`full` tasks measured with each training drawing its own initial weights (`--init-seed run`, "
+                           "as mad-lab's unseeded runs do) beside one init per setting shared by its six (lr, wd) runs "
+                           "(`setting`, `full`'s default):", "per setting", "per run")
     return "\n".join(lines) + "\n"
 
 
@@ -191,10 +195,12 @@ def main() -> None:
     measured = lambda found: {p: {m: t for m, t in models.items() if t} for p, models in found.items()}  # noqa: E731
     cosine = measured(collect(cache, lr_schedule="cosine"))
     normal_init = measured(collect(cache, init="normal"))
+    run_init = measured(collect(cache, init_seed="run"))
     quick = collect_quick(cache)
     (ROOT / "results" / "baselines.json").write_text(
-        json.dumps({**results, "quick_vs_full": quick, "cosine_schedule": cosine, "normal_init": normal_init}, indent=2))
-    text = markdown(results, cosine, normal_init, quick)
+        json.dumps({**results, "quick_vs_full": quick, "cosine_schedule": cosine, "normal_init": normal_init,
+                    "run_init": run_init}, indent=2))
+    text = markdown(results, cosine, normal_init, run_init, quick)
     notes = Path(args.notes)
     if notes.exists():
         text += "\n" + notes.read_text()
