@@ -10,7 +10,8 @@
 # Every finished training is written to the cache the moment it finishes, and unfinished groups are
 # checkpointed every 60 s, so a machine that goes away loses at most a minute of training: `start` on a
 # fresh machine imports the committed results (and .carry/results.jsonl.gz and .carry/checkpoints/, what
-# earlier polls brought back, if carried) and continues. PROFILE and DEVICE (default full, cuda) are
+# earlier polls brought back, if carried: checkpoints come back split into parts under 16 MiB, and go into
+# .carry/checkpoints/ as they are) and continues. PROFILE and DEVICE (default full, cuda) are
 # settings. Bring results home with `mixerlab cache import results.jsonl.gz`, then
 # `python benchmarks/baselines.py` and commit benchmarks/results/cache/gpu_results.jsonl.gz.
 set -euo pipefail
@@ -20,8 +21,10 @@ CACHE=$WORK/cache.sqlite
 OUT=${OUT:-$WORK/out}
 PROFILE=${PROFILE:-full}
 DEVICE=${DEVICE:-cuda}
-# what is left of the two baselines' `full` sweeps, cheapest first (2026-12-01)
-DEFAULT_JOBS="gated_delta_net:compress delta_net:selective_copy
+PART_BYTES=${PART_BYTES:-16000000}
+MAX_PARTS=${MAX_PARTS:-7}
+# what is left of the two baselines' `full` sweeps (eleventh session, 2026-12-01)
+DEFAULT_JOBS="delta_net:selective_copy gated_delta_net:compress
 gated_delta_net:selective_copy delta_net:fuzzy_recall gated_delta_net:fuzzy_recall"
 
 python_env() {
@@ -47,7 +50,15 @@ start)
     if [ ! -f "$CACHE" ]; then
         python3 -m mixerlab.cli cache import benchmarks/results/cache/gpu_results.jsonl.gz --cache "$CACHE"
         if [ -f .carry/results.jsonl.gz ]; then python3 -m mixerlab.cli cache import .carry/results.jsonl.gz --cache "$CACHE"; fi
-        if [ -d .carry/checkpoints ]; then cp -r .carry/checkpoints "$CACHE.checkpoints"; fi
+        if [ -d .carry/checkpoints ]; then  # whole checkpoints, or the parts `poll` split them into
+            mkdir -p "$CACHE.checkpoints"
+            for f in .carry/checkpoints/*; do
+                case "$f" in
+                *.part*) cat "$f" >> "$CACHE.checkpoints/$(basename "${f%.part*}")" ;;  # parts sort in order
+                *) cp "$f" "$CACHE.checkpoints/" ;;
+                esac
+            done
+        fi
     fi
     jobs="${*:-$DEFAULT_JOBS}"
     # the runner's name is in its command line, so a second `start` finds it
@@ -66,8 +77,15 @@ poll)
     while [ "$(date +%s)" -lt "$deadline" ] && pgrep -f "mixerlab-sweep-runner" >/dev/null; do sleep 10; done
     mkdir -p "$OUT"
     python3 -m mixerlab.cli cache export "$OUT/results.jsonl.gz" --cache "$CACHE"
-    # checkpoints come back only when small enough to travel (a file limit of 16 MiB, say)
-    for f in "$CACHE.checkpoints"/*; do [ -f "$f" ] && [ "$(stat -c %s "$f")" -lt 16000000 ] && cp "$f" "$OUT/"; done
+    # checkpoints travel in parts of at most PART_BYTES (a lent GPU returns files of up to 16 MiB, 8 files):
+    # name.pt.part0, .part1, ... which `start` joins again; at most MAX_PARTS parts in all, newest first
+    parts=0
+    for f in $(ls -t "$CACHE.checkpoints"/* 2>/dev/null); do
+        need=$(( ($(stat -c %s "$f") + PART_BYTES - 1) / PART_BYTES ))
+        if [ $(( parts + need )) -gt "$MAX_PARTS" ]; then echo "checkpoint $(basename "$f") left behind (no room)"; continue; fi
+        split -b "$PART_BYTES" -d -a 1 "$f" "$OUT/$(basename "$f").part"
+        parts=$(( parts + need ))
+    done
     grep -a -E "trainings|FAILED|SWEEP-DONE|Error" "$WORK/log" | tail -n 20 || true
     tail -c 1500 "$WORK/log" ;;
 *)

@@ -68,7 +68,7 @@ def test_seeds_give_mean_and_std(tmp_path: Path) -> None:
         (["--mixer", "no/such/file.py"], ["does not exist"]),
         (["--device", "tpu"], ["unknown device 'tpu'"]),
         (["--lr-schedule", "linear"], ["unknown lr schedule 'linear'"]),
-        (["--init", "xavier"], ["unknown init 'xavier'", "normal"]),
+        (["--init", "xavier"], ["unknown init 'xavier'", "normal", "fla-xavier"]),
         (["--init-seed", "layer"], ["unknown init seed 'layer'", "setting or run"]),
         (["--compile", "--device", "cpu"], ["--compile", "CUDA"]),
         (["--max-seq-len", "0"], ["Invalid value", "--max-seq-len"]),

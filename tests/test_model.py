@@ -58,3 +58,26 @@ def test_normal_init_reinitialises_every_linear_of_the_language_model() -> None:
         assert "unknown init 'xavier'" in str(err)
     else:
         raise AssertionError("an unknown init must be refused")
+
+
+def test_fla_xavier_init_rescales_the_mixers_linears_only() -> None:
+    """init="fla-xavier": the mixers' Linears xavier-uniform with gain 2^-2.5 (std = gain * sqrt(2 / (in + out))),
+    the SwiGLUs and the head keep PyTorch's default, and the choices match TrainConfig's."""
+    from typing import get_args
+
+    from mixerlab.config import TrainConfig
+    from mixerlab.model import INITS
+
+    assert set(INITS) == set(get_args(TrainConfig.model_fields["init"].annotation))
+    model = build_model("language_model", 64, 32, 128, lambda d: DeltaNet(d), init="fla-xavier")
+    gain = 2**-2.5
+    for index in (0, 2):  # the two mixer blocks
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            weight = getattr(model.blocks[index].layer, name).weight
+            fan_out, fan_in = weight.shape
+            bound = gain * (6 / (fan_in + fan_out)) ** 0.5
+            assert weight.abs().max().item() <= bound + 1e-7
+            assert abs(weight.std().item() - bound / 3**0.5) < 0.1 * bound / 3**0.5
+    default_std = 128**-0.5 / 3**0.5  # kaiming-uniform(a=sqrt(5)) on fan-in 128
+    assert abs(model.blocks[1].layer.w1.weight.std().item() - default_std) < 0.005, "SwiGLU keeps its init"
+    assert abs(model.head.weight.std().item() - default_std) < 0.005, "the head keeps its init"

@@ -63,7 +63,8 @@ def eval_command(
     name: Optional[str] = typer.Option(None, help="row name in the table (default: the mixer's)"),
     time_limit: Optional[float] = typer.Option(None, help="seconds; stop cleanly after it (finished trainings are cached)"),
     init: Optional[str] = typer.Option(None, help="override the model init: mad-lab (as released) | normal (every "
-                                       "Linear N(0, 0.02), mad-lab before Dec 2024)"),
+                                       "Linear N(0, 0.02), mad-lab before Dec 2024) | fla-xavier (the mixers' "
+                                       "Linears xavier-uniform, gain 2^-2.5, fla's layers before 2025)"),
     init_seed: Optional[str] = typer.Option(None, help="setting (the six lr x wd runs of a setting share their "
                                             "initial weights) | run (each its own, as mad-lab's unseeded init)"),
     compile_step: bool = typer.Option(False, "--compile", help="CUDA: torch.compile each group's training step "
@@ -104,6 +105,25 @@ def eval_command(
     )
 
 
+def train_overrides(**chosen: str | None) -> dict[str, str]:
+    """The TrainConfig fields given on the command line, each checked against the choices its Literal type
+    allows (so a new choice in config.py needs no change here)."""
+    from typing import get_args
+
+    from mixerlab.config import TrainConfig
+
+    overrides = {}
+    for field, value in chosen.items():
+        if value is None:
+            continue
+        choices = get_args(TrainConfig.model_fields[field].annotation)
+        if value not in choices:
+            listed = ", ".join(choices[:-1]) + " or " + choices[-1]
+            raise UserError(f"unknown {field.replace('_', ' ')} {value!r}; use {listed}")
+        overrides[field] = value
+    return overrides
+
+
 def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name,
               time_limit=None, init=None, compile_step=False, checkpoint_every=120.0, max_seq_len=None,
               init_seed=None):
@@ -121,19 +141,7 @@ def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, l
         dev = resolve_device(device)
         if not mixer.endswith("_fla"):
             preflight(spec, prof.train.d_model)
-        overrides = {}
-        if lr_schedule is not None:
-            if lr_schedule not in ("constant", "cosine"):
-                raise UserError(f"unknown lr schedule {lr_schedule!r}; use constant or cosine")
-            overrides["lr_schedule"] = lr_schedule
-        if init is not None:
-            if init not in ("mad-lab", "normal"):
-                raise UserError(f"unknown init {init!r}; use mad-lab or normal")
-            overrides["init"] = init
-        if init_seed is not None:
-            if init_seed not in ("setting", "run"):
-                raise UserError(f"unknown init seed {init_seed!r}; use setting or run")
-            overrides["init_seed"] = init_seed
+        overrides = train_overrides(lr_schedule=lr_schedule, init=init, init_seed=init_seed)
         if compile_step and not dev.startswith("cuda"):
             raise UserError("--compile speeds up CUDA training only; drop it or pass --device cuda")
         if json_out is not None and not json_out.parent.exists():

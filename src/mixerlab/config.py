@@ -33,10 +33,11 @@ class TrainConfig(BaseModel):
     stop_accuracy: float = Field(default=0.999, description="stop once test accuracy exceeds this (MAD: 0.999)")
     precision: Literal["auto", "bf16", "fp32"] = Field(default="auto", description="auto: bf16 on CUDA, fp32 on CPU")
     eval_batch_size: int = Field(default=128, ge=1, description="test batch size; MAD averages metrics per batch")
-    init: Literal["mad-lab", "normal"] = Field(
+    init: Literal["mad-lab", "normal", "fla-xavier"] = Field(
         default="mad-lab",
         description="mad-lab: as released (language model keeps PyTorch's Linear init, biases zeroed); normal: every "
-        "Linear N(0, 0.02), as mad-lab did before Dec 2024",
+        "Linear N(0, 0.02), as mad-lab did before Dec 2024; fla-xavier: mad-lab, then every Linear inside the "
+        "mixers xavier-uniform with gain 2^-2.5 and zero bias, as fla's layers initialised themselves before 2025",
     )
 
     init_seed: Literal["setting", "run"] = Field(
