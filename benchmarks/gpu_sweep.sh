@@ -11,7 +11,7 @@
 # checkpointed every 60 s, so a machine that goes away loses at most a minute of training: `start` on a
 # fresh machine imports the committed results (and .carry/results.jsonl.gz and .carry/checkpoints/, what
 # earlier polls brought back, if carried: checkpoints come back split into parts under 16 MiB, and go into
-# .carry/checkpoints/ as they are) and continues. PROFILE and DEVICE (default full, cuda) are
+# .carry/checkpoints/ as they are, replacing the previous poll's) and continues. PROFILE and DEVICE (default full, cuda) are
 # settings. Bring results home with `mixerlab cache import results.jsonl.gz`, then
 # `python benchmarks/baselines.py` and commit benchmarks/results/cache/gpu_results.jsonl.gz.
 set -euo pipefail
