@@ -108,15 +108,13 @@ def eval_command(
 def train_overrides(**chosen: str | None) -> dict[str, str]:
     """The TrainConfig fields given on the command line, each checked against the choices its Literal type
     allows (so a new choice in config.py needs no change here)."""
-    from typing import get_args
-
-    from mixerlab.config import TrainConfig
+    from mixerlab.config import train_choices
 
     overrides = {}
     for field, value in chosen.items():
         if value is None:
             continue
-        choices = get_args(TrainConfig.model_fields[field].annotation)
+        choices = train_choices(field)
         if value not in choices:
             listed = ", ".join(choices[:-1]) + " or " + choices[-1]
             raise UserError(f"unknown {field.replace('_', ' ')} {value!r}; use {listed}")

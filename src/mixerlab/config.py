@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,6 +53,12 @@ class TrainConfig(BaseModel):
         if self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda"):
             return torch.bfloat16
         return None
+
+
+def train_choices(field: str) -> tuple[str, ...]:
+    """The values a Literal-typed TrainConfig field allows ("init", "init_seed", ...): the one list that the
+    CLI and the model builder check against."""
+    return get_args(TrainConfig.model_fields[field].annotation)
 
 
 class Profile(BaseModel):

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixerlab.config import train_choices
+
 MixerFactory = Callable[[int], nn.Module]  # d_model -> mixer module [B, T, D] -> [B, T, D]
 LAYOUT = ("mixer", "swiglu", "mixer", "swiglu")
 
@@ -87,7 +89,7 @@ def reinit_mixer_linears_xavier(blocks: nn.ModuleList, gain: float = 2**-2.5, la
                     nn.init.zeros_(module.bias)
 
 
-INITS = ("mad-lab", "normal", "fla-xavier")
+INITS = train_choices("init")  # mad-lab, normal, fla-xavier
 
 
 class LanguageModel(nn.Module):
