@@ -51,7 +51,7 @@ start)
         python3 -m mixerlab.cli cache import benchmarks/results/cache/gpu_results.jsonl.gz --cache "$CACHE"
         if [ -f .carry/results.jsonl.gz ]; then python3 -m mixerlab.cli cache import .carry/results.jsonl.gz --cache "$CACHE"; fi
         if [ -d .carry/checkpoints ]; then  # whole checkpoints, or the parts `poll` split them into
-            mkdir -p "$CACHE.checkpoints"
+            rm -rf "$CACHE.checkpoints"; mkdir -p "$CACHE.checkpoints"  # parts are appended: start empty
             for f in .carry/checkpoints/*; do
                 case "$f" in
                 *.part*) cat "$f" >> "$CACHE.checkpoints/$(basename "${f%.part*}")" ;;  # parts sort in order
