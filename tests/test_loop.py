@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mixerlab.insights import parse_block
-from mixerlab.store import Store
+from mixerlab.store import DatabaseError, Store
 from services import free_port, llama_server, postgres_server
 
 pytestmark = pytest.mark.slow
@@ -83,23 +83,25 @@ def test_catalog_loop_records_everything_and_prints_the_seed_blocks(tmp_path: Pa
     assert len(json.loads((tmp_path / "h.json").read_text())) == 4
 
 
-def wait_for_status(db_url: str, status: str, timeout: float = 900) -> str:
+def wait_for_status(proc: subprocess.Popen, db_url: str, status: str, timeout: float = 600) -> str:
+    """The name of the first candidate seen in `status`; fails at once, with the run's output, if the run ends first."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         try:
             for e in Store(db_url).experiments():
                 if e.kind == "candidate" and e.status == status:
                     return e.name
-        except Exception:  # the database may not exist yet
+        except DatabaseError:  # the run folder does not exist yet
             pass
         time.sleep(0.2)
-    raise AssertionError(f"no candidate reached {status!r} in {timeout} s")
+    output = proc.stdout.read() if proc.poll() is not None else "(still running)"
+    raise AssertionError(f"no candidate reached {status!r} (exit status {proc.poll()}):\n{output[-3000:]}")
 
 
 def kill_and_resume(run_dir: Path, db_url: str, status: str, cache: Path, extra: list[str]) -> str:
     args = ["--run-dir", str(run_dir), "--iterations", "2", "--cache", str(cache), *extra]
     proc = discover(*args, wait=False)
-    interrupted = wait_for_status(db_url, status)
+    interrupted = wait_for_status(proc, db_url, status)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     row = next(e for e in Store(db_url).experiments() if e.name == interrupted)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, inspect
@@ -43,13 +45,13 @@ def open_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # durability with concurrent readers (the web view)
             cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA busy_timeout=30000")  # first: switching to WAL waits for another opener's lock
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
     try:
-        Base.metadata.create_all(engine)
+        _create_tables(engine)
     except OperationalError as err:
         hint = "is the server running and the URL right?" if backend == "postgresql" else "is the folder writable?"
         raise DatabaseError(f"cannot open database {parsed.render_as_string(hide_password=True)!r}: "
@@ -64,3 +66,24 @@ def open_engine(url: str) -> Engine:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False, future=True)
+
+
+RACES = ("already exists", "duplicate key", "database is locked")
+
+
+def _create_tables(engine: Engine, attempts: int = 8) -> None:
+    """create_all, tolerating other processes that open the same new database at the same moment.
+
+    create_all checks for each table, then creates it; a second process (the loop and `mixerlab serve`, or a
+    test polling a run that is just starting) can create it in between, and the loser's CREATE TABLE fails
+    with "already exists" (PostgreSQL: "duplicate key"); SQLite also answers "database is locked" without
+    waiting when a read snapshot must turn into a write. Trying again finds the tables and creates nothing."""
+    for attempt in range(attempts):
+        try:
+            Base.metadata.create_all(engine)
+            return
+        except SQLAlchemyError as err:
+            if not any(race in str(err) for race in RACES) or attempt == attempts - 1:
+                raise
+            engine.dispose()  # drop the connection that lost, with its stale snapshot
+            time.sleep(0.02 * 2**attempt * (1 + random.random()))
