@@ -1,45 +1,55 @@
-"""The database opens safely when several processes open a new one at the same moment (the loop and
-`mixerlab serve`, or a test polling a run that is starting), on SQLite and on PostgreSQL."""
+"""Several processes opening a new database at the same moment all succeed: the run database (the loop and
+`mixerlab serve`, or a test polling a run that is starting) on SQLite and PostgreSQL, and the result cache
+(Ray workers, the loop's evaluators)."""
 
 from __future__ import annotations
 
 import multiprocessing
 from pathlib import Path
+from typing import Callable
 
+from mixerlab.evaluate import ResultCache
 from mixerlab.store import Store
 from services import postgres_server
 
 OPENERS = 4
 
 
-def open_after(barrier, url: str, answers) -> None:
-    barrier.wait()  # all openers reach create_all together: the window where one creates a table another just checked
+def open_after(barrier, opener: Callable[[], object], answers) -> None:
+    barrier.wait()  # all openers start together: the window where one creates what another just looked for
     try:
-        Store(url).runs()
+        opener()
         answers.put("ok")
     except Exception as err:  # reported to the parent, which asserts on it
         answers.put(f"{type(err).__name__}: {err}")
 
 
-def open_together(url: str) -> list[str]:
-    context = multiprocessing.get_context("fork")
+def open_together(opener: Callable[[], object]) -> list[str]:
+    context = multiprocessing.get_context("fork")  # fork: the opener needs no pickling
     barrier, answers = context.Barrier(OPENERS), context.Queue()
-    openers = [context.Process(target=open_after, args=(barrier, url, answers)) for _ in range(OPENERS)]
-    for p in openers:
+    processes = [context.Process(target=open_after, args=(barrier, opener, answers)) for _ in range(OPENERS)]
+    for p in processes:
         p.start()
-    for p in openers:
+    for p in processes:
         p.join(timeout=60)
-    return [answers.get(timeout=5) for _ in openers]
+    return [answers.get(timeout=5) for _ in processes]
 
 
 def test_processes_opening_a_new_sqlite_file_together_all_succeed(tmp_path: Path) -> None:
     for round_ in range(8):  # before the fix, 17 of 20 such rounds lost an opener to "table ... already exists"
         url = f"sqlite:///{tmp_path / f'new-{round_}.db'}"
-        assert open_together(url) == ["ok"] * OPENERS
+        assert open_together(lambda: Store(url).runs()) == ["ok"] * OPENERS
         assert Store(url).runs() == []
 
 
 def test_processes_opening_a_new_postgresql_database_together_all_succeed() -> None:
     with postgres_server() as url:
-        assert open_together(url) == ["ok"] * OPENERS
+        assert open_together(lambda: Store(url).runs()) == ["ok"] * OPENERS
         assert Store(url).runs() == []
+
+
+def test_processes_opening_a_new_result_cache_together_all_succeed(tmp_path: Path) -> None:
+    for round_ in range(16):  # before the fix, 3 of 20 rounds lost an opener to "database is locked"
+        path = tmp_path / f"cache-{round_}.sqlite"
+        assert open_together(lambda: ResultCache(path).count()) == ["ok"] * OPENERS
+        assert ResultCache(path).count() == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -40,14 +41,28 @@ def default_cache_path() -> Path:
 class ResultCache:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path else default_cache_path()
+        self._lock = threading.Lock()  # one connection shared by the loop's worker threads
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            self._lock = threading.Lock()  # one connection shared by the loop's worker threads
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(SCHEMA)
+            self._db = self._connect()
         except (OSError, sqlite3.Error) as err:
             raise ValueError(f"cannot open the result cache {str(self.path)!r} ({err}); pass a writable --cache path") from None
+
+    def _connect(self, attempts: int = 8) -> sqlite3.Connection:
+        """Open the file in WAL mode with its table. Several processes opening a new file at once (Ray workers,
+        the loop's evaluators) can get "database is locked" at once, without the busy timeout: try again."""
+        for attempt in range(attempts):
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(SCHEMA)
+                return db
+            except sqlite3.OperationalError as err:
+                db.close()
+                if "locked" not in str(err) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.02 * 2**attempt * (1 + random.random()))
+        raise AssertionError("unreachable")
 
     def get_many(self, keys: Iterable[str]) -> dict[str, TrainResult]:
         keys = list(keys)
