@@ -8,11 +8,13 @@
 #   bash benchmarks/gpu_sweep.sh poll SECONDS   # there: wait up to SECONDS, then copy results to $OUT
 #
 # Every finished training is written to the cache the moment it finishes, and unfinished groups are
-# checkpointed every 60 s, so a machine that goes away loses at most a minute of training: `start` on a
-# fresh machine imports the committed results (and .carry/results.jsonl.gz and .carry/checkpoints/, what
-# earlier polls brought back, if carried: checkpoints come back split into parts under 16 MiB, and go into
-# .carry/checkpoints/ as they are, replacing the previous poll's) and continues. PROFILE and DEVICE (default full, cuda) are
-# settings. Bring results home with `mixerlab cache import results.jsonl.gz`, then
+# checkpointed every 60 s: `start` on a fresh machine imports the committed results (and
+# .carry/results.jsonl.gz and .carry/checkpoints/*.pt, what earlier polls brought back, if carried) and
+# continues. A lent GPU returns at most 8 files of 16 MiB, 64 MiB in all, and carries 64 MiB, so `poll` packs
+# the unfinished trainings member by member (`mixerlab cache pack-checkpoints`) into CHECKPOINT_BYTES
+# (default 44 MB), most-trained first; those that do not fit start over on the next machine. Put the returned
+# checkpoints/*.pt into .carry/checkpoints/, replacing the previous poll's. PROFILE and DEVICE (default full,
+# cuda) are settings. Bring results home with `mixerlab cache import results.jsonl.gz`, then
 # `python benchmarks/baselines.py` and commit benchmarks/results/cache/gpu_results.jsonl.gz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,8 +23,7 @@ CACHE=$WORK/cache.sqlite
 OUT=${OUT:-$WORK/out}
 PROFILE=${PROFILE:-full}
 DEVICE=${DEVICE:-cuda}
-PART_BYTES=${PART_BYTES:-16000000}
-MAX_PARTS=${MAX_PARTS:-7}
+CHECKPOINT_BYTES=${CHECKPOINT_BYTES:-44000000}
 # what is left of the two baselines' `full` sweeps (eleventh session, 2026-12-01)
 DEFAULT_JOBS="delta_net:selective_copy gated_delta_net:compress
 gated_delta_net:selective_copy delta_net:fuzzy_recall gated_delta_net:fuzzy_recall"
@@ -50,14 +51,8 @@ start)
     if [ ! -f "$CACHE" ]; then
         python3 -m mixerlab.cli cache import benchmarks/results/cache/gpu_results.jsonl.gz --cache "$CACHE"
         if [ -f .carry/results.jsonl.gz ]; then python3 -m mixerlab.cli cache import .carry/results.jsonl.gz --cache "$CACHE"; fi
-        if [ -d .carry/checkpoints ]; then  # whole checkpoints, or the parts `poll` split them into
-            rm -rf "$CACHE.checkpoints"; mkdir -p "$CACHE.checkpoints"  # parts are appended: start empty
-            for f in .carry/checkpoints/*; do
-                case "$f" in
-                *.part*) cat "$f" >> "$CACHE.checkpoints/$(basename "${f%.part*}")" ;;  # parts sort in order
-                *) cp "$f" "$CACHE.checkpoints/" ;;
-                esac
-            done
+        if compgen -G ".carry/checkpoints/*.pt" >/dev/null; then  # each file resumes its trainings
+            mkdir -p "$CACHE.checkpoints"; cp .carry/checkpoints/*.pt "$CACHE.checkpoints/"
         fi
     fi
     jobs="${*:-$DEFAULT_JOBS}"
@@ -77,15 +72,9 @@ poll)
     while [ "$(date +%s)" -lt "$deadline" ] && pgrep -f "mixerlab-sweep-runner" >/dev/null; do sleep 10; done
     mkdir -p "$OUT"
     python3 -m mixerlab.cli cache export "$OUT/results.jsonl.gz" --cache "$CACHE"
-    # checkpoints travel in parts of at most PART_BYTES (a lent GPU returns files of up to 16 MiB, 8 files):
-    # name.pt.part0, .part1, ... which `start` joins again; at most MAX_PARTS parts in all, newest first
-    parts=0
-    for f in $(ls -t "$CACHE.checkpoints"/* 2>/dev/null); do
-        need=$(( ($(stat -c %s "$f") + PART_BYTES - 1) / PART_BYTES ))
-        if [ $(( parts + need )) -gt "$MAX_PARTS" ]; then echo "checkpoint $(basename "$f") left behind (no room)"; continue; fi
-        split -b "$PART_BYTES" -d -a 1 "$f" "$OUT/$(basename "$f").part"
-        parts=$(( parts + need ))
-    done
+    rm -rf "$OUT/checkpoints"
+    python3 -m mixerlab.cli cache pack-checkpoints "$OUT/checkpoints" --cache "$CACHE" \
+        --max-file-bytes 16000000 --max-total-bytes "$CHECKPOINT_BYTES"
     grep -a -E "trainings|FAILED|SWEEP-DONE|Error" "$WORK/log" | tail -n 20 || true
     tail -c 1500 "$WORK/log" ;;
 *)

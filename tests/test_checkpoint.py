@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from mixerlab.config import Profile, TrainConfig
 from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer
@@ -17,7 +19,7 @@ from mixerlab.evaluate.plan import plan_jobs
 from mixerlab.mixers import resolve_mixer
 from mixerlab.tasks import Task, TaskSetting
 from mixerlab.train.batched import BatchedTrainer, train_group
-from mixerlab.train.checkpoint import CheckpointStore
+from mixerlab.train.checkpoint import CheckpointStore, select_members
 
 SETTING = TaskSetting(task=Task.context_recall, vocab_size=16, seq_len=32, num_train=256, num_test=128)
 TRAIN = TrainConfig(d_model=32, batch_size=32, max_epochs=5)
@@ -73,6 +75,55 @@ def test_eval_picks_up_checkpoints_and_skips_unreadable_ones(tmp_path: Path) -> 
     assert report.resumed == 2 and report.incomplete == 0
     assert report.tasks["context_recall"].mean == reference.tasks["context_recall"].mean
     assert [p.name for p in store.folder.glob("*.pt")] == ["0000garbage.pt"], "the resumed group's file is gone"
+
+
+def test_packed_checkpoints_resume_their_members_exactly_and_the_rest_start_over(tmp_path: Path) -> None:
+    """A lent GPU returns only small files: packing splits a group by member and keeps what fits the budget."""
+    spec = resolve_mixer("delta_net")
+    options = EvalOptions(tasks=(Task.context_recall,))
+    jobs = plan_jobs(PROFILE, (Task.context_recall,), 1)
+    keys = [job.cache_key(spec.code_hash, TRAIN, "fp32") for job in jobs]
+    straight: list = []
+    evaluate_mixer(spec, PROFILE, options, ResultCache(tmp_path / "ref.sqlite"), on_result=straight.append)
+    source = CheckpointStore(tmp_path / "source", every=0)
+    interrupted_checkpoint(jobs, keys, source)
+    [(_, whole)] = source.load_all()
+    torch.save(select_members(whole, [0]), tmp_path / "one.pt")
+    one = (tmp_path / "one.pt").stat().st_size
+    torch.save(whole, tmp_path / "two.pt")
+    assert (tmp_path / "two.pt").stat().st_size > one + one // 2, "a member's rows dominate the file"
+
+    for name, file_limit, budget, carried in [("each-alone", one + 64, 10 * one, 2), ("budget-for-one", 10 * one, one + 64, 1)]:
+        report = source.pack(tmp_path / name, file_limit, budget)
+        assert (report.carried, report.left, len(report.files)) == (carried, 2 - carried, carried)
+        assert all(f.stat().st_size <= file_limit for f in report.files) and report.bytes <= budget
+        cache = ResultCache(tmp_path / f"{name}.sqlite")
+        folder = CheckpointStore.beside(cache.path).folder
+        folder.mkdir()
+        for f in report.files:
+            shutil.copy(f, folder / f.name)
+        resumed: list = []
+        result = evaluate_mixer(spec, PROFILE, options, cache, on_result=resumed.append)
+        assert result.resumed == carried and result.incomplete == 0
+        carried_keys = {k for f in report.files for k in torch.load(f, weights_only=False)["keys"]}
+        for key in keys:  # a resumed member continues exactly; one that starts over, alone, differs by float noise
+            again, first = histories([r for r in resumed if r.key == key]), histories([r for r in straight if r.key == key])
+            assert again == (pytest.approx(first) if key in carried_keys else pytest.approx(first, abs=5e-3)), name
+        assert not list(folder.glob("*.pt")), "finished groups leave no checkpoint behind"
+    assert source.path(source.load_all()[0][0]).exists(), "packing leaves the source checkpoints in place"
+
+
+def test_pack_checkpoints_command(tmp_path: Path) -> None:
+    cache = ResultCache(tmp_path / "cache.sqlite")
+    jobs = plan_jobs(PROFILE, (Task.context_recall,), 1)
+    interrupted_checkpoint(jobs, ["a", "b"], CheckpointStore.beside(cache.path))
+    command = [sys.executable, "-m", "mixerlab.cli", "cache", "pack-checkpoints"]
+    done = subprocess.run([*command, str(tmp_path / "out"), "--cache", str(cache.path)], capture_output=True, text=True)
+    assert done.returncode == 0 and "packed 2 of 2 unfinished trainings into 1 files" in done.stdout, done.stderr
+    assert len(list((tmp_path / "out").glob("*.pt"))) == 1
+    (tmp_path / "file").write_text("x")
+    bad = subprocess.run([*command, str(tmp_path / "file"), "--cache", str(cache.path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "is a file; pass a folder" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.slow

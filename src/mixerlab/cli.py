@@ -504,6 +504,31 @@ def cache_import(
         fail(str(err))
 
 
+@cache_app.command("pack-checkpoints")
+def cache_pack_checkpoints(
+    out: Path = typer.Argument(..., help="folder for the packed checkpoints (created if missing)"),
+    cache: Optional[Path] = typer.Option(None, help="the cache whose unfinished groups to pack"),
+    max_file_bytes: int = typer.Option(16_000_000, min=1, help="largest file to write"),
+    max_total_bytes: int = typer.Option(48_000_000, min=1, help="budget for all files together"),
+) -> None:
+    """Copy unfinished trainings' checkpoints into small files that travel (a lent GPU returns 16 MiB files).
+
+    Put the files into another machine's `<cache>.checkpoints/` folder and `mixerlab eval` continues those
+    trainings; the ones that did not fit the budget start over there."""
+    from mixerlab.train.checkpoint import CheckpointStore
+
+    store = CheckpointStore.beside(_open_cache(cache).path)
+    if out.exists() and not out.is_dir():
+        fail(f"{str(out)!r} is a file; pass a folder for the packed checkpoints")
+    try:
+        report = store.pack(out, max_file_bytes, max_total_bytes)
+    except OSError as err:
+        fail(f"cannot write into {str(out)!r} ({err.strerror}); choose another folder")
+    typer.echo(f"packed {report.carried} of {report.carried + report.left} unfinished trainings into "
+               f"{len(report.files)} files ({report.bytes / 1e6:.1f} MB) in {out}"
+               + (f"; {report.left} did not fit and start over" if report.left else ""))
+
+
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="log what happens")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -8,6 +8,11 @@ every `every` seconds and when a time limit ends the run. The next run picks the
 and continues exactly where it stopped (tests/test_checkpoint.py holds a resumed training to an
 uninterrupted one). Checkpoints sit beside the result cache, in `<cache>.checkpoints/`, one file per group,
 and are deleted when their group finishes.
+
+A group's members are independent (each has its own rows of every tensor and its own data order), so any
+subset of a checkpoint's members is a checkpoint too: `pack` splits the states into files under a size limit
+and keeps the most valuable members within a byte budget, so a machine that returns only small files (a lent
+GPU: 16 MiB each, 64 MiB in all) brings back as much unfinished training as fits rather than none.
 """
 
 from __future__ import annotations
@@ -15,19 +20,44 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+# what a state holds per member, row i for member i (beside "keys" and "histories", lists of the same length)
+MEMBER_TENSORS = ("flat", "exp_avg", "exp_avg_sq", "loss_sum")
 
 
 def group_id(keys: Iterable[str]) -> str:
     """A group's file name: the hash of its members' cache keys (order-free)."""
     return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:20]
+
+
+def select_members(state: dict[str, Any], rows: Sequence[int]) -> dict[str, Any]:
+    """The state of the members `rows` alone: a checkpoint that resumes exactly those trainings."""
+    idx = torch.tensor(list(rows), dtype=torch.long)
+    sub = dict(state)
+    sub["keys"] = [state["keys"][r] for r in rows]
+    sub["histories"] = [state["histories"][r] for r in rows]
+    for name in MEMBER_TENSORS:
+        sub[name] = state[name][idx].clone()
+    sub["buffers"] = {k: v[idx].clone() for k, v in state["buffers"].items()}
+    # the group's time is shared by its members: a subset takes its share, so per-training times stay right
+    sub["elapsed"] = state["elapsed"] * len(rows) / len(state["keys"])
+    return sub
+
+
+@dataclass
+class PackReport:
+    files: list[Path] = field(default_factory=list)
+    carried: int = 0  # unfinished trainings whose state is in `files`
+    left: int = 0  # unfinished trainings that did not fit: they start over where the files go
+    bytes: int = 0
 
 
 class CheckpointStore:
@@ -41,6 +71,46 @@ class CheckpointStore:
     def beside(cls, cache_path: str | Path, every: float = 120.0) -> "CheckpointStore":
         cache_path = Path(cache_path)
         return cls(cache_path.with_name(cache_path.name + ".checkpoints"), every)
+
+    def pack(self, out: str | Path, max_file_bytes: int, max_total_bytes: int) -> PackReport:
+        """Write the unfinished members into `out` as checkpoints of at most `max_file_bytes` each and
+        `max_total_bytes` together, the members with the most training behind them first.
+
+        Every file is an ordinary checkpoint (named, like any group, by its members' keys): copied into
+        another cache's checkpoint folder, it resumes its members exactly, and the rest train from the start.
+        """
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        report = PackReport()
+        states = self.load_all()
+        # seconds of training per member: what carrying one member saves the next machine
+        states.sort(key=lambda item: item[1]["elapsed"] / max(1, len(item[1]["keys"])), reverse=True)
+        for _, state in states:
+            count, start = len(state["keys"]), 0
+            per_member = _member_bytes(state)
+            while start < count:
+                room = min(max_file_bytes, max_total_bytes - report.bytes)
+                take = min(count - start, max(0, room // per_member))
+                written = None
+                while take > 0:
+                    sub = select_members(state, range(start, start + take))
+                    tmp = out / f"packing.tmp{os.getpid()}"
+                    torch.save({**sub, "version": FORMAT_VERSION}, tmp)
+                    size = tmp.stat().st_size
+                    if size <= room:
+                        written = out / f"{group_id(sub['keys'])}.pt"
+                        os.replace(tmp, written)
+                        break
+                    tmp.unlink()
+                    take = min(take - 1, take * room // size)  # the estimate missed the file's overhead
+                if written is None:
+                    break
+                report.files.append(written)
+                report.carried += take
+                report.bytes += size
+                start += take
+            report.left += count - start
+        return report
 
     def path(self, ident: str) -> Path:
         return self.folder / f"{ident}.pt"
@@ -73,3 +143,9 @@ class CheckpointStore:
                 continue
             found.append((path.stem, state))
         return found
+
+
+def _member_bytes(state: dict[str, Any]) -> int:
+    """Bytes one member adds to a saved state (its tensor rows; its history's pickle is small beside them)."""
+    tensors = [state[name] for name in MEMBER_TENSORS] + list(state["buffers"].values())
+    return max(1, sum(t[0].numel() * t.element_size() for t in tensors if t.shape[0] > 0))
