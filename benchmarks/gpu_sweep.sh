@@ -12,7 +12,8 @@
 # .carry/results.jsonl.gz and .carry/checkpoints/*.pt, what earlier polls brought back, if carried) and
 # continues. A lent GPU returns at most 8 files of 16 MiB, 64 MiB in all, and carries 64 MiB, so `poll` packs
 # the unfinished trainings member by member (`mixerlab cache pack-checkpoints`) into CHECKPOINT_BYTES
-# (default 44 MB), most-trained first; those that do not fit start over on the next machine. Put the returned
+# (default 44 MB), most-trained first; those that do not fit start over on the next machine. Groups are capped at
+# MAX_GROUP trainings (default 6, ~40 MB of state) so that a whole group's checkpoint fits. Put the returned
 # checkpoints/*.pt into .carry/checkpoints/, replacing the previous poll's. PROFILE and DEVICE (default full,
 # cuda) are settings. Bring results home with `mixerlab cache import results.jsonl.gz`, then
 # `python benchmarks/baselines.py` and commit benchmarks/results/cache/gpu_results.jsonl.gz.
@@ -24,6 +25,7 @@ OUT=${OUT:-$WORK/out}
 PROFILE=${PROFILE:-full}
 DEVICE=${DEVICE:-cuda}
 CHECKPOINT_BYTES=${CHECKPOINT_BYTES:-44000000}
+MAX_GROUP=${MAX_GROUP:-6}
 # what is left of the two baselines' `full` sweeps (eleventh session, 2026-12-01)
 DEFAULT_JOBS="delta_net:selective_copy gated_delta_net:compress
 gated_delta_net:selective_copy delta_net:fuzzy_recall gated_delta_net:fuzzy_recall"
@@ -62,8 +64,8 @@ start)
         for job in $1; do
             IFS=: read -r mixer task extra <<< "$job"
             python3 -m mixerlab.cli eval --mixer "$mixer" --profile "$3" --tasks "$task" --device "$4" $5 \
-                ${extra//,/ } --cache "$2" --checkpoint-every 60 || echo "FAILED $job"
-        done; echo SWEEP-DONE' mixerlab-sweep-runner "$jobs" "$CACHE" "$PROFILE" "$DEVICE" "$compile" \
+                ${extra//,/ } --cache "$2" --checkpoint-every 60 --max-group-members "$6" || echo "FAILED $job"
+        done; echo SWEEP-DONE' mixerlab-sweep-runner "$jobs" "$CACHE" "$PROFILE" "$DEVICE" "$compile" "$MAX_GROUP" \
         > "$WORK/log" 2>&1 < /dev/null &
     sleep 5; tail -n 5 "$WORK/log" ;;
 poll)

@@ -46,3 +46,20 @@ def test_cheapest_groups_train_first(tmp_path: Path, monkeypatch) -> None:
     assert lengths == [16, 48]
     jobs = plan_jobs(PROFILE, TASKS, 1)
     assert runner._group_cost([jobs[0]], TRAIN) > runner._group_cost([jobs[1]], TRAIN)  # LONG is planned first
+
+
+def test_max_group_members_caps_every_group(tmp_path: Path, monkeypatch) -> None:
+    """Small groups keep checkpoints small enough to carry off a machine that returns only small files."""
+    sizes: list[int] = []
+    real = runner.train_group
+
+    def spy(jobs, *args, **kwargs):
+        sizes.append(len(jobs))
+        return real(jobs, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_group", spy)
+    three = PROFILE.model_copy(update={"settings": {Task.context_recall: (SHORT,)}, "lrs": (1e-3, 2e-3, 3e-3)})
+    spec = resolve_mixer("delta_net")
+    evaluate_mixer(spec, three, EvalOptions(tasks=TASKS), ResultCache(tmp_path / "a.sqlite"))
+    capped = evaluate_mixer(spec, three, EvalOptions(tasks=TASKS, max_group_members=2), ResultCache(tmp_path / "b.sqlite"))
+    assert sizes[0] == 3 and sorted(sizes[1:]) == [1, 2] and capped.incomplete == 0

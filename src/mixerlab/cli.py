@@ -60,6 +60,8 @@ def eval_command(
     no_cache: bool = typer.Option(False, help="neither read nor write the result cache"),
     lr_schedule: Optional[str] = typer.Option(None, help="override the profile's schedule: constant | cosine"),
     max_group_tokens: Optional[int] = typer.Option(None, help="tokens per batched step (memory budget)"),
+    max_group_members: Optional[int] = typer.Option(None, min=1, help="at most this many trainings per batched "
+                                                    "group (keeps each group's checkpoint small enough to carry)"),
     name: Optional[str] = typer.Option(None, help="row name in the table (default: the mixer's)"),
     time_limit: Optional[float] = typer.Option(None, help="seconds; stop cleanly after it (finished trainings are cached)"),
     init: Optional[str] = typer.Option(None, help="override the model init: mad-lab (as released) | normal (every "
@@ -78,7 +80,7 @@ def eval_command(
     try:
         report = _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule,
                            max_group_tokens, name, time_limit, init, compile_step, checkpoint_every, max_seq_len,
-                           init_seed)
+                           init_seed, max_group_members)
     except UserError as err:
         fail(str(err))
     from mixerlab.table import accuracies_df, format_table
@@ -124,7 +126,7 @@ def train_overrides(**chosen: str | None) -> dict[str, str]:
 
 def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name,
               time_limit=None, init=None, compile_step=False, checkpoint_every=120.0, max_seq_len=None,
-              init_seed=None):
+              init_seed=None, max_group_members=None):
     from mixerlab.config import get_profile
     from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer
     from mixerlab.mixers import MixerLoadError, preflight, resolve_mixer
@@ -148,7 +150,7 @@ def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, l
     except (MixerLoadError, ValueError) as err:
         raise UserError(str(err)) from None
     options = EvalOptions(tasks=task_list, seeds=seeds, device=dev, max_group_tokens=max_group_tokens,
-                          train_overrides=overrides, time_limit=time_limit, compile_step=compile_step,
+                          max_group_members=max_group_members, train_overrides=overrides, time_limit=time_limit, compile_step=compile_step,
                           checkpoint_every=checkpoint_every, max_seq_len=max_seq_len)
     report = evaluate_mixer(spec, prof, options, cache=store, progress=EvalProgress(err_console, spec.name))
     if json_out is not None:

@@ -71,6 +71,7 @@ class EvalOptions:
     seeds: int = 1
     device: str = "cpu"
     max_group_tokens: int | None = None  # per optimiser step, across the group; None: by device
+    max_group_members: int | None = None  # at most this many trainings per group (smaller checkpoints)
     time_limit: float | None = None  # seconds; stop cleanly after it, keeping finished trainings
     train_overrides: dict = field(default_factory=dict)  # e.g. {"lr_schedule": "cosine"}
     compile_step: bool = False  # CUDA: torch.compile each group's training step
@@ -78,9 +79,17 @@ class EvalOptions:
     max_seq_len: int | None = None  # train only settings up to this length now (a long sweep in parts)
 
 
-def group_capacity(train: TrainConfig, factory, device: str, max_tokens: int | None) -> Callable[[TrainJob], int]:
+def group_capacity(train: TrainConfig, factory, device: str, max_tokens: int | None,
+                   max_members: int | None = None) -> Callable[[TrainJob], int]:
     """How many members of a job's shape fit in one group: a token budget on the CPU (or when given), and
-    on CUDA a measured memory probe (candidates differ wildly in activation memory)."""
+    on CUDA a measured memory probe (candidates differ wildly in activation memory); at most `max_members`.
+
+    The cap is for machines that keep checkpoints only up to a size (a member's state is 5-7 MB at width 128):
+    past ~100k tokens per step a larger group barely trains faster (benchmarks/results/eval_speed.md), so on
+    long settings a cap costs little and lets every group's checkpoint travel whole."""
+    if max_members is not None:
+        inner = group_capacity(train, factory, device, max_tokens)
+        return lambda job: min(max_members, inner(job))
     if max_tokens or not device.startswith("cuda"):
         return token_capacity(train.batch_size, max_tokens or 64 * 1024)
     from mixerlab.train.batched import probe_member_bytes
@@ -169,7 +178,8 @@ def evaluate_mixer(
             except ValueError as err:  # e.g. written by another mixerlab version: train these from the start
                 log.warning("cannot resume checkpoint %s (%s); training its jobs from the start", ident, err)
         fresh = [j for j in todo if j not in claimed and keys[j] not in results]
-        capacity = group_capacity(train, factory, options.device, options.max_group_tokens) if fresh else None
+        capacity = group_capacity(train, factory, options.device, options.max_group_tokens,
+                                  options.max_group_members) if fresh else None
         # cheapest groups first: a time-limited run finishes as many trainings as it can
         for group in sorted(group_jobs(fresh, capacity), key=lambda g: _group_cost(g, train)) if fresh else []:
             if deadline is not None and time.monotonic() > deadline:
