@@ -19,7 +19,7 @@ from mixerlab.evaluate.plan import plan_jobs
 from mixerlab.mixers import resolve_mixer
 from mixerlab.tasks import Task, TaskSetting
 from mixerlab.train.batched import BatchedTrainer, train_group
-from mixerlab.train.checkpoint import CheckpointStore, select_members
+from mixerlab.train.checkpoint import CheckpointStore, member_seconds, select_members
 
 SETTING = TaskSetting(task=Task.context_recall, vocab_size=16, seq_len=32, num_train=256, num_test=128)
 TRAIN = TrainConfig(d_model=32, batch_size=32, max_epochs=5)
@@ -97,6 +97,8 @@ def test_packed_checkpoints_resume_their_members_exactly_and_the_rest_start_over
         report = source.pack(tmp_path / name, file_limit, budget)
         assert (report.carried, report.left, len(report.files)) == (carried, 2 - carried, carried)
         assert all(f.stat().st_size <= file_limit for f in report.files) and report.bytes <= budget
+        packed = [torch.load(f, weights_only=False) for f in report.files]
+        assert all(member_seconds(p) == pytest.approx(member_seconds(whole)) for p in packed), "times carry over"
         cache = ResultCache(tmp_path / f"{name}.sqlite")
         folder = CheckpointStore.beside(cache.path).folder
         folder.mkdir()
@@ -105,7 +107,7 @@ def test_packed_checkpoints_resume_their_members_exactly_and_the_rest_start_over
         resumed: list = []
         result = evaluate_mixer(spec, PROFILE, options, cache, on_result=resumed.append)
         assert result.resumed == carried and result.incomplete == 0
-        carried_keys = {k for f in report.files for k in torch.load(f, weights_only=False)["keys"]}
+        carried_keys = {k for p in packed for k in p["keys"]}
         for key in keys:  # a resumed member continues exactly; one that starts over, alone, differs by float noise
             again, first = histories([r for r in resumed if r.key == key]), histories([r for r in straight if r.key == key])
             assert again == (pytest.approx(first) if key in carried_keys else pytest.approx(first, abs=5e-3)), name

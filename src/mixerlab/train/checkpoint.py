@@ -47,9 +47,16 @@ def select_members(state: dict[str, Any], rows: Sequence[int]) -> dict[str, Any]
     for name in MEMBER_TENSORS:
         sub[name] = state[name][idx].clone()
     sub["buffers"] = {k: v[idx].clone() for k, v in state["buffers"].items()}
-    # the group's time is shared by its members: a subset takes its share, so per-training times stay right
-    sub["elapsed"] = state["elapsed"] * len(rows) / len(state["keys"])
+    # a member's recorded time is the group's time x its share of the group's member-steps: the subset keeps
+    # each unfinished member's share (all of them trained `steps_done` steps)
+    sub["member_steps"] = len(rows) * state["steps_done"]
+    sub["elapsed"] = member_seconds(state) * len(rows)
     return sub
+
+
+def member_seconds(state: dict[str, Any]) -> float:
+    """Seconds of training behind each unfinished member of a state: what carrying it saves."""
+    return state["elapsed"] * state["steps_done"] / max(1, state["member_steps"])
 
 
 @dataclass
@@ -83,8 +90,7 @@ class CheckpointStore:
         out.mkdir(parents=True, exist_ok=True)
         report = PackReport()
         states = self.load_all()
-        # seconds of training per member: what carrying one member saves the next machine
-        states.sort(key=lambda item: item[1]["elapsed"] / max(1, len(item[1]["keys"])), reverse=True)
+        states.sort(key=lambda item: member_seconds(item[1]), reverse=True)
         for _, state in states:
             count, start = len(state["keys"]), 0
             per_member = _member_bytes(state)
