@@ -92,11 +92,13 @@ def test_read_only_and_openapi(client: TestClient) -> None:
 
 def test_token_is_required_when_set(tiny_run) -> None:
     run_dir, _ = tiny_run
-    guarded = TestClient(create_app(f"sqlite:///{run_dir / 'mixerlab.db'}", token="s3cret"), follow_redirects=False)
+    app = create_app(f"sqlite:///{run_dir / 'mixerlab.db'}", token="s3cret")
+    guarded = TestClient(app, follow_redirects=False)
     assert guarded.get("/api/runs").status_code == 401
     assert guarded.get("/api/runs", headers={"authorization": "Bearer wrong"}).status_code == 401
     assert guarded.get("/api/runs", headers={"authorization": "Bearer s3cret"}).status_code == 200
     login = guarded.get("/?token=s3cret")
     assert login.status_code == 303 and "mixerlab_token" in login.headers["set-cookie"]
-    assert guarded.get("/api/runs", cookies={"mixerlab_token": "s3cret"}).status_code == 200
+    assert TestClient(app, cookies={"mixerlab_token": "s3cret"}).get("/api/runs").status_code == 200
+    assert TestClient(app, cookies={"mixerlab_token": "wrong"}).get("/api/runs").status_code == 401
     assert guarded.get("/healthz").status_code == 200
