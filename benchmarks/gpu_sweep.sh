@@ -80,5 +80,5 @@ poll)
     grep -a -E "trainings|FAILED|SWEEP-DONE|Error" "$WORK/log" | tail -n 20 || true
     tail -c 1500 "$WORK/log" ;;
 *)
-    sed -n 2,14p "$0"; exit 2 ;;
+    sed -n 2,19p "$0"; exit 2 ;;
 esac
