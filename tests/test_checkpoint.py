@@ -19,7 +19,7 @@ from mixerlab.evaluate.plan import plan_jobs
 from mixerlab.mixers import resolve_mixer
 from mixerlab.tasks import Task, TaskSetting
 from mixerlab.train.batched import BatchedTrainer, train_group
-from mixerlab.train.checkpoint import CheckpointStore, member_seconds, select_members
+from mixerlab.train.checkpoint import CheckpointStore, group_id, member_seconds, select_members
 
 SETTING = TaskSetting(task=Task.context_recall, vocab_size=16, seq_len=32, num_train=256, num_test=128)
 TRAIN = TrainConfig(d_model=32, batch_size=32, max_epochs=5)
@@ -88,10 +88,11 @@ def test_packed_checkpoints_resume_their_members_exactly_and_the_rest_start_over
     source = CheckpointStore(tmp_path / "source", every=0)
     interrupted_checkpoint(jobs, keys, source)
     [(_, whole)] = source.load_all()
-    torch.save(select_members(whole, [0]), tmp_path / "one.pt")
-    one = (tmp_path / "one.pt").stat().st_size
-    torch.save(whole, tmp_path / "two.pt")
-    assert (tmp_path / "two.pt").stat().st_size > one + one // 2, "a member's rows dominate the file"
+    sizes = CheckpointStore(tmp_path / "sizes")  # file sizes as the store writes them (names are inside)
+    sizes.save(group_id(keys[:1]), select_members(whole, [0]))
+    sizes.save(group_id(keys), whole)
+    one, two = (sizes.path(group_id(k)).stat().st_size for k in (keys[:1], keys))
+    assert two > one + one // 2, "a member's rows dominate the file"
 
     for name, file_limit, budget, carried in [("each-alone", one + 64, 10 * one, 2), ("budget-for-one", 10 * one, one + 64, 1)]:
         report = source.pack(tmp_path / name, file_limit, budget)

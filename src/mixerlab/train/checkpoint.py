@@ -86,8 +86,8 @@ class CheckpointStore:
         Every file is an ordinary checkpoint (named, like any group, by its members' keys): copied into
         another cache's checkpoint folder, it resumes its members exactly, and the rest train from the start.
         """
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        packed = CheckpointStore(out)
+        packed.folder.mkdir(parents=True, exist_ok=True)
         report = PackReport()
         states = self.load_all()
         states.sort(key=lambda item: member_seconds(item[1]), reverse=True)
@@ -100,14 +100,13 @@ class CheckpointStore:
                 written = None
                 while take > 0:
                     sub = select_members(state, range(start, start + take))
-                    tmp = out / f"packing.tmp{os.getpid()}"
-                    torch.save({**sub, "version": FORMAT_VERSION}, tmp)
-                    size = tmp.stat().st_size
+                    ident = group_id(sub["keys"])
+                    packed.save(ident, sub)
+                    size = packed.path(ident).stat().st_size
                     if size <= room:
-                        written = out / f"{group_id(sub['keys'])}.pt"
-                        os.replace(tmp, written)
+                        written = packed.path(ident)
                         break
-                    tmp.unlink()
+                    packed.remove(ident)
                     take = min(take - 1, take * room // size)  # the estimate missed the file's overhead
                 if written is None:
                     break
