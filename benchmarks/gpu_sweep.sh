@@ -14,7 +14,8 @@
 # the unfinished trainings member by member (`mixerlab cache pack-checkpoints`) into CHECKPOINT_BYTES
 # (default 44 MB), most-trained first; those that do not fit start over on the next machine. Groups are capped at
 # MAX_GROUP trainings (default 6, ~40 MB of state) so that a whole group's checkpoint fits. Put the returned
-# checkpoints/*.pt into .carry/checkpoints/, replacing the previous poll's. PROFILE and DEVICE (default full,
+# checkpoints/*.pt into .carry/checkpoints/, replacing the previous poll's; `poll` first asks the running eval
+# for a fresh checkpoint (SIGUSR1) and waits up to SAVE_WAIT seconds for it. PROFILE and DEVICE (default full,
 # cuda) are settings. Bring results home with `mixerlab cache import results.jsonl.gz`, then
 # `python benchmarks/baselines.py` and commit benchmarks/results/cache/gpu_results.jsonl.gz.
 set -euo pipefail
@@ -26,6 +27,7 @@ PROFILE=${PROFILE:-full}
 DEVICE=${DEVICE:-cuda}
 CHECKPOINT_BYTES=${CHECKPOINT_BYTES:-44000000}
 MAX_GROUP=${MAX_GROUP:-6}
+SAVE_WAIT=${SAVE_WAIT:-45}  # seconds `poll` waits for the fresh checkpoint it asks for (a compile can take ~50)
 # what is left of the two baselines' `full` sweeps (eleventh session, 2026-12-01)
 DEFAULT_JOBS="delta_net:selective_copy gated_delta_net:compress
 gated_delta_net:selective_copy delta_net:fuzzy_recall gated_delta_net:fuzzy_recall"
@@ -72,6 +74,15 @@ poll)
     python_env
     deadline=$(( $(date +%s) + ${2:-500} ))
     while [ "$(date +%s)" -lt "$deadline" ] && pgrep -f "mixerlab-sweep-runner" >/dev/null; do sleep 10; done
+    # SIGUSR1 makes the eval checkpoint its group at the next sync point: the packed state is seconds old, not
+    # up to --checkpoint-every, and a group that has not saved yet is not lost (SIGTERM would save and stop)
+    if pkill -USR1 -f '^python3 -m mixerlab.cli eval'; then
+        asked=$(date +%s)
+        for _ in $(seq "$SAVE_WAIT"); do
+            [ -n "$(find "$CACHE.checkpoints" -name '*.pt' -newermt "@$asked" 2>/dev/null | head -n 1)" ] && break
+            sleep 1
+        done
+    fi
     mkdir -p "$OUT"
     python3 -m mixerlab.cli cache export "$OUT/results.jsonl.gz" --cache "$CACHE"
     rm -rf "$OUT/checkpoints"
@@ -80,5 +91,5 @@ poll)
     grep -a -E "trainings|FAILED|SWEEP-DONE|Error" "$WORK/log" | tail -n 20 || true
     tail -c 1500 "$WORK/log" ;;
 *)
-    sed -n 2,19p "$0"; exit 2 ;;
+    sed -n 2,20p "$0"; exit 2 ;;
 esac

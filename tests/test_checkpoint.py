@@ -20,6 +20,7 @@ from mixerlab.mixers import resolve_mixer
 from mixerlab.tasks import Task, TaskSetting
 from mixerlab.train.batched import BatchedTrainer, train_group
 from mixerlab.train.checkpoint import CheckpointStore, group_id, member_seconds, select_members
+from mixerlab.train.interrupts import answering_signals
 
 SETTING = TaskSetting(task=Task.context_recall, vocab_size=16, seq_len=32, num_train=256, num_test=128)
 TRAIN = TrainConfig(d_model=32, batch_size=32, max_epochs=5)
@@ -148,3 +149,68 @@ def test_a_killed_eval_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert "1 trainings continued from a checkpoint" in again.stdout
     assert "Fuzzy Recall" in again.stdout and not list(folder.glob("*.pt"))
+
+
+def test_sigusr1_checkpoints_now_and_ctrl_c_checkpoints_and_stops(tmp_path: Path) -> None:
+    train = TrainConfig(d_model=32, batch_size=32, max_epochs=12)  # 96 steps, a sync point every 20
+    jobs = plan_jobs(PROFILE, (Task.context_recall,), 1)
+    keys = ["a", "b"]
+    factory = resolve_mixer("delta_net").factory()
+    straight = BatchedTrainer(jobs, keys, train, factory, "cpu").run()
+    store = CheckpointStore(tmp_path / "ckpt", every=3600)  # no save falls due by the clock
+    trainer = BatchedTrainer(jobs, keys, train, factory, "cpu", checkpoints=store)
+    seen: dict[str, int] = {}
+
+    def on_steps(_: int) -> None:
+        if trainer.steps_done == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        if "saved_at" not in seen and store.path(trainer.ident).exists():
+            seen["saved_at"] = torch.load(store.path(trainer.ident), weights_only=False)["steps_done"]
+            seen["signalled_at"] = trainer.steps_done
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with answering_signals():
+        finished = trainer.run(on_steps=on_steps)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "a second Ctrl-C stops at once"
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL, "the handlers are put back"
+
+    assert seen["saved_at"] == 20, "SIGUSR1 saved at the first sync point, long before the 3600 s interval"
+    assert finished == [] and trainer.steps_done == 40 < 96, "Ctrl-C stopped at the next sync point"
+    [(ident, state)] = store.load_all()
+    assert state["steps_done"] == 40, "and saved the group there"
+    resumed = train_group(jobs, keys, train, factory, "cpu", checkpoints=store, resume=(ident, state))
+    assert histories(resumed) == pytest.approx(histories(straight)) and len(resumed) == 2
+
+
+def caught_signals(pid: int) -> int:
+    """The process's caught-signal mask (Linux /proc), to know when its handlers are installed."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+@pytest.mark.slow
+def test_eval_checkpoints_on_sigusr1_and_stops_resumably_on_sigterm(tmp_path: Path) -> None:
+    cache = tmp_path / "cache.sqlite"
+    folder = CheckpointStore.beside(cache).folder
+    command = [sys.executable, "-m", "mixerlab.cli", "eval", "--profile", "tiny", "--device", "cpu",
+               "--tasks", "fuzzy_recall", "--cache", str(cache), "--checkpoint-every", "3600"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not caught_signals(run.pid) & (1 << (signal.SIGUSR1 - 1)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # SIGUSR1's default action kills: wait for the handler
+    while not list(folder.glob("*.pt")) and time.monotonic() < deadline and run.poll() is None:
+        run.send_signal(signal.SIGUSR1)  # until training has reached a sync point that can save
+        time.sleep(0.2)
+    assert list(folder.glob("*.pt")) and run.poll() is None, "SIGUSR1 wrote a checkpoint and training went on"
+    run.send_signal(signal.SIGTERM)
+    output, _ = run.communicate(timeout=120)
+    assert run.returncode == 128 + signal.SIGTERM, output
+    assert "stopped by SIGTERM: 0 of 1 trainings finished" in output and "Traceback" not in output
+    assert len(list(folder.glob("*.pt"))) == 1, "the unfinished group was saved"
+
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "1 trainings continued from a checkpoint" in again.stdout and not list(folder.glob("*.pt"))

@@ -76,11 +76,17 @@ def eval_command(
     max_seq_len: Optional[int] = typer.Option(None, min=1, help="train only the settings up to this sequence length "
                                               "now (run a long sweep in parts; the row stays partial until all ran)"),
 ) -> None:
-    """Train a mixer on the MAD tasks of a profile and print its accuracy row."""
+    """Train a mixer on the MAD tasks of a profile and print its accuracy row.
+
+    SIGUSR1 checkpoints the unfinished group now; SIGTERM or Ctrl-C checkpoints it and stops (run the same
+    command again to continue)."""
+    from mixerlab.train.interrupts import answering_signals
+
     try:
-        report = _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule,
-                           max_group_tokens, name, time_limit, init, compile_step, checkpoint_every, max_seq_len,
-                           init_seed, max_group_members)
+        with answering_signals():
+            report = _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule,
+                               max_group_tokens, name, time_limit, init, compile_step, checkpoint_every, max_seq_len,
+                               init_seed, max_group_members)
     except UserError as err:
         fail(str(err))
     from mixerlab.table import accuracies_df, format_table
@@ -94,7 +100,13 @@ def eval_command(
     if report.from_longer:
         console.print(f"[dim]{report.from_longer} trainings read off the first epochs of cached longer trainings "
                       "(same jobs, constant learning rate)[/]")
-    if report.incomplete:
+    if report.stopped_by:
+        saved = "unfinished groups were checkpointed beside the cache" if not no_cache else \
+            "unfinished trainings are lost (--no-cache keeps no checkpoints)"
+        err_console.print(f"[yellow]stopped by {report.stopped_by}: {report.trainings - report.incomplete} of "
+                          f"{report.trainings} trainings finished (cached); {saved}. Run the same command again to "
+                          "continue.[/]")
+    elif report.incomplete:
         why = "were left out (--max-seq-len) or did not finish in the time limit" if max_seq_len else \
             "did not finish in the time limit"
         err_console.print(f"[yellow]{report.incomplete} of {report.trainings} trainings {why}; the row covers the "
@@ -105,6 +117,10 @@ def eval_command(
         f"{report.wall_seconds:.1f}s on {report.device}, lr schedule {report.lr_schedule}, init {report.init} "
         f"(seeded per {report.init_seed})[/]"
     )
+    if report.stopped_by:
+        import signal
+
+        raise typer.Exit(128 + signal.Signals[report.stopped_by].value)  # the shell's convention for a signal
 
 
 def train_overrides(**chosen: str | None) -> dict[str, str]:

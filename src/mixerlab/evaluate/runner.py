@@ -18,6 +18,7 @@ from mixerlab.mixers import MixerSpec
 from mixerlab.tasks import TASK_ORDER, Task
 from mixerlab.train.batched import train_group
 from mixerlab.train.checkpoint import CheckpointStore
+from mixerlab.train.interrupts import stop_requested
 from mixerlab.train.job import TrainJob
 from mixerlab.train.result import TrainResult
 from mixerlab.train.schedule import batches_per_epoch
@@ -57,6 +58,7 @@ class EvalReport(BaseModel):
     incomplete: int = 0  # trainings not finished (time limit): the scores above leave them out
     resumed: int = 0  # unfinished trainings picked up from a checkpoint of an earlier run
     from_longer: int = 0  # of from_cache: read off the first epochs of a cached longer training (evaluate/prefix.py)
+    stopped_by: str | None = None  # the signal that stopped the run early (SIGTERM, SIGINT), its groups checkpointed
 
     def row(self) -> dict[str, float]:
         return {task: score.mean for task, score in self.tasks.items()}
@@ -163,11 +165,15 @@ def evaluate_mixer(
             progress.advance_steps(n)
 
     deadline = time.monotonic() + options.time_limit if options.time_limit else None
+
+    def out_of_time() -> bool:  # the time limit passed, or a signal asked this run to stop
+        return (deadline is not None and time.monotonic() > deadline) or stop_requested() is not None
+
     if todo:
         factory = spec.factory()
         claimed = set()
         for ident, state, group in resumable:
-            if deadline is not None and time.monotonic() > deadline:
+            if out_of_time():
                 break
             log.info("resuming %d jobs of %s at step %d", len(group), group[0].setting.task.value, state["steps_done"])
             try:
@@ -182,7 +188,7 @@ def evaluate_mixer(
                                   options.max_group_members) if fresh else None
         # cheapest groups first: a time-limited run finishes as many trainings as it can
         for group in sorted(group_jobs(fresh, capacity), key=lambda g: _group_cost(g, train)) if fresh else []:
-            if deadline is not None and time.monotonic() > deadline:
+            if out_of_time():
                 break
             log.info("training %d jobs of %s (T=%d)", len(group), group[0].setting.task.value, group[0].setting.input_len)
             train_group(group, [keys[j] for j in group], train, factory, options.device,
@@ -199,7 +205,7 @@ def evaluate_mixer(
         tasks=scores, trainings=len(jobs), trained_now=len(todo), from_cache=len(jobs) - len(todo),
         wall_seconds=wall, optimizer_steps=member_steps, steps_per_second=member_steps / wall if wall else 0.0,
         lr_schedule=train.lr_schedule, init=train.init, init_seed=train.init_seed, incomplete=len(missing), resumed=resumed,
-        from_longer=len(derived),
+        from_longer=len(derived), stopped_by=stop.name if (stop := stop_requested()) else None,
     )
 
 

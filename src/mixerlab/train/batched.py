@@ -36,6 +36,7 @@ from mixerlab.ops.depthwise import use_library_depthwise_convs, use_shifted_dept
 from mixerlab.tasks import IGNORE_INDEX, generate
 
 from .checkpoint import CheckpointStore, group_id
+from .interrupts import stop_requested, take_save_request
 from .common import init_model, make_result, token_losses
 from .job import TrainJob
 from .metrics import batch_metrics
@@ -360,8 +361,8 @@ class BatchedTrainer:
 
     def run(self, on_result: ResultCallback | None = None, on_steps: StepCallback | None = None,
             deadline: float | None = None) -> list[TrainResult]:
-        """Train to the end; with `deadline` (time.monotonic()), stop at the first sync after it and return
-        only the trainings that finished. Unfinished ones are never half-recorded: with a checkpoint store they
+        """Train to the end; with `deadline` (time.monotonic()), or on a stop signal (train/interrupts.py), stop
+        at the first sync after it and return only the trainings that finished. Unfinished ones are never half-recorded: with a checkpoint store they
         are saved there (and every `checkpoints.every` seconds, against kills) to be resumed, else dropped."""
         start_time = time.perf_counter() - self.elapsed_before
         last_save = time.monotonic()
@@ -396,11 +397,13 @@ class BatchedTrainer:
                 self._absorb(pending, results, on_result, start_time)
                 pending = []
                 self._maybe_shrink()
-                out_of_time = deadline is not None and time.monotonic() > deadline
-                if self.checkpoints and self.active and (out_of_time or time.monotonic() - last_save > self.checkpoints.every):
+                # stop: the time limit or a signal (SIGTERM, Ctrl-C); save: a stop, SIGUSR1 or the save interval
+                stop = (deadline is not None and time.monotonic() > deadline) or stop_requested() is not None
+                if self.checkpoints and self.active and (stop or time.monotonic() - last_save > self.checkpoints.every
+                                                         or take_save_request()):  # kept for the next group if none
                     self.checkpoints.save(self.ident, self.state(time.perf_counter() - start_time))
                     last_save = time.monotonic()
-                if out_of_time:
+                if stop:
                     break
         if self.checkpoints and not self.active:
             self.checkpoints.remove(self.ident)
@@ -476,7 +479,7 @@ def train_group(
         return trainer.run(on_result, on_steps, deadline)
     results = []
     for job, key in zip(jobs, keys):
-        if deadline is not None and time.monotonic() > deadline:
+        if (deadline is not None and time.monotonic() > deadline) or stop_requested() is not None:
             break
         trainer = BatchedTrainer([job], [key], train, mixer_factory, device, vectorize=False, compile_step=compile_step,
                                  checkpoints=checkpoints)

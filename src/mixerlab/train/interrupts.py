@@ -1,0 +1,68 @@
+"""Signals a running evaluation answers, so that nothing trained is lost to a kill or a stale checkpoint.
+
+- SIGUSR1: checkpoint the unfinished group now, at the trainer's next sync point, and go on training. A
+  machine that must ship its state out at a moment of its choosing (a lent GPU whose call ends) asks for a
+  fresh checkpoint instead of taking one up to `--checkpoint-every` seconds old, or none at all when a new
+  group has not reached its first save (`benchmarks/gpu_sweep.sh poll` sends it).
+- SIGTERM, SIGINT (Ctrl-C): checkpoint and stop at the next sync point; finished trainings are already in the
+  cache, so running the same command again continues where this one stopped. A second Ctrl-C stops at once.
+
+The handlers only set flags (the one thing a Python signal handler should do); the trainer reads them at
+its sync points, where the state on the GPU is consistent and saving costs one host copy.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+
+@dataclass
+class _Requests:
+    save: bool = False
+    stop: signal.Signals | None = None
+
+
+_requests = _Requests()
+
+
+def take_save_request() -> bool:
+    """Whether a checkpoint was asked for since the last call (the request is consumed)."""
+    asked, _requests.save = _requests.save, False
+    return asked
+
+
+def stop_requested() -> signal.Signals | None:
+    """The signal that asked this process to stop, if one did."""
+    return _requests.stop
+
+
+def _on_save(signum, frame) -> None:
+    _requests.save = True
+
+
+def _on_stop(signum, frame) -> None:
+    _requests.stop = signal.Signals(signum)
+    if signum == signal.SIGINT:  # the next Ctrl-C is Python's own: an immediate KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextmanager
+def answering_signals() -> Iterator[None]:
+    """Install the handlers for the duration of one evaluation (main thread only; elsewhere a no-op),
+    then restore the previous ones and clear the flags."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {signal.SIGUSR1: _on_save, signal.SIGTERM: _on_stop, signal.SIGINT: _on_stop}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    _requests.save, _requests.stop = False, None
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _requests.save, _requests.stop = False, None
