@@ -28,9 +28,9 @@ DEVICE=${DEVICE:-cuda}
 CHECKPOINT_BYTES=${CHECKPOINT_BYTES:-44000000}
 MAX_GROUP=${MAX_GROUP:-6}
 SAVE_WAIT=${SAVE_WAIT:-45}  # seconds `poll` waits for the fresh checkpoint it asks for (a compile can take ~50)
-# what is left of the two baselines' `full` sweeps (eleventh session, 2026-12-01)
-DEFAULT_JOBS="delta_net:selective_copy gated_delta_net:compress
-gated_delta_net:selective_copy delta_net:fuzzy_recall gated_delta_net:fuzzy_recall"
+# what is left of the two baselines' `full` sweeps (fourteenth session, 2026-12-02)
+DEFAULT_JOBS="delta_net:selective_copy gated_delta_net:selective_copy
+delta_net:fuzzy_recall gated_delta_net:fuzzy_recall"
 
 python_env() {
     # only where pydantic is missing (the GPU image): the wheels are built for its Python 3.12
@@ -76,8 +76,13 @@ poll)
     while [ "$(date +%s)" -lt "$deadline" ] && pgrep -f "mixerlab-sweep-runner" >/dev/null; do sleep 10; done
     # SIGUSR1 makes the eval checkpoint its group at the next sync point: the packed state is seconds old, not
     # up to --checkpoint-every, and a group that has not saved yet is not lost (SIGTERM would save and stop)
-    if pkill -USR1 -f '^python3 -m mixerlab.cli eval'; then
-        asked=$(date +%s)
+    asked=""
+    for pid in $(pgrep -f '^python3 -m mixerlab.cli eval' || true); do
+        # only once its handler is in (SigCgt bit 10): SIGUSR1 kills a process that is still importing
+        mask=$(awk '/^SigCgt:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+        if (( 0x${mask:-0} & 0x200 )) && kill -USR1 "$pid" 2>/dev/null; then asked=$(date +%s); fi
+    done
+    if [ -n "$asked" ]; then
         for _ in $(seq "$SAVE_WAIT"); do
             [ -n "$(find "$CACHE.checkpoints" -name '*.pt' -newermt "@$asked" 2>/dev/null | head -n 1)" ] && break
             sleep 1
