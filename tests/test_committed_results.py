@@ -6,10 +6,14 @@ longer apply, and the reproduction in benchmarks/results/baselines.md must be re
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 from mixerlab.config import PROFILES
 from mixerlab.evaluate import ResultCache
+from mixerlab.evaluate.coverage import sweep_coverage
 from mixerlab.evaluate.plan import plan_jobs
 from mixerlab.mixers import resolve_mixer
 from mixerlab.tasks import Task
@@ -27,3 +31,19 @@ def test_committed_memorize_sweeps_are_found_under_the_current_code(tmp_path) ->
         found = cache.get_many(keys)
         assert len(found) == 36, f"{mixer}: {len(found)}/36 committed Memorize trainings match the current code"
         assert all(r.device.startswith("cuda") and r.epochs_trained >= 1 for r in found.values())
+
+
+def test_sweep_coverage_agrees_with_the_written_baselines(tmp_path) -> None:
+    """`mixerlab cache info --profile` and benchmarks/baselines.py count and score the same trainings."""
+    written = json.loads((COMMITTED.parents[1] / "baselines.json").read_text())
+    cache = ResultCache(tmp_path / "c.sqlite")
+    cache.import_jsonl(COMMITTED)
+    for profile_name, seeds in (("full", 1), ("baseline", 3)):
+        for mixer in ("delta_net", "gated_delta_net"):
+            spec = resolve_mixer(mixer)
+            for row in sweep_coverage(cache, PROFILES[profile_name], spec.code_hash, seeds, "bf16"):
+                cell = written[profile_name][spec.name].get(row.task)
+                assert row.done == (cell["trainings_done"] if cell else 0), (profile_name, mixer, row.task)
+                if cell:
+                    assert row.planned == cell["trainings_planned"] and row.score == pytest.approx(cell["mean"])
+                assert (row.tokens_left == 0) == row.complete

@@ -478,14 +478,55 @@ def _open_cache(path: Optional[Path]):
 
 
 @cache_app.command("info")
-def cache_info(cache: Optional[Path] = typer.Option(None, help="cache file (default ~/.cache/mixerlab/results.sqlite)")) -> None:
-    """Where the cache is and how many trainings it holds per mixer."""
+def cache_info(
+    cache: Optional[Path] = typer.Option(None, help="cache file (default ~/.cache/mixerlab/results.sqlite)"),
+    profile: Optional[str] = typer.Option(None, help="also show how far this profile's sweep has got, per mixer "
+                                          "and task: tiny | quick | baseline | full"),
+    seeds: int = typer.Option(1, min=1, help="seeds per training of that sweep (as `eval --seeds`)"),
+) -> None:
+    """Where the cache is and how many trainings it holds per mixer; with --profile, how far each sweep got."""
+    from mixerlab.config import get_profile
+
     store = _open_cache(cache)
+    try:
+        prof = get_profile(profile) if profile else None
+    except ValueError as err:
+        fail(str(err))
     typer.echo(f"{store.path}: {store.count()} trainings")
-    for mixer_hash, name, count in store._db.execute(
-        "SELECT mixer_hash, mixer_name, COUNT(*) FROM results GROUP BY mixer_hash, mixer_name ORDER BY mixer_name"
-    ):
+    mixers = store.mixers()
+    for mixer_hash, name, count in mixers:
         typer.echo(f"  {name} ({mixer_hash}): {count}")
+    if prof is not None:
+        _print_coverage(store, prof, seeds, mixers)
+
+
+def _tokens(count: int) -> str:
+    return f"{count / 1e9:.2f}G" if count >= 1e9 else f"{count / 1e6:.2f}M" if count >= 1e6 else f"{count:,}"
+
+
+def _print_coverage(store, prof, seeds: int, mixers: list[tuple[str, str, int]]) -> None:
+    from rich.table import Table
+
+    from mixerlab.evaluate.coverage import sweep_coverage
+
+    shown = 0
+    for mixer_hash, name, _ in mixers:
+        for numerics, where in (("bf16", "GPU, bf16"), ("fp32", "CPU, fp32")):
+            rows = sweep_coverage(store, prof, mixer_hash, seeds, numerics)
+            if not any(r.done for r in rows):
+                continue
+            shown += 1
+            table = Table(title=f"{name} ({mixer_hash}): `{prof.name}` sweep, {seeds} seed(s), {where}",
+                          title_justify="left")
+            for column in ("task", "trainings", "settings complete", "score so far", "tokens left (at most)"):
+                table.add_column(column, justify="left" if column == "task" else "right")
+            for r in rows:
+                score = "-" if r.score is None else f"{r.score:.4f}" + ("" if r.complete else " (partial)")
+                table.add_row(r.task, f"{r.done}/{r.planned}", f"{r.settings_complete}/{r.settings}", score,
+                              _tokens(r.tokens_left))
+            console.print(table)
+    if not shown:
+        console.print(f"no trainings of the `{prof.name}` profile ({seeds} seed(s)) in this cache yet")
 
 
 @cache_app.command("export")

@@ -96,6 +96,11 @@ class ResultCache:
             return self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
         return self._db.execute("SELECT COUNT(*) FROM results WHERE mixer_hash = ?", (mixer_hash,)).fetchone()[0]
 
+    def mixers(self) -> list[tuple[str, str, int]]:
+        """(code hash, name, trainings) of every mixer with trainings here, by name."""
+        return self._db.execute("SELECT mixer_hash, mixer_name, COUNT(*) FROM results "
+                                "GROUP BY mixer_hash, mixer_name ORDER BY mixer_name, mixer_hash").fetchall()
+
     def export_jsonl(self, path: str | Path, mixer_hash: str | None = None) -> int:
         query, args = "SELECT mixer_hash, mixer_name, payload FROM results", ()
         if mixer_hash:
