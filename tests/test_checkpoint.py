@@ -130,12 +130,16 @@ def test_pack_checkpoints_command(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "is a file; pass a folder" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def tiny_fuzzy_eval(cache: Path, checkpoint_every: float) -> tuple[list[str], Path]:
+    """`mixerlab eval` of one tiny training (the longest of the profile) and the folder of its checkpoints."""
+    command = [sys.executable, "-m", "mixerlab.cli", "eval", "--profile", "tiny", "--device", "cpu",
+               "--tasks", "fuzzy_recall", "--cache", str(cache), "--checkpoint-every", str(checkpoint_every)]
+    return command, CheckpointStore.beside(cache).folder
+
+
 @pytest.mark.slow
 def test_a_killed_eval_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
-    cache = tmp_path / "cache.sqlite"
-    folder = CheckpointStore.beside(cache).folder
-    command = [sys.executable, "-m", "mixerlab.cli", "eval", "--profile", "tiny", "--device", "cpu",
-               "--tasks", "fuzzy_recall", "--cache", str(cache), "--checkpoint-every", "0"]
+    command, folder = tiny_fuzzy_eval(tmp_path / "cache.sqlite", checkpoint_every=0)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     victim = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 300
@@ -192,10 +196,7 @@ def caught_signals(pid: int) -> int:
 
 @pytest.mark.slow
 def test_eval_checkpoints_on_sigusr1_and_stops_resumably_on_sigterm(tmp_path: Path) -> None:
-    cache = tmp_path / "cache.sqlite"
-    folder = CheckpointStore.beside(cache).folder
-    command = [sys.executable, "-m", "mixerlab.cli", "eval", "--profile", "tiny", "--device", "cpu",
-               "--tasks", "fuzzy_recall", "--cache", str(cache), "--checkpoint-every", "3600"]
+    command, folder = tiny_fuzzy_eval(tmp_path / "cache.sqlite", checkpoint_every=3600)  # no save by the clock
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 120
