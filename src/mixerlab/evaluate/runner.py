@@ -205,7 +205,7 @@ def evaluate_mixer(
         tasks=scores, trainings=len(jobs), trained_now=len(todo), from_cache=len(jobs) - len(todo),
         wall_seconds=wall, optimizer_steps=member_steps, steps_per_second=member_steps / wall if wall else 0.0,
         lr_schedule=train.lr_schedule, init=train.init, init_seed=train.init_seed, incomplete=len(missing), resumed=resumed,
-        from_longer=len(derived), stopped_by=stop.name if (stop := stop_requested()) else None,
+        from_longer=len(derived), stopped_by=stop.name if missing and (stop := stop_requested()) else None,
     )
 
 

@@ -36,8 +36,8 @@ from mixerlab.ops.depthwise import use_library_depthwise_convs, use_shifted_dept
 from mixerlab.tasks import IGNORE_INDEX, generate
 
 from .checkpoint import CheckpointStore, group_id
-from .interrupts import stop_requested, take_save_request
 from .common import init_model, make_result, token_losses
+from .interrupts import stop_requested, take_save_request
 from .job import TrainJob
 from .metrics import batch_metrics
 from .result import EpochRecord, TrainResult
@@ -362,8 +362,9 @@ class BatchedTrainer:
     def run(self, on_result: ResultCallback | None = None, on_steps: StepCallback | None = None,
             deadline: float | None = None) -> list[TrainResult]:
         """Train to the end; with `deadline` (time.monotonic()), or on a stop signal (train/interrupts.py), stop
-        at the first sync after it and return only the trainings that finished. Unfinished ones are never half-recorded: with a checkpoint store they
-        are saved there (and every `checkpoints.every` seconds, against kills) to be resumed, else dropped."""
+        at the first sync after it and return only the trainings that finished. Unfinished ones are never
+        half-recorded: with a checkpoint store they are saved there (also every `checkpoints.every` seconds,
+        against kills, and on SIGUSR1) to be resumed, else dropped."""
         start_time = time.perf_counter() - self.elapsed_before
         last_save = time.monotonic()
         results: dict[int, TrainResult] = {}
