@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 from mixerlab.config import Profile, TrainConfig
@@ -10,6 +12,7 @@ from mixerlab.evaluate import runner
 from mixerlab.evaluate.plan import plan_jobs
 from mixerlab.mixers import resolve_mixer
 from mixerlab.tasks import Task, TaskSetting
+from mixerlab.train.interrupts import answering_signals
 
 SHORT = TaskSetting(task=Task.context_recall, vocab_size=16, seq_len=16, num_train=128, num_test=64)
 LONG = TaskSetting(task=Task.context_recall, vocab_size=16, seq_len=48, num_train=128, num_test=64)
@@ -63,3 +66,23 @@ def test_max_group_members_caps_every_group(tmp_path: Path, monkeypatch) -> None
     evaluate_mixer(spec, three, EvalOptions(tasks=TASKS), ResultCache(tmp_path / "a.sqlite"))
     capped = evaluate_mixer(spec, three, EvalOptions(tasks=TASKS, max_group_members=2), ResultCache(tmp_path / "b.sqlite"))
     assert sizes[0] == 3 and sorted(sizes[1:]) == [1, 2] and capped.incomplete == 0
+
+
+def test_a_stop_signal_ends_the_run_after_its_group_and_is_reported_only_if_work_is_left(tmp_path: Path) -> None:
+    """SIGTERM during the first (short) group: the second never starts. After the last training: no stop."""
+    spec = resolve_mixer("delta_net")
+
+    def terminate(_) -> None:  # a real signal, delivered to this process once a training finishes
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with answering_signals():
+        stopped = evaluate_mixer(spec, PROFILE, EvalOptions(tasks=TASKS), ResultCache(tmp_path / "a.sqlite"),
+                                 on_result=terminate)
+    assert (stopped.trained_now, stopped.incomplete, stopped.stopped_by) == (2, 1, "SIGTERM")
+    assert stopped.tasks["context_recall"].settings[0].setting == SHORT.label, "the cheap group trained first"
+
+    cache = ResultCache(tmp_path / "b.sqlite")
+    evaluate_mixer(spec, PROFILE, EvalOptions(tasks=TASKS, max_seq_len=32), cache)
+    with answering_signals():
+        finished = evaluate_mixer(spec, PROFILE, EvalOptions(tasks=TASKS), cache, on_result=terminate)
+    assert (finished.trained_now, finished.incomplete, finished.stopped_by) == (1, 0, None)
