@@ -78,7 +78,7 @@ poll)
     # up to --checkpoint-every, and a group that has not saved yet is not lost (SIGTERM would save and stop)
     asked=""
     for pid in $(pgrep -f '^python3 -m mixerlab.cli eval' || true); do
-        # only once its handler is in (SigCgt bit 10): SIGUSR1 kills a process that is still importing
+        # only once its handler is in (SigCgt mask 0x200, signal 10): SIGUSR1 kills a process still importing
         mask=$(awk '/^SigCgt:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
         if (( 0x${mask:-0} & 0x200 )) && kill -USR1 "$pid" 2>/dev/null; then asked=$(date +%s); fi
     done
