@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from mixerlab.config import Profile
 from mixerlab.tasks import TASK_ORDER, Task
-from mixerlab.train.schedule import batches_per_epoch
 
 from .aggregate import aggregate
 from .plan import plan_jobs
 from .prefix import ResultLookup, find_finished
+from .runner import max_steps
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,6 @@ def sweep_coverage(cache: ResultLookup, profile: Profile, code_hash: str, seeds:
             task=task.value, done=len(jobs) - len(missing), planned=len(jobs),
             settings_complete=len(profile.settings[task]) - len(open_settings), settings=len(profile.settings[task]),
             score=score.mean if score else None,
-            tokens_left=sum(batches_per_epoch(job.setting.num_train, train.batch_size) * train.max_epochs
-                            * train.batch_size * job.setting.input_len for job in missing),
+            tokens_left=sum(max_steps(job, train) * train.batch_size * job.setting.input_len for job in missing),
         ))
     return out

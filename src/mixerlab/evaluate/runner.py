@@ -18,7 +18,7 @@ from mixerlab.mixers import MixerSpec
 from mixerlab.tasks import TASK_ORDER, Task
 from mixerlab.train.batched import train_group
 from mixerlab.train.checkpoint import CheckpointStore
-from mixerlab.train.interrupts import stop_requested
+from mixerlab.train.interrupts import should_stop, stop_requested
 from mixerlab.train.job import TrainJob
 from mixerlab.train.result import TrainResult
 from mixerlab.train.schedule import batches_per_epoch
@@ -165,15 +165,11 @@ def evaluate_mixer(
             progress.advance_steps(n)
 
     deadline = time.monotonic() + options.time_limit if options.time_limit else None
-
-    def out_of_time() -> bool:  # the time limit passed, or a signal asked this run to stop
-        return (deadline is not None and time.monotonic() > deadline) or stop_requested() is not None
-
     if todo:
         factory = spec.factory()
         claimed = set()
         for ident, state, group in resumable:
-            if out_of_time():
+            if should_stop(deadline):
                 break
             log.info("resuming %d jobs of %s at step %d", len(group), group[0].setting.task.value, state["steps_done"])
             try:
@@ -188,7 +184,7 @@ def evaluate_mixer(
                                   options.max_group_members) if fresh else None
         # cheapest groups first: a time-limited run finishes as many trainings as it can
         for group in sorted(group_jobs(fresh, capacity), key=lambda g: _group_cost(g, train)) if fresh else []:
-            if out_of_time():
+            if should_stop(deadline):
                 break
             log.info("training %d jobs of %s (T=%d)", len(group), group[0].setting.task.value, group[0].setting.input_len)
             train_group(group, [keys[j] for j in group], train, factory, options.device,

@@ -37,7 +37,7 @@ from mixerlab.tasks import IGNORE_INDEX, generate
 
 from .checkpoint import CheckpointStore, group_id
 from .common import init_model, make_result, token_losses
-from .interrupts import stop_requested, take_save_request
+from .interrupts import should_stop, take_save_request
 from .job import TrainJob
 from .metrics import batch_metrics
 from .result import EpochRecord, TrainResult
@@ -399,7 +399,7 @@ class BatchedTrainer:
                 pending = []
                 self._maybe_shrink()
                 # stop: the time limit or a signal (SIGTERM, Ctrl-C); save: a stop, SIGUSR1 or the save interval
-                stop = (deadline is not None and time.monotonic() > deadline) or stop_requested() is not None
+                stop = should_stop(deadline)
                 if self.checkpoints and self.active and (stop or time.monotonic() - last_save > self.checkpoints.every
                                                          or take_save_request()):  # kept for the next group if none
                     self.checkpoints.save(self.ident, self.state(time.perf_counter() - start_time))
@@ -480,7 +480,7 @@ def train_group(
         return trainer.run(on_result, on_steps, deadline)
     results = []
     for job, key in zip(jobs, keys):
-        if (deadline is not None and time.monotonic() > deadline) or stop_requested() is not None:
+        if should_stop(deadline):
             break
         trainer = BatchedTrainer([job], [key], train, mixer_factory, device, vectorize=False, compile_step=compile_step,
                                  checkpoints=checkpoints)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -38,6 +39,11 @@ def take_save_request() -> bool:
 def stop_requested() -> signal.Signals | None:
     """The signal that asked this process to stop, if one did."""
     return _requests.stop
+
+
+def should_stop(deadline: float | None) -> bool:
+    """Whether a run must stop now: its `deadline` (time.monotonic()) passed, or a signal asked it to."""
+    return (deadline is not None and time.monotonic() > deadline) or _requests.stop is not None
 
 
 def _on_save(signum, frame) -> None:
