@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_sweep.sh wheels         # here, once: wheels of what the GPU image lacks -> .whl/
 #   bash benchmarks/gpu_sweep.sh start [JOB...] # there: start (or find running) the sweep; JOB = mixer:task[:flags]
 #                                               # flags comma-separated, e.g. delta_net:memorize:--init-seed=run
-#   bash benchmarks/gpu_sweep.sh poll SECONDS   # there: wait up to SECONDS, then copy results to $OUT
+#   bash benchmarks/gpu_sweep.sh poll SECONDS   # there: wait, copy results to $OUT, return within ~SECONDS
 #
 # Every finished training is written to the cache the moment it finishes, and unfinished groups are
 # checkpointed every 60 s: `start` on a fresh machine imports the committed results (and
@@ -28,9 +28,11 @@ DEVICE=${DEVICE:-cuda}
 CHECKPOINT_BYTES=${CHECKPOINT_BYTES:-44000000}
 MAX_GROUP=${MAX_GROUP:-6}
 SAVE_WAIT=${SAVE_WAIT:-45}  # seconds `poll` waits for the fresh checkpoint it asks for (a compile can take ~50)
-# what is left of the two baselines' `full` sweeps (fourteenth session, 2026-12-02)
-DEFAULT_JOBS="delta_net:selective_copy gated_delta_net:selective_copy
-delta_net:fuzzy_recall gated_delta_net:fuzzy_recall"
+# `poll SECONDS` stops waiting this much before SECONDS, for the checkpoint, the export and the packing: measured
+# up to ~20 s for those two, plus SAVE_WAIT (a `poll 540` that waited the full 540 s overran a 600 s call limit)
+POLL_RESERVE=${POLL_RESERVE:-$(( SAVE_WAIT + 30 ))}
+# what is left of the two baselines' `full` sweeps (fifteenth session, 2026-12-02)
+DEFAULT_JOBS="gated_delta_net:selective_copy delta_net:fuzzy_recall gated_delta_net:fuzzy_recall"
 
 python_env() {
     # only where pydantic is missing (the GPU image): the wheels are built for its Python 3.12
@@ -72,7 +74,7 @@ start)
     sleep 5; tail -n 5 "$WORK/log" ;;
 poll)
     python_env
-    deadline=$(( $(date +%s) + ${2:-500} ))
+    deadline=$(( $(date +%s) + ${2:-500} - POLL_RESERVE ))
     while [ "$(date +%s)" -lt "$deadline" ] && pgrep -f "mixerlab-sweep-runner" >/dev/null; do sleep 10; done
     # SIGUSR1 makes the eval checkpoint its group at the next sync point: the packed state is seconds old, not
     # up to --checkpoint-every, and a group that has not saved yet is not lost (SIGTERM would save and stop)
