@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -24,6 +25,7 @@ from mixerlab.evaluate.plan import plan_jobs  # noqa: E402
 from mixerlab.evaluate.prefix import find_finished  # noqa: E402
 from mixerlab.mixers import resolve_mixer  # noqa: E402
 from mixerlab.tasks import TASK_ORDER  # noqa: E402
+from mixerlab.web.charts import score_grid  # noqa: E402
 
 SEED_ROWS = {
     "delta_net_4layer": {"compress": 0.487037, "context_recall": 0.999515, "fuzzy_recall": 0.189705,
@@ -52,7 +54,11 @@ def collect(cache: ResultCache, **overrides) -> dict:
                 if not found:
                     continue
                 score = aggregate(list(found.values()))[task.value]
+                runs = Counter(r.setting for r in found.values())
                 model[task.value] = {"mean": score.mean, "std": score.std, "seeds": score.seeds,
+                                     "settings": [{**s.model_dump(), "trainings_done": runs[s.setting],
+                                                   "trainings_planned": len(jobs) // len(profile.settings[task])}
+                                                  for s in score.settings],
                                      "trainings_done": len(found), "trainings_planned": len(jobs),
                                      "complete": len(found) == len(jobs),
                                      "seed_row": SEED_ROWS[spec.name][task.value],
@@ -168,6 +174,10 @@ def markdown(results: dict, cosine: dict, normal_init: dict, run_init: dict, qui
                 lines.append(f"| {model} | {task} | {ours}{flag} | {c['seed_row']:.4f} | {c['difference']:+.4f} | "
                              f"{c['trainings_done']}/{c['trainings_planned']} |")
         lines.append("")
+        if profile == "full":
+            lines += ["The means above taken apart, one row per MAD setting (`baselines_settings.svg`, written with",
+                      "this file): which settings each model has learned and where the sweep still has to run.", "",
+                      "![full, best (lr, wd) per setting](baselines_settings.svg)", ""]
     lines += quick_lines(quick)
     lines += variant_lines(results, cosine, "Learning-rate schedule",
                            "`full` tasks measured under both schedules (constant is `full`'s default):",
@@ -180,6 +190,27 @@ def markdown(results: dict, cosine: dict, normal_init: dict, run_init: dict, qui
                            "as mad-lab's unseeded runs do) beside one init per setting shared by its six (lr, wd) runs "
                            "(`setting`, `full`'s default):", "per setting", "per run")
     return "\n".join(lines) + "\n"
+
+
+def setting_name(label: str) -> str:
+    """`selective_copy[num_tokens_to_copy=96]` -> `num_tokens_to_copy=96`."""
+    return label.split("[", 1)[1].rstrip("]")
+
+
+def settings_chart(full: dict) -> str:
+    """`full`'s best score per setting for both models: the table's means taken apart (grey: not run yet)."""
+    rows = {task.value: [setting_name(s.label) for s in PROFILES["full"].settings[task]] for task in TASK_ORDER}
+    values: dict = {}
+    marks: dict = {}
+    for model, tasks in full.items():
+        for task, cell in tasks.items():
+            for s in cell["settings"]:
+                name = setting_name(s["setting"])
+                values.setdefault(model, {}).setdefault(task, {})[name] = s["score"]
+                if s["trainings_done"] < s["trainings_planned"]:
+                    marks.setdefault(model, {}).setdefault(task, {})[name] = f"({s['trainings_done']}/{s['trainings_planned']})"
+    return score_grid(rows, list(full), values, "full: best (lr, wd) per MAD setting", marks=marks,
+                      note="(n/6): only n of the setting's 6 (lr, wd) trainings are done so far; grey: not run yet")
 
 
 def main() -> None:
@@ -200,6 +231,7 @@ def main() -> None:
     (ROOT / "results" / "baselines.json").write_text(
         json.dumps({**results, "quick_vs_full": quick, "cosine_schedule": cosine, "normal_init": normal_init,
                     "run_init": run_init}, indent=2))
+    (ROOT / "results" / "baselines_settings.svg").write_text(settings_chart(results["full"]))
     text = markdown(results, cosine, normal_init, run_init, quick)
     notes = Path(args.notes)
     if notes.exists():

@@ -7,6 +7,7 @@ longer apply, and the reproduction in benchmarks/results/baselines.md must be re
 from __future__ import annotations
 
 import json
+from xml.etree import ElementTree
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,28 @@ def test_sweep_coverage_agrees_with_the_written_baselines(tmp_path) -> None:
                 if cell:
                     assert row.planned == cell["trainings_planned"] and row.score == pytest.approx(cell["mean"])
                 assert (row.tokens_left == 0) == row.complete
+
+
+def test_per_setting_scores_and_their_chart_add_up_to_the_written_means(tmp_path) -> None:
+    """baselines.json's per-setting rows are the task means taken apart, and baselines_settings.svg shows
+    exactly them: one cell per model and `full` setting, grey ("not run") where no training finished."""
+    results = COMMITTED.parents[1]
+    written = json.loads((results / "baselines.json").read_text())
+    cache = ResultCache(tmp_path / "c.sqlite")
+    cache.import_jsonl(COMMITTED)
+    shown = 0
+    for mixer in ("delta_net", "gated_delta_net"):
+        spec = resolve_mixer(mixer)
+        coverage = {row.task: row for row in sweep_coverage(cache, PROFILES["full"], spec.code_hash, 1, "bf16")}
+        for task, cell in written["full"][spec.name].items():
+            settings = cell["settings"]
+            assert sum(s["score"] for s in settings) / len(settings) == pytest.approx(cell["mean"])
+            assert sum(s["trainings_done"] for s in settings) == cell["trainings_done"]
+            complete = sum(s["trainings_done"] == s["trainings_planned"] == 6 for s in settings)
+            assert complete == coverage[task].settings_complete, (mixer, task)
+            shown += len(settings)
+    svg = ElementTree.parse(results / "baselines_settings.svg").getroot()
+    titles = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}title")]
+    n_settings = sum(len(s) for s in PROFILES["full"].settings.values())
+    assert len(titles) == 2 * n_settings == 132
+    assert sum(t.endswith(": not run") for t in titles) == 2 * n_settings - shown

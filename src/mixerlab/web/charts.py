@@ -145,3 +145,47 @@ def lineage_tree(nodes: list[dict], href: str = "/experiments/{id}", width: int 
                      f'fill="{color}" stroke="#374151"/><text x="{x + 16}" y="{y + 5}" class="node-label">{escape(label)}</text></a>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def score_grid(rows: dict[str, list[str]], columns: list[str], values: dict[str, dict[str, dict[str, float]]],
+               title: str, note: str = "", marks: dict[str, dict[str, dict[str, str]]] | None = None) -> str:
+    """A standalone heat table: one row per item (grouped under headings), one column per series, each cell
+    coloured by its score in [0, 1] and labelled with it; grey where a series has no score yet.
+
+    `rows` maps a group heading to its row labels; `values[column][group][label]` is a score and
+    `marks[column][group][label]` an optional note after it (e.g. how many of its runs are done). The SVG
+    carries its own styles, so it reads the same embedded in a page, opened alone, or shown by a repository.
+    """
+    label_w, row_h, head_h = 190, 17, 34
+    cell_w = max(118, 7 * max((len(c) for c in columns), default=0) + 8)  # room for the column's name
+    n_rows = sum(len(labels) + 1 for labels in rows.values())
+    width = max(label_w + cell_w * len(columns) + 10, 6 * len(note) + 8)
+    height = head_h + row_h * n_rows + (22 if note else 8)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="grid" viewBox="0 0 {width} {height}" width="{width}" '
+             f'height="{height}" role="img" aria-label="{escape(title)}">',
+             '<style>text{font-family:system-ui,sans-serif;font-size:11px;fill:#111827}.t{font-size:13px;font-weight:600}'
+             '.g{font-weight:600}.m{fill:#6b7280}</style>',
+             f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
+             f'<text x="4" y="14" class="t">{escape(title)}</text>']
+    for c, column in enumerate(columns):
+        parts.append(f'<text x="{label_w + c * cell_w + 4}" y="{head_h - 6}" class="g">{escape(column)}</text>')
+    y = head_h
+    for group, labels in rows.items():
+        parts.append(f'<text x="4" y="{y + row_h - 5}" class="g">{escape(group)}</text>')
+        y += row_h
+        for label in labels:
+            parts.append(f'<text x="14" y="{y + row_h - 5}">{escape(label)}</text>')
+            for c, column in enumerate(columns):
+                score = values.get(column, {}).get(group, {}).get(label)
+                mark = (marks or {}).get(column, {}).get(group, {}).get(label)
+                text = "not run" if score is None else f"{score:.4f}" + (f" {mark}" if mark else "")
+                muted = ' class="m"' if score is None else ""
+                x = label_w + c * cell_w
+                parts.append(f'<rect x="{x}" y="{y + 1}" width="{cell_w - 3}" height="{row_h - 2}" '
+                             f'fill="{score_color(score)}"><title>{escape(column)} {escape(group)} {escape(label)}: '
+                             f'{text}</title></rect><text x="{x + 6}" y="{y + row_h - 5}"{muted}>{escape(text)}</text>')
+            y += row_h
+    if note:
+        parts.append(f'<text x="4" y="{height - 6}" class="m">{escape(note)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
