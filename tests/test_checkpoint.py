@@ -155,7 +155,7 @@ def test_a_killed_eval_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert "Fuzzy Recall" in again.stdout and not list(folder.glob("*.pt"))
 
 
-def test_sigusr1_checkpoints_now_and_ctrl_c_checkpoints_and_stops(tmp_path: Path) -> None:
+def test_sigusr1_checkpoints_now_and_ctrl_c_checkpoints_and_stops(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     train = TrainConfig(d_model=32, batch_size=32, max_epochs=12)  # 96 steps, a sync point every 20
     jobs = plan_jobs(PROFILE, (Task.context_recall,), 1)
     keys = ["a", "b"]
@@ -176,6 +176,8 @@ def test_sigusr1_checkpoints_now_and_ctrl_c_checkpoints_and_stops(tmp_path: Path
         finished = trainer.run(on_steps=on_steps)
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "a second Ctrl-C stops at once"
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL, "the handlers are put back"
+    said = capfd.readouterr().err
+    assert said.count("SIGINT: checkpointing and stopping at the next sync point (Ctrl-C again to stop now)") == 1
 
     assert seen["saved_at"] == 20, "SIGUSR1 saved at the first sync point, long before the 3600 s interval"
     assert finished == [] and trainer.steps_done == 40 < 96, "Ctrl-C stopped at the next sync point"
@@ -209,6 +211,8 @@ def test_eval_checkpoints_on_sigusr1_and_stops_resumably_on_sigterm(tmp_path: Pa
     output, _ = run.communicate(timeout=120)
     assert run.returncode == 128 + signal.SIGTERM, output
     assert "stopped by SIGTERM: 0 of 1 trainings finished" in output and "Traceback" not in output
+    said = output.index("SIGTERM: checkpointing and stopping at the next sync point")  # at once, before the stop
+    assert said < output.index("stopped by SIGTERM") and "Ctrl-C again" not in output
     assert len(list(folder.glob("*.pt"))) == 1, "the unfinished group was saved"
 
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

@@ -13,6 +13,7 @@ its sync points, where the state on the GPU is consistent and saving costs one h
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -52,6 +53,10 @@ def _on_save(signum, frame) -> None:
 
 def _on_stop(signum, frame) -> None:
     _requests.stop = signal.Signals(signum)
+    now = " (Ctrl-C again to stop now)" if signum == signal.SIGINT else ""
+    # said at once, since the next sync point can be seconds away on a CPU; os.write, not print: a buffered
+    # stream that the interrupted code was writing to (a progress bar) refuses a second, reentrant write
+    os.write(2, f"\n{_requests.stop.name}: checkpointing and stopping at the next sync point{now}\n".encode())
     if signum == signal.SIGINT:  # the next Ctrl-C is Python's own: an immediate KeyboardInterrupt
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
