@@ -183,7 +183,7 @@ def score_grid(rows: dict[str, list[str]], columns: list[str], values: dict[str,
                 x = label_w + c * cell_w
                 parts.append(f'<rect x="{x}" y="{y + 1}" width="{cell_w - 3}" height="{row_h - 2}" '
                              f'fill="{score_color(score)}"><title>{escape(column)} {escape(group)} {escape(label)}: '
-                             f'{text}</title></rect><text x="{x + 6}" y="{y + row_h - 5}"{muted}>{escape(text)}</text>')
+                             f'{escape(text)}</title></rect><text x="{x + 6}" y="{y + row_h - 5}"{muted}>{escape(text)}</text>')
             y += row_h
     if note:
         parts.append(f'<text x="4" y="{height - 6}" class="m">{escape(note)}</text>')
