@@ -88,6 +88,35 @@ def test_time_quadratic_mixer_with_linear_memory_fails_the_cost_check() -> None:
     assert d["seconds"][-1] > 0.25 and d["lengths"][-1] >= 4096
 
 
+def scripted_timer(candidate: torch.nn.Module, candidate_exp: float, reference_exps: list[float]):
+    """A stand-in for the check's CPU timer (real timings cannot be made noisy on demand): the candidate's
+    forward takes 0.3 s x (T/4096)^candidate_exp every round, DeltaNet's 0.05 s x (T/4096)^e in round r, with
+    e = reference_exps[r] (the last repeating) and each round a little faster than the one before."""
+    calls: dict[int, int] = {}
+
+    def seconds(module: torch.nn.Module, x: torch.Tensor) -> float:
+        scale = x.shape[1] / 4096
+        if module is candidate:
+            return 0.3 * scale**candidate_exp
+        r = calls[x.shape[1]] = calls.get(x.shape[1], -1) + 1
+        return 0.05 * 0.8**r * scale ** reference_exps[min(r, len(reference_exps) - 1)]
+    return seconds
+
+
+@pytest.mark.parametrize(("candidate_exp", "reference_exps", "status", "rounds"), [
+    (1.80, [1.31, 1.10], "fail", 3),  # CI once passed this in one round: excess 0.49 against a noisy reference
+    (1.55, [1.10], "pass", 3),  # 0.45, steady: measured again, then passed
+    (1.20, [1.10], "pass", 1),  # clearly linear: one round
+    (2.00, [1.10], "fail", 3),  # clearly quadratic: fails every round
+])
+def test_borderline_time_exponents_are_measured_again(monkeypatch, candidate_exp, reference_exps, status, rounds) -> None:
+    candidate = torch.nn.Linear(128, 128)  # a real module for the memory probe; only its timing is scripted
+    monkeypatch.setattr("mixerlab.check.dynamic._cpu_seconds", scripted_timer(candidate, candidate_exp, reference_exps))
+    result = check_cost(candidate, 128, lengths=(256, 512, 1024, 2048, 4096))
+    assert (result.status, result.details["rounds"]) == (status, rounds), result.reason
+    assert result.details["time_exponent"] == pytest.approx(candidate_exp)
+
+
 BUSY_LOOP = "import torch, time\ntorch.set_num_threads(2)\na = torch.randn(1500, 1500)\nwhile True:\n    a @ a\n"
 
 

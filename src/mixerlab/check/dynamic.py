@@ -16,7 +16,8 @@ from .report import CheckResult
 
 FORWARD_SHAPES = ((1, 1), (2, 37), (3, 64), (2, 130))
 MEASURABLE_SECONDS = 0.25  # below this (CPU s at the longest length), a fitted time exponent is mostly timer noise
-COST_ROUNDS = 3  # a failing time exponent is measured up to this many times before it counts
+COST_ROUNDS = 3  # a failing or borderline time exponent is measured up to this many times before it counts
+COST_BORDER = 0.15  # an excess over DeltaNet's exponent this close to the limit, either side, is measured again
 MAX_COST_LENGTH = 32768  # a steep fit on unmeasurably short times is re-measured on doubled lengths up to this
 
 
@@ -194,8 +195,8 @@ def check_cost(module: nn.Module, d_model: int, lengths: tuple[int, ...] = COST_
     linear mixer does not time as T^1.0 on every CPU (plain DeltaNet measured T^1.11 on one machine and
     T^1.43 on another, from cache and page costs that grow with the input), so the time exponent is judged
     against the reference DeltaNet timed beside the candidate in the same rounds: the candidate may grow at
-    most T^0.5 faster. A failing fit is measured again (fastest time per length over the rounds) before it
-    counts, and a steep fit on times too short to trust is not waved through: the input is doubled until
+    most T^0.5 faster. A failing or borderline fit is measured again (fastest time per length over the
+    rounds) before it counts, and a steep fit on times too short to trust is not waved through: the input is doubled until
     the longest takes measurable time.
     """
     module = module.eval()
@@ -236,7 +237,10 @@ def check_cost(module: nn.Module, d_model: int, lengths: tuple[int, ...] = COST_
             continue
         rounds += 1
         failing = steep and times[-1] > MEASURABLE_SECONDS
-        if not failing or rounds >= COST_ROUNDS:
+        # a pass just under the limit is as uncertain as a fail just over it: a noisy reference once let a
+        # quadratic mixer through at T^1.80 against DeltaNet's T^1.31 (excess 0.49, limit 0.5) in one round
+        borderline = abs(time_exp - ref_exp - COST_RELATIVE_LIMIT) < COST_BORDER and times[-1] > MEASURABLE_SECONDS
+        if not (failing or borderline) or rounds >= COST_ROUNDS:
             break
     details = dict(lengths=lengths, seconds=times, reference_seconds=ref_times, largest_tensor=largest,
                    time_exponent=time_exp, reference_time_exponent=ref_exp, memory_exponent=mem_exp, rounds=rounds)
