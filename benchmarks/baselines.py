@@ -273,9 +273,9 @@ def main() -> None:
     normal_init = measured(collect(cache, init="normal"))
     run_init = measured(collect(cache, init_seed="run"))
     quick = collect_quick(cache)
-    (ROOT / "results" / "baselines.json").write_text(
-        json.dumps({**results, "targets": target_checks(results["full"]), "quick_vs_full": quick, "cosine_schedule": cosine, "normal_init": normal_init,
-                    "run_init": run_init}, indent=2))
+    report = {**results, "targets": target_checks(results["full"]), "quick_vs_full": quick,
+              "cosine_schedule": cosine, "normal_init": normal_init, "run_init": run_init}
+    (ROOT / "results" / "baselines.json").write_text(json.dumps(report, indent=2))
     (ROOT / "results" / "baselines_settings.svg").write_text(settings_chart(results["full"]))
     text = markdown(results, cosine, normal_init, run_init, quick)
     notes = Path(args.notes)
