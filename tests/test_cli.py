@@ -86,6 +86,9 @@ def test_seeds_give_mean_and_std(tmp_path: Path) -> None:
         (["--init-seed", "layer"], ["unknown init seed 'layer'", "setting or run"]),
         (["--compile", "--device", "cpu"], ["--compile", "CUDA"]),
         (["--max-seq-len", "0"], ["Invalid value", "--max-seq-len"]),
+        # brackets in the message are text, not rich markup: the example label must come through whole
+        (["--profile", "full", "--tasks", "selective_copy", "--settings", "vocab=128"],
+         ["unknown setting 'vocab=128'", "vocab_size=128", "selective_copy[num_tokens_to_copy=96]"]),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], fragments: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""The evaluation runner: a sweep run in parts (--max-seq-len) and the order groups train in."""
+"""The evaluation runner: a sweep run in parts (--max-seq-len, --settings) and the order groups train in."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from mixerlab.config import Profile, TrainConfig
 from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer
 from mixerlab.evaluate import runner
-from mixerlab.evaluate.plan import plan_jobs
+from mixerlab.evaluate.plan import plan_jobs, select_settings
 from mixerlab.mixers import resolve_mixer
 from mixerlab.tasks import Task, TaskSetting
 from mixerlab.train.interrupts import answering_signals
@@ -33,6 +35,33 @@ def test_a_sweep_in_parts_by_sequence_length_adds_up_to_the_whole(tmp_path: Path
     second = evaluate_mixer(spec, PROFILE, EvalOptions(tasks=TASKS), cache)
     assert (second.from_cache, second.trained_now, second.incomplete) == (1, 1, 0)
     assert second.tasks["context_recall"].mean == whole.tasks["context_recall"].mean
+
+
+def test_a_run_limited_to_chosen_settings_trains_only_those(tmp_path: Path) -> None:
+    spec = resolve_mixer("delta_net")
+    cache = ResultCache(tmp_path / "c.sqlite")
+    long = LONG.model_copy(update={"change": "seq_len"})  # labelled context_recall[seq_len=48]
+    profile = PROFILE.model_copy(update={"settings": {Task.context_recall: (long, SHORT)}})
+    chosen = select_settings(profile, TASKS, ["seq_len=48"])
+    assert chosen == {"context_recall[seq_len=48]"}
+    probe = evaluate_mixer(spec, profile, EvalOptions(tasks=TASKS, settings=chosen), cache)
+    assert (probe.trained_now, probe.incomplete) == (1, 1)
+    assert [s.setting for s in probe.tasks["context_recall"].settings] == [long.label]
+    rest = evaluate_mixer(spec, profile, EvalOptions(tasks=TASKS), cache)
+    assert (rest.from_cache, rest.trained_now, rest.incomplete) == (1, 1, 0)
+
+
+def test_setting_names_pick_across_tasks_and_unknown_ones_list_the_choices() -> None:
+    from mixerlab.config import get_profile
+
+    full = get_profile("full")
+    both = (Task.context_recall, Task.selective_copy)
+    assert select_settings(full, both, ["vocab_size=128"]) == {"context_recall[vocab_size=128]",
+                                                               "selective_copy[vocab_size=128]"}
+    assert select_settings(full, both, ["selective_copy[baseline]", " seq_len=512"]) == {
+        "selective_copy[baseline]", "context_recall[seq_len=512]", "selective_copy[seq_len=512]"}
+    with pytest.raises(ValueError, match=r"unknown setting 'frac_noise=0.4'.*num_tokens_to_copy=96"):
+        select_settings(full, both, ["frac_noise=0.4"])  # a Noisy Recall setting, not one of these tasks'
 
 
 def test_cheapest_groups_train_first(tmp_path: Path, monkeypatch) -> None:

@@ -20,7 +20,11 @@ class UserError(Exception):
 
 
 def fail(message: str) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """One line on stderr, exit status 2. The message is printed as is: brackets in it (setting labels, pydantic's
+    `[type=...]`) are text, not rich markup."""
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -75,6 +79,9 @@ def eval_command(
                                            "the cache (a kill or --time-limit resumes from there)"),
     max_seq_len: Optional[int] = typer.Option(None, min=1, help="train only the settings up to this sequence length "
                                               "now (run a long sweep in parts; the row stays partial until all ran)"),
+    settings: Optional[str] = typer.Option(None, help="train only these settings now, comma-separated, e.g. "
+                                           "vocab_size=128,baseline or selective_copy[num_train=800] (a probe; the "
+                                           "row covers what is cached)"),
 ) -> None:
     """Train a mixer on the MAD tasks of a profile and print its accuracy row.
 
@@ -86,7 +93,7 @@ def eval_command(
         with answering_signals():
             report = _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule,
                                max_group_tokens, name, time_limit, init, compile_step, checkpoint_every, max_seq_len,
-                               init_seed, max_group_members)
+                               init_seed, max_group_members, settings)
     except UserError as err:
         fail(str(err))
     from mixerlab.table import accuracies_df, format_table
@@ -107,8 +114,8 @@ def eval_command(
                           f"{report.trainings} trainings finished (cached); {saved}. Run the same command again to "
                           "continue.[/]")
     elif report.incomplete:
-        why = "were left out (--max-seq-len) or did not finish in the time limit" if max_seq_len else \
-            "did not finish in the time limit"
+        why = "were left out (--max-seq-len, --settings) or did not finish in the time limit" \
+            if max_seq_len or settings else "did not finish in the time limit"
         err_console.print(f"[yellow]{report.incomplete} of {report.trainings} trainings {why}; the row covers the "
                           "finished settings only. Run again to continue (unfinished groups were checkpointed beside "
                           "the cache).[/]")
@@ -142,15 +149,17 @@ def train_overrides(**chosen: str | None) -> dict[str, str]:
 
 def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name,
               time_limit=None, init=None, compile_step=False, checkpoint_every=120.0, max_seq_len=None,
-              init_seed=None, max_group_members=None):
+              init_seed=None, max_group_members=None, settings=None):
     from mixerlab.config import get_profile
     from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer
+    from mixerlab.evaluate.plan import select_settings
     from mixerlab.mixers import MixerLoadError, preflight, resolve_mixer
     from mixerlab.progress import EvalProgress
 
     try:
         prof = get_profile(profile)
         task_list = parse_tasks(tasks)
+        chosen = select_settings(prof, task_list, settings.split(",")) if settings else None
         spec = resolve_mixer(mixer)
         if name:
             spec = type(spec)(**{**spec.__dict__, "name": name})
@@ -167,7 +176,7 @@ def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, l
         raise UserError(str(err)) from None
     options = EvalOptions(tasks=task_list, seeds=seeds, device=dev, max_group_tokens=max_group_tokens,
                           max_group_members=max_group_members, train_overrides=overrides, time_limit=time_limit, compile_step=compile_step,
-                          checkpoint_every=checkpoint_every, max_seq_len=max_seq_len)
+                          checkpoint_every=checkpoint_every, max_seq_len=max_seq_len, settings=chosen)
     report = evaluate_mixer(spec, prof, options, cache=store, progress=EvalProgress(err_console, spec.name))
     if json_out is not None:
         json_out.write_text(report.model_dump_json(indent=2))

@@ -20,6 +20,25 @@ def plan_jobs(profile: Profile, tasks: tuple[Task, ...], seeds: int) -> list[Tra
     ]
 
 
+def select_settings(profile: Profile, tasks: tuple[Task, ...], names: list[str]) -> frozenset[str]:
+    """The labels of the profile's settings that `names` pick, for a run limited to a few settings.
+
+    A name is a full label (`selective_copy[vocab_size=128]`) or the part in brackets (`vocab_size=128`,
+    `baseline`), which picks that setting in every chosen task that has it. Unknown names raise ValueError
+    listing what the chosen tasks offer."""
+    labels = [s.label for task in tasks for s in profile.settings[task]]
+    short = lambda label: label.split("[", 1)[1].rstrip("]")  # noqa: E731
+    chosen: set[str] = set()
+    for name in (n.strip() for n in names):
+        picked = {label for label in labels if name in (label, short(label))}
+        if not picked:
+            offered = ", ".join(dict.fromkeys(short(label) for label in labels))
+            raise ValueError(f"unknown setting {name!r} for profile {profile.name!r} and these tasks; use one of: "
+                             f"{offered} (or task[setting], e.g. {labels[-1]})")
+        chosen |= picked
+    return frozenset(chosen)
+
+
 def group_jobs(
     jobs: list[TrainJob], capacity: Callable[[TrainJob], int], max_vocab_ratio: int = 4
 ) -> list[list[TrainJob]]:

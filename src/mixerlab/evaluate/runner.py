@@ -79,6 +79,7 @@ class EvalOptions:
     compile_step: bool = False  # CUDA: torch.compile each group's training step
     checkpoint_every: float = 120.0  # seconds; unfinished groups are saved beside the cache this often
     max_seq_len: int | None = None  # train only settings up to this length now (a long sweep in parts)
+    settings: frozenset[str] | None = None  # train only these setting labels now (plan.select_settings)
 
 
 def group_capacity(train: TrainConfig, factory, device: str, max_tokens: int | None,
@@ -132,7 +133,8 @@ def evaluate_mixer(
     done = find_finished(cache, jobs, spec.code_hash, train, numerics) if cache else {}
     derived = [r for r in done.values() if r.derived_from]  # read off longer trainings, not stored again
     todo = [job for job in jobs if keys[job] not in done
-            and (options.max_seq_len is None or job.setting.seq_len <= options.max_seq_len)]
+            and (options.max_seq_len is None or job.setting.seq_len <= options.max_seq_len)
+            and (options.settings is None or job.setting.label in options.settings)]
     results = {keys[j]: done[keys[j]] for j in jobs if keys[j] in done}
     job_of_key = {keys[j]: j for j in todo}
     # unfinished groups are checkpointed beside a cache file; a cache without one (the sandboxed loop's
