@@ -1,0 +1,74 @@
+"""Train one job of one MAD setting for a few epochs and print its per-epoch history: a cheap probe of why a
+mixer fails a setting (compare variants' first epochs on the CPU before spending GPU time on full runs).
+
+    python benchmarks/probe_setting.py --mixer gated_delta_net --setting "selective_copy[vocab_size=128]" \
+        --lr 1e-3 --epochs 3 [--init-seed run] [--threads 1] [--json out.json]
+
+The reference trainer (`train_single`) runs it, with the `full` profile's training settings except
+`--epochs`; on the CPU it is float32, and its first epochs follow the GPU's bf16 runs closely
+(baselines_notes.md, sixteenth session).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent / "src"))
+
+from mixerlab.config import get_profile  # noqa: E402
+from mixerlab.evaluate.plan import select_settings  # noqa: E402
+from mixerlab.mixers import resolve_mixer  # noqa: E402
+from mixerlab.tasks import parse_task  # noqa: E402
+from mixerlab.train.job import TrainJob  # noqa: E402
+from mixerlab.train.single import train_single  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mixer", default="gated_delta_net", help="builtin name or a .py file")
+    parser.add_argument("--setting", required=True, help="a `full` setting label, e.g. selective_copy[vocab_size=128]")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--wd", type=float, default=0.0)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--init-seed", choices=("setting", "run"), default="setting")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (two probes side by side: 1 each)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the history here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    full = get_profile("full")
+    task = parse_task(args.setting.split("[", 1)[0])
+    try:
+        (label,) = select_settings(full, (task,), [args.setting])
+    except ValueError as err:
+        parser.error(str(err))
+    setting = next(s for s in full.settings[task] if s.label == label)
+    spec = resolve_mixer(args.mixer)
+    train = full.train.model_copy(update={"max_epochs": args.epochs, "init_seed": args.init_seed})
+    job = TrainJob(setting=setting, lr=args.lr, weight_decay=args.wd)
+    params = sum(p.numel() for p in spec.factory()(train.d_model).parameters())
+    print(f"{spec.name} ({params:,} mixer parameters) on {label}, lr {args.lr:g}, wd {args.wd:g}, "
+          f"init per {args.init_seed}, {args.epochs} epochs on {args.device}", flush=True)
+    start = time.perf_counter()
+    result = train_single(job, train, spec.factory(), device=args.device)
+    print("epoch  train_loss  test_loss  test_acc")
+    for e in result.history:
+        print(f"{e.epoch:5d}  {e.train_loss:10.3f}  {e.test_loss:9.3f}  {e.test_acc:8.3f}")
+    print(f"{time.perf_counter() - start:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"mixer": spec.name, "setting": label, "lr": args.lr, "wd": args.wd,
+                                         "init_seed": args.init_seed,
+                                         "history": [e.model_dump() for e in result.history]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
