@@ -4,7 +4,8 @@
 #
 #   bash benchmarks/gpu_sweep.sh wheels         # here, once: wheels of what the GPU image lacks -> .whl/
 #   bash benchmarks/gpu_sweep.sh start [JOB...] # there: start (or find running) the sweep; JOB = mixer:task[:flags]
-#                                               # flags comma-separated, e.g. delta_net:memorize:--init-seed=run
+#                                               # flags comma-separated, e.g. delta_net:memorize:--init-seed=run;
+#                                               # mixer variant/NAME: a probe from benchmarks/gdn_variants.py
 #   bash benchmarks/gpu_sweep.sh poll SECONDS   # there: wait, copy results to $OUT, return within ~SECONDS
 #
 # Every finished training is written to the cache the moment it finishes, and unfinished groups are
@@ -31,8 +32,11 @@ SAVE_WAIT=${SAVE_WAIT:-45}  # seconds `poll` waits for the fresh checkpoint it a
 # `poll SECONDS` stops waiting this much before SECONDS, for the checkpoint, the export and the packing: measured
 # up to ~20 s for those two, plus SAVE_WAIT (a `poll 540` that waited the full 540 s overran a 600 s call limit)
 POLL_RESERVE=${POLL_RESERVE:-$(( SAVE_WAIT + 30 ))}
-# what is left of the two baselines' `full` sweeps (fifteenth session, 2026-12-02)
-DEFAULT_JOBS="gated_delta_net:selective_copy delta_net:fuzzy_recall gated_delta_net:fuzzy_recall"
+# sixteenth session, 2026-12-02: first the probes of why Gated DeltaNet fails Selective Copy at vocab 128 (each
+# variant's six (lr, wd) runs of that one setting; short when they learn), then what is left of the two
+# baselines' `full` sweeps
+PROBES="variant/gdn_no_decay:selective_copy:--settings=vocab_size=128 variant/gdn_no_gate:selective_copy:--settings=vocab_size=128"
+DEFAULT_JOBS="$PROBES gated_delta_net:selective_copy delta_net:fuzzy_recall gated_delta_net:fuzzy_recall"
 
 python_env() {
     # only where pydantic is missing (the GPU image): the wheels are built for its Python 3.12
@@ -61,15 +65,17 @@ start)
             mkdir -p "$CACHE.checkpoints"; cp .carry/checkpoints/*.pt "$CACHE.checkpoints/"
         fi
     fi
+    python3 benchmarks/gdn_variants.py "$WORK/variants" >/dev/null
     jobs="${*:-$DEFAULT_JOBS}"
     # the runner's name is in its command line, so a second `start` finds it
     compile=""; [ "$DEVICE" = cuda ] && compile="--compile"
     setsid nohup bash -c '
         for job in $1; do
             IFS=: read -r mixer task extra <<< "$job"
+            [[ $mixer == variant/* ]] && mixer="$7/${mixer#variant/}.py"
             python3 -m mixerlab.cli eval --mixer "$mixer" --profile "$3" --tasks "$task" --device "$4" $5 \
                 ${extra//,/ } --cache "$2" --checkpoint-every 60 --max-group-members "$6" || echo "FAILED $job"
-        done; echo SWEEP-DONE' mixerlab-sweep-runner "$jobs" "$CACHE" "$PROFILE" "$DEVICE" "$compile" "$MAX_GROUP" \
+        done; echo SWEEP-DONE' mixerlab-sweep-runner "$jobs" "$CACHE" "$PROFILE" "$DEVICE" "$compile" "$MAX_GROUP" "$WORK/variants" \
         > "$WORK/log" 2>&1 < /dev/null &
     sleep 5; tail -n 5 "$WORK/log" ;;
 poll)
