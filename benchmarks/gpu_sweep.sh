@@ -35,7 +35,8 @@ POLL_RESERVE=${POLL_RESERVE:-$(( SAVE_WAIT + 30 ))}
 # sixteenth session, 2026-12-02: first the probes of why Gated DeltaNet fails Selective Copy at vocab 128 (each
 # variant's six (lr, wd) runs of that one setting; short when they learn), then what is left of the two
 # baselines' `full` sweeps
-PROBES="variant/gdn_no_decay:selective_copy:--settings=vocab_size=128 variant/gdn_no_gate:selective_copy:--settings=vocab_size=128"
+PROBES="variant/gdn_no_gate:selective_copy:--settings=vocab_size=128 variant/gdn_no_decay:selective_copy:--settings=vocab_size=128
+        variant/gdn_v1:selective_copy:--settings=vocab_size=128"
 DEFAULT_JOBS="$PROBES gated_delta_net:selective_copy delta_net:fuzzy_recall gated_delta_net:fuzzy_recall"
 
 python_env() {
