@@ -244,7 +244,7 @@ def setting_name(label: str) -> str:
 
 def settings_chart(full: dict) -> str:
     """`full`'s best score per setting for both models: the table's means taken apart (grey: not run yet)."""
-    rows = {task.value: [setting_name(s.label) for s in PROFILES["full"].settings[task]] for task in TASK_ORDER}
+    rows = {task.value: [s.change_label for s in PROFILES["full"].settings[task]] for task in TASK_ORDER}
     values: dict = {}
     marks: dict = {}
     for model, tasks in full.items():

@@ -26,15 +26,14 @@ def select_settings(profile: Profile, tasks: tuple[Task, ...], names: list[str])
     A name is a full label (`selective_copy[vocab_size=128]`) or the part in brackets (`vocab_size=128`,
     `baseline`), which picks that setting in every chosen task that has it. Unknown names raise ValueError
     listing what the chosen tasks offer."""
-    labels = [s.label for task in tasks for s in profile.settings[task]]
-    short = lambda label: label.split("[", 1)[1].rstrip("]")  # noqa: E731
+    settings = [s for task in tasks for s in profile.settings[task]]
     chosen: set[str] = set()
     for name in (n.strip() for n in names):
-        picked = {label for label in labels if name in (label, short(label))}
+        picked = {s.label for s in settings if name in (s.label, s.change_label)}
         if not picked:
-            offered = ", ".join(dict.fromkeys(short(label) for label in labels))
+            offered = ", ".join(dict.fromkeys(s.change_label for s in settings))
             raise ValueError(f"unknown setting {name!r} for profile {profile.name!r} and these tasks; use one of: "
-                             f"{offered} (or task[setting], e.g. {labels[-1]})")
+                             f"{offered} (or task[setting], e.g. {settings[-1].label})")
         chosen |= picked
     return frozenset(chosen)
 

@@ -121,9 +121,12 @@ class TaskSetting(BaseModel):
     @property
     def label(self) -> str:
         """Short human-readable id, e.g. `context_recall[seq_len=512]`."""
-        if self.change == "baseline":
-            return f"{self.task.value}[baseline]"
-        return f"{self.task.value}[{self.change}={getattr(self, self.change)}]"
+        return f"{self.task.value}[{self.change_label}]"
+
+    @property
+    def change_label(self) -> str:
+        """The setting within its task: `baseline` or the one changed field, e.g. `seq_len=512`."""
+        return "baseline" if self.change == "baseline" else f"{self.change}={getattr(self, self.change)}"
 
     def key(self) -> dict:
         """The fields that define the data (used in cache keys)."""
