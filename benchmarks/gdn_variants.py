@@ -19,6 +19,8 @@ TEMPLATE = Path(__file__).resolve().parents[1] / "src" / "mixerlab" / "mixers" /
 MIX = "        o = self.mix(q, k, v, beta, g)\n"
 GATE = "        o = self.o_norm(o, self.split_heads(self.g_proj(x)))\n"
 EXPAND = "        expand_v: int = 2,\n"
+NO_GATE = (GATE, "        o = nn.RMSNorm.forward(self.o_norm, o)  # probe: no output gate\n")
+EXPAND_1 = (EXPAND, "        expand_v: int = 1,\n")
 
 # name -> (what it tests, [(old, new), ...])
 VARIANTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
@@ -26,11 +28,10 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
                      "same initial weights as the baseline",
                      [(MIX, "        o = self.mix(q, k, v, beta, g * 0.0)  # probe: no decay\n")]),
     "gdn_no_gate": ("the output gate off (plain RMSNorm); same initial weights as the baseline",
-                    [(GATE, "        o = nn.RMSNorm.forward(self.o_norm, o)  # probe: no output gate\n")]),
-    "gdn_v1": ("values as wide as keys (expand_v 1) instead of twice", [(EXPAND, "        expand_v: int = 1,\n")]),
+                    [NO_GATE]),
+    "gdn_v1": ("values as wide as keys (expand_v 1) instead of twice", [EXPAND_1]),
     "gdn_no_gate_v1": ("no output gate and expand_v 1: DeltaNet plus the decay gate",
-                       [(GATE, "        o = nn.RMSNorm.forward(self.o_norm, o)  # probe: no output gate\n"),
-                        (EXPAND, "        expand_v: int = 1,\n")]),
+                       [NO_GATE, EXPAND_1]),
 }
 
 

@@ -55,11 +55,12 @@ def main() -> None:
     spec = resolve_mixer(args.mixer)
     train = full.train.model_copy(update={"max_epochs": args.epochs, "init_seed": args.init_seed})
     job = TrainJob(setting=setting, lr=args.lr, weight_decay=args.wd)
-    params = sum(p.numel() for p in spec.factory()(train.d_model).parameters())
+    factory = spec.factory()  # loads the mixer's class once
+    params = sum(p.numel() for p in factory(train.d_model).parameters())
     print(f"{spec.name} ({params:,} mixer parameters) on {label}, lr {args.lr:g}, wd {args.wd:g}, "
           f"init per {args.init_seed}, {args.epochs} epochs on {args.device}", flush=True)
     start = time.perf_counter()
-    result = train_single(job, train, spec.factory(), device=args.device)
+    result = train_single(job, train, factory, device=args.device)
     print("epoch  train_loss  test_loss  test_acc")
     for e in result.history:
         print(f"{e.epoch:5d}  {e.train_loss:10.3f}  {e.test_loss:9.3f}  {e.test_acc:8.3f}")
