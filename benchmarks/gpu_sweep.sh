@@ -80,10 +80,10 @@ start)
         > "$WORK/log" 2>&1 < /dev/null &
     sleep 5; tail -n 5 "$WORK/log" ;;
 poll)
-    python_env
     # a fresh machine (the lent one went cold between calls) has no sweep: exporting would create an empty
     # cache, and the next `start` would then skip importing the committed results and redo them
     if [ ! -f "$CACHE" ]; then echo "no sweep on this machine (it is fresh): run start first"; exit 1; fi
+    python_env
     deadline=$(( $(date +%s) + ${2:-500} - POLL_RESERVE ))
     while [ "$(date +%s)" -lt "$deadline" ] && pgrep -f "mixerlab-sweep-runner" >/dev/null; do sleep 10; done
     # SIGUSR1 makes the eval checkpoint its group at the next sync point: the packed state is seconds old, not
