@@ -142,3 +142,10 @@ def test_cache_import_export_round_trip_and_bad_file(tmp_path: Path) -> None:
     (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
     assert_user_error(mixerlab("cache", "import", str(tmp_path / "image.png"), "--cache", str(tmp_path / "b.sqlite")),
                       "not a JSON lines file", "mixerlab cache export")
+
+
+def test_cache_readers_refuse_a_missing_cache_instead_of_creating_one(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.sqlite"
+    for args in (("export", str(tmp_path / "out.jsonl")), ("pack-checkpoints", str(tmp_path / "packed"))):
+        assert_user_error(mixerlab("cache", *args, "--cache", str(missing)), "no cache at", "pass --cache")
+    assert not missing.exists() and not (tmp_path / "out.jsonl").exists() and not (tmp_path / "packed").exists()

@@ -477,9 +477,15 @@ cache_app = typer.Typer(no_args_is_help=True, help="The result cache of finished
 app.add_typer(cache_app, name="cache")
 
 
-def _open_cache(path: Optional[Path]):
+def _open_cache(path: Optional[Path], must_exist: bool = False):
+    """The cache at `path` (default location when None); readers pass must_exist, so that a mistyped path fails
+    instead of silently creating an empty cache there (which a later import-if-missing step would then trust)."""
     from mixerlab.evaluate import ResultCache
+    from mixerlab.evaluate.cache import default_cache_path
 
+    if must_exist and not (path or default_cache_path()).is_file():
+        fail(f"no cache at {str(path or default_cache_path())!r}; pass --cache with the path of an existing cache "
+             "(`mixerlab cache import FILE --cache PATH` creates one)")
     try:
         return ResultCache(path)
     except ValueError as err:
@@ -547,7 +553,7 @@ def cache_export(
     """Write cached trainings to a file, to share them or carry them between machines."""
     from mixerlab.mixers import MixerLoadError, resolve_mixer
 
-    store = _open_cache(cache)
+    store = _open_cache(cache, must_exist=True)
     try:
         mixer_hash = resolve_mixer(mixer).code_hash if mixer else None
     except MixerLoadError as err:
@@ -585,7 +591,7 @@ def cache_pack_checkpoints(
     trainings; the ones that did not fit the budget start over there."""
     from mixerlab.train.checkpoint import CheckpointStore
 
-    store = CheckpointStore.beside(_open_cache(cache).path)
+    store = CheckpointStore.beside(_open_cache(cache, must_exist=True).path)
     if out.exists() and not out.is_dir():
         fail(f"{str(out)!r} is a file; pass a folder for the packed checkpoints")
     try:
