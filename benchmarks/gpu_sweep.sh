@@ -33,8 +33,8 @@ SAVE_WAIT=${SAVE_WAIT:-45}  # seconds `poll` waits for the fresh checkpoint it a
 # up to ~20 s for those two, plus SAVE_WAIT (a `poll 540` that waited the full 540 s overran a 600 s call limit)
 POLL_RESERVE=${POLL_RESERVE:-$(( SAVE_WAIT + 30 ))}
 # the probes of why Gated DeltaNet fails Selective Copy at vocab 128 (each variant's six (lr, wd) runs of that
-# one setting; short when they learn; gdn_no_gate's two lr 1e-4 runs are what is left of it, seventeenth
-# session), then what is left of the two baselines' `full` sweeps
+# one setting; short when they learn; after the seventeenth session gdn_no_gate is done and four of
+# gdn_no_decay's runs are left), then what is left of the two baselines' `full` sweeps
 PROBES="variant/gdn_no_gate:selective_copy:--settings=vocab_size=128 variant/gdn_no_decay:selective_copy:--settings=vocab_size=128
         variant/gdn_v1:selective_copy:--settings=vocab_size=128"
 DEFAULT_JOBS="$PROBES gated_delta_net:selective_copy delta_net:fuzzy_recall gated_delta_net:fuzzy_recall"
@@ -80,8 +80,8 @@ start)
         > "$WORK/log" 2>&1 < /dev/null &
     sleep 5; tail -n 5 "$WORK/log" ;;
 poll)
-    # a fresh machine (the lent one went cold between calls) has no sweep: exporting would create an empty
-    # cache, and the next `start` would then skip importing the committed results and redo them
+    # a fresh machine (the lent one went cold between calls) has no sweep: say what to do before waiting or
+    # creating $OUT (an empty cache made here would make the next `start` skip importing the committed results)
     if [ ! -f "$CACHE" ]; then echo "no sweep on this machine (it is fresh): run start first"; exit 1; fi
     python_env
     deadline=$(( $(date +%s) + ${2:-500} - POLL_RESERVE ))

@@ -483,8 +483,9 @@ def _open_cache(path: Optional[Path], must_exist: bool = False):
     from mixerlab.evaluate import ResultCache
     from mixerlab.evaluate.cache import default_cache_path
 
-    if must_exist and not (path or default_cache_path()).is_file():
-        fail(f"no cache at {str(path or default_cache_path())!r}; pass --cache with the path of an existing cache "
+    path = path or default_cache_path()
+    if must_exist and not path.is_file():
+        fail(f"no cache at {str(path)!r}; pass --cache with the path of an existing cache "
              "(`mixerlab cache import FILE --cache PATH` creates one)")
     try:
         return ResultCache(path)
