@@ -115,3 +115,20 @@ def test_a_stop_signal_ends_the_run_after_its_group_and_is_reported_only_if_work
     with answering_signals():
         finished = evaluate_mixer(spec, PROFILE, EvalOptions(tasks=TASKS), cache, on_result=terminate)
     assert (finished.trained_now, finished.incomplete, finished.stopped_by) == (1, 0, None)
+
+
+@pytest.mark.parametrize("library_solves, expected", [(False, None), (True, False)])
+def test_library_solves_reach_every_group_trainer(tmp_path: Path, monkeypatch, library_solves: bool, expected) -> None:
+    """`--library-solves` keeps torch.linalg.solve_triangular in every group; by default the trainer decides
+    (the kernel where it runs: CUDA)."""
+    seen = []
+    real = runner.train_group
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["fast_solves"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_group", spy)
+    report = evaluate_mixer(resolve_mixer("delta_net"), PROFILE, EvalOptions(tasks=TASKS, library_solves=library_solves),
+                            ResultCache(tmp_path / "c.sqlite"))
+    assert report.trained_now == 2 and seen and set(seen) == {expected}

@@ -75,6 +75,9 @@ def eval_command(
                                             "initial weights) | run (each its own, as mad-lab's unseeded init)"),
     compile_step: bool = typer.Option(False, "--compile", help="CUDA: torch.compile each group's training step "
                                       "(faster on long groups; tens of seconds to compile per shape)"),
+    library_solves: bool = typer.Option(False, "--library-solves", help="CUDA: solve the chunkwise WY systems with "
+                                        "torch.linalg.solve_triangular instead of mixerlab's Triton kernel (same "
+                                        "results within float32 rounding; for comparisons)"),
     checkpoint_every: float = typer.Option(120.0, min=0.0, help="seconds between saves of unfinished groups beside "
                                            "the cache (a kill or --time-limit resumes from there)"),
     max_seq_len: Optional[int] = typer.Option(None, min=1, help="train only the settings up to this sequence length "
@@ -93,7 +96,7 @@ def eval_command(
         with answering_signals():
             report = _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule,
                                max_group_tokens, name, time_limit, init, compile_step, checkpoint_every, max_seq_len,
-                               init_seed, max_group_members, settings)
+                               init_seed, max_group_members, settings, library_solves)
     except UserError as err:
         fail(str(err))
     from mixerlab.table import accuracies_df, format_table
@@ -149,7 +152,7 @@ def train_overrides(**chosen: str | None) -> dict[str, str]:
 
 def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name,
               time_limit=None, init=None, compile_step=False, checkpoint_every=120.0, max_seq_len=None,
-              init_seed=None, max_group_members=None, settings=None):
+              init_seed=None, max_group_members=None, settings=None, library_solves=False):
     from mixerlab.config import get_profile
     from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer
     from mixerlab.evaluate.plan import select_settings
@@ -176,7 +179,8 @@ def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, l
         raise UserError(str(err)) from None
     options = EvalOptions(tasks=task_list, seeds=seeds, device=dev, max_group_tokens=max_group_tokens,
                           max_group_members=max_group_members, train_overrides=overrides, time_limit=time_limit, compile_step=compile_step,
-                          checkpoint_every=checkpoint_every, max_seq_len=max_seq_len, settings=chosen)
+                          checkpoint_every=checkpoint_every, max_seq_len=max_seq_len, settings=chosen,
+                          library_solves=library_solves)
     report = evaluate_mixer(spec, prof, options, cache=store, progress=EvalProgress(err_console, spec.name))
     if json_out is not None:
         json_out.write_text(report.model_dump_json(indent=2))

@@ -77,6 +77,7 @@ class EvalOptions:
     time_limit: float | None = None  # seconds; stop cleanly after it, keeping finished trainings
     train_overrides: dict = field(default_factory=dict)  # e.g. {"lr_schedule": "cosine"}
     compile_step: bool = False  # CUDA: torch.compile each group's training step
+    library_solves: bool = False  # keep torch.linalg.solve_triangular instead of the Triton kernel (ops/tril_solve.py)
     checkpoint_every: float = 120.0  # seconds; unfinished groups are saved beside the cache this often
     max_seq_len: int | None = None  # train only settings up to this length now (a long sweep in parts)
     settings: frozenset[str] | None = None  # train only these setting labels now (plan.select_settings)
@@ -169,6 +170,7 @@ def evaluate_mixer(
     deadline = time.monotonic() + options.time_limit if options.time_limit else None
     if todo:
         factory = spec.factory()
+        fast_solves = False if options.library_solves else None  # None: the kernel where it runs (CUDA)
         claimed = set()
         for ident, state, group in resumable:
             if should_stop(deadline):
@@ -177,7 +179,7 @@ def evaluate_mixer(
             try:
                 train_group(group, [keys[j] for j in group], train, factory, options.device, on_result=record,
                             on_steps=count_steps, deadline=deadline, compile_step=options.compile_step,
-                            checkpoints=checkpoints, resume=(ident, state))
+                            checkpoints=checkpoints, resume=(ident, state), fast_solves=fast_solves)
                 claimed.update(group)
             except ValueError as err:  # e.g. written by another mixerlab version: train these from the start
                 log.warning("cannot resume checkpoint %s (%s); training its jobs from the start", ident, err)
@@ -191,7 +193,7 @@ def evaluate_mixer(
             log.info("training %d jobs of %s (T=%d)", len(group), group[0].setting.task.value, group[0].setting.input_len)
             train_group(group, [keys[j] for j in group], train, factory, options.device,
                         on_result=record, on_steps=count_steps, deadline=deadline, compile_step=options.compile_step,
-                        checkpoints=checkpoints)
+                        checkpoints=checkpoints, fast_solves=fast_solves)
     if progress:
         progress.stop()
 

@@ -6,6 +6,9 @@
 - `depthwise`: depthwise convolution as shifted multiply-adds (fast under torch.compile; `nn.Conv1d` is the
   reference).
 - `fold`: a vmap rule for kernels that have none (fla's Triton ops), folding vmapped members into the batch.
+- `tril_solve`: the unit-lower-triangular solve of the chunkwise WY step as a Triton kernel (CUDA), wrapped as
+  a custom op with autograd, vmap and compile support; `torch.linalg.solve_triangular` is the reference, and
+  the batched trainer routes the library's calls there (`fast_triangular_solves`).
 """
 
 from .naive import delta_rule_recurrent, gated_delta_rule_recurrent

@@ -33,6 +33,7 @@ from torch.func import functional_call, stack_module_state
 from mixerlab.config import TrainConfig
 from mixerlab.model import MixerFactory
 from mixerlab.ops.depthwise import use_library_depthwise_convs, use_shifted_depthwise_convs
+from mixerlab.ops.tril_solve import fast_triangular_solves, kernel_available
 from mixerlab.tasks import IGNORE_INDEX, generate
 
 from .checkpoint import CheckpointStore, group_id
@@ -109,6 +110,7 @@ class BatchedTrainer:
         compile_step: bool = False,
         vocab_size: int | None = None,
         checkpoints: CheckpointStore | None = None,
+        fast_solves: bool | None = None,
     ) -> None:
         if not jobs:
             raise ValueError("no jobs to train")
@@ -129,6 +131,8 @@ class BatchedTrainer:
         if compile_step and self.device.type == "cuda":
             self.compiled_logits = compile_static(self._logits)
         self.autocast = train.autocast_dtype(self.device.type)
+        # unit-lower-triangular solves (the chunkwise WY step) on the Triton kernel: ops/tril_solve.py
+        self.fast_solves = kernel_available(self.device) if fast_solves is None else fast_solves
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for float32 matmuls, as mad-lab sets
         self.vocab = vocab_size or max(j.setting.vocab_size for j in jobs)
@@ -216,6 +220,10 @@ class BatchedTrainer:
             return one(first, {k: v[0] for k, v in buffers.items()}, x[0], mask[0])[None]
 
     def _training_logits(self, x: torch.Tensor) -> torch.Tensor:
+        with fast_triangular_solves(self.fast_solves):
+            return self._training_logits_routed(x)
+
+    def _training_logits_routed(self, x: torch.Tensor) -> torch.Tensor:
         if self.compiled_logits is not None:
             try:
                 return self.compiled_logits(self.flat, self.buffers, x, self.vocab_mask)
@@ -347,7 +355,8 @@ class BatchedTrainer:
         for start in range(0, self.num_test, eval_batch * batches):
             stop = min(self.num_test, start + eval_batch * batches)
             test_rows = offsets[:, None] + torch.arange(start, stop, device=self.device)
-            logits = self._logits(flat, buffers, self.x_test[test_rows], mask)
+            with fast_triangular_solves(self.fast_solves):
+                logits = self._logits(flat, buffers, self.x_test[test_rows], mask)
             targets = self.y_test[test_rows]
             for b0 in range(0, stop - start, eval_batch):  # MAD scores every test batch on its own
                 b1 = min(stop - start, b0 + eval_batch)
@@ -463,27 +472,30 @@ def train_group(
     compile_step: bool = False,
     checkpoints: CheckpointStore | None = None,
     resume: tuple[str, dict] | None = None,
+    fast_solves: bool | None = None,
 ) -> list[TrainResult]:
     """Train jobs batched; if the mixer does not run under vmap, train them one by one on the same path.
-    `resume` = (checkpoint id, state) continues a group a checkpoint saved; `jobs` are its unfinished members."""
+    `resume` = (checkpoint id, state) continues a group a checkpoint saved; `jobs` are its unfinished members.
+    `fast_solves`: unit-lower-triangular solves on mixerlab's kernel (None: where it runs, i.e. CUDA)."""
     if resume is not None:
         ident, state = resume
         trainer = BatchedTrainer(jobs, keys, train, mixer_factory, device, vectorize=state["vectorize"],
-                                 compile_step=compile_step, vocab_size=state["vocab"], checkpoints=checkpoints)
+                                 compile_step=compile_step, vocab_size=state["vocab"], checkpoints=checkpoints,
+                                 fast_solves=fast_solves)
         trainer.restore(state, ident)
         return trainer.run(on_result, on_steps, deadline)
     if vectorize is None:
         vectorize = len(jobs) > 1 and supports_vmap(jobs[0], train, mixer_factory)
     if vectorize:
         trainer = BatchedTrainer(jobs, keys, train, mixer_factory, device, compile_step=compile_step,
-                                 checkpoints=checkpoints)
+                                 checkpoints=checkpoints, fast_solves=fast_solves)
         return trainer.run(on_result, on_steps, deadline)
     results = []
     for job, key in zip(jobs, keys):
         if should_stop(deadline):
             break
         trainer = BatchedTrainer([job], [key], train, mixer_factory, device, vectorize=False, compile_step=compile_step,
-                                 checkpoints=checkpoints)
+                                 checkpoints=checkpoints, fast_solves=fast_solves)
         results += trainer.run(on_result, on_steps, deadline)
     return results
 

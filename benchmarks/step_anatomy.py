@@ -1,0 +1,286 @@
+"""Where the time of a batched training step goes, by leaving parts out: `python benchmarks/step_anatomy.py`.
+
+Times the compiled, CUDA-graphed step of the batched trainer (what `eval --compile` runs) for a few group
+shapes and mixer variants in one process, so the ratios are comparable: the DeltaNet baseline with the
+library triangular solve and with mixerlab's kernel (ops/tril_solve.py), DeltaNet without the solve, without
+the delta rule (values straight to the output norm), a one-Linear mixer (the backbone's own cost), other
+chunk sizes, and Gated DeltaNet. Also times the solve alone. Prints a table; writes JSON with --json.
+GPU only. Variants that leave parts out compute something else: they are measurements, not mixers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mixerlab.config import TrainConfig  # noqa: E402
+from mixerlab.mixers import resolve_mixer  # noqa: E402
+from mixerlab.ops import tril_solve  # noqa: E402
+from mixerlab.tasks import baseline_setting, parse_task  # noqa: E402
+from mixerlab.train.batched import BatchedTrainer  # noqa: E402
+from mixerlab.train.job import TrainJob  # noqa: E402
+
+DeltaNet = resolve_mixer("delta_net").load_class()
+GatedDeltaNet = resolve_mixer("gated_delta_net").load_class()
+
+
+class ValuesOnly(DeltaNet):
+    """DeltaNet's projections, convs, norms and output, without the delta rule (o = v)."""
+
+    def mix(self, q, k, v, beta):  # type: ignore[override]
+        return v + 0 * (q.sum() + k.sum() + beta.sum())
+
+
+class OneLinear(nn.Module):
+    """The cheapest mixer: one Linear; what is left is the backbone's cost."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+def _skip_solve(A, B, **kwargs):
+    return B
+
+
+# variant -> (mixer factory, solve routing: "library" | "kernel" | "skip")
+VARIANTS = {
+    "delta_net": (DeltaNet, "library"),
+    "delta_net+kernel": (DeltaNet, "kernel"),
+    "delta_net, no solve": (DeltaNet, "skip"),
+    "delta_net, no delta rule": (ValuesOnly, "library"),
+    "one linear": (OneLinear, "library"),
+    "delta_net chunk 32+kernel": (functools.partial(DeltaNet, chunk_size=32), "kernel"),
+    "delta_net chunk 32": (functools.partial(DeltaNet, chunk_size=32), "library"),
+    "gated_delta_net": (GatedDeltaNet, "library"),
+    "gated_delta_net+kernel": (GatedDeltaNet, "kernel"),
+}
+
+
+def build(task: str, seq_len: int, members: int, variant: str) -> BatchedTrainer:
+    setting = baseline_setting(parse_task(task)).model_copy(update={"seq_len": seq_len})
+    jobs = [TrainJob(setting=setting, lr=5e-4, weight_decay=0.0, seed=i) for i in range(members)]
+    factory, solve = VARIANTS[variant]
+    return BatchedTrainer(jobs, [f"m{i}" for i in range(members)], TrainConfig(), factory, "cuda",
+                          cuda_graph=False, compile_step=True, fast_solves=solve == "kernel")
+
+
+def time_step(task: str, seq_len: int, members: int, variant: str, steps: int) -> dict:
+    """Compile, capture the step as a CUDA graph, time `steps` replays."""
+    torch._dynamo.reset()
+    skip = VARIANTS[variant][1] == "skip"
+    original = torch.linalg.solve_triangular
+    if skip:
+        torch.linalg.solve_triangular = _skip_solve
+    try:
+        trainer = build(task, seq_len, members, variant)
+        start = time.perf_counter()
+        for _ in range(3):
+            trainer._run_step()
+        torch.cuda.synchronize()
+        compile_s = time.perf_counter() - start
+        trainer.cuda_graph = True
+        trainer._run_step()  # captures
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer._run_step()
+        torch.cuda.synchronize()
+        step_s = (time.perf_counter() - start) / steps
+    finally:
+        torch.linalg.solve_triangular = original
+    tokens = members * trainer.train.batch_size * trainer.x_train.shape[1]
+    row = {"task": task, "seq_len": seq_len, "members": members, "variant": variant, "step_ms": step_s * 1e3,
+           "member_steps_per_s": members / step_s, "tokens_per_s": tokens / step_s, "compile_s": compile_s,
+           "graph": trainer.graph is not None, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    del trainer
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return row
+
+
+def profile_step(task: str, seq_len: int, members: int, variant: str, top: int = 18) -> str:
+    """The CUDA kernels of three compiled (not graphed) steps, most expensive first."""
+    torch._dynamo.reset()
+    trainer = build(task, seq_len, members, variant)
+    for _ in range(3):
+        trainer._run_step()
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(3):
+            trainer._run_step()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=70)
+
+
+def _fwd_bwd_ms(fn, a, b, g, reps: int = 20) -> float:
+    for _ in range(3):
+        torch.autograd.grad(fn(a, b), [a, b], g)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        torch.autograd.grad(fn(a, b), [a, b], g)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / reps * 1e3
+
+
+def time_solves(configs: list[tuple[int, int, str]]) -> list[dict]:
+    """The solve alone, forward + backward: the library against the kernel under each (num_warps, rhs tile,
+    precision), with the kernel's error against the library (both float32)."""
+    library = functools.partial(torch.linalg.solve_triangular, upper=False, unitriangular=True)
+    rows = []
+    for systems, n, rhs in ((24576, 64, 64), (24576, 64, 96), (49152, 32, 64)):
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        a = (torch.randn(systems, n, n, device="cuda", generator=gen) * 0.1).tril(-1).requires_grad_()
+        b = torch.randn(systems, n, rhs, device="cuda", generator=gen).requires_grad_()
+        g = torch.randn(systems, n, rhs, device="cuda", generator=gen)
+        library_ms = _fwd_bwd_ms(library, a, b, g)
+        x_ref = library(a, b)
+        grads_ref = torch.autograd.grad(x_ref, [a, b], g)
+        for warps, tile, precision in configs:
+            tril_solve.NUM_WARPS, tril_solve.RHS_TILE, tril_solve.PRECISION = warps, tile, precision
+            kernel = lambda a, b: tril_solve.unit_lower_solve(a, b)[0]  # noqa: E731
+            kernel_ms = _fwd_bwd_ms(kernel, a, b, g)
+            x = kernel(a, b)
+            grads = torch.autograd.grad(x, [a, b], g)
+            err = max(((u - v).norm() / v.norm()).item() for u, v in zip([x, *grads], [x_ref, *grads_ref]))
+            rows.append({"systems": systems, "rows": n, "rhs": rhs, "num_warps": warps, "rhs_tile": tile,
+                         "precision": precision, "library_ms": library_ms, "kernel_ms": kernel_ms,
+                         "speedup": library_ms / kernel_ms, "rel_err": err})
+            print(rows[-1], flush=True)
+    return rows
+
+
+FLOAT32_ERROR = 1e-6  # relative error against the library that still counts as float32 arithmetic
+
+
+def best_config(rows: list[dict]) -> tuple[int, int, str]:
+    """The configuration with the least total time over the sizes timed, among those whose every result
+    (X, dA, dB) stays within float32-level error of the library."""
+    totals: dict[tuple, float] = {}
+    worst: dict[tuple, float] = {}
+    for r in rows:
+        key = (r["num_warps"], r["rhs_tile"], r["precision"])
+        totals[key] = totals.get(key, 0.0) + r["kernel_ms"]
+        worst[key] = max(worst.get(key, 0.0), r["rel_err"])
+    return min((k for k in totals if worst[k] <= FLOAT32_ERROR), key=totals.get)
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def solve_table(solve: list[dict]) -> list[str]:
+    lines = ["| systems x rows x rhs | warps | rhs tile | precision | library ms | kernel ms | speed-up | rel. error |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in solve:
+        lines.append(f"| {r['systems']} x {r['rows']} x {r['rhs']} | {r.get('num_warps', '')} | {r.get('rhs_tile', '')} | "
+                     f"{r.get('precision', '')} | {r['library_ms']:.2f} | {r['kernel_ms']:.2f} | {r['speedup']:.2f} | "
+                     f"{r['rel_err']:.1e} |")
+    return lines
+
+
+def steps_table(steps: list[dict]) -> list[str]:
+    lines = ["| task | T | members | variant | ms/step | member-steps/s | Mtokens/s | compile s | peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in steps:
+        if "error" in r:
+            lines.append(f"| {r['run']} | error: {r['error'][:120]} |")
+            continue
+        lines.append(f"| {r['task']} | {r['seq_len']} | {r['members']} | {r['variant']} | {r['step_ms']:.1f} | "
+                     f"{r['member_steps_per_s']:.0f} | {r['tokens_per_s'] / 1e6:.2f} | {r['compile_s']:.0f} | "
+                     f"{r['peak_gib']:.1f} |")
+    return lines
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    lines = ["# Where a training step's time goes", "",
+             "Written by `python benchmarks/step_anatomy.py` (GPU). Every row times the compiled, CUDA-graphed batched "
+             "step that `eval --compile` runs; rows of one run share a process and a GPU, so their ratios compare. "
+             "Variants that leave a part out compute something else: they measure that part's cost.", ""]
+    for device, entry in results.items():
+        lines += [f"## {device}", ""]
+        for finding in entry.get("findings", []):
+            lines += [f"- {finding}"]
+        lines.append("")
+        for number, run in enumerate(entry["runs"], 1):
+            lines += [f"### Run {number} ({run['date']}, torch {run['torch']})", "", run.get("note", ""), ""]
+            if run.get("solve"):
+                lines += ["The unit-lower-triangular solve alone, forward + backward:", "", *solve_table(run["solve"]), ""]
+            if run.get("steps"):
+                lines += ["Training steps:", "", *steps_table(run["steps"]), ""]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="*", default=[
+        "fuzzy_recall:128:24:delta_net", "fuzzy_recall:128:24:delta_net+kernel"],
+        help="task:seq_len:members:variant ... (variants: " + ", ".join(VARIANTS) + ")")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--solve", action="store_true", help="time the solve alone first")
+    parser.add_argument("--profile", nargs="*", default=[], help="task:seq_len:members:variant to profile")
+    parser.add_argument("--solve-configs", nargs="*", default=[],
+                        help="kernel configurations warps:rhs_tile:precision to compare (with --solve); the fastest "
+                             "with float32-level error is used for the step timings")
+    parser.add_argument("--budget", type=float, default=1e9, help="seconds; skip runs that would start after it")
+    parser.add_argument("--note", default="", help="what this run is (kept with it in the results)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of step_anatomy.json/.md (merged per device)")
+    parser.add_argument("--render", action="store_true", help="only rewrite step_anatomy.md from step_anatomy.json")
+    args = parser.parse_args()
+    json_path = args.out / "step_anatomy.json"
+    results = json.loads(json_path.read_text()) if json_path.exists() else {}
+    if args.render:
+        write_markdown(results, args.out / "step_anatomy.md")
+        return
+    start = time.monotonic()
+    run: dict = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "note": args.note, "solve": [],
+                 "steps": []}
+    device = torch.cuda.get_device_name()
+    entry = results.setdefault(device, {"runs": []})
+    entry["runs"].append(run)
+
+    def save() -> None:  # after every measurement: a call cut short keeps what it measured
+        args.out.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=1))
+        write_markdown(results, args.out / "step_anatomy.md")
+
+    if args.solve:
+        default = (tril_solve.NUM_WARPS, tril_solve.RHS_TILE, tril_solve.PRECISION)
+        configs = [(int(w), int(t), p) for w, t, p in (c.split(":") for c in args.solve_configs)] or [default]
+        run["solve"] = time_solves(configs)
+        tril_solve.NUM_WARPS, tril_solve.RHS_TILE, tril_solve.PRECISION = run["best_config"] = best_config(run["solve"])
+        print(f"kernel configuration for the steps: {run['best_config']}")
+        save()
+    for spec in args.profile:
+        task, seq_len, members, variant = spec.split(":", 3)
+        print(f"\nprofile of {spec}\n" + profile_step(task, int(seq_len), int(members), variant), flush=True)
+    for spec in args.runs:
+        if time.monotonic() - start > args.budget:
+            print(f"skipped (budget): {spec}")
+            continue
+        task, seq_len, members, variant = spec.split(":", 3)
+        try:
+            row = time_step(task, int(seq_len), int(members), variant, args.steps)
+        except Exception as err:  # one failed variant should not lose the others
+            row = {"run": spec, "error": f"{type(err).__name__}: {err}"[:500]}
+        run["steps"].append(row)
+        print(json.dumps(row), flush=True)
+        save()
+    print("\n".join([f"\n{device}, torch {torch.__version__}", *solve_table(run["solve"]), *steps_table(run["steps"])]))
+
+
+if __name__ == "__main__":
+    main()
