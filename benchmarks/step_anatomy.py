@@ -186,9 +186,9 @@ def solve_table(solve: list[dict]) -> list[str]:
     lines = ["| systems x rows x rhs | warps | rhs tile | precision | library ms | kernel ms | speed-up | rel. error |",
              "|---|---|---|---|---|---|---|---|"]
     for r in solve:
-        lines.append(f"| {r['systems']} x {r['rows']} x {r['rhs']} | {r.get('num_warps', '')} | {r.get('rhs_tile', '')} | "
-                     f"{r.get('precision', '')} | {r['library_ms']:.2f} | {r['kernel_ms']:.2f} | {r['speedup']:.2f} | "
-                     f"{r['rel_err']:.1e} |")
+        lines.append(f"| {r['systems']} x {r['rows']} x {r['rhs']} | {r.get('num_warps', '')} | "
+                     f"{r.get('rhs_tile', '')} | {r.get('precision', '')} | {r['library_ms']:.2f} | "
+                     f"{r['kernel_ms']:.2f} | {r['speedup']:.2f} | {r['rel_err']:.1e} |")
     return lines
 
 
@@ -218,7 +218,8 @@ def write_markdown(results: dict, path: Path) -> None:
         for number, run in enumerate(entry["runs"], 1):
             lines += [f"### Run {number} ({run['date']}, torch {run['torch']})", "", run.get("note", ""), ""]
             if run.get("solve"):
-                lines += ["The unit-lower-triangular solve alone, forward + backward:", "", *solve_table(run["solve"]), ""]
+                lines += ["The unit-lower-triangular solve alone, forward + backward:", "",
+                          *solve_table(run["solve"]), ""]
             if run.get("steps"):
                 lines += ["Training steps:", "", *steps_table(run["steps"]), ""]
     path.write_text("\n".join(lines) + "\n")

@@ -2,12 +2,13 @@
 
 A chunkwise DeltaNet-style mixer solves `(I + L) X = B` for every chunk of every head: tens of thousands of
 64 x 64 systems per layer and step. cuBLAS's batched triangular solve is built for few large systems and
-took 38% of a compiled DeltaNet training step on them on an H200 (15 of 40 ms; benchmarks/results/step_anatomy.md). Here one
-Triton program solves one system by block forward substitution over blocks of 16 rows, with the inverses of
-the diagonal blocks as products of powers of their strictly lower part, in float32-accurate arithmetic;
-backward reuses those inverses: dB = A^-T dX by block back substitution, dA = -tril(dB X^T, -1).
+took 38% of a compiled DeltaNet training step on them on an H200 (15 of 40 ms;
+benchmarks/results/step_anatomy.md). Here one Triton program solves one system by block forward
+substitution over blocks of 16 rows, with the inverses of the diagonal blocks as products of powers of their
+strictly lower part, in float32-accurate arithmetic; backward reuses those inverses: dB = A^-T dX by block
+back substitution, dA = -tril(dB X^T, -1).
 
-`torch.linalg.solve_triangular(A, B, upper=False, unitriangular=True)` is the reference: tests/test_ops.py
+`torch.linalg.solve_triangular(A, B, upper=False, unitriangular=True)` is the reference: tests/test_tril_solve.py
 holds the kernel to it (outputs and gradients, run by Triton's interpreter on the CPU) and the op's
 autograd, vmap and torch.compile plumbing to it too. Inside `fast_triangular_solves()` such library calls on
 CUDA float32 tensors whose systems are 16..128 rows in steps of 16 come here, so candidate mixers, which
@@ -71,7 +72,8 @@ def gradients_with_kernel(a: torch.Tensor, diagonal: torch.Tensor, x: torch.Tens
     """Launch the backward kernel: (dA, dB) from A, the saved diagonal inverses and X, and the gradient of X."""
     _, backward = _kernels()
     rows, cols = x.shape[-2], x.shape[-1]
-    a2, d2, x2, gx2 = _flat(a), diagonal.reshape(-1, rows // BLOCK, BLOCK, BLOCK).contiguous(), _flat(x), _flat(grad_x.float())
+    a2, x2, gx2 = _flat(a), _flat(x), _flat(grad_x.float())
+    d2 = diagonal.reshape(-1, rows // BLOCK, BLOCK, BLOCK).contiguous()
     grad_a, grad_b = torch.empty_like(a2), torch.empty_like(x2)
     if len(a2):
         backward[(len(a2),)](a2, d2, x2, gx2, grad_a, grad_b, N=cols, C=rows, BC=BLOCK, BN=_rhs_block(cols),
@@ -123,13 +125,15 @@ def unit_lower_solve_backward(a: torch.Tensor, diagonal: torch.Tensor, x: torch.
 
 
 @unit_lower_solve_backward.register_kernel("cpu")
-def _(a: torch.Tensor, diagonal: torch.Tensor, x: torch.Tensor, grad_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _(a: torch.Tensor, diagonal: torch.Tensor, x: torch.Tensor,
+      grad_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     grad_b = _library_solve(a.transpose(-1, -2), grad_x, upper=True, unitriangular=True)
     return (-(grad_b @ x.transpose(-1, -2)).tril(-1)).contiguous(), grad_b.contiguous()
 
 
 @unit_lower_solve_backward.register_fake
-def _(a: torch.Tensor, diagonal: torch.Tensor, x: torch.Tensor, grad_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _(a: torch.Tensor, diagonal: torch.Tensor, x: torch.Tensor,
+      grad_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return a.new_empty(a.shape), x.new_empty(x.shape)
 
 

@@ -220,18 +220,16 @@ class BatchedTrainer:
             return one(first, {k: v[0] for k, v in buffers.items()}, x[0], mask[0])[None]
 
     def _training_logits(self, x: torch.Tensor) -> torch.Tensor:
-        with fast_triangular_solves(self.fast_solves):
-            return self._training_logits_routed(x)
-
-    def _training_logits_routed(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compiled_logits is not None:
-            try:
-                return self.compiled_logits(self.flat, self.buffers, x, self.vocab_mask)
-            except Exception as err:  # a mixer the compiler cannot handle still trains, eagerly
-                log.warning("torch.compile failed for this group (%s: %s); training eagerly", type(err).__name__, err)
-                self.compiled_logits = None
-                use_library_depthwise_convs(self.base)  # shifted convs pay only when fused
-        return self._logits(self.flat, self.buffers, x, self.vocab_mask)
+        with fast_triangular_solves(self.fast_solves):  # outside the compiled function: it traces the routed call
+            if self.compiled_logits is not None:
+                try:
+                    return self.compiled_logits(self.flat, self.buffers, x, self.vocab_mask)
+                except Exception as err:  # a mixer the compiler cannot handle still trains, eagerly
+                    log.warning("torch.compile failed for this group (%s: %s); training eagerly",
+                                type(err).__name__, err)
+                    self.compiled_logits = None
+                    use_library_depthwise_convs(self.base)  # shifted convs pay only when fused
+            return self._logits(self.flat, self.buffers, x, self.vocab_mask)
 
     # --- one optimisation step (graph-capturable: no host syncs, static shapes) --------------------
 
