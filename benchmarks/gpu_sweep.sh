@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # Continue the baselines' `full` sweep on a GPU machine reached by short commands (a lent or remote GPU):
-# the sweep runs detached in the background, and each `poll` waits, then copies the results so far out.
+# the sweep runs detached in the background, and each call returns the results so far.
 #
 #   bash benchmarks/gpu_sweep.sh wheels         # here, once: wheels of what the GPU image lacks -> .whl/
+#   bash benchmarks/gpu_sweep.sh cycle SECONDS [JOB...]
+#                                               # there, every call: start the sweep unless it runs, then poll
 #   bash benchmarks/gpu_sweep.sh start [JOB...] # there: start (or find running) the sweep; JOB = mixer:task[:flags]
 #                                               # flags comma-separated, e.g. delta_net:memorize:--init-seed=run;
 #                                               # mixer variant/NAME: a probe from benchmarks/gdn_variants.py
 #   bash benchmarks/gpu_sweep.sh poll SECONDS   # there: wait, copy results to $OUT, return within ~SECONDS
+#   bash benchmarks/gpu_sweep.sh home DIR       # here: merge DIR's results into the committed file, DIR -> .carry
 #
 # Every finished training is written to the cache the moment it finishes, and unfinished groups are
 # checkpointed every 60 s: `start` on a fresh machine imports the committed results (and
 # .carry/results.jsonl.gz and .carry/checkpoints/*.pt, what earlier polls brought back, if carried) and
-# continues. A lent GPU returns at most 8 files of 16 MiB, 64 MiB in all, and carries 64 MiB, so `poll` packs
+# continues. A lent machine goes back after ~30 s idle, so a `poll` in the next call usually finds a fresh
+# machine: `cycle` (start, then poll) is the command for every call. A lent GPU returns at most 8 files of
+# 16 MiB, 64 MiB in all, and carries 64 MiB, so `poll` packs
 # the unfinished trainings member by member (`mixerlab cache pack-checkpoints`) into CHECKPOINT_BYTES
 # (default 44 MB), most-trained first; those that do not fit start over on the next machine. Groups are capped at
-# MAX_GROUP trainings (default 6, ~40 MB of state) so that a whole group's checkpoint fits. Put the returned
-# checkpoints/*.pt into .carry/checkpoints/, replacing the previous poll's; `poll` first asks the running eval
+# MAX_GROUP trainings (default 6, ~40 MB of state) so that a whole group's checkpoint fits. `home DIR` puts the
+# returned checkpoints/*.pt into .carry/checkpoints/, replacing the previous poll's; `poll` first asks the running eval
 # for a fresh checkpoint (SIGUSR1) and waits up to SAVE_WAIT seconds for it. PROFILE and DEVICE (default full,
-# cuda) are settings. Bring results home with `mixerlab cache import results.jsonl.gz`, then
-# `python benchmarks/baselines.py` and commit benchmarks/results/cache/gpu_results.jsonl.gz.
+# cuda) are settings. `home DIR` also merges DIR/results.jsonl.gz into
+# benchmarks/results/cache/gpu_results.jsonl.gz (COMMITTED); then `python benchmarks/baselines.py` and commit it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${SWEEP_DIR:-/tmp/mixerlab-sweep}
@@ -32,12 +37,12 @@ SAVE_WAIT=${SAVE_WAIT:-45}  # seconds `poll` waits for the fresh checkpoint it a
 # `poll SECONDS` stops waiting this much before SECONDS, for the checkpoint, the export and the packing: measured
 # up to ~20 s for those two, plus SAVE_WAIT (a `poll 540` that waited the full 540 s overran a 600 s call limit)
 POLL_RESERVE=${POLL_RESERVE:-$(( SAVE_WAIT + 30 ))}
-# the probes of why Gated DeltaNet fails Selective Copy at vocab 128 (each variant's six (lr, wd) runs of that
-# one setting; short when they learn; after the seventeenth session gdn_no_gate is done and four of
-# gdn_no_decay's runs are left), then what is left of the two baselines' `full` sweeps
-PROBES="variant/gdn_no_gate:selective_copy:--settings=vocab_size=128 variant/gdn_no_decay:selective_copy:--settings=vocab_size=128
-        variant/gdn_v1:selective_copy:--settings=vocab_size=128"
-DEFAULT_JOBS="$PROBES gated_delta_net:selective_copy delta_net:fuzzy_recall gated_delta_net:fuzzy_recall"
+# what is left of the two baselines' `full` sweeps (the probes of Gated DeltaNet's Selective Copy at vocab 128,
+# `variant/gdn_no_gate|gdn_no_decay|gdn_v1:selective_copy:--settings=vocab_size=128`, finished in the nineteenth
+# session: baselines_notes.md)
+DEFAULT_JOBS="gated_delta_net:selective_copy delta_net:fuzzy_recall gated_delta_net:fuzzy_recall"
+COMMITTED=${COMMITTED:-benchmarks/results/cache/gpu_results.jsonl.gz}
+CARRY=${CARRY:-.carry}
 
 python_env() {
     # only where pydantic is missing (the GPU image): the wheels are built for its Python 3.12
@@ -47,23 +52,15 @@ python_env() {
     export PYTHONPATH="$WORK/site:$PWD/src" PYTHONUNBUFFERED=1
 }
 
-case "${1:-}" in
-wheels)  # pydantic and its parts are not in the GPU image (Python 3.12 there)
-    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-        pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
-    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
-    ls .whl ;;
-start)
-    shift
+start_sweep() {  # JOB...: start the sweep in the background unless it runs
     mkdir -p "$WORK"
     python_env
-    if pgrep -f "mixerlab-sweep-runner" >/dev/null; then echo "sweep already running"; tail -n 3 "$WORK/log"; exit 0; fi
+    if pgrep -f "mixerlab-sweep-runner" >/dev/null; then echo "sweep already running"; tail -n 3 "$WORK/log"; return 0; fi
     if [ ! -f "$CACHE" ]; then
-        python3 -m mixerlab.cli cache import benchmarks/results/cache/gpu_results.jsonl.gz --cache "$CACHE"
-        if [ -f .carry/results.jsonl.gz ]; then python3 -m mixerlab.cli cache import .carry/results.jsonl.gz --cache "$CACHE"; fi
-        if compgen -G ".carry/checkpoints/*.pt" >/dev/null; then  # each file resumes its trainings
-            mkdir -p "$CACHE.checkpoints"; cp .carry/checkpoints/*.pt "$CACHE.checkpoints/"
+        python3 -m mixerlab.cli cache import "$COMMITTED" --cache "$CACHE"
+        if [ -f "$CARRY/results.jsonl.gz" ]; then python3 -m mixerlab.cli cache import "$CARRY/results.jsonl.gz" --cache "$CACHE"; fi
+        if compgen -G "$CARRY/checkpoints/*.pt" >/dev/null; then  # each file resumes its trainings
+            mkdir -p "$CACHE.checkpoints"; cp "$CARRY"/checkpoints/*.pt "$CACHE.checkpoints/"
         fi
     fi
     python3 benchmarks/gdn_variants.py "$WORK/variants" >/dev/null
@@ -78,13 +75,15 @@ start)
                 ${extra//,/ } --cache "$2" --checkpoint-every 60 --max-group-members "$6" || echo "FAILED $job"
         done; echo SWEEP-DONE' mixerlab-sweep-runner "$jobs" "$CACHE" "$PROFILE" "$DEVICE" "$compile" "$MAX_GROUP" "$WORK/variants" \
         > "$WORK/log" 2>&1 < /dev/null &
-    sleep 5; tail -n 5 "$WORK/log" ;;
-poll)
+    sleep 5; tail -n 5 "$WORK/log"
+}
+
+poll_sweep() {  # SECONDS: wait for the sweep, then copy its results and checkpoints to $OUT
     # a fresh machine (the lent one went cold between calls) has no sweep: say what to do before waiting or
     # creating $OUT (an empty cache made here would make the next `start` skip importing the committed results)
-    if [ ! -f "$CACHE" ]; then echo "no sweep on this machine (it is fresh): run start first"; exit 1; fi
+    if [ ! -f "$CACHE" ]; then echo "no sweep on this machine (it is fresh): run start first, or cycle SECONDS, which starts it"; exit 1; fi
     python_env
-    deadline=$(( $(date +%s) + ${2:-500} - POLL_RESERVE ))
+    deadline=$(( $(date +%s) + ${1:-500} - POLL_RESERVE ))
     while [ "$(date +%s)" -lt "$deadline" ] && pgrep -f "mixerlab-sweep-runner" >/dev/null; do sleep 10; done
     # SIGUSR1 makes the eval checkpoint its group at the next sync point: the packed state is seconds old, not
     # up to --checkpoint-every, and a group that has not saved yet is not lost (SIGTERM would save and stop)
@@ -106,7 +105,43 @@ poll)
     python3 -m mixerlab.cli cache pack-checkpoints "$OUT/checkpoints" --cache "$CACHE" \
         --max-file-bytes 16000000 --max-total-bytes "$CHECKPOINT_BYTES"
     grep -a -E "trainings|FAILED|SWEEP-DONE|Error" "$WORK/log" | tail -n 20 || true
-    tail -c 1500 "$WORK/log" ;;
+    tail -c 1500 "$WORK/log"
+}
+
+bring_home() {  # DIR: what a poll returned -> the committed results file and .carry/ for the next call
+    local dir=$1
+    if [ -z "$dir" ] || [ ! -f "$dir/results.jsonl.gz" ]; then
+        echo "no results.jsonl.gz in '${dir}': pass the folder a poll returned (e.g. the device tool's files_at)"; exit 2
+    fi
+    local py=python3; [ -x .venv/bin/python ] && py=.venv/bin/python
+    local merged; merged=$(mktemp -d)
+    if [ -f "$COMMITTED" ]; then "$py" -m mixerlab.cli cache import "$COMMITTED" --cache "$merged/cache.sqlite"; fi
+    "$py" -m mixerlab.cli cache import "$dir/results.jsonl.gz" --cache "$merged/cache.sqlite"
+    mkdir -p "$(dirname "$COMMITTED")"
+    "$py" -m mixerlab.cli cache export "$COMMITTED" --cache "$merged/cache.sqlite"
+    rm -rf "$merged" "$CARRY/checkpoints"; mkdir -p "$CARRY/checkpoints"
+    if [[ $CARRY != /* ]] && [ -d .git/info ]; then  # a folder in the checkout travels with it, never committed
+        grep -qx "/$CARRY/" .git/info/exclude 2>/dev/null || echo "/$CARRY/" >> .git/info/exclude
+    fi
+    cp -f "$dir/results.jsonl.gz" "$CARRY/results.jsonl.gz"; chmod u+w "$CARRY/results.jsonl.gz"
+    if compgen -G "$dir/checkpoints/*.pt" >/dev/null; then cp "$dir"/checkpoints/*.pt "$CARRY/checkpoints/"; fi
+    echo "$CARRY: results and $(find "$CARRY/checkpoints" -name '*.pt' | wc -l) checkpoint file(s) for the next call (carry it)"
+}
+
+case "${1:-}" in
+wheels)  # pydantic and its parts are not in the GPU image (Python 3.12 there)
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+        pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
+    ls .whl ;;
+start) shift; start_sweep "$@" ;;
+poll) poll_sweep "${2:-500}" ;;
+cycle)  # SECONDS counts from here: the start's imports and the poll share it
+    began=$(date +%s); seconds=${2:-500}; shift $(( $# < 2 ? $# : 2 ))
+    start_sweep "$@"
+    poll_sweep $(( seconds - ($(date +%s) - began) )) ;;
+home) bring_home "${2:-}" ;;
 *)
-    sed -n 2,20p "$0"; exit 2 ;;
+    sed -n 2,26p "$0"; exit 2 ;;
 esac
