@@ -67,13 +67,16 @@ start_sweep() {  # JOB...: start the sweep in the background unless it runs
     jobs="${*:-$DEFAULT_JOBS}"
     # the runner's name is in its command line, so a second `start` finds it
     compile=""; [ "$DEVICE" = cuda ] && compile="--compile"
+    # every GPU of the host: one worker each (`eval --devices all`, evaluate/devices.py)
+    where="--device $DEVICE"
+    if [ "$DEVICE" = cuda ] && [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -gt 1 ]; then where="--devices all"; fi
     setsid nohup bash -c '
         for job in $1; do
             IFS=: read -r mixer task extra <<< "$job"
             [[ $mixer == variant/* ]] && mixer="$7/${mixer#variant/}.py"
-            python3 -m mixerlab.cli eval --mixer "$mixer" --profile "$3" --tasks "$task" --device "$4" $5 \
+            python3 -m mixerlab.cli eval --mixer "$mixer" --profile "$3" --tasks "$task" $4 $5 \
                 ${extra//,/ } --cache "$2" --checkpoint-every 60 --max-group-members "$6" || echo "FAILED $job"
-        done; echo SWEEP-DONE' mixerlab-sweep-runner "$jobs" "$CACHE" "$PROFILE" "$DEVICE" "$compile" "$MAX_GROUP" "$WORK/variants" \
+        done; echo SWEEP-DONE' mixerlab-sweep-runner "$jobs" "$CACHE" "$PROFILE" "$where" "$compile" "$MAX_GROUP" "$WORK/variants" \
         > "$WORK/log" 2>&1 < /dev/null &
     sleep 5; tail -n 5 "$WORK/log"
 }

@@ -85,6 +85,9 @@ def eval_command(
     settings: Optional[str] = typer.Option(None, help="train only these settings now, comma-separated, e.g. "
                                            "vocab_size=128,baseline or selective_copy[num_train=800] (a probe; the "
                                            "row covers what is cached)"),
+    devices: Optional[str] = typer.Option(None, help="spread the trainings over several devices of this host, one "
+                                          "worker process each: cuda:0,cuda:1 | all (every visible GPU) | cpu,cpu; "
+                                          "workers log beside the cache (CACHE.logs/)"),
 ) -> None:
     """Train a mixer on the MAD tasks of a profile and print its accuracy row.
 
@@ -92,11 +95,18 @@ def eval_command(
     command again to continue)."""
     from mixerlab.train.interrupts import answering_signals
 
+    params = dict(mixer=mixer, profile=profile, tasks=tasks, seeds=seeds, device=device, json_out=json_out,
+                  cache=cache, no_cache=no_cache, lr_schedule=lr_schedule, max_group_tokens=max_group_tokens, name=name,
+                  time_limit=time_limit, init=init, compile_step=compile_step, checkpoint_every=checkpoint_every,
+                  max_seq_len=max_seq_len, init_seed=init_seed, max_group_members=max_group_members, settings=settings,
+                  library_solves=library_solves)
+    failed_workers = []
     try:
         with answering_signals():
-            report = _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule,
-                               max_group_tokens, name, time_limit, init, compile_step, checkpoint_every, max_seq_len,
-                               init_seed, max_group_members, settings, library_solves)
+            if devices:
+                report, failed_workers = _spread_eval(devices, params)
+            else:
+                report = _run_eval(**params)
     except UserError as err:
         fail(str(err))
     from mixerlab.table import accuracies_df, format_table
@@ -131,6 +141,11 @@ def eval_command(
         import signal
 
         raise typer.Exit(128 + signal.Signals[report.stopped_by].value)  # the shell's convention for a signal
+    if failed_workers:
+        for worker in failed_workers:
+            err_console.print(f"[red]the worker on {worker.device} exited with status {worker.returncode}; its log: "
+                              f"{worker.log}[/]")
+        raise typer.Exit(1)
 
 
 def train_overrides(**chosen: str | None) -> dict[str, str]:
@@ -152,12 +167,76 @@ def train_overrides(**chosen: str | None) -> dict[str, str]:
 
 def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name,
               time_limit=None, init=None, compile_step=False, checkpoint_every=120.0, max_seq_len=None,
-              init_seed=None, max_group_members=None, settings=None, library_solves=False):
+              init_seed=None, max_group_members=None, settings=None, library_solves=False, train=True):
+    from mixerlab.evaluate import evaluate_mixer
+    from mixerlab.progress import EvalProgress
+
+    spec, prof, options, store = _prepare_eval(
+        mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name,
+        time_limit, init, compile_step, checkpoint_every, max_seq_len, init_seed, max_group_members, settings,
+        library_solves, train)
+    report = evaluate_mixer(spec, prof, options, cache=store, progress=EvalProgress(err_console, spec.name))
+    if json_out is not None:
+        json_out.write_text(report.model_dump_json(indent=2))
+    return report
+
+
+def _spread_eval(devices: str, params: dict):
+    """`eval --devices`: one worker per device trains its share of the settings into the shared cache; then the
+    row is read from the cache. Returns the report and the workers that failed (evaluate/devices.py)."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mixerlab.evaluate.devices import Worker, parse_devices, run_workers, split_settings
+    from mixerlab.evaluate.runner import max_steps, plan_evaluation
+    from mixerlab.train.checkpoint import CheckpointStore
+
+    if params["no_cache"]:
+        raise UserError("--devices needs the result cache (its workers write their trainings there); drop --no-cache")
+    if params["device"] != "auto":
+        raise UserError("give --device or --devices, not both")
+    try:
+        device_list = parse_devices(devices, torch.cuda.device_count())
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    kind = "cpu" if device_list[0] == "cpu" else "cuda"
+    spec, prof, options, store = _prepare_eval(**{**params, "device": kind, "train": True})
+    plan = plan_evaluation(spec, prof, options, store)
+    job_of_key = {plan.keys[job]: job for job in plan.todo}
+    together = [{job_of_key[k].setting.label for k in state["keys"] if k in job_of_key}
+                for _, state in CheckpointStore.beside(store.path).load_all()]
+    shares = split_settings(plan.todo, lambda job: max_steps(job, plan.train) * job.setting.input_len, together,
+                            len(device_list))
+    logs = Path(f"{store.path}.logs")
+    workers = [Worker(device, share, logs / f"{spec.name}.worker{i}.log")
+               for i, (device, share) in enumerate(zip(device_list, shares))]
+    for worker in workers:
+        err_console.print(f"[dim]{worker.device}: {len(worker.settings)} settings, log {worker.log}[/]", highlight=False)
+    args = ["--mixer", params["mixer"], "--profile", params["profile"], "--seeds", str(params["seeds"]),
+            "--cache", str(store.path), "--checkpoint-every", str(params["checkpoint_every"])]
+    for flag, key in (("--tasks", "tasks"), ("--lr-schedule", "lr_schedule"), ("--max-group-tokens", "max_group_tokens"),
+                      ("--max-group-members", "max_group_members"), ("--name", "name"), ("--time-limit", "time_limit"),
+                      ("--init", "init"), ("--init-seed", "init_seed")):
+        if params[key] is not None:
+            args += [flag, str(params[key])]
+    args += ["--compile"] * params["compile_step"] + ["--library-solves"] * params["library_solves"]
+    todo_keys = list(job_of_key)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console) as bar:
+        task = bar.add_task(f"{spec.name} trainings on {len(workers)} devices", total=len(todo_keys))
+        run_workers(args, workers, lambda: bar.update(task, completed=len(store.get_many(todo_keys))))
+    failed = [worker for worker in workers if worker.returncode != 0]
+    return _run_eval(**{**params, "device": kind, "train": False}), failed
+
+
+def _prepare_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens,
+                  name, time_limit, init, compile_step, checkpoint_every, max_seq_len, init_seed, max_group_members,
+                  settings, library_solves, train):
+    """Check every eval argument (UserError names the fix) and build what evaluate_mixer takes."""
     from mixerlab.config import get_profile
-    from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer
+    from mixerlab.evaluate import EvalOptions, ResultCache
     from mixerlab.evaluate.plan import select_settings
     from mixerlab.mixers import MixerLoadError, preflight, resolve_mixer
-    from mixerlab.progress import EvalProgress
 
     try:
         prof = get_profile(profile)
@@ -178,13 +257,10 @@ def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, l
     except (MixerLoadError, ValueError) as err:
         raise UserError(str(err)) from None
     options = EvalOptions(tasks=task_list, seeds=seeds, device=dev, max_group_tokens=max_group_tokens,
-                          max_group_members=max_group_members, train_overrides=overrides, time_limit=time_limit, compile_step=compile_step,
-                          checkpoint_every=checkpoint_every, max_seq_len=max_seq_len, settings=chosen,
-                          library_solves=library_solves)
-    report = evaluate_mixer(spec, prof, options, cache=store, progress=EvalProgress(err_console, spec.name))
-    if json_out is not None:
-        json_out.write_text(report.model_dump_json(indent=2))
-    return report
+                          max_group_members=max_group_members, train_overrides=overrides, time_limit=time_limit,
+                          compile_step=compile_step, checkpoint_every=checkpoint_every, max_seq_len=max_seq_len,
+                          settings=chosen, library_solves=library_solves, train=train)
+    return spec, prof, options, store
 
 
 @app.command("check")

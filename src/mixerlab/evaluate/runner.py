@@ -81,6 +81,7 @@ class EvalOptions:
     checkpoint_every: float = 120.0  # seconds; unfinished groups are saved beside the cache this often
     max_seq_len: int | None = None  # train only settings up to this length now (a long sweep in parts)
     settings: frozenset[str] | None = None  # train only these setting labels now (plan.select_settings)
+    train: bool = True  # False: report what the cache holds, train nothing (after workers trained it: devices.py)
 
 
 def group_capacity(train: TrainConfig, factory, device: str, max_tokens: int | None,
@@ -118,6 +119,30 @@ def max_steps(job: TrainJob, train: TrainConfig) -> int:
     return batches_per_epoch(job.setting.num_train, train.batch_size) * train.max_epochs
 
 
+@dataclass
+class EvalPlan:
+    """An evaluation's trainings: all of them (`jobs`, with their cache `keys`), those cached (`done`) and
+    those this run trains (`todo`: not cached, inside --max-seq-len / --settings, none when not training)."""
+
+    train: TrainConfig
+    jobs: list[TrainJob]
+    keys: dict[TrainJob, str]
+    done: dict[str, TrainResult]
+    todo: list[TrainJob]
+
+
+def plan_evaluation(spec: MixerSpec, profile: Profile, options: EvalOptions, cache: ResultCache | None) -> EvalPlan:
+    train = profile.train.model_copy(update=options.train_overrides) if options.train_overrides else profile.train
+    jobs = plan_jobs(profile, options.tasks, options.seeds)
+    numerics = "bf16" if train.autocast_dtype(torch.device(options.device).type) else "fp32"
+    keys = {job: job.cache_key(spec.code_hash, train, numerics) for job in jobs}
+    done = find_finished(cache, jobs, spec.code_hash, train, numerics) if cache else {}
+    todo = [job for job in jobs if keys[job] not in done and options.train
+            and (options.max_seq_len is None or job.setting.seq_len <= options.max_seq_len)
+            and (options.settings is None or job.setting.label in options.settings)]
+    return EvalPlan(train, jobs, keys, done, todo)
+
+
 def evaluate_mixer(
     spec: MixerSpec,
     profile: Profile,
@@ -127,15 +152,9 @@ def evaluate_mixer(
     on_result: Callable[[TrainResult], None] | None = None,
 ) -> EvalReport:
     start = time.perf_counter()
-    train = profile.train.model_copy(update=options.train_overrides) if options.train_overrides else profile.train
-    jobs = plan_jobs(profile, options.tasks, options.seeds)
-    numerics = "bf16" if train.autocast_dtype(torch.device(options.device).type) else "fp32"
-    keys = {job: job.cache_key(spec.code_hash, train, numerics) for job in jobs}
-    done = find_finished(cache, jobs, spec.code_hash, train, numerics) if cache else {}
+    plan = plan_evaluation(spec, profile, options, cache)
+    train, jobs, keys, done, todo = plan.train, plan.jobs, plan.keys, plan.done, plan.todo
     derived = [r for r in done.values() if r.derived_from]  # read off longer trainings, not stored again
-    todo = [job for job in jobs if keys[job] not in done
-            and (options.max_seq_len is None or job.setting.seq_len <= options.max_seq_len)
-            and (options.settings is None or job.setting.label in options.settings)]
     results = {keys[j]: done[keys[j]] for j in jobs if keys[j] in done}
     job_of_key = {keys[j]: j for j in todo}
     # unfinished groups are checkpointed beside a cache file; a cache without one (the sandboxed loop's
