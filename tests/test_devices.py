@@ -13,7 +13,7 @@ import pytest
 
 from mixerlab.config import get_profile
 from mixerlab.evaluate import ResultCache
-from mixerlab.evaluate.devices import parse_devices, split_settings
+from mixerlab.evaluate.devices import parse_devices, split_jobs
 from mixerlab.evaluate.plan import plan_jobs
 from mixerlab.table import parse_table
 from mixerlab.tasks import Task
@@ -45,20 +45,24 @@ def test_parse_devices_names_the_problem(text: str, count: int, fragment: str) -
         parse_devices(text, cuda_count=count)
 
 
-def test_split_settings_balances_tokens_and_keeps_checkpointed_settings_together() -> None:
+def test_split_jobs_balances_tokens_and_keeps_checkpointed_settings_together() -> None:
     jobs = plan_jobs(get_profile("full"), (Task.fuzzy_recall,), seeds=1)
-    cost = {job.setting.label: job.setting.input_len * job.setting.num_train for job in jobs}
-    shares = split_settings(jobs, lambda job: cost[job.setting.label], [], workers=4)
-    labels = sorted({job.setting.label for job in jobs})
-    assert sorted(label for share in shares for label in share) == labels, "every setting exactly once"
-    loads = sorted(sum(6 * cost[label] for label in share) for share in shares)
-    assert len(shares) == 4 and loads[-1] == max(6 * c for c in cost.values()), "the largest setting alone"
-    assert loads[0] >= 0.5 * loads[-2], "the others spread evenly"
+    cost = lambda job: job.setting.input_len * job.setting.num_train  # noqa: E731
+    shares = split_jobs(jobs, cost, [], workers=4)
+    assert len(shares) == 4
+    assert sorted(map(id, (job for share in shares for job in share))) == sorted(map(id, jobs)), "every job once"
+    loads = sorted(sum(map(cost, share)) for share in shares)
+    assert loads[-1] <= 1.25 * sum(map(cost, jobs)) / 4, "no worker far above its fair share"
+    longest = [job for job in jobs if job.setting.label == "fuzzy_recall[seq_len=1024]"]
+    assert sum(any(job in share for job in longest) for share in shares) == 2, "the 1024-token setting is cut in two"
+    assert sum(len({j.setting.label for j in share}) for share in shares) <= 11 + 3, "other settings stay whole"
 
-    linked = {"fuzzy_recall[baseline]", "fuzzy_recall[vocab_size=128]", "fuzzy_recall[seq_len=1024]"}
-    shares = split_settings(jobs, lambda job: cost[job.setting.label], [linked, {"unrelated[x]"}], workers=4)
-    assert sum(linked <= set(share) for share in shares) == 1, "a checkpoint's settings go to one worker"
-    assert len(split_settings(jobs[:6], lambda job: 1, [], workers=8)) == 1, "no idle workers are started"
+    linked = {"fuzzy_recall[baseline]", "fuzzy_recall[seq_len=1024]", "fuzzy_recall[seq_len=512]"}
+    shares = split_jobs(jobs, cost, [linked, {"unrelated[x]"}], workers=4)
+    holders = [share for share in shares if any(job.setting.label in linked for job in share)]
+    assert len(holders) == 1 and sum(j.setting.label in linked for j in holders[0]) == 18, "a checkpoint's settings whole"
+    assert len(split_jobs(jobs[:6], lambda job: 1, [], workers=8)) == 6, "a small plan cut into single jobs"
+    assert len(split_jobs(jobs[:6], lambda job: 1, [{jobs[0].setting.label}], workers=8)) == 1, "but not a checkpoint's"
 
 
 @pytest.mark.parametrize("args, fragment", [

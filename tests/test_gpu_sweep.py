@@ -83,7 +83,8 @@ def test_cycle_on_a_fresh_machine_starts_trains_and_returns_results(tmp_path: Pa
         records = [line for _, line in zip(range(3), lines)]
     committed = tmp_path / "committed.jsonl.gz"
     write_records(committed, records)
-    result = sweep("cycle", "120", "delta_net:context_recall", tmp_path=tmp_path, timeout=240, COMMITTED=str(committed),
+    # poll returns once the sweep is done: the generous SECONDS only matter on a slow, loaded machine
+    result = sweep("cycle", "400", "delta_net:context_recall", tmp_path=tmp_path, timeout=480, COMMITTED=str(committed),
                    CARRY=str(tmp_path / "carry"), PROFILE="tiny", DEVICE="cpu", SAVE_WAIT="5")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SWEEP-DONE" in result.stdout

@@ -88,6 +88,8 @@ def eval_command(
     devices: Optional[str] = typer.Option(None, help="spread the trainings over several devices of this host, one "
                                           "worker process each: cuda:0,cuda:1 | all (every visible GPU) | cpu,cpu; "
                                           "workers log beside the cache (CACHE.logs/)"),
+    only_keys: Optional[Path] = typer.Option(None, hidden=True, help="a file of cache keys, one per line: train "
+                                             "only those (a --devices worker's share)"),
 ) -> None:
     """Train a mixer on the MAD tasks of a profile and print its accuracy row.
 
@@ -99,7 +101,7 @@ def eval_command(
                   cache=cache, no_cache=no_cache, lr_schedule=lr_schedule, max_group_tokens=max_group_tokens, name=name,
                   time_limit=time_limit, init=init, compile_step=compile_step, checkpoint_every=checkpoint_every,
                   max_seq_len=max_seq_len, init_seed=init_seed, max_group_members=max_group_members, settings=settings,
-                  library_solves=library_solves)
+                  library_solves=library_solves, only_keys=only_keys)
     failed_workers = []
     try:
         with answering_signals():
@@ -127,8 +129,8 @@ def eval_command(
                           f"{report.trainings} trainings finished (cached); {saved}. Run the same command again to "
                           "continue.[/]")
     elif report.incomplete:
-        why = "were left out (--max-seq-len, --settings) or did not finish in the time limit" \
-            if max_seq_len or settings else "did not finish in the time limit"
+        why = "were left out (--max-seq-len, --settings, a --devices worker's share) or did not finish in the time " \
+            "limit" if max_seq_len or settings or only_keys else "did not finish in the time limit"
         err_console.print(f"[yellow]{report.incomplete} of {report.trainings} trainings {why}; the row covers the "
                           "finished settings only. Run again to continue (unfinished groups were checkpointed beside "
                           "the cache).[/]")
@@ -167,14 +169,15 @@ def train_overrides(**chosen: str | None) -> dict[str, str]:
 
 def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name,
               time_limit=None, init=None, compile_step=False, checkpoint_every=120.0, max_seq_len=None,
-              init_seed=None, max_group_members=None, settings=None, library_solves=False, train=True):
+              init_seed=None, max_group_members=None, settings=None, library_solves=False, train=True,
+              only_keys=None):
     from mixerlab.evaluate import evaluate_mixer
     from mixerlab.progress import EvalProgress
 
     spec, prof, options, store = _prepare_eval(
         mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name,
         time_limit, init, compile_step, checkpoint_every, max_seq_len, init_seed, max_group_members, settings,
-        library_solves, train)
+        library_solves, train, only_keys)
     report = evaluate_mixer(spec, prof, options, cache=store, progress=EvalProgress(err_console, spec.name))
     if json_out is not None:
         json_out.write_text(report.model_dump_json(indent=2))
@@ -187,7 +190,7 @@ def _spread_eval(devices: str, params: dict):
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from mixerlab.evaluate.devices import Worker, parse_devices, run_workers, split_settings
+    from mixerlab.evaluate.devices import Worker, parse_devices, run_workers, split_jobs
     from mixerlab.evaluate.runner import max_steps, plan_evaluation
     from mixerlab.train.checkpoint import CheckpointStore
 
@@ -205,13 +208,14 @@ def _spread_eval(devices: str, params: dict):
     job_of_key = {plan.keys[job]: job for job in plan.todo}
     together = [{job_of_key[k].setting.label for k in state["keys"] if k in job_of_key}
                 for _, state in CheckpointStore.beside(store.path).load_all()]
-    shares = split_settings(plan.todo, lambda job: max_steps(job, plan.train) * job.setting.input_len, together,
-                            len(device_list))
+    shares = split_jobs(plan.todo, lambda job: max_steps(job, plan.train) * job.setting.input_len, together,
+                        len(device_list))
     logs = Path(f"{store.path}.logs")
-    workers = [Worker(device, share, logs / f"{spec.name}.worker{i}.log")
+    workers = [Worker(device, [plan.keys[job] for job in share], logs / f"{spec.name}.worker{i}.log")
                for i, (device, share) in enumerate(zip(device_list, shares))]
-    for worker in workers:
-        err_console.print(f"[dim]{worker.device}: {len(worker.settings)} settings, log {worker.log}[/]", highlight=False)
+    for worker, share in zip(workers, shares):
+        err_console.print(f"[dim]{worker.device}: {len(share)} trainings of {len({j.setting.label for j in share})} "
+                          f"settings, log {worker.log}[/]", highlight=False)
     args = ["--mixer", params["mixer"], "--profile", params["profile"], "--seeds", str(params["seeds"]),
             "--cache", str(store.path), "--checkpoint-every", str(params["checkpoint_every"])]
     for flag, key in (("--tasks", "tasks"), ("--lr-schedule", "lr_schedule"), ("--max-group-tokens", "max_group_tokens"),
@@ -231,7 +235,7 @@ def _spread_eval(devices: str, params: dict):
 
 def _prepare_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens,
                   name, time_limit, init, compile_step, checkpoint_every, max_seq_len, init_seed, max_group_members,
-                  settings, library_solves, train):
+                  settings, library_solves, train, only_keys=None):
     """Check every eval argument (UserError names the fix) and build what evaluate_mixer takes."""
     from mixerlab.config import get_profile
     from mixerlab.evaluate import EvalOptions, ResultCache
@@ -254,12 +258,17 @@ def _prepare_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cach
         if json_out is not None and not json_out.parent.exists():
             raise UserError(f"cannot write --json {str(json_out)!r}: folder {str(json_out.parent)!r} does not exist")
         store = None if no_cache else ResultCache(cache)
+        keys = None
+        if only_keys is not None:
+            if not only_keys.is_file():
+                raise UserError(f"--only-keys {str(only_keys)!r} is not a file; give a file of cache keys, one per line")
+            keys = frozenset(only_keys.read_text().split())
     except (MixerLoadError, ValueError) as err:
         raise UserError(str(err)) from None
     options = EvalOptions(tasks=task_list, seeds=seeds, device=dev, max_group_tokens=max_group_tokens,
                           max_group_members=max_group_members, train_overrides=overrides, time_limit=time_limit,
                           compile_step=compile_step, checkpoint_every=checkpoint_every, max_seq_len=max_seq_len,
-                          settings=chosen, library_solves=library_solves, train=train)
+                          settings=chosen, library_solves=library_solves, train=train, only_keys=keys)
     return spec, prof, options, store
 
 

@@ -2,17 +2,19 @@
 
 A batched group already keeps one GPU busy (benchmarks/results/step_anatomy.md: more members train no more
 tokens per second), so more GPUs help only by training different groups at once. Each device gets a worker
-process, an ordinary `mixerlab eval` restricted to its share of the settings (`--settings`), and all of them
+process, an ordinary `mixerlab eval` restricted to its share of the trainings (`--only-keys`), and all of them
 write the one result cache (SQLite in WAL mode, made for several writers). Nothing new is recorded here: a
 killed worker's trainings are cached or checkpointed like any run's, and the same command resumes them.
 
-Shares are whole settings, balanced by their training tokens (largest first onto the least loaded device).
-Settings whose unfinished trainings share a checkpoint stay on one device, so each checkpoint is resumed
-once. Work that spans machines belongs to the Ray executor (executor/ray.py), not here.
+Shares are balanced by training tokens (largest first onto the least loaded device); a setting stays on one
+device unless it alone exceeds a device's fair share. Settings whose unfinished trainings share a checkpoint
+stay on one device, so each checkpoint is resumed once. Work that spans machines belongs to the Ray executor
+(executor/ray.py), not here.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -51,10 +53,12 @@ def parse_devices(text: str, cuda_count: int) -> list[str]:
     return devices
 
 
-def split_settings(todo: Sequence[TrainJob], cost: Callable[[TrainJob], int], together: Iterable[set[str]],
-                   workers: int) -> list[list[str]]:
-    """Setting labels per worker (at most `workers` non-empty lists): labels in one `together` set (a
-    checkpoint's settings) form one unit; units go largest first to the worker with the least cost so far."""
+def split_jobs(todo: Sequence[TrainJob], cost: Callable[[TrainJob], int], together: Iterable[set[str]],
+               workers: int) -> list[list[TrainJob]]:
+    """Jobs per worker (at most `workers` non-empty lists). A unit is a setting's jobs, or the settings of one
+    `together` set (a checkpoint's: resumed whole, by one worker); a setting costing more than a worker's fair
+    share, and in no checkpoint, is cut into parts so that it does not hold the others up (the longest fuzzy
+    recall setting alone is 42% of that task's tokens). Units go largest first to the least loaded worker."""
     parent = {job.setting.label: job.setting.label for job in todo}
 
     def root(label: str) -> str:
@@ -62,30 +66,33 @@ def split_settings(todo: Sequence[TrainJob], cost: Callable[[TrainJob], int], to
             label = parent[label]
         return label
 
+    linked: set[str] = set()
     for labels in together:
         present = sorted(label for label in labels if label in parent)
+        linked.update(present)
         for label in present[1:]:
             parent[root(label)] = root(present[0])
-    units: dict[str, list[str]] = {}
-    weight: dict[str, int] = {}
+    units: dict[str, list[TrainJob]] = {}
     for job in todo:
-        unit = root(job.setting.label)
-        if job.setting.label not in units.setdefault(unit, []):
-            units[unit].append(job.setting.label)
-        weight[unit] = weight.get(unit, 0) + cost(job)
-    shares: list[list[str]] = [[] for _ in range(workers)]
+        units.setdefault(root(job.setting.label), []).append(job)
+    fair = sum(cost(job) for job in todo) / workers
+    parts: list[list[TrainJob]] = []
+    for label, jobs in units.items():
+        pieces = 1 if label in linked else min(len(jobs), max(1, math.ceil(sum(map(cost, jobs)) / fair)))
+        parts.extend(jobs[i::pieces] for i in range(pieces))
+    shares: list[list[TrainJob]] = [[] for _ in range(workers)]
     loads = [0] * workers
-    for unit in sorted(units, key=lambda u: (-weight[u], u)):
+    for part in sorted(parts, key=lambda p: (-sum(map(cost, p)), p[0].setting.label)):
         least = min(range(workers), key=lambda i: (loads[i], i))
-        shares[least].extend(units[unit])
-        loads[least] += weight[unit]
-    return [sorted(share) for share in shares if share]
+        shares[least].extend(part)
+        loads[least] += sum(map(cost, part))
+    return [share for share in shares if share]
 
 
 @dataclass
 class Worker:
     device: str
-    settings: list[str]
+    keys: list[str]  # the cache keys of the trainings it runs
     log: Path
     process: subprocess.Popen | None = None
 
@@ -110,9 +117,10 @@ def run_workers(base_args: list[str], workers: list[Worker], on_tick: Callable[[
     SIGTERM and SIGINT on to them, call `on_tick` while they run, and wait for all of them."""
     for worker in workers:
         device = "cuda" if worker.device.startswith("cuda") else "cpu"
-        args = [sys.executable, "-m", "mixerlab.cli", "eval", *base_args, "--device", device,
-                "--settings", ",".join(worker.settings)]
         worker.log.parent.mkdir(parents=True, exist_ok=True)
+        share = worker.log.with_suffix(".keys")
+        share.write_text("\n".join(worker.keys) + "\n")
+        args = [sys.executable, "-m", "mixerlab.cli", "eval", *base_args, "--device", device, "--only-keys", str(share)]
         with open(worker.log, "w") as log:
             # a session of its own: a terminal's Ctrl-C reaches the workers once, through `forward`
             worker.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -82,6 +82,7 @@ class EvalOptions:
     max_seq_len: int | None = None  # train only settings up to this length now (a long sweep in parts)
     settings: frozenset[str] | None = None  # train only these setting labels now (plan.select_settings)
     train: bool = True  # False: report what the cache holds, train nothing (after workers trained it: devices.py)
+    only_keys: frozenset[str] | None = None  # train only the trainings of these cache keys (a worker's share)
 
 
 def group_capacity(train: TrainConfig, factory, device: str, max_tokens: int | None,
@@ -139,7 +140,8 @@ def plan_evaluation(spec: MixerSpec, profile: Profile, options: EvalOptions, cac
     done = find_finished(cache, jobs, spec.code_hash, train, numerics) if cache else {}
     todo = [job for job in jobs if keys[job] not in done and options.train
             and (options.max_seq_len is None or job.setting.seq_len <= options.max_seq_len)
-            and (options.settings is None or job.setting.label in options.settings)]
+            and (options.settings is None or job.setting.label in options.settings)
+            and (options.only_keys is None or keys[job] in options.only_keys)]
     return EvalPlan(train, jobs, keys, done, todo)
 
 
