@@ -75,7 +75,7 @@ def split_jobs(todo: Sequence[TrainJob], cost: Callable[[TrainJob], int], togeth
     units: dict[str, list[TrainJob]] = {}
     for job in todo:
         units.setdefault(root(job.setting.label), []).append(job)
-    fair = sum(cost(job) for job in todo) / workers
+    fair = max(sum(cost(job) for job in todo) / workers, 1e-9)
     parts: list[list[TrainJob]] = []
     for label, jobs in units.items():
         pieces = 1 if label in linked else min(len(jobs), max(1, math.ceil(sum(map(cost, jobs)) / fair)))
