@@ -185,7 +185,7 @@ def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, l
 
 
 def _spread_eval(devices: str, params: dict):
-    """`eval --devices`: one worker per device trains its share of the settings into the shared cache; then the
+    """`eval --devices`: one worker per device trains its share of the trainings into the shared cache; then the
     row is read from the cache. Returns the report and the workers that failed (evaluate/devices.py)."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
