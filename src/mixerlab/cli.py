@@ -224,11 +224,11 @@ def _spread_eval(devices: str, params: dict):
         if params[key] is not None:
             args += [flag, str(params[key])]
     args += ["--compile"] * params["compile_step"] + ["--library-solves"] * params["library_solves"]
-    todo_keys = list(job_of_key)
+    before = store.count(spec.code_hash)  # the workers' new rows are the progress: counted, not read
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console) as bar:
-        task = bar.add_task(f"{spec.name} trainings on {len(workers)} devices", total=len(todo_keys))
-        run_workers(args, workers, lambda: bar.update(task, completed=len(store.get_many(todo_keys))))
+        task = bar.add_task(f"{spec.name} trainings on {len(workers)} devices", total=len(plan.todo))
+        run_workers(args, workers, lambda: bar.update(task, completed=store.count(spec.code_hash) - before))
     failed = [worker for worker in workers if worker.returncode != 0]
     return _run_eval(**{**params, "device": kind, "train": False}), failed
 
