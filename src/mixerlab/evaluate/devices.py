@@ -113,8 +113,8 @@ def worker_env(device: str, workers: int) -> dict[str, str]:
 
 
 def run_workers(base_args: list[str], workers: list[Worker], on_tick: Callable[[], None], tick: float = 2.0) -> None:
-    """Start one `mixerlab eval` per worker (its device and settings appended to `base_args`), pass SIGUSR1,
-    SIGTERM and SIGINT on to them, call `on_tick` while they run, and wait for all of them."""
+    """Start one `mixerlab eval` per worker (its device and its share of cache keys appended to `base_args`),
+    pass SIGUSR1, SIGTERM and SIGINT on to them, call `on_tick` while they run, and wait for all of them."""
     for worker in workers:
         device = "cuda" if worker.device.startswith("cuda") else "cpu"
         worker.log.parent.mkdir(parents=True, exist_ok=True)
