@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 import tempfile
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT.parent / "src"))
 
 from mixerlab.config import PROFILES  # noqa: E402
 from mixerlab.evaluate import ResultCache, aggregate  # noqa: E402
+from mixerlab.evaluate.aggregate import score_range  # noqa: E402
 from mixerlab.evaluate.plan import plan_jobs  # noqa: E402
 from mixerlab.evaluate.prefix import find_finished  # noqa: E402
 from mixerlab.mixers import resolve_mixer  # noqa: E402
@@ -39,25 +40,6 @@ NEAR_ONE = ("context_recall", "noisy_recall", "selective_copy")  # both models n
 # the seeds' order between the two models: (task, the model ahead)
 ORDER = (("fuzzy_recall", "gated_delta_net_4layer"), ("memorize", "gated_delta_net_4layer"),
          ("compress", "delta_net_4layer"))
-
-
-def final_range(planned: list[tuple[str, int, float | None]]) -> tuple[float, float]:
-    """The range a partial sweep's task score can still end in, given every planned training as (setting, seed,
-    score or None when not run yet). A setting keeps its best (lr, wd), so finished trainings only raise it: its
-    best so far (0 when none ran) is a floor, and 1 is its ceiling until its last training is in. The task score
-    is the mean over settings, averaged over seeds, so the floors and ceilings average the same way. This is what
-    decides a target before the sweep ends (e.g. one setting stuck at 0.2 caps a 13-setting mean at 0.94)."""
-    runs: dict[tuple[str, int], list[float | None]] = defaultdict(list)
-    for setting, seed, score in planned:
-        runs[(setting, seed)].append(score)
-    per_seed: dict[int, list[tuple[float, float]]] = defaultdict(list)
-    for (_, seed), scores in runs.items():
-        done = [s for s in scores if s is not None]
-        floor = max(done, default=0.0)
-        per_seed[seed].append((floor, floor if len(done) == len(scores) else 1.0))
-    lows = [sum(lo for lo, _ in spans) / len(spans) for spans in per_seed.values()]
-    highs = [sum(hi for _, hi in spans) / len(spans) for spans in per_seed.values()]
-    return sum(lows) / len(lows), sum(highs) / len(highs)
 
 
 def collect(cache: ResultCache, **overrides) -> dict:
@@ -87,7 +69,7 @@ def collect(cache: ResultCache, **overrides) -> dict:
                                      "complete": len(found) == len(jobs),
                                      "seed_row": SEED_ROWS[spec.name][task.value],
                                      "difference": score.mean - SEED_ROWS[spec.name][task.value],
-                                     "final_range": list(final_range(
+                                     "final_range": list(score_range(
                                          [(j.setting.label, j.seed, found[k].score if k in found else None)
                                           for j, k in zip(jobs, keys)]))}
             out[profile_name][spec.name] = model

@@ -54,24 +54,6 @@ def test_the_committed_targets_are_the_committed_numbers_judged() -> None:
     assert f"Of {len(written['targets'])} targets: {met} met" in text
 
 
-def test_final_range_floors_at_the_best_so_far_and_caps_at_one_until_a_setting_is_done() -> None:
-    # setting a: all three runs in (best 0.2, fixed); b: one of three (floor 0.9, ceiling 1); c: none run (0-1)
-    planned = [("a", 0, 0.1), ("a", 0, 0.2), ("a", 0, 0.15),
-               ("b", 0, 0.9), ("b", 0, None), ("b", 0, None),
-               ("c", 0, None), ("c", 0, None), ("c", 0, None)]
-    low, high = baselines.final_range(planned)
-    assert abs(low - (0.2 + 0.9 + 0.0) / 3) < 1e-12
-    assert abs(high - (0.2 + 1.0 + 1.0) / 3) < 1e-12
-    done = [(s, seed, 0.5 if score is None else score) for s, seed, score in planned]
-    low, high = baselines.final_range(done)  # a finished sweep's range is its score: best per setting, averaged
-    assert low == high and abs(low - (0.2 + 0.9 + 0.5) / 3) < 1e-12
-    # seeds average like the task score does: per seed over settings, then over seeds
-    two_seeds = [("a", 0, 0.4), ("a", 1, 0.8), ("b", 0, 1.0), ("b", 1, None)]
-    low, high = baselines.final_range(two_seeds)
-    assert abs(low - ((0.4 + 1.0) / 2 + (0.8 + 0.0) / 2) / 2) < 1e-12
-    assert abs(high - ((0.4 + 1.0) / 2 + (0.8 + 1.0) / 2) / 2) < 1e-12
-
-
 def test_a_partial_cell_decides_a_target_only_when_its_whole_range_agrees() -> None:
     def partial(model: str, task: str, mean: float, low: float, high: float) -> dict:
         return {**cell(model, task, mean, complete=False), "final_range": [low, high]}

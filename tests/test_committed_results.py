@@ -35,7 +35,8 @@ def test_committed_memorize_sweeps_are_found_under_the_current_code(tmp_path) ->
 
 
 def test_sweep_coverage_agrees_with_the_written_baselines(tmp_path) -> None:
-    """`mixerlab cache info --profile` and benchmarks/baselines.py count and score the same trainings."""
+    """`mixerlab cache info --profile` and benchmarks/baselines.py count and score the same trainings, and give
+    partial cells the same range."""
     written = json.loads((COMMITTED.parents[1] / "baselines.json").read_text())
     cache = ResultCache(tmp_path / "c.sqlite")
     cache.import_jsonl(COMMITTED)
@@ -47,6 +48,8 @@ def test_sweep_coverage_agrees_with_the_written_baselines(tmp_path) -> None:
                 assert row.done == (cell["trainings_done"] if cell else 0), (profile_name, mixer, row.task)
                 if cell:
                     assert row.planned == cell["trainings_planned"] and row.score == pytest.approx(cell["mean"])
+                    assert row.score_range == pytest.approx(tuple(cell["final_range"]))
+                    assert row.score_range[0] <= row.score <= row.score_range[1]
                 assert (row.tokens_left == 0) == row.complete
 
 

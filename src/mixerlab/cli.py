@@ -133,7 +133,8 @@ def eval_command(
             "limit" if max_seq_len or settings or only_keys else "did not finish in the time limit"
         err_console.print(f"[yellow]{report.incomplete} of {report.trainings} trainings {why}; the row covers the "
                           "finished settings only. Run again to continue (unfinished groups were checkpointed beside "
-                          "the cache).[/]")
+                          f"the cache; `mixerlab cache info --profile {report.profile}` shows where each task's score "
+                          "can still end).[/]")
     console.print(
         f"[dim]{report.profile} profile, {report.trainings} trainings ({report.from_cache} cached), "
         f"{report.wall_seconds:.1f}s on {report.device}, lr schedule {report.lr_schedule}, init {report.init} "
@@ -623,12 +624,13 @@ def _print_coverage(store, prof, seeds: int, mixers: list[tuple[str, str, int]])
             shown += 1
             table = Table(title=f"{name} ({mixer_hash}): `{prof.name}` sweep, {seeds} seed(s), {where}",
                           title_justify="left")
-            for column in ("task", "trainings", "settings complete", "score so far", "tokens left (at most)"):
+            for column in ("task", "trainings", "settings complete", "score so far", "can end in", "tokens left (at most)"):
                 table.add_column(column, justify="left" if column == "task" else "right")
             for r in rows:
                 score = "-" if r.score is None else f"{r.score:.4f}" + ("" if r.complete else " (partial)")
+                low, high = r.score_range
                 table.add_row(r.task, f"{r.done}/{r.planned}", f"{r.settings_complete}/{r.settings}", score,
-                              _tokens(r.tokens_left))
+                              "" if r.complete else f"{low:.4f}-{high:.4f}", _tokens(r.tokens_left))
             console.print(table)
     if not shown:
         console.print(f"no trainings of the `{prof.name}` profile ({seeds} seed(s)) in this cache yet")

@@ -51,3 +51,24 @@ def aggregate(results: list[TrainResult]) -> dict[str, TaskScore]:
         scores[task.value] = TaskScore(task=task.value, mean=statistics.fmean(values), std=std, seeds=values,
                                        settings=settings[task.value])
     return scores
+
+
+def score_range(planned: list[tuple[str, int, float | None]]) -> tuple[float, float]:
+    """The range a partial sweep's task score can still end in, from every planned training as (setting, seed,
+    score, or None while it has not run). A setting keeps its best (lr, wd), so later trainings only raise it:
+    its best so far (0 before any) is a floor, and 1 its ceiling until its last training is in. Floors and
+    ceilings average like the score (over settings, then seeds), so a sweep can decide a question before it
+    ends: one setting done at 0.2 caps a 13-setting mean at 0.94 whatever the rest score."""
+    runs: dict[tuple[str, int], list[float | None]] = defaultdict(list)
+    for setting, seed, score in planned:
+        runs[(setting, seed)].append(score)
+    per_seed: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for (_, seed), scores in runs.items():
+        done = [s for s in scores if s is not None]
+        floor = max(done, default=0.0)
+        per_seed[seed].append((floor, floor if len(done) == len(scores) else 1.0))
+    if not per_seed:
+        raise ValueError("score_range needs at least one planned training")
+    lows = [statistics.fmean(lo for lo, _ in spans) for spans in per_seed.values()]
+    highs = [statistics.fmean(hi for _, hi in spans) for spans in per_seed.values()]
+    return statistics.fmean(lows), statistics.fmean(highs)

@@ -2,8 +2,9 @@
 
 A `full` sweep (396 trainings) runs in parts, across machines and sessions, through the cache; this says
 per task how many of the profile's trainings are finished, how many settings are complete, the score so far
-(best (lr, wd) per setting over the finished trainings, as `evaluate_mixer` would report it) and an upper
-bound on the training tokens left (every missing training run to its last epoch: early stops only cut it).
+(best (lr, wd) per setting over the finished trainings, as `evaluate_mixer` would report it), the range the
+final score can still end in (`aggregate.score_range`) and an upper bound on the training tokens left (every
+missing training run to its last epoch: early stops only cut it).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from mixerlab.config import Profile
 from mixerlab.tasks import TASK_ORDER, Task
 
-from .aggregate import aggregate
+from .aggregate import aggregate, score_range
 from .plan import plan_jobs
 from .prefix import ResultLookup, find_finished
 from .runner import max_steps
@@ -27,6 +28,7 @@ class TaskCoverage:
     settings_complete: int  # settings whose every (lr, wd, seed) training finished
     settings: int
     score: float | None  # mean over the settings that have a finished training; None before the first
+    score_range: tuple[float, float]  # where the finished sweep's score can still end (low == high once complete)
     tokens_left: int  # at most: the missing trainings' steps x batch x length, none stopping early
 
     @property
@@ -51,6 +53,8 @@ def sweep_coverage(cache: ResultLookup, profile: Profile, code_hash: str, seeds:
             task=task.value, done=len(jobs) - len(missing), planned=len(jobs),
             settings_complete=len(profile.settings[task]) - len(open_settings), settings=len(profile.settings[task]),
             score=score.mean if score else None,
+            score_range=score_range([(job.setting.label, job.seed, found[keys[job]].score if keys[job] in found else None)
+                                     for job in jobs]),
             tokens_left=sum(max_steps(job, train) * train.batch_size * job.setting.input_len for job in missing),
         ))
     return out
