@@ -91,13 +91,13 @@ def target_checks(full: dict) -> list[dict]:
     def verdict(s: tuple[float, float] | None, meets, misses) -> str:
         return "pending" if s is None else "met" if meets(*s) else "missed" if misses(*s) else "pending"
 
-    def check(target: str, v: str, cells: list[tuple[str, str]], extra: list[float] = ()) -> dict:
-        found = [full.get(m, {}).get(t) for m, t in cells]
+    def check(target: str, v: str, cells: list[tuple[str, str]], extra: tuple[float, ...] = ()) -> dict:
+        found = {f"{m} {t}": full.get(m, {}).get(t) for m, t in cells}
         out = {"target": target, "verdict": v,
-               "values": None if v == "pending" else [c["mean"] for c in found] + list(extra)}
-        partial = [f"{m} {t}" for (m, t), c in zip(cells, found) if c and not c["complete"]]
-        if v != "pending" and partial:
-            out["decided_by_range"] = {name: full[name.split()[0]][name.split()[1]]["final_range"] for name in partial}
+               "values": None if v == "pending" else [c["mean"] for c in found.values()] + list(extra)}
+        partial = {name: c.get("final_range") for name, c in found.items() if c and not c["complete"]}
+        if v != "pending" and partial:  # a verdict on a partial cell comes from its range, so it has one
+            out["decided_by_range"] = partial  # the partial cells whose whole range gives this verdict
         return out
 
     checks = []
@@ -106,7 +106,7 @@ def target_checks(full: dict) -> list[dict]:
             seed = SEED_ROWS[model][task]
             v = verdict(span(model, task), lambda lo, hi: lo >= seed - TOLERANCE and hi <= seed + TOLERANCE,
                         lambda lo, hi: hi < seed - TOLERANCE or lo > seed + TOLERANCE)
-            checks.append(check(f"{model} {task} within {TOLERANCE} of the seed row", v, [(model, task)], [seed]))
+            checks.append(check(f"{model} {task} within {TOLERANCE} of the seed row", v, [(model, task)], (seed,)))
     for task, ahead in ORDER:
         behind = next(m for m in SEED_ROWS if m != ahead)
         a, b = span(ahead, task), span(behind, task)
