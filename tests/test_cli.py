@@ -150,3 +150,17 @@ def test_cache_readers_refuse_a_missing_cache_instead_of_creating_one(tmp_path: 
     for args in (("export", str(tmp_path / "out.jsonl")), ("pack-checkpoints", str(tmp_path / "packed"))):
         assert_user_error(mixerlab("cache", *args, "--cache", str(missing)), "no cache at", "pass --cache")
     assert not missing.exists() and not (tmp_path / "out.jsonl").exists() and not (tmp_path / "packed").exists()
+
+
+def test_a_partial_row_says_how_far_each_unfinished_task_can_still_move(tmp_path: Path) -> None:
+    env = {"MIXERLAB_CACHE": str(tmp_path / "c.sqlite")}
+    out = tmp_path / "report.json"
+    # tiny's memorize setting is 16 tokens long, context_recall's 32: --max-seq-len 16 leaves the latter out
+    proc = mixerlab("eval", "--mixer", "delta_net", "--profile", "tiny", "--tasks", "memorize,context_recall",
+                    "--device", "cpu", "--max-seq-len", "16", "--json", str(out), env=env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["unfinished"] == {"context_recall": {"done": 0, "planned": 1, "score_range": [0.0, 1.0]}}
+    assert "context_recall: 0 of 1 trainings; can end in 0.0000-1.0000" in proc.stdout
+    assert "memorize:" not in proc.stdout.split("Selective Copy")[1]  # a finished task gets no such line
+    assert "1 of 2 trainings were left out" in proc.stderr

@@ -17,7 +17,7 @@ from mixerlab.tasks import Task, TaskSetting
 from mixerlab.train.interrupts import answering_signals
 
 SHORT = TaskSetting(task=Task.context_recall, vocab_size=16, seq_len=16, num_train=128, num_test=64)
-LONG = TaskSetting(task=Task.context_recall, vocab_size=16, seq_len=48, num_train=128, num_test=64)
+LONG = TaskSetting(task=Task.context_recall, vocab_size=16, seq_len=48, num_train=128, num_test=64, change="seq_len")
 TRAIN = TrainConfig(d_model=32, batch_size=32, max_epochs=2)
 PROFILE = Profile(name="test", description="two lengths", train=TRAIN,
                   settings={Task.context_recall: (LONG, SHORT)}, lrs=(1e-3,), weight_decays=(0.0,),
@@ -27,21 +27,29 @@ TASKS = (Task.context_recall,)
 
 def test_a_sweep_in_parts_by_sequence_length_adds_up_to_the_whole(tmp_path: Path) -> None:
     spec = resolve_mixer("delta_net")
-    whole = evaluate_mixer(spec, PROFILE, EvalOptions(tasks=TASKS), ResultCache(tmp_path / "whole.sqlite"))
+    profile = PROFILE
+    whole = evaluate_mixer(spec, profile, EvalOptions(tasks=TASKS), ResultCache(tmp_path / "whole.sqlite"))
 
     cache = ResultCache(tmp_path / "parts.sqlite")
-    first = evaluate_mixer(spec, PROFILE, EvalOptions(tasks=TASKS, max_seq_len=32), cache)
+    first = evaluate_mixer(spec, profile, EvalOptions(tasks=TASKS, max_seq_len=32), cache)
     assert (first.trained_now, first.incomplete) == (1, 1), "only the 16-token setting trains; the row is partial"
-    second = evaluate_mixer(spec, PROFILE, EvalOptions(tasks=TASKS), cache)
+    second = evaluate_mixer(spec, profile, EvalOptions(tasks=TASKS), cache)
     assert (second.from_cache, second.trained_now, second.incomplete) == (1, 1, 0)
     assert second.tasks["context_recall"].mean == whole.tasks["context_recall"].mean
+    # the partial report says where the task can still end: the short setting fixed, the long one anywhere in 0-1
+    short = first.tasks["context_recall"].mean
+    left = first.unfinished["context_recall"]
+    assert (left.done, left.planned) == (1, 2)
+    assert left.score_range == pytest.approx((short / 2, (short + 1) / 2))
+    assert left.score_range[0] <= whole.tasks["context_recall"].mean <= left.score_range[1]
+    assert second.unfinished == {} and whole.unfinished == {}
 
 
 def test_a_run_limited_to_chosen_settings_trains_only_those(tmp_path: Path) -> None:
     spec = resolve_mixer("delta_net")
     cache = ResultCache(tmp_path / "c.sqlite")
-    long = LONG.model_copy(update={"change": "seq_len"})  # labelled context_recall[seq_len=48]
-    profile = PROFILE.model_copy(update={"settings": {Task.context_recall: (long, SHORT)}})
+    long = LONG  # labelled context_recall[seq_len=48]
+    profile = PROFILE
     chosen = select_settings(profile, TASKS, ["seq_len=48"])
     assert chosen == {"context_recall[seq_len=48]"}
     probe = evaluate_mixer(spec, profile, EvalOptions(tasks=TASKS, settings=chosen), cache)

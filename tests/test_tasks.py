@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from mixerlab.config import PROFILES
+from mixerlab.config import PROFILES, Profile
 from mixerlab.tasks import IGNORE_INDEX, TASK_ORDER, Task, TaskSetting, baseline_setting, generate, parse_task, sweep_settings
 
 
@@ -240,3 +240,14 @@ def test_invalid_settings_are_rejected() -> None:
         TaskSetting(task=Task.selective_copy, vocab_size=16, seq_len=32, num_train=8, num_tokens_to_copy=16)
     with pytest.raises(ValueError, match="frac_noise > 0 needs noise_vocab_size"):
         TaskSetting(task=Task.noisy_recall, vocab_size=16, seq_len=32, num_train=8, frac_noise=0.2)
+
+
+def test_a_profile_rejects_two_settings_with_one_label() -> None:
+    # scores and reports identify a setting by its label: two alike in one task would be merged into one
+    short = TaskSetting(task=Task.context_recall, vocab_size=16, seq_len=16, num_train=64, num_test=32)
+    long = short.model_copy(update={"seq_len": 48})
+    base = dict(name="mine", description="two lengths", train=PROFILES["tiny"].train, lrs=(1e-3,), weight_decays=(0.0,))
+    with pytest.raises(ValueError, match=r"context_recall settings share the label\(s\) \['context_recall\[baseline\]'\]"):
+        Profile(**base, settings={Task.context_recall: (short, long)})
+    labelled = long.model_copy(update={"change": "seq_len"})
+    assert Profile(**base, settings={Task.context_recall: (short, labelled)}).num_trainings() == 2

@@ -117,6 +117,11 @@ def eval_command(
     if seeds > 1:
         for task, score in report.tasks.items():
             console.print(f"  {task}: {score.mean:.4f} +- {score.std:.4f} over {len(score.seeds)} seeds", highlight=False)
+    for task, left in report.unfinished.items():  # a partial score is not the profile's score yet: say how far off
+        so_far = f"{report.tasks[task].mean:.4f} so far, " if task in report.tasks else ""
+        low, high = left.score_range
+        console.print(f"  {task}: {left.done} of {left.planned} trainings; {so_far}can end in {low:.4f}-{high:.4f}",
+                      highlight=False)
     if report.resumed:
         console.print(f"[dim]{report.resumed} trainings continued from a checkpoint of an earlier run[/]")
     if report.from_longer:
@@ -132,9 +137,8 @@ def eval_command(
         why = "were left out (--max-seq-len, --settings, a --devices worker's share) or did not finish in the time " \
             "limit" if max_seq_len or settings or only_keys else "did not finish in the time limit"
         err_console.print(f"[yellow]{report.incomplete} of {report.trainings} trainings {why}; the row covers the "
-                          "finished settings only. Run again to continue (unfinished groups were checkpointed beside "
-                          f"the cache; `mixerlab cache info --profile {report.profile}` shows where each task's score "
-                          "can still end).[/]")
+                          "finished settings only (the lines under it: where each such task can still end). Run again to "
+                          "continue (unfinished groups were checkpointed beside the cache).[/]")
     console.print(
         f"[dim]{report.profile} profile, {report.trainings} trainings ({report.from_cache} cached), "
         f"{report.wall_seconds:.1f}s on {report.device}, lr schedule {report.lr_schedule}, init {report.init} "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mixerlab.tasks import Task, TaskSetting, baseline_setting, sweep_settings
 from mixerlab.tasks.settings import TASK_ORDER
@@ -73,6 +73,17 @@ class Profile(BaseModel):
     lrs: tuple[float, ...]
     weight_decays: tuple[float, ...]
     preferred_device: Literal["cpu", "cuda"] = "cuda"
+
+    @model_validator(mode="after")
+    def _one_label_per_setting(self) -> "Profile":
+        # a setting's label is its identity in scores and the cache's reports: two alike would be merged
+        for task, settings in self.settings.items():
+            labels = [s.label for s in settings]
+            if len(set(labels)) != len(labels):
+                repeated = sorted({label for label in labels if labels.count(label) > 1})
+                raise ValueError(f"profile {self.name!r}: {task.value} settings share the label(s) {repeated}; give "
+                                 "each setting that differs from the baseline its own `change`")
+        return self
 
     def num_trainings(self, tasks: tuple[Task, ...] | None = None, seeds: int = 1) -> int:
         tasks = tasks or tuple(self.settings)

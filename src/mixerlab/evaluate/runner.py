@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -23,7 +24,7 @@ from mixerlab.train.job import TrainJob
 from mixerlab.train.result import TrainResult
 from mixerlab.train.schedule import batches_per_epoch
 
-from .aggregate import TaskScore, aggregate
+from .aggregate import TaskScore, aggregate, score_range
 from .cache import ResultCache
 from .plan import group_jobs, plan_jobs, token_capacity
 from .prefix import find_finished
@@ -37,6 +38,14 @@ class Progress(Protocol):
     def finished(self, result: TrainResult) -> None: ...
     def forget_steps(self, member_steps: int) -> None: ...
     def stop(self) -> None: ...
+
+
+class TaskProgress(BaseModel):
+    """A task whose trainings are not all finished: its score so far is not the profile's score yet."""
+
+    done: int
+    planned: int
+    score_range: tuple[float, float]  # where the finished score can still end (aggregate.score_range)
 
 
 class EvalReport(BaseModel):
@@ -59,6 +68,7 @@ class EvalReport(BaseModel):
     resumed: int = 0  # unfinished trainings picked up from a checkpoint of an earlier run
     from_longer: int = 0  # of from_cache: read off the first epochs of a cached longer training (evaluate/prefix.py)
     stopped_by: str | None = None  # the signal that stopped the run early (SIGTERM, SIGINT), its groups checkpointed
+    unfinished: dict[str, TaskProgress] = {}  # the tasks with trainings still missing, by task
 
     def row(self) -> dict[str, float]:
         return {task: score.mean for task, score in self.tasks.items()}
@@ -221,13 +231,24 @@ def evaluate_mixer(
     wall = time.perf_counter() - start
     missing = [j for j in jobs if keys[j] not in results]
     scores = aggregate([results[keys[j]] for j in jobs if keys[j] in results])
-    return EvalReport(
+    return EvalReport(unfinished=_unfinished_tasks(jobs, keys, results),
         mixer=spec.name, mixer_hash=spec.code_hash, profile=profile.name, device=options.device, seeds=options.seeds,
         tasks=scores, trainings=len(jobs), trained_now=len(todo), from_cache=len(jobs) - len(todo),
         wall_seconds=wall, optimizer_steps=member_steps, steps_per_second=member_steps / wall if wall else 0.0,
         lr_schedule=train.lr_schedule, init=train.init, init_seed=train.init_seed, incomplete=len(missing), resumed=resumed,
         from_longer=len(derived), stopped_by=stop.name if missing and (stop := stop_requested()) else None,
     )
+
+
+def _unfinished_tasks(jobs: list[TrainJob], keys: dict[TrainJob, str],
+                      results: dict[str, TrainResult]) -> dict[str, TaskProgress]:
+    planned: dict[str, list[tuple[str, int, float | None]]] = defaultdict(list)
+    for job in jobs:
+        found = results.get(keys[job])
+        planned[job.setting.task.value].append((job.setting.label, job.seed, found.score if found else None))
+    return {task: TaskProgress(done=sum(s is not None for _, _, s in runs), planned=len(runs),
+                               score_range=score_range(runs))
+            for task, runs in planned.items() if any(s is None for _, _, s in runs)}
 
 
 def _group_cost(group: list[TrainJob], train: TrainConfig) -> int:
