@@ -21,9 +21,9 @@ sys.path.insert(0, str(ROOT.parent / "src"))
 
 from mixerlab.config import PROFILES  # noqa: E402
 from mixerlab.evaluate import ResultCache, aggregate  # noqa: E402
-from mixerlab.evaluate.aggregate import score_range  # noqa: E402
 from mixerlab.evaluate.plan import plan_jobs  # noqa: E402
 from mixerlab.evaluate.prefix import find_finished  # noqa: E402
+from mixerlab.evaluate.runner import task_progress  # noqa: E402
 from mixerlab.mixers import resolve_mixer  # noqa: E402
 from mixerlab.tasks import TASK_ORDER  # noqa: E402
 from mixerlab.web.charts import score_grid  # noqa: E402
@@ -69,9 +69,8 @@ def collect(cache: ResultCache, **overrides) -> dict:
                                      "complete": len(found) == len(jobs),
                                      "seed_row": SEED_ROWS[spec.name][task.value],
                                      "difference": score.mean - SEED_ROWS[spec.name][task.value],
-                                     "final_range": list(score_range(
-                                         [(j.setting.label, j.seed, found[k].score if k in found else None)
-                                          for j, k in zip(jobs, keys)]))}
+                                     "final_range": list(task_progress(jobs, dict(zip(jobs, keys)), found)
+                                                         [task.value].score_range)}
             out[profile_name][spec.name] = model
     return out
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from mixerlab.config import Profile
 from mixerlab.tasks import TASK_ORDER, Task
 
-from .aggregate import aggregate, score_range
+from .aggregate import aggregate
 from .plan import plan_jobs
 from .prefix import ResultLookup, find_finished
-from .runner import max_steps
+from .runner import max_steps, task_progress
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,7 @@ def sweep_coverage(cache: ResultLookup, profile: Profile, code_hash: str, seeds:
             task=task.value, done=len(jobs) - len(missing), planned=len(jobs),
             settings_complete=len(profile.settings[task]) - len(open_settings), settings=len(profile.settings[task]),
             score=score.mean if score else None,
-            score_range=score_range([(job.setting.label, job.seed, found[keys[job]].score if keys[job] in found else None)
-                                     for job in jobs]),
+            score_range=task_progress(jobs, keys, found)[task.value].score_range,
             tokens_left=sum(max_steps(job, train) * train.batch_size * job.setting.input_len for job in missing),
         ))
     return out

@@ -41,7 +41,7 @@ class Progress(Protocol):
 
 
 class TaskProgress(BaseModel):
-    """A task whose trainings are not all finished: its score so far is not the profile's score yet."""
+    """How far a task's trainings are: until all are done, its score so far is not the profile's score."""
 
     done: int
     planned: int
@@ -231,24 +231,27 @@ def evaluate_mixer(
     wall = time.perf_counter() - start
     missing = [j for j in jobs if keys[j] not in results]
     scores = aggregate([results[keys[j]] for j in jobs if keys[j] in results])
-    return EvalReport(unfinished=_unfinished_tasks(jobs, keys, results),
+    return EvalReport(
         mixer=spec.name, mixer_hash=spec.code_hash, profile=profile.name, device=options.device, seeds=options.seeds,
         tasks=scores, trainings=len(jobs), trained_now=len(todo), from_cache=len(jobs) - len(todo),
         wall_seconds=wall, optimizer_steps=member_steps, steps_per_second=member_steps / wall if wall else 0.0,
         lr_schedule=train.lr_schedule, init=train.init, init_seed=train.init_seed, incomplete=len(missing), resumed=resumed,
         from_longer=len(derived), stopped_by=stop.name if missing and (stop := stop_requested()) else None,
+        unfinished={task: p for task, p in task_progress(jobs, keys, results).items() if p.done < p.planned},
     )
 
 
-def _unfinished_tasks(jobs: list[TrainJob], keys: dict[TrainJob, str],
-                      results: dict[str, TrainResult]) -> dict[str, TaskProgress]:
+def task_progress(jobs: list[TrainJob], keys: dict[TrainJob, str],
+                  results: dict[str, TrainResult]) -> dict[str, TaskProgress]:
+    """Per task of `jobs`: how many of its trainings are in `results` (by cache key) and where its score can
+    still end (a single value once all are in)."""
     planned: dict[str, list[tuple[str, int, float | None]]] = defaultdict(list)
     for job in jobs:
         found = results.get(keys[job])
         planned[job.setting.task.value].append((job.setting.label, job.seed, found.score if found else None))
     return {task: TaskProgress(done=sum(s is not None for _, _, s in runs), planned=len(runs),
                                score_range=score_range(runs))
-            for task, runs in planned.items() if any(s is None for _, _, s in runs)}
+            for task, runs in planned.items()}
 
 
 def _group_cost(group: list[TrainJob], train: TrainConfig) -> int:
