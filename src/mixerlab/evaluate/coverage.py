@@ -49,11 +49,11 @@ def sweep_coverage(cache: ResultLookup, profile: Profile, code_hash: str, seeds:
         missing = [job for job in jobs if keys[job] not in found]
         open_settings = {job.setting for job in missing}
         score = aggregate(list(found.values())).get(task.value) if found else None
+        progress = task_progress(jobs, keys, found)[task.value]
         out.append(TaskCoverage(
-            task=task.value, done=len(jobs) - len(missing), planned=len(jobs),
+            task=task.value, done=progress.done, planned=progress.planned,
             settings_complete=len(profile.settings[task]) - len(open_settings), settings=len(profile.settings[task]),
-            score=score.mean if score else None,
-            score_range=task_progress(jobs, keys, found)[task.value].score_range,
+            score=score.mean if score else None, score_range=progress.score_range,
             tokens_left=sum(max_steps(job, train) * train.batch_size * job.setting.input_len for job in missing),
         ))
     return out
