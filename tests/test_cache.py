@@ -46,6 +46,7 @@ def test_cache_key_covers_what_defines_a_training() -> None:
         job.cache_key("abc", TrainConfig(lr_schedule="cosine")),
         job.cache_key("abc", TrainConfig(max_epochs=10)),
         job.cache_key("abc", TrainConfig(init="normal")),
+        job.cache_key("abc", TrainConfig(patience=20)),
     ]
     assert key not in variants and len(set(variants)) == len(variants)
     # precision as configured does not matter, the numerics it resolves to do

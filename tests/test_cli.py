@@ -50,6 +50,14 @@ def test_eval_prints_the_seed_table_writes_json_and_reuses_the_cache(tmp_path: P
     assert report2["trained_now"] == 0 and report2["from_cache"] == 2
     assert report2["tasks"]["memorize"]["mean"] == report["tasks"]["memorize"]["mean"]
 
+    # with a patience the trainings are new ones (own cache keys), read off the first epochs of those above
+    patient = mixerlab("eval", "--mixer", "delta_net", "--profile", "tiny", "--tasks", "memorize,context_recall",
+                       "--device", "cpu", "--patience", "2", "--json", str(out), env=env)
+    assert patient.returncode == 0, patient.stderr
+    report3 = json.loads(out.read_text())
+    assert (report3["trained_now"], report3["from_cache"], report3["from_longer"], report3["patience"]) == (0, 2, 2, 2)
+    assert "patience 2 epochs" in patient.stdout and "read off the first epochs" in patient.stdout
+
     # how far the `tiny` sweep got: two of its six tasks, each one training (a finished task has no range)
     info = mixerlab("cache", "info", "--profile", "tiny", env={**env, "COLUMNS": "160"})
     assert info.returncode == 0, info.stderr
@@ -87,6 +95,7 @@ def test_seeds_give_mean_and_std(tmp_path: Path) -> None:
         (["--init-seed", "layer"], ["unknown init seed 'layer'", "setting or run"]),
         (["--compile", "--device", "cpu"], ["--compile", "CUDA"]),
         (["--max-seq-len", "0"], ["Invalid value", "--max-seq-len"]),
+        (["--patience", "0"], ["Invalid value", "--patience"]),
         # brackets in the message are text, not rich markup: the example label must come through whole
         (["--profile", "full", "--tasks", "selective_copy", "--settings", "vocab=128"],
          ["unknown setting 'vocab=128'", "vocab_size=128", "selective_copy[num_tokens_to_copy=96]"]),

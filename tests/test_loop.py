@@ -208,3 +208,23 @@ def test_by_default_each_catalog_proposal_learns_from_every_result_before_it(tmp
     assert first.status == "done" and second.created >= first.updated
     second_block = parse_block(blocks(proc.stdout)[1])
     assert second_block.name == second.name and "3 architectures evaluated" in second_block.insights.observations
+
+
+def test_a_patience_run_cuts_the_baselines_trainings_where_perplexity_stalls(tmp_path: Path, tiny_run,
+                                                                              shared_cache: Path) -> None:
+    """`--patience` reaches every evaluation of the run; its trainings are read off the cached ones without it."""
+    full_dir, _ = tiny_run
+    run_dir = tmp_path / "run"
+    proc = discover("--run-dir", str(run_dir), "--iterations", "0", "--patience", "1", "--cache", str(shared_cache))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    whole = {e.name: e for e in Store(f"sqlite:///{full_dir / 'mixerlab.db'}").experiments() if e.kind == "baseline"}
+    patient = {e.name: e for e in Store(f"sqlite:///{run_dir / 'mixerlab.db'}").experiments() if e.kind == "baseline"}
+    assert set(patient) == set(whole) == {"delta_net_4layer", "gated_delta_net_4layer"}
+    assert {row.profile for row in patient.values()} == {"tiny+patience1"}, "a patience run's scores say so"
+    cut = 0
+    for name, row in patient.items():
+        for task, curve in row.curves.items():
+            longer = whole[name].curves[task]
+            assert curve["test_acc"] == longer["test_acc"][: len(curve["test_acc"])], (name, task)
+            cut += len(curve["test_acc"]) < len(longer["test_acc"])
+    assert cut > 0, "patience 1 stopped some of tiny's trainings before their last epoch"

@@ -9,7 +9,7 @@ import pytest
 from mixerlab.config import PROFILES
 from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer
 from mixerlab.evaluate.plan import plan_jobs
-from mixerlab.evaluate.prefix import find_finished, first_epochs, longer_trainings
+from mixerlab.evaluate.prefix import find_finished, first_epochs, containing_trainings
 from mixerlab.mixers import resolve_mixer
 from mixerlab.tasks import Task
 from mixerlab.train.result import EpochRecord, TrainResult
@@ -65,8 +65,29 @@ def test_the_prefix_is_scored_by_mads_rule_on_its_own_epochs() -> None:
     assert six.stopped_early and six.epochs_trained == 6 and six.best_epoch == 3
 
 
+def test_a_patience_training_is_read_off_the_training_without_it() -> None:
+    # perplexity best at epoch 1, then worse for three epochs; a later epoch would have beaten it
+    history = [_record(i, a, p) for i, (a, p) in enumerate([(0.2, 9), (0.5, 5), (0.4, 6), (0.45, 7), (0.5, 8), (0.9, 2)])]
+    train = PROFILES["full"].train.model_copy(update={"max_epochs": 6, "patience": 3})
+    short = first_epochs(_long_result(history), train, "patient")
+    assert (short.epochs_trained, short.best_epoch, short.score, short.stopped_early) == (5, 1, 0.5, True)
+    assert short.steps == 10 and short.derived_from == "long"
+    assert first_epochs(_long_result(history), train.model_copy(update={"patience": 4}), "p4").score == 0.9
+
+
+def test_which_trainings_contain_a_patience_training() -> None:
+    full = PROFILES["full"].train
+    patient = full.model_copy(update={"patience": 20})
+    assert [(t.max_epochs, t.patience) for t in containing_trainings(patient)] == [(200, None)]
+    quick = PROFILES["quick"].train.model_copy(update={"patience": 20})
+    assert [(t.max_epochs, t.patience) for t in containing_trainings(quick)] == [(200, 20), (200, None), (100, None)]
+    cosine = patient.model_copy(update={"lr_schedule": "cosine"})
+    assert [(t.max_epochs, t.patience) for t in containing_trainings(cosine)] == [(200, None)], \
+        "a cosine run depends on its epoch count, not on when it stops"
+
+
 def test_only_a_constant_learning_rate_shares_a_prefix() -> None:
     quick = PROFILES["quick"].train
-    assert [t.max_epochs for t in longer_trainings(quick)] == [200]
-    assert longer_trainings(quick.model_copy(update={"lr_schedule": "cosine"})) == []
-    assert longer_trainings(PROFILES["full"].train) == []
+    assert [t.max_epochs for t in containing_trainings(quick)] == [200]
+    assert containing_trainings(quick.model_copy(update={"lr_schedule": "cosine"})) == []
+    assert containing_trainings(PROFILES["full"].train) == []

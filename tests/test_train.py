@@ -143,6 +143,43 @@ def test_mads_scoring_rule() -> None:
     assert best_epoch([record(0, 0.1, float("nan")), record(1, 0.2, 5.0)]).epoch == 1
 
 
+def test_patience_stops_once_perplexity_stops_improving() -> None:
+    ppl = [5.0, 3.0, 3.0, 4.0, 2.5, 2.6, 2.7, 2.8, 1.0]  # best at 1 (a tie is no better), then at 4
+    history = [record(i, 0.5, p) for i, p in enumerate(ppl)]
+    assert select_epochs(history, 0.999) == (history, False), "no patience: MAD's rule alone, every epoch runs"
+    kept, stopped = select_epochs(history, 0.999, patience=3)
+    assert stopped and len(kept) == 8 and best_epoch(kept).epoch == 4, "stops 3 epochs after the best so far"
+    assert select_epochs(history, 0.999, patience=2)[0] == history[:4], "the tie at epoch 2 does not reset it"
+    assert select_epochs(history, 0.999, patience=9) == (history, False)
+    nan_first = [record(0, 0.1, float("nan")), record(1, 0.1, float("nan")), record(2, 0.2, 4.0)]
+    assert select_epochs(nan_first, 0.999, patience=2)[0] == nan_first[:2], "NaN epochs never count as the best"
+    accurate = [record(0, 0.5, 2.0), record(1, 0.9995, 3.0), record(2, 1.0, 1.0)]
+    assert select_epochs(accurate, 0.999, patience=5)[0] == accurate[:2], "MAD's 0.999 stop still comes first"
+    with pytest.raises(ValueError):
+        TrainConfig(patience=0)
+
+
+def test_a_patience_training_is_the_first_epochs_of_the_full_one_in_both_trainers() -> None:
+    # a high learning rate on little data: test perplexity turns up after 5-6 epochs, the members stop apart
+    train = TrainConfig(d_model=32, batch_size=32, max_epochs=12)
+    patient = train.model_copy(update={"patience": 3})
+    jobs = [TrainJob(setting=recall(n), lr=lr, weight_decay=0.0) for lr in (1e-2,) for n in (40, 96)]
+    batched = train_group(jobs, ["k"] * len(jobs), patient, FACTORY)
+    stops = set()
+    for job, got in zip(jobs, batched):
+        whole = train_single(job, train, FACTORY)
+        alone = train_single(job, patient, FACTORY)
+        assert alone.stopped_early and alone.epochs_trained < whole.epochs_trained
+        assert alone.epochs_trained == best_epoch(alone.history).epoch + 1 + 3
+        assert [h.test_ppl for h in alone.history] == [h.test_ppl for h in whole.history[: alone.epochs_trained]]
+        assert (alone.score, alone.best_epoch) == (whole.score, whole.best_epoch), "the best epoch came before the stop"
+        # the batched trainer stops it after the same epoch (lr 1e-2 lets vmap's float32 rounding grow to ~1e-3)
+        assert (got.epochs_trained, got.best_epoch, got.steps) == (alone.epochs_trained, alone.best_epoch, alone.steps)
+        assert [h.test_loss for h in got.history] == pytest.approx([h.test_loss for h in alone.history], abs=5e-3)
+        stops.add(alone.epochs_trained)
+    assert len(stops) > 1, "members of one group stopped at different epochs"
+
+
 def test_schedules() -> None:
     constant = TrainConfig()
     assert lr_for_epoch(constant, 1e-3, 150) == 1e-3

@@ -73,6 +73,10 @@ def eval_command(
                                        "Linears xavier-uniform, gain 2^-2.5, fla's layers before 2025)"),
     init_seed: Optional[str] = typer.Option(None, help="setting (the six lr x wd runs of a setting share their "
                                             "initial weights) | run (each its own, as mad-lab's unseeded init)"),
+    patience: Optional[int] = typer.Option(None, min=1, help="also stop a training once its test perplexity has "
+                                           "not improved for this many epochs (not MAD's protocol: cheaper, and "
+                                           "read off cached trainings without it; benchmarks/results/baselines.md "
+                                           "measures what it changes)"),
     compile_step: bool = typer.Option(False, "--compile", help="CUDA: torch.compile each group's training step "
                                       "(faster on long groups; tens of seconds to compile per shape)"),
     library_solves: bool = typer.Option(False, "--library-solves", help="CUDA: solve the chunkwise WY systems with "
@@ -101,7 +105,7 @@ def eval_command(
                   cache=cache, no_cache=no_cache, lr_schedule=lr_schedule, max_group_tokens=max_group_tokens, name=name,
                   time_limit=time_limit, init=init, compile_step=compile_step, checkpoint_every=checkpoint_every,
                   max_seq_len=max_seq_len, init_seed=init_seed, max_group_members=max_group_members, settings=settings,
-                  library_solves=library_solves, only_keys=only_keys)
+                  library_solves=library_solves, only_keys=only_keys, patience=patience)
     failed_workers = []
     try:
         with answering_signals():
@@ -142,7 +146,7 @@ def eval_command(
     console.print(
         f"[dim]{report.profile} profile, {report.trainings} trainings ({report.from_cache} cached), "
         f"{report.wall_seconds:.1f}s on {report.device}, lr schedule {report.lr_schedule}, init {report.init} "
-        f"(seeded per {report.init_seed})[/]"
+        f"(seeded per {report.init_seed})" + (f", patience {report.patience} epochs" if report.patience else "") + "[/]"
     )
     if report.stopped_by:
         import signal
@@ -175,14 +179,14 @@ def train_overrides(**chosen: str | None) -> dict[str, str]:
 def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name,
               time_limit=None, init=None, compile_step=False, checkpoint_every=120.0, max_seq_len=None,
               init_seed=None, max_group_members=None, settings=None, library_solves=False, train=True,
-              only_keys=None):
+              only_keys=None, patience=None):
     from mixerlab.evaluate import evaluate_mixer
     from mixerlab.progress import EvalProgress
 
     spec, prof, options, store = _prepare_eval(
         mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name,
         time_limit, init, compile_step, checkpoint_every, max_seq_len, init_seed, max_group_members, settings,
-        library_solves, train, only_keys)
+        library_solves, train, only_keys, patience)
     report = evaluate_mixer(spec, prof, options, cache=store, progress=EvalProgress(err_console, spec.name))
     if json_out is not None:
         json_out.write_text(report.model_dump_json(indent=2))
@@ -225,7 +229,7 @@ def _spread_eval(devices: str, params: dict):
             "--cache", str(store.path), "--checkpoint-every", str(params["checkpoint_every"])]
     for flag, key in (("--tasks", "tasks"), ("--lr-schedule", "lr_schedule"), ("--max-group-tokens", "max_group_tokens"),
                       ("--max-group-members", "max_group_members"), ("--name", "name"), ("--time-limit", "time_limit"),
-                      ("--init", "init"), ("--init-seed", "init_seed")):
+                      ("--init", "init"), ("--init-seed", "init_seed"), ("--patience", "patience")):
         if params[key] is not None:
             args += [flag, str(params[key])]
     args += ["--compile"] * params["compile_step"] + ["--library-solves"] * params["library_solves"]
@@ -240,7 +244,7 @@ def _spread_eval(devices: str, params: dict):
 
 def _prepare_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens,
                   name, time_limit, init, compile_step, checkpoint_every, max_seq_len, init_seed, max_group_members,
-                  settings, library_solves, train, only_keys=None):
+                  settings, library_solves, train, only_keys=None, patience=None):
     """Check every eval argument (UserError names the fix) and build what evaluate_mixer takes."""
     from mixerlab.config import get_profile
     from mixerlab.evaluate import EvalOptions, ResultCache
@@ -258,6 +262,8 @@ def _prepare_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cach
         if not mixer.endswith("_fla"):
             preflight(spec, prof.train.d_model)
         overrides = train_overrides(lr_schedule=lr_schedule, init=init, init_seed=init_seed)
+        if patience is not None:
+            overrides["patience"] = patience
         if compile_step and not dev.startswith("cuda"):
             raise UserError("--compile speeds up CUDA training only; drop it or pass --device cuda")
         if json_out is not None and not json_out.parent.exists():
@@ -347,6 +353,10 @@ def discover_command(
     budget_minutes: Optional[float] = typer.Option(None, min=0.1, help="stop starting iterations after this long"),
     profile: Optional[str] = typer.Option(None, help="evaluation profile (default: tiny on CPU, quick on CUDA)"),
     seeds: int = typer.Option(1, min=1),
+    patience: Optional[int] = typer.Option(None, min=1, max=999, help="stop each training once its test perplexity has not "
+                                           "improved for this many epochs (as `eval --patience`; every evaluation "
+                                           "of the run, promotions included; rows record the profile as "
+                                           "PROFILE+patienceP)"),
     workers: int = typer.Option(1, min=1, help="candidates evaluated at once (one process each; GPUs round-robin)"),
     db: Optional[str] = typer.Option(None, help="database URL (default: sqlite in the run directory); postgresql://... works"),
     run_dir: Path = typer.Option(Path("runs") / "default", help="where the run keeps its database, cache and iteration files"),
@@ -395,6 +405,7 @@ def discover_command(
         llm = {"base_url": base_url, "model": model, "api_key_env": api_key_env, "timeout_s": llm_timeout,
                "max_tokens": max_tokens, "temperature": temperature, "max_calls_per_minute": llm_rate, "require_key": not any(h in base_url for h in ("127.0.0.1", "localhost", "[::1]"))}
         config = LoopConfig(run_dir=str(run_dir), db_url=db, proposer=proposer, profile=prof, seeds=seeds,
+                            patience=patience,
                             iterations=3 if iterations is None and budget_minutes is None else iterations,
                             budget_minutes=budget_minutes, workers=workers, device=dev, promote_to=promote_to,
                             max_repairs=max_repairs, language=language, llm=llm,

@@ -31,6 +31,11 @@ class TrainConfig(BaseModel):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     stop_accuracy: float = Field(default=0.999, description="stop once test accuracy exceeds this (MAD: 0.999)")
+    patience: int | None = Field(
+        default=None, ge=1,
+        description="also stop once test perplexity has not improved for this many epochs (None: MAD, every epoch "
+        "runs); the score is still the best-perplexity epoch's, so it changes only if a later epoch would have won",
+    )
     precision: Literal["auto", "bf16", "fp32"] = Field(default="auto", description="auto: bf16 on CUDA, fp32 on CPU")
     eval_batch_size: int = Field(default=128, ge=1, description="test batch size; MAD averages metrics per batch")
     init: Literal["mad-lab", "normal", "fla-xavier"] = Field(
@@ -161,6 +166,8 @@ class LoopConfig(BaseModel):
     proposer: Literal["catalog", "llm"] = "catalog"
     profile: str = "tiny"
     seeds: int = Field(default=1, ge=1)
+    patience: int | None = Field(default=None, ge=1, le=999,
+                                 description="TrainConfig.patience for every evaluation of the run")
     iterations: int | None = Field(default=3, ge=0)
     budget_minutes: float | None = Field(default=None, gt=0)
     workers: int = Field(default=1, ge=1)
@@ -177,6 +184,11 @@ class LoopConfig(BaseModel):
     noise_floor: float = Field(default=0.01, ge=0)
     check_timeout_s: float = 120.0
     check_memory_gb: float = 8.0
+
+    @property
+    def profile_label(self) -> str:
+        """The profile as recorded on each row: a patience run's scores are not the profile's own."""
+        return f"{self.profile}+patience{self.patience}" if self.patience else self.profile
 
     @property
     def lookahead(self) -> int:

@@ -258,7 +258,7 @@ class ResearchLoop:
                 row = self.store.add_experiment(
                     run_id=self.run_id, name=spec.name, kind="baseline", iteration=0, proposer="baseline",
                     code=spec.source, code_hash=spec.code_hash, novelty_hash=novelty_hash(spec.source),
-                    status="evaluating", profile=self.config.profile, timestamp=timestamp(),
+                    status="evaluating", profile=self.config.profile_label, timestamp=timestamp(),
                 )
             if row.status != "done":
                 self.evaluate(row, spec, parent=None, slot=0)
@@ -321,7 +321,7 @@ class ResearchLoop:
                 row = self.store.add_experiment(
                     run_id=self.run_id, name=name, kind="candidate", iteration=iteration, parent_id=parent_row.id,
                     proposer=self.proposer.name, code="", code_hash="", novelty_hash="", status="failed", success=False,
-                    failure_reason=f"the proposer failed: {err}", profile=self.config.profile, timestamp=stamp,
+                    failure_reason=f"the proposer failed: {err}", profile=self.config.profile_label, timestamp=stamp,
                     insights={}, timings={"propose_s": time.perf_counter() - start},
                 )
             self.event("failed", str(err), iteration, name)
@@ -335,7 +335,7 @@ class ResearchLoop:
                 proposer=self.proposer.name, edits=proposal.edits, code=proposal.code, code_hash=spec.code_hash,
                 novelty_hash=novelty_hash(proposal.code), diff=self.diff(parent.code, proposal.code),
                 insights=proposal.insights.model_dump(), expected=proposal.expected, status="checking",
-                profile=self.config.profile, timestamp=stamp, tokens=proposal.tokens.model_dump(),
+                profile=self.config.profile_label, timestamp=stamp, tokens=proposal.tokens.model_dump(),
                 timings={"propose_s": time.perf_counter() - start},
             )
         self.event("proposed", proposal.insights.reasoning.splitlines()[0][:200], iteration, name)
@@ -401,13 +401,15 @@ class ResearchLoop:
 
     def run_profile(self, row: Experiment, spec: MixerSpec, profile_name: str, slot: int) -> tuple[dict | None, list, str]:
         profile = get_profile(profile_name)
-        train = profile.train
+        overrides = {"patience": self.config.patience} if self.config.patience else {}
+        train = profile.train.model_copy(update=overrides)
         numerics = "bf16" if train.autocast_dtype("cuda" if self.config.device.startswith("cuda") else "cpu") else "fp32"
         jobs = plan_jobs(profile, TASK_ORDER, self.config.seeds)
         found = find_finished(self.cache, jobs, spec.code_hash, train, numerics)
         cached = {k: r.model_dump(mode="json") for k, r in found.items()}
         options = {"profile": profile_name, "tasks": [t.value for t in TASK_ORDER], "seeds": self.config.seeds,
-                   "cached": cached, "timeout_s": self.config.evaluation_timeout(profile_name)}
+                   "cached": cached, "timeout_s": self.config.evaluation_timeout(profile_name),
+                   "train_overrides": overrides}
 
         def record(result: TrainResult) -> None:
             self.cache.put(result, spec.code_hash, spec.name)
@@ -419,7 +421,7 @@ class ResearchLoop:
         return outcome.report, trainings, ""
 
     def evaluate(self, row: Experiment, spec: MixerSpec, parent: Experiment | None, slot: int) -> None:
-        self.event("evaluating", f"profile {self.config.profile}", row.iteration, row.name)
+        self.event("evaluating", f"profile {self.config.profile_label}", row.iteration, row.name)
         start = time.perf_counter()
         report, trainings, error = self.run_profile(row, spec, self.config.profile, slot)
         timings = {**(row.timings or {}), "eval_s": time.perf_counter() - start}

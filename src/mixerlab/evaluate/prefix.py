@@ -5,7 +5,9 @@ With a constant learning rate, the first E epochs of a training are the whole of
 when to stop, and MAD's 0.999 rule stops both at the same epoch). So a `quick` training (100 epochs) is
 the first 100 epochs of the `full` training (200 epochs) of the same job, and its result can be read off the
 longer one's epoch history exactly, without training: best-perplexity epoch among those E, MAD's stop rule
-applied to them. A cosine schedule depends on `max_epochs`, so it never shares a prefix.
+applied to them. A cosine schedule depends on `max_epochs`, so it never shares a prefix. A patience (stop once
+test perplexity has not improved for P epochs) only ends a training sooner on the same path, so a training
+with one is read off the same training without it (and off any the above contain), its rule applied to them.
 
 `find_finished` is the one lookup the evaluation and the research loop both use.
 """
@@ -23,20 +25,27 @@ class ResultLookup(Protocol):
     def get_many(self, keys: Iterable[str]) -> dict[str, TrainResult]: ...
 
 
-def longer_trainings(train: TrainConfig) -> list[TrainConfig]:
-    """Configs, at the epoch counts of the named profiles, whose trainings start with `train`'s whole training
-    (longest first); [] for a cosine schedule."""
-    if train.lr_schedule != "constant":
-        return []
-    epochs = {p.train.max_epochs for p in PROFILES.values()} | {TrainConfig().max_epochs}
-    longer = sorted({e for e in epochs if e > train.max_epochs}, reverse=True)
-    return [train.model_copy(update={"max_epochs": e}) for e in longer]
+def containing_trainings(train: TrainConfig) -> list[TrainConfig]:
+    """Configs whose trainings contain `train`'s whole training (longest first): with a constant learning rate,
+    the named profiles' longer epoch counts; with a patience, also the same training without it (it follows the
+    same path and runs at least as long). [] for a cosine schedule without a patience."""
+    epochs = {train.max_epochs}
+    if train.lr_schedule == "constant":
+        epochs |= {p.train.max_epochs for p in PROFILES.values()} | {TrainConfig().max_epochs}
+    configs = []
+    for max_epochs in sorted((e for e in epochs if e >= train.max_epochs), reverse=True):
+        for patience in dict.fromkeys((train.patience, None)):
+            config = train.model_copy(update={"max_epochs": max_epochs, "patience": patience})
+            if config != train:
+                configs.append(config)
+    return configs
 
 
 def first_epochs(result: TrainResult, train: TrainConfig, key: str) -> TrainResult:
     """`result` (a longer training of the same job) as the training `train` describes: its first
-    `train.max_epochs` epochs, scored by MAD's rule, keyed `key`, with `derived_from` set."""
-    history, stopped = select_epochs(result.history[: train.max_epochs], train.stop_accuracy)
+    `train.max_epochs` epochs, up to where `train`'s stop rules (MAD's, its patience) end it, scored by MAD's
+    rule, keyed `key`, with `derived_from` set."""
+    history, stopped = select_epochs(result.history[: train.max_epochs], train.stop_accuracy, train.patience)
     if not history:
         raise ValueError(f"training {result.key} has no epochs to read a prefix from")
     best = best_epoch(history)
@@ -64,7 +73,7 @@ def find_finished(
     cached longer training of the same job (see the module docstring). Jobs with neither are left out."""
     keys = {job: job.cache_key(code_hash, train, numerics) for job in jobs}
     found = cache.get_many(keys.values())
-    for longer in longer_trainings(train):
+    for longer in containing_trainings(train):
         missing = [job for job in jobs if keys[job] not in found]
         if not missing:
             break

@@ -64,6 +64,7 @@ class EvalReport(BaseModel):
     lr_schedule: str
     init: str = "mad-lab"
     init_seed: str = "setting"
+    patience: int | None = None  # epochs without a better test perplexity that stop a training (None: MAD's rule only)
     incomplete: int = 0  # trainings not finished (time limit): the scores above leave them out
     resumed: int = 0  # unfinished trainings picked up from a checkpoint of an earlier run
     from_longer: int = 0  # of from_cache: read off the first epochs of a cached longer training (evaluate/prefix.py)
@@ -235,7 +236,8 @@ def evaluate_mixer(
         mixer=spec.name, mixer_hash=spec.code_hash, profile=profile.name, device=options.device, seeds=options.seeds,
         tasks=scores, trainings=len(jobs), trained_now=len(todo), from_cache=len(jobs) - len(todo),
         wall_seconds=wall, optimizer_steps=member_steps, steps_per_second=member_steps / wall if wall else 0.0,
-        lr_schedule=train.lr_schedule, init=train.init, init_seed=train.init_seed, incomplete=len(missing), resumed=resumed,
+        lr_schedule=train.lr_schedule, init=train.init, init_seed=train.init_seed, patience=train.patience,
+        incomplete=len(missing), resumed=resumed,
         from_longer=len(derived), stopped_by=stop.name if missing and (stop := stop_requested()) else None,
         unfinished={task: p for task, p in task_progress(jobs, keys, results).items() if p.done < p.planned},
     )

@@ -6,8 +6,8 @@ their parameters stacked in one flat `[members, params]` tensor. One step gather
 batch, runs the model once under `torch.vmap` over the member dimension (ordinary autograd flows through
 it), and applies AdamW to the flat tensor with per-member learning rates and weight decays. On CUDA the
 step is captured once in a CUDA graph and replayed. Members keep their own epochs (data sizes differ),
-are evaluated at their own epoch ends, stop on their own (MAD's 0.999 rule), and leave the group when
-enough have finished, so the group shrinks instead of carrying dead weight.
+are evaluated at their own epoch ends, stop on their own (MAD's 0.999 rule, or a patience), and leave the
+group when enough have finished, so the group shrinks instead of carrying dead weight.
 
 Vocabulary sizes may differ: each member is built at its own vocabulary (the same initial weights as
 alone) and padded with zero rows to the group's largest, and its logits beyond its own vocabulary are
@@ -41,7 +41,7 @@ from .common import init_model, make_result, token_losses
 from .interrupts import should_stop, take_save_request
 from .job import TrainJob
 from .metrics import batch_metrics
-from .result import EpochRecord, TrainResult
+from .result import EpochRecord, TrainResult, select_epochs
 from .schedule import batches_per_epoch, epoch_order, lr_for_epoch
 
 log = logging.getLogger(__name__)
@@ -426,7 +426,8 @@ class BatchedTrainer:
                 continue  # already finished (trained on a little past its stop before we looked)
             member.history.append(EpochRecord(epoch=epoch, train_loss=train_loss, test_loss=nll, test_acc=macro,
                                               test_token_acc=token, test_ppl=ppl))
-            if macro > self.train.stop_accuracy or epoch + 1 >= self.train.max_epochs:
+            if epoch + 1 >= self.train.max_epochs or select_epochs(member.history, self.train.stop_accuracy,
+                                                                   self.train.patience)[1]:
                 member.done = True
                 steps = len(member.history) * member.steps_per_epoch
                 # the member's share of the group's time so far (it trained `steps` of `member_steps`)

@@ -43,7 +43,7 @@ def make_result(
     trainer: str,
     device: str,
 ) -> TrainResult:
-    kept, stopped = select_epochs(history, train.stop_accuracy)
+    kept, stopped = select_epochs(history, train.stop_accuracy, train.patience)
     best = best_epoch(kept)
     return TrainResult(
         key=key,

@@ -14,7 +14,7 @@ from mixerlab.tasks.sampling import stable_seed
 
 # Fields added to TrainConfig after results were first cached: left out of the key at their default, so
 # every earlier result keeps its key (a non-default value still makes a new one).
-_ADDED_LATER = {"init": "mad-lab", "init_seed": "setting"}
+_ADDED_LATER = {"init": "mad-lab", "init_seed": "setting", "patience": None}
 
 
 def train_identity(train: TrainConfig) -> dict:

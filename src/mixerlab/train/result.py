@@ -2,7 +2,8 @@
 
 MAD's rule: training stops after the first epoch whose test accuracy exceeds 0.999; the reported score is
 the test accuracy of the epoch with the lowest test perplexity up to then (Lightning reloads the "best"
-checkpoint before its final validation). The last epoch's accuracy is kept beside it.
+checkpoint before its final validation). The last epoch's accuracy is kept beside it. An optional patience
+(not MAD's) also stops a training whose test perplexity has stopped improving; the score rule is unchanged.
 """
 
 from __future__ import annotations
@@ -47,10 +48,19 @@ class TrainResult(BaseModel):
     derived_from: str | None = None
 
 
-def select_epochs(history: list[EpochRecord], stop_accuracy: float) -> tuple[list[EpochRecord], bool]:
-    """Epochs up to and including the first one whose accuracy exceeds stop_accuracy."""
+def select_epochs(
+    history: list[EpochRecord], stop_accuracy: float, patience: int | None = None
+) -> tuple[list[EpochRecord], bool]:
+    """Epochs up to and including the one a training stops after, and whether it stopped before its last epoch:
+    the first whose accuracy exceeds stop_accuracy (MAD), or, with a patience, the first that comes `patience`
+    epochs after the best-perplexity epoch so far (`best_epoch`'s order: the first of ties, NaN never best)."""
+    best_index, best_ppl = None, math.inf
     for i, record in enumerate(history):
+        if record.test_ppl < best_ppl:  # NaN compares False: never best
+            best_index, best_ppl = i, record.test_ppl
         if record.test_acc > stop_accuracy:
+            return history[: i + 1], True
+        if patience is not None and i - (best_index if best_index is not None else -1) >= patience:
             return history[: i + 1], True
     return history, False
 

@@ -17,7 +17,7 @@ from mixerlab.tasks import generate
 from .common import init_model, make_result, token_losses
 from .job import TrainJob
 from .metrics import batch_metrics
-from .result import EpochRecord, TrainResult
+from .result import EpochRecord, TrainResult, select_epochs
 from .schedule import batches_per_epoch, epoch_order, lr_for_epoch
 
 
@@ -80,6 +80,6 @@ def train_single(job: TrainJob, train: TrainConfig, mixer_factory: MixerFactory,
                 test_ppl=metrics["ppl"],
             )
         )
-        if metrics["macro_acc"] > train.stop_accuracy:
+        if select_epochs(history, train.stop_accuracy, train.patience)[1]:
             break
     return make_result(job, key, history, train, steps, time.perf_counter() - start_time, "single", device)
