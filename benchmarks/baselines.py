@@ -2,7 +2,9 @@
 
 Reads finished trainings from a result cache (default: the committed GPU results, imported into a
 temporary cache) and reports, for `full` (1 seed) and `baseline` (3 seeds), every task's score, the seed
-row, the difference, and how many of the protocol's trainings are done (a partial sweep is labelled so).
+row, the difference, and how many of the protocol's trainings are done (a partial sweep is labelled so);
+and the cheaper variants read off the `full` trainings without training (`quick`, `--patience P`), with
+their score differences from `full` and their share of its training tokens.
 
     python benchmarks/baselines.py [--cache FILE.sqlite] [--import FILE.jsonl.gz ...]
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 
-from mixerlab.config import PROFILES  # noqa: E402
+from mixerlab.config import PROFILES, Profile  # noqa: E402
 from mixerlab.evaluate import ResultCache, aggregate  # noqa: E402
 from mixerlab.evaluate.plan import plan_jobs  # noqa: E402
 from mixerlab.evaluate.prefix import find_finished  # noqa: E402
@@ -137,35 +139,51 @@ def training_tokens(results: dict, jobs: dict, batch_size: int) -> int:
     return sum(r.steps * batch_size * jobs[key].setting.input_len for key, r in results.items())
 
 
-def collect_quick(cache: ResultCache) -> dict:
-    """`quick` per model and task, read off the cached `full` trainings (its jobs are full's jobs up to 256
-    tokens with lr 5e-4/1e-3 and wd 0, and their first 100 epochs: evaluate/prefix.py), beside `full` itself,
-    with what each costs in optimiser steps and training tokens (trainings that stop early cost less)."""
-    quick, full = PROFILES["quick"], PROFILES["full"]
+PATIENCES = (10, 20, 30, 50)  # `--patience` values read off the `full` trainings (below)
+
+
+def read_off_full(cache: ResultCache, variant: Profile) -> dict:
+    """A cheaper variant of `full` per model and task, read off the cached `full` trainings (evaluate/prefix.py:
+    `quick` is full's jobs up to 256 tokens, lr 5e-4/1e-3, wd 0, and their first 100 epochs; a patience ends
+    the same trainings sooner), beside `full` itself, with what each costs in optimiser steps and training
+    tokens. Only settings whose six `full` trainings are all in are compared: a partial task compares the
+    variant and `full` on those settings alone (and says so)."""
+    full = PROFILES["full"]
     out: dict = {}
     for mixer in ("delta_net", "gated_delta_net"):
         spec = resolve_mixer(mixer)
         model = {}
         for task in TASK_ORDER:
-            quick_jobs, full_jobs = plan_jobs(quick, (task,), 1), plan_jobs(full, (task,), 1)
-            quick_keys = {j.cache_key(spec.code_hash, quick.train, "bf16"): j for j in quick_jobs}
-            full_keys = {j.cache_key(spec.code_hash, full.train, "bf16"): j for j in full_jobs}
-            got = find_finished(cache, quick_jobs, spec.code_hash, quick.train, "bf16")
+            full_keys = {j.cache_key(spec.code_hash, full.train, "bf16"): j for j in plan_jobs(full, (task,), 1)}
             full_got = cache.get_many(full_keys)
-            if not got or len(full_got) < len(full_jobs):
-                continue  # compared only where `full` is complete
+            per_setting = Counter(full_keys[k].setting.label for k in full_got)
+            complete = {label for label, n in per_setting.items() if n == len(full.lrs) * len(full.weight_decays)}
+            variant_jobs = [j for j in plan_jobs(variant, (task,), 1) if j.setting.label in complete]
+            if not variant_jobs:
+                continue
+            variant_keys = {j.cache_key(spec.code_hash, variant.train, "bf16"): j for j in variant_jobs}
+            got = find_finished(cache, variant_jobs, spec.code_hash, variant.train, "bf16")
+            full_got = {k: r for k, r in full_got.items() if full_keys[k].setting.label in complete}
             score = aggregate(list(got.values()))[task.value].mean
             full_score = aggregate(list(full_got.values()))[task.value].mean
             model[task.value] = {
                 "mean": score, "full_mean": full_score, "difference_from_full": score - full_score,
-                "trainings_done": len(got), "trainings_planned": len(quick_jobs), "complete": len(got) == len(quick_jobs),
+                "trainings_done": len(got), "trainings_planned": len(variant_jobs),
+                "settings_compared": len(complete), "settings_in_full": len(full.settings[task]),
+                "complete": len(got) == len(variant_jobs) and len(complete) == len(full.settings[task]),
                 "member_steps": sum(r.steps for r in got.values()),
                 "full_member_steps": sum(r.steps for r in full_got.values()),
-                "tokens": training_tokens(got, quick_keys, full.train.batch_size),
+                "tokens": training_tokens(got, variant_keys, full.train.batch_size),
                 "full_tokens": training_tokens(full_got, full_keys, full.train.batch_size),
             }
         out[spec.name] = model
     return out
+
+
+def with_patience(patience: int) -> Profile:
+    full = PROFILES["full"]
+    return full.model_copy(update={"name": f"full-patience{patience}",
+                                   "train": full.train.model_copy(update={"patience": patience})})
 
 
 def quick_lines(quick: dict) -> list[str]:
@@ -177,11 +195,12 @@ def quick_lines(quick: dict) -> list[str]:
              "above: with a constant learning rate a 100-epoch training is the first 100 epochs of the 200-epoch one",
              "(same init, data and steps), so these are exact, not re-trained (`src/mixerlab/evaluate/prefix.py`).",
              "Cost is what the trainings actually ran (early stops included): optimiser steps summed over trainings,",
-             "and training tokens (steps x batch x length), the better proxy for GPU time.", "",
+             "and training tokens (steps x batch x length), the better proxy for GPU time. Where `full` is partial,",
+             "both sides cover only its settings whose six trainings are in (so named).", "",
              "| model | task | quick | full | quick - full | trainings | steps, share of full | tokens, share of full |",
              "|---|---|---|---|---|---|---|---|"]
     for model, task, c in rows:
-        flag = "" if c["complete"] else " (partial)"
+        flag = "" if c["complete"] else f" ({c['settings_compared']} of {c['settings_in_full']} settings)"
         lines.append(f"| {model} | {task} | {c['mean']:.4f}{flag} | {c['full_mean']:.4f} | {c['difference_from_full']:+.4f} | "
                      f"{c['trainings_done']}/{c['trainings_planned']} | {c['member_steps']:,} "
                      f"({c['member_steps'] / c['full_member_steps']:.0%}) | {c['tokens'] / 1e9:.2f}G "
@@ -191,6 +210,35 @@ def quick_lines(quick: dict) -> list[str]:
     lines += ["", f"Over these cells `quick` costs {steps[0] / steps[1]:.0%} of `full`'s optimiser steps and "
               f"{tokens[0] / tokens[1]:.0%} of its training tokens.", ""]
     return lines
+
+
+def patience_lines(by_patience: dict) -> list[str]:
+    """`full --patience P` against `full`, every P in one table: score difference and share of training tokens."""
+    cells = [(m, t) for m, tasks in next(iter(by_patience.values()), {}).items() for t in tasks]
+    if not cells:
+        return []
+    lines = ["## `full --patience P` against `full`", "",
+             "`--patience P` also stops a training once its test perplexity has not improved for P epochs (not MAD's",
+             "rule; the score is still the best-perplexity epoch's, so a training's score changes only where a later",
+             "epoch would have won). It ends each training sooner on the same path, so these are read off the `full`",
+             "trainings' epoch histories exactly, not re-trained. Per cell: the score's difference from `full`, and",
+             "(in brackets) the share of `full`'s training tokens it needs. Partial `full` tasks compare their",
+             "complete settings only (the settings column).", "",
+             "| model | task | settings | full | " + " | ".join(f"P = {p}" for p in by_patience) + " |",
+             "|---|---|---|---|" + "---|" * len(by_patience)]
+    for model, task in cells:
+        first = by_patience[next(iter(by_patience))][model][task]
+        row = [f"{c['difference_from_full']:+.4f} ({c['tokens'] / c['full_tokens']:.0%})"
+               for c in (by_patience[p][model][task] for p in by_patience)]
+        lines.append(f"| {model} | {task} | {first['settings_compared']}/{first['settings_in_full']} | "
+                     f"{first['full_mean']:.4f} | " + " | ".join(row) + " |")
+    totals = []
+    for p, found in by_patience.items():
+        cs = [c for tasks in found.values() for c in tasks.values()]
+        worst = max(cs, key=lambda c: abs(c["difference_from_full"]))
+        totals.append(f"P = {p}: {sum(c['tokens'] for c in cs) / sum(c['full_tokens'] for c in cs):.0%} of the tokens, "
+                      f"largest change {worst['difference_from_full']:+.4f}")
+    return lines + ["", "Over these cells: " + "; ".join(totals) + ".", ""]
 
 
 def variant_lines(results: dict, variant: dict, title: str, intro: str, base: str, other: str) -> list[str]:
@@ -207,7 +255,7 @@ def variant_lines(results: dict, variant: dict, title: str, intro: str, base: st
     return lines + [""]
 
 
-def markdown(results: dict, cosine: dict, normal_init: dict, run_init: dict, quick: dict) -> str:
+def markdown(results: dict, cosine: dict, normal_init: dict, run_init: dict, quick: dict, patience: dict) -> str:
     lines = [
         "# Baselines against the seed rows",
         "",
@@ -245,6 +293,7 @@ def markdown(results: dict, cosine: dict, normal_init: dict, run_init: dict, qui
                       "this file): which settings each model has learned and where the sweep still has to run.", "",
                       "![full, best (lr, wd) per setting](baselines_settings.svg)", ""]
     lines += quick_lines(quick)
+    lines += patience_lines(patience)
     lines += variant_lines(results, cosine, "Learning-rate schedule",
                            "`full` tasks measured under both schedules (constant is `full`'s default):",
                            "constant", "cosine")
@@ -293,12 +342,14 @@ def main() -> None:
     cosine = measured(collect(cache, lr_schedule="cosine"))
     normal_init = measured(collect(cache, init="normal"))
     run_init = measured(collect(cache, init_seed="run"))
-    quick = collect_quick(cache)
+    quick = read_off_full(cache, PROFILES["quick"])
+    patience = {p: read_off_full(cache, with_patience(p)) for p in PATIENCES}
     report = {**results, "targets": target_checks(results["full"]), "quick_vs_full": quick,
+              "patience_vs_full": {str(p): found for p, found in patience.items()},
               "cosine_schedule": cosine, "normal_init": normal_init, "run_init": run_init}
     (ROOT / "results" / "baselines.json").write_text(json.dumps(report, indent=2))
     (ROOT / "results" / "baselines_settings.svg").write_text(settings_chart(results["full"]))
-    text = markdown(results, cosine, normal_init, run_init, quick)
+    text = markdown(results, cosine, normal_init, run_init, quick, patience)
     notes = Path(args.notes)
     if notes.exists():
         text += "\n" + notes.read_text()

@@ -76,3 +76,40 @@ def test_per_setting_scores_and_their_chart_add_up_to_the_written_means(tmp_path
     n_settings = sum(len(s) for s in PROFILES["full"].settings.values())
     assert len(titles) == 2 * n_settings == 132
     assert sum(t.endswith(": not run") for t in titles) == 2 * n_settings - shown
+
+
+def test_written_patience_rows_are_the_committed_histories_cut_by_the_rule(tmp_path) -> None:
+    """baselines.json's `full --patience P` cells, recomputed here straight from each committed training's epoch
+    history (cut where the rule stops it, scored at its best-perplexity epoch, best (lr, wd) per setting, mean
+    over settings): what `evaluate/prefix.py` reads off must be what the rule gives. A smaller P never costs more."""
+    from collections import defaultdict
+
+    from mixerlab.train.result import best_epoch, select_epochs
+
+    written = json.loads((COMMITTED.parents[1] / "baselines.json").read_text())["patience_vs_full"]
+    assert written, "baselines.py wrote no patience comparison"
+    cache = ResultCache(tmp_path / "c.sqlite")
+    cache.import_jsonl(COMMITTED)
+    full = PROFILES["full"]
+    for mixer in ("delta_net", "gated_delta_net"):
+        spec = resolve_mixer(mixer)
+        for task in Task:
+            jobs = {j.cache_key(spec.code_hash, full.train, "bf16"): j for j in plan_jobs(full, (task,), 1)}
+            found = cache.get_many(jobs)
+            by_setting = defaultdict(list)
+            for key, result in found.items():
+                by_setting[jobs[key].setting.label].append(result)
+            complete = {label: rs for label, rs in by_setting.items() if len(rs) == 6}
+            tokens_by_p = []
+            for p, cells in sorted(written.items(), key=lambda kv: int(kv[0])):
+                cell = cells[spec.name].get(task.value)
+                if not complete:
+                    assert cell is None
+                    continue
+                scores = [max(best_epoch(select_epochs(r.history, full.train.stop_accuracy, int(p))[0]).test_acc
+                              for r in rs) for rs in complete.values()]
+                assert cell["mean"] == pytest.approx(sum(scores) / len(scores)), (mixer, task, p)
+                assert cell["settings_compared"] == len(complete)
+                tokens_by_p.append(cell["tokens"])
+            if tokens_by_p:
+                assert tokens_by_p == sorted(tokens_by_p) and tokens_by_p[-1] <= cell["full_tokens"]
