@@ -57,6 +57,13 @@ def test_eval_prints_the_seed_table_writes_json_and_reuses_the_cache(tmp_path: P
     report3 = json.loads(out.read_text())
     assert (report3["trained_now"], report3["from_cache"], report3["from_longer"], report3["patience"]) == (0, 2, 2, 2)
     assert "patience 2 epochs" in patient.stdout and "read off the first epochs" in patient.stdout
+    info = mixerlab("cache", "info", "--profile", "tiny", "--patience", "2", env={**env, "COLUMNS": "160"})
+    assert info.returncode == 0, info.stderr
+    rows = {cells[0]: cells[1:] for line in info.stdout.splitlines()
+            if len(cells := [c.strip() for c in line.strip().strip("│").split("│")]) == 6}
+    assert rows["context_recall"][:3] == ["1/1", "1/1", f"{report3['tasks']['context_recall']['mean']:.4f}"]
+    assert "`tiny` sweep, patience 2" in info.stdout
+    assert_user_error(mixerlab("cache", "info", "--patience", "2", env=env), "--patience", "give --profile too")
 
     # how far the `tiny` sweep got: two of its six tasks, each one training (a finished task has no range)
     info = mixerlab("cache", "info", "--profile", "tiny", env={**env, "COLUMNS": "160"})

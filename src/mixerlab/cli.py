@@ -604,6 +604,8 @@ def cache_info(
     profile: Optional[str] = typer.Option(None, help="also show how far this profile's sweep has got, per mixer "
                                           "and task: tiny | quick | baseline | full"),
     seeds: int = typer.Option(1, min=1, help="seeds per training of that sweep (as `eval --seeds`)"),
+    patience: Optional[int] = typer.Option(None, min=1, help="that sweep with `eval --patience` (its trainings are "
+                                           "read off those without it)"),
 ) -> None:
     """Where the cache is and how many trainings it holds per mixer; with --profile, how far each sweep got."""
     from mixerlab.config import get_profile
@@ -613,6 +615,10 @@ def cache_info(
         prof = get_profile(profile) if profile else None
     except ValueError as err:
         fail(str(err))
+    if patience is not None:
+        if prof is None:
+            fail("--patience describes a sweep: give --profile too (e.g. --profile full --patience 20)")
+        prof = prof.model_copy(update={"train": prof.train.model_copy(update={"patience": patience})})
     typer.echo(f"{store.path}: {store.count()} trainings")
     mixers = store.mixers()
     for mixer_hash, name, count in mixers:
@@ -637,7 +643,8 @@ def _print_coverage(store, prof, seeds: int, mixers: list[tuple[str, str, int]])
             if not any(r.done for r in rows):
                 continue
             shown += 1
-            table = Table(title=f"{name} ({mixer_hash}): `{prof.name}` sweep, {seeds} seed(s), {where}",
+            patience = f", patience {prof.train.patience}" if prof.train.patience else ""
+            table = Table(title=f"{name} ({mixer_hash}): `{prof.name}` sweep{patience}, {seeds} seed(s), {where}",
                           title_justify="left")
             for column in ("task", "trainings", "settings complete", "score so far", "can end in", "tokens left (at most)"):
                 table.add_column(column, justify="left" if column == "task" else "right")
