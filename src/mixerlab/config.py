@@ -185,10 +185,13 @@ class LoopConfig(BaseModel):
     check_timeout_s: float = 120.0
     check_memory_gb: float = 8.0
 
+    def label(self, profile: str) -> str:
+        """A profile as this run records it on its rows: a patience run's scores are not the profile's own."""
+        return f"{profile}+patience{self.patience}" if self.patience else profile
+
     @property
     def profile_label(self) -> str:
-        """The profile as recorded on each row: a patience run's scores are not the profile's own."""
-        return f"{self.profile}+patience{self.patience}" if self.patience else self.profile
+        return self.label(self.profile)
 
     @property
     def lookahead(self) -> int:

@@ -439,7 +439,9 @@ class ResearchLoop:
             self.event("promoting", f"to {promotion}", row.iteration, row.name)
             t0 = time.perf_counter()
             promoted, _, error = self.run_profile(row, spec, promotion, slot)
-            fields["promoted"] = {"profile": promotion, "scores": self.scores_of(promoted)} if promoted else {"profile": promotion, "error": error}
+            label = self.config.label(promotion)
+            fields["promoted"] = {"profile": label, "scores": self.scores_of(promoted)} if promoted else \
+                {"profile": label, "error": error}
             fields["timings"] = {**timings, "promote_s": time.perf_counter() - t0}
         row = self.store.update_experiment(row.id, **fields)
         self.event("done", f"mean {mean:.4f}", row.iteration, row.name)
