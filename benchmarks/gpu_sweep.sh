@@ -24,6 +24,8 @@
 # for a fresh checkpoint (SIGUSR1) and waits up to SAVE_WAIT seconds for it. PROFILE and DEVICE (default full,
 # cuda) are settings. `home DIR` also merges DIR/results.jsonl.gz into
 # benchmarks/results/cache/gpu_results.jsonl.gz (COMMITTED); then `python benchmarks/baselines.py` and commit it.
+# Run `home` after every call, before the next, also when sending calls back to back: a warm machine keeps its sweep
+# running, but one that went cold in between starts from .carry, and a stale .carry repeats the last call's work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${SWEEP_DIR:-/tmp/mixerlab-sweep}
