@@ -54,13 +54,13 @@ def select_epochs(
     """Epochs up to and including the one a training stops after, and whether it stopped before its last epoch:
     the first whose accuracy exceeds stop_accuracy (MAD), or, with a patience, the first that comes `patience`
     epochs after the best-perplexity epoch so far (`best_epoch`'s order: the first of ties, NaN never best)."""
-    best_index, best_ppl = None, math.inf
+    best_index, best_ppl = -1, math.inf  # -1: no finite perplexity yet, so the patience counts from before epoch 0
     for i, record in enumerate(history):
         if record.test_ppl < best_ppl:  # NaN compares False: never best
             best_index, best_ppl = i, record.test_ppl
         if record.test_acc > stop_accuracy:
             return history[: i + 1], True
-        if patience is not None and i - (best_index if best_index is not None else -1) >= patience:
+        if patience is not None and i - best_index >= patience:
             return history[: i + 1], True
     return history, False
 
