@@ -23,7 +23,8 @@
 # returned checkpoints/*.pt into .carry/checkpoints/, replacing the previous poll's; `poll` first asks the running eval
 # for a fresh checkpoint (SIGUSR1) and waits up to SAVE_WAIT seconds for it. PROFILE and DEVICE (default full,
 # cuda) are settings. `home DIR` also merges DIR/results.jsonl.gz into
-# benchmarks/results/cache/gpu_results.jsonl.gz (COMMITTED); then `python benchmarks/baselines.py` and commit it.
+# benchmarks/results/cache/gpu_results.jsonl.gz (COMMITTED) and prints where each sweep stands and what .carry's
+# checkpoints hold (`mixerlab cache info --checkpoints`); then `python benchmarks/baselines.py` and commit it.
 # Run `home` after every call, before the next, also when sending calls back to back: a warm machine keeps its sweep
 # running, but one that went cold in between starts from .carry, and a stale .carry repeats the last call's work.
 set -euo pipefail
@@ -125,12 +126,15 @@ bring_home() {  # DIR: what a poll returned -> the committed results file and .c
     "$py" -m mixerlab.cli cache import "$dir/results.jsonl.gz" --cache "$merged/cache.sqlite"
     mkdir -p "$(dirname "$COMMITTED")"
     "$py" -m mixerlab.cli cache export "$COMMITTED" --cache "$merged/cache.sqlite"
-    rm -rf "$merged" "$CARRY/checkpoints"; mkdir -p "$CARRY/checkpoints"
+    rm -rf "$CARRY/checkpoints"; mkdir -p "$CARRY/checkpoints"
     if [[ $CARRY != /* ]] && [ -d .git/info ]; then  # a folder in the checkout travels with it, never committed
         grep -qx "/$CARRY/" .git/info/exclude 2>/dev/null || echo "/$CARRY/" >> .git/info/exclude
     fi
     cp -f "$dir/results.jsonl.gz" "$CARRY/results.jsonl.gz"; chmod u+w "$CARRY/results.jsonl.gz"
     if compgen -G "$dir/checkpoints/*.pt" >/dev/null; then cp "$dir"/checkpoints/*.pt "$CARRY/checkpoints/"; fi
+    # where every sweep stands and what the carried checkpoints hold (trainings, epochs, score so far)
+    "$py" -m mixerlab.cli cache info --cache "$merged/cache.sqlite" --profile "$PROFILE" --checkpoints "$CARRY/checkpoints"
+    rm -rf "$merged"
     echo "$CARRY: results and $(find "$CARRY/checkpoints" -name '*.pt' | wc -l) checkpoint file(s) for the next call (carry it)"
 }
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mixerlab.config import Profile, TrainConfig
+from mixerlab.config import Profile, TrainConfig, get_profile
 from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer
+from mixerlab.evaluate.inflight import unfinished_trainings
 from mixerlab.evaluate.plan import plan_jobs
 from mixerlab.mixers import resolve_mixer
 from mixerlab.tasks import Task, TaskSetting
@@ -218,3 +219,41 @@ def test_eval_checkpoints_on_sigusr1_and_stops_resumably_on_sigterm(tmp_path: Pa
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr
     assert "1 trainings continued from a checkpoint" in again.stdout and not list(folder.glob("*.pt"))
+
+
+def test_cache_info_names_the_checkpointed_trainings_and_scores_them_so_far(tmp_path: Path) -> None:
+    """What a carried checkpoint holds, before deciding the next call: mixer, training, epochs, score so far."""
+    tiny = get_profile("tiny")
+    spec = resolve_mixer("delta_net")
+    jobs = plan_jobs(tiny, (Task.context_recall,), 2)  # `tiny` has one context_recall training: two seeds of it
+    keys = [job.cache_key(spec.code_hash, tiny.train, "fp32") for job in jobs]
+    carried = CheckpointStore(tmp_path / "carried", every=0)
+    trainer = BatchedTrainer(jobs, keys, tiny.train, spec.factory(), "cpu", checkpoints=carried)
+    assert trainer.run(deadline=time.monotonic() - 1) == []
+    [(_, state)] = carried.load_all()
+
+    found = unfinished_trainings(carried.load_all(), tiny, [(spec.code_hash, spec.name)], seeds=2)
+    assert sorted((u.label, u.mixer, u.max_epochs) for u in found) == sorted((j.label, spec.name, tiny.train.max_epochs)
+                                                                             for j in jobs)
+    for u in found:
+        history = state["histories"][state["keys"].index(u.key)]
+        best = min(range(len(history)), key=lambda i: history[i]["test_ppl"])
+        assert 0 < u.epochs == len(history) < tiny.train.max_epochs
+        assert (u.score, u.best_epoch) == (history[best]["test_acc"], best + 1)
+    assert len(found) == 2 and {u.mixer for u in unfinished_trainings(carried.load_all(), tiny, [], seeds=2)} == {None}
+
+    cache = ResultCache(tmp_path / "cache.sqlite")
+    info = [sys.executable, "-m", "mixerlab.cli", "cache", "info", "--cache", str(cache.path)]
+    env = {**os.environ, "COLUMNS": "200"}
+    named = subprocess.run([*info, "--profile", "tiny", "--seeds", "2", "--checkpoints", str(carried.folder)], capture_output=True,
+                           text=True, env=env)
+    assert named.returncode == 0, named.stderr
+    assert "2 unfinished trainings in" in named.stdout, named.stdout
+    assert all(f"{spec.name} │ {job.label}" in named.stdout for job in jobs), named.stdout
+    counted = subprocess.run([*info, "--checkpoints", str(carried.folder)], capture_output=True, text=True, env=env)
+    assert "2 unfinished trainings checkpointed in" in counted.stdout, counted.stdout
+    other = subprocess.run([*info, "--profile", "baseline", "--checkpoints", str(carried.folder)], capture_output=True,
+                           text=True, env=env)
+    assert other.stdout.count("not in the `baseline` sweep") == 2, other.stdout
+    bad = subprocess.run([*info, "--checkpoints", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no folder" in bad.stderr and "Traceback" not in bad.stderr

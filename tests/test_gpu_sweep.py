@@ -67,6 +67,7 @@ def test_home_merges_returned_results_and_refreshes_the_carry(tmp_path: Path) ->
     assert keys(committed) == {json.loads(line)["result"]["key"] for line in records}
     assert keys(carry / "results.jsonl.gz") == keys(returned / "results.jsonl.gz")
     assert sorted(p.name for p in (carry / "checkpoints").iterdir()) == ["group.pt"]  # the previous poll's replaced
+    assert ": 15 trainings" in result.stdout and "can end in" in result.stdout, result.stdout  # where they stand
 
 
 def test_home_without_a_returned_folder_names_the_fix(tmp_path: Path) -> None:

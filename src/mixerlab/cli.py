@@ -606,10 +606,16 @@ def cache_info(
     seeds: int = typer.Option(1, min=1, help="seeds per training of that sweep (as `eval --seeds`)"),
     patience: Optional[int] = typer.Option(None, min=1, help="that sweep with `eval --patience` (its trainings are "
                                            "read off those without it)"),
+    checkpoints: Optional[Path] = typer.Option(None, help="folder of unfinished trainings' checkpoints to list "
+                                               "(default: the cache's own, `<cache>.checkpoints/`)"),
 ) -> None:
-    """Where the cache is and how many trainings it holds per mixer; with --profile, how far each sweep got."""
+    """Where the cache is and how many trainings it holds per mixer; with --profile, how far each sweep got
+    and which trainings are under way in checkpoints (unfinished, with their score so far)."""
     from mixerlab.config import get_profile
 
+    if checkpoints is not None and not checkpoints.is_dir():
+        fail(f"no folder {str(checkpoints)!r}; pass --checkpoints with a folder of checkpoints "
+             "(e.g. what `mixerlab cache pack-checkpoints` wrote)")
     store = _open_cache(cache)
     try:
         prof = get_profile(profile) if profile else None
@@ -625,6 +631,7 @@ def cache_info(
         typer.echo(f"  {name} ({mixer_hash}): {count}")
     if prof is not None:
         _print_coverage(store, prof, seeds, mixers)
+    _print_unfinished(store, prof, seeds, mixers, checkpoints)
 
 
 def _tokens(count: int) -> str:
@@ -656,6 +663,36 @@ def _print_coverage(store, prof, seeds: int, mixers: list[tuple[str, str, int]])
             console.print(table)
     if not shown:
         console.print(f"no trainings of the `{prof.name}` profile ({seeds} seed(s)) in this cache yet")
+
+
+def _print_unfinished(store, prof, seeds: int, mixers: list[tuple[str, str, int]], folder: Optional[Path]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mixerlab.evaluate.inflight import unfinished_trainings
+    from mixerlab.mixers import BUILTINS, builtin_spec
+    from mixerlab.train.checkpoint import CheckpointStore
+
+    checkpoints = CheckpointStore(folder) if folder else CheckpointStore.beside(store.path)
+    states = checkpoints.load_all()
+    count = sum(len(state["keys"]) for _, state in states)
+    if not count:
+        if folder is not None:
+            typer.echo(f"no unfinished trainings in {checkpoints.folder}")
+        return
+    if prof is None:
+        typer.echo(f"{count} unfinished trainings checkpointed in {checkpoints.folder} (--profile names them)")
+        return
+    known = {(h, name) for h, name, _ in mixers} | {(spec.code_hash, spec.name) for spec in map(builtin_spec, BUILTINS)}
+    typer.echo(f"{count} unfinished trainings in {checkpoints.folder}:")
+    table = Table()
+    for column in ("mixer", "training", "epochs", "score so far", "at epoch"):
+        table.add_column(column, justify="left" if column in ("mixer", "training") else "right")
+    for u in unfinished_trainings(states, prof, sorted(known), seeds):
+        table.add_row(u.mixer or "?", escape(u.label) if u.label else f"not in the `{prof.name}` sweep (key {u.key})",
+                      f"{u.epochs}/{u.max_epochs}", "-" if u.score is None else f"{u.score:.4f}",
+                      "-" if u.best_epoch is None else str(u.best_epoch))
+    console.print(table)
 
 
 @cache_app.command("export")
