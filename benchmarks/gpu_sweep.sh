@@ -23,8 +23,9 @@
 # returned checkpoints/*.pt into .carry/checkpoints/, replacing the previous poll's; `poll` first asks the running eval
 # for a fresh checkpoint (SIGUSR1) and waits up to SAVE_WAIT seconds for it. PROFILE and DEVICE (default full,
 # cuda) are settings. `home DIR` also merges DIR/results.jsonl.gz into
-# benchmarks/results/cache/gpu_results.jsonl.gz (COMMITTED) and prints where each sweep stands and what .carry's
-# checkpoints hold (`mixerlab cache info --checkpoints`); then `python benchmarks/baselines.py` and commit it.
+# benchmarks/results/cache/gpu_results.jsonl.gz (COMMITTED) and prints where the sweeps of HOME_MIXERS (default the
+# two baselines) stand and what .carry's checkpoints hold (`mixerlab cache info --checkpoints --mixer`); then
+# `python benchmarks/baselines.py` and commit it.
 # Run `home` after every call, before the next, also when sending calls back to back: a warm machine keeps its sweep
 # running, but one that went cold in between starts from .carry, and a stale .carry repeats the last call's work.
 set -euo pipefail
@@ -46,6 +47,7 @@ POLL_RESERVE=${POLL_RESERVE:-$(( SAVE_WAIT + 30 ))}
 # --settings=vocab_size=128`) finished in the nineteenth session (baselines_notes.md).
 DEFAULT_JOBS="delta_net:fuzzy_recall gated_delta_net:fuzzy_recall gated_delta_net:selective_copy"
 COMMITTED=${COMMITTED:-benchmarks/results/cache/gpu_results.jsonl.gz}
+HOME_MIXERS=${HOME_MIXERS:-delta_net_4layer gated_delta_net_4layer}  # whose standing `home` prints (all: HOME_MIXERS=" ")
 CARRY=${CARRY:-.carry}
 
 python_env() {
@@ -132,8 +134,14 @@ bring_home() {  # DIR: what a poll returned -> the committed results file and .c
     fi
     cp -f "$dir/results.jsonl.gz" "$CARRY/results.jsonl.gz"; chmod u+w "$CARRY/results.jsonl.gz"
     if compgen -G "$dir/checkpoints/*.pt" >/dev/null; then cp "$dir"/checkpoints/*.pt "$CARRY/checkpoints/"; fi
-    # where every sweep stands and what the carried checkpoints hold (trainings, epochs, score so far)
-    "$py" -m mixerlab.cli cache info --cache "$merged/cache.sqlite" --profile "$PROFILE" --checkpoints "$CARRY/checkpoints"
+    # where every sweep of HOME_MIXERS stands and what the carried checkpoints hold (trainings, epochs, score so
+    # far); the probes' one-setting sweeps would only add empty tables
+    local only=() name
+    for name in $HOME_MIXERS; do  # `|| true`: grep -q stops reading early, which pipefail would count as failure
+        if { gzip -dc "$COMMITTED" || true; } | grep -q "\"mixer_name\": \"$name\""; then only+=(--mixer "$name"); fi
+    done
+    "$py" -m mixerlab.cli cache info --cache "$merged/cache.sqlite" --profile "$PROFILE" \
+        --checkpoints "$CARRY/checkpoints" "${only[@]}"
     rm -rf "$merged"
     echo "$CARRY: results and $(find "$CARRY/checkpoints" -name '*.pt' | wc -l) checkpoint file(s) for the next call (carry it)"
 }

@@ -250,6 +250,12 @@ def test_cache_info_names_the_checkpointed_trainings_and_scores_them_so_far(tmp_
     assert named.returncode == 0, named.stderr
     assert "2 unfinished trainings in" in named.stdout, named.stdout
     assert all(f"{spec.name} │ {job.label}" in named.stdout for job in jobs), named.stdout
+    mine = subprocess.run([*info, "--profile", "tiny", "--seeds", "2", "--checkpoints", str(carried.folder),
+                           "--mixer", "delta_net"], capture_output=True, text=True, env=env)
+    assert "2 of the 2 unfinished trainings in" in mine.stdout and mine.stdout.count(f"{spec.name} │") == 2, mine.stdout
+    theirs = subprocess.run([*info, "--profile", "tiny", "--seeds", "2", "--checkpoints", str(carried.folder),
+                             "--mixer", "gated_delta_net"], capture_output=True, text=True, env=env)
+    assert "0 of the 2 unfinished trainings in" in theirs.stdout and "│" not in theirs.stdout, theirs.stdout
     counted = subprocess.run([*info, "--checkpoints", str(carried.folder)], capture_output=True, text=True, env=env)
     assert "2 unfinished trainings checkpointed in" in counted.stdout, counted.stdout
     other = subprocess.run([*info, "--profile", "baseline", "--checkpoints", str(carried.folder)], capture_output=True,

@@ -180,3 +180,24 @@ def test_a_partial_row_says_how_far_each_unfinished_task_can_still_move(tmp_path
     assert "context_recall: 0 of 1 trainings; can end in 0.0000-1.0000" in proc.stdout
     assert "memorize:" not in proc.stdout.split("Selective Copy")[1]  # a finished task gets no such line
     assert "1 of 2 trainings were left out" in proc.stderr
+
+
+def test_cache_info_mixer_narrows_the_sweep_tables(tmp_path: Path) -> None:
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cache" / "gpu_results.jsonl.gz"
+    env = {"MIXERLAB_CACHE": str(tmp_path / "c.sqlite"), "COLUMNS": "160"}
+    assert mixerlab("cache", "import", str(committed), env=env).returncode == 0
+    listed = mixerlab("cache", "info", env=env).stdout
+    delta_hash = next(line.split("(")[1].split(")")[0] for line in listed.splitlines()
+                      if line.strip().startswith("delta_net_4layer ("))
+
+    def sweeps(*args: str) -> list[str]:
+        proc = mixerlab("cache", "info", "--profile", "full", *args, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "gdn_v1 (" in proc.stdout  # the counts still list every mixer
+        return [line.split(" (")[0] for line in proc.stdout.splitlines() if "`full` sweep" in line]
+
+    assert {"delta_net_4layer", "gated_delta_net_4layer", "gdn_v1"} <= set(sweeps())
+    assert sweeps("--mixer", "gated_delta_net") == ["gated_delta_net_4layer"]  # a built-in name
+    assert sweeps("--mixer", delta_hash[:6], "--mixer", "gdn_v1") == ["delta_net_4layer", "gdn_v1"]
+    assert_user_error(mixerlab("cache", "info", "--mixer", "gdn_v2", env=env),
+                      "no mixer 'gdn_v2' in this cache", "gated_delta_net_4layer", "pass --mixer")

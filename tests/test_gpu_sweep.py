@@ -53,6 +53,10 @@ def keys(path: Path) -> set[str]:
 def test_home_merges_returned_results_and_refreshes_the_carry(tmp_path: Path) -> None:
     with gzip.open(COMMITTED, "rt") as lines:
         records = [line for _, line in zip(range(15), lines)]
+    probe = json.loads(records[-1])
+    probe.update(mixer_name="a_probe", mixer_hash="0123456789abcdef")
+    probe["result"]["key"] = "f" * 24
+    records.append(json.dumps(probe) + "\n")  # a probe's one training: counted, but no sweep table
     committed, returned = tmp_path / "committed.jsonl.gz", tmp_path / "returned"
     write_records(committed, records[:10])
     write_records(returned / "results.jsonl.gz", records[5:])  # five known, five new
@@ -67,7 +71,10 @@ def test_home_merges_returned_results_and_refreshes_the_carry(tmp_path: Path) ->
     assert keys(committed) == {json.loads(line)["result"]["key"] for line in records}
     assert keys(carry / "results.jsonl.gz") == keys(returned / "results.jsonl.gz")
     assert sorted(p.name for p in (carry / "checkpoints").iterdir()) == ["group.pt"]  # the previous poll's replaced
-    assert ": 15 trainings" in result.stdout and "can end in" in result.stdout, result.stdout  # where they stand
+    assert ": 16 trainings" in result.stdout and "can end in" in result.stdout, result.stdout  # where they stand
+    assert "a_probe (0123456789abcdef): 1" in result.stdout
+    assert "delta_net_4layer (" in result.stdout and "a_probe (0123456789abcdef): `full` sweep" not in result.stdout
+    assert "gated_delta_net_4layer" in result.stdout and "`full` sweep" in result.stdout
 
 
 def test_home_without_a_returned_folder_names_the_fix(tmp_path: Path) -> None:

@@ -608,9 +608,12 @@ def cache_info(
                                            "read off those without it)"),
     checkpoints: Optional[Path] = typer.Option(None, help="folder of unfinished trainings' checkpoints to list "
                                                "(default: the cache's own, `<cache>.checkpoints/`)"),
+    mixer: Optional[list[str]] = typer.Option(None, help="only this mixer's sweep and checkpoints (repeatable): its "
+                                              "name as listed, a built-in name or a code-hash prefix"),
 ) -> None:
     """Where the cache is and how many trainings it holds per mixer; with --profile, how far each sweep got
-    and which trainings are under way in checkpoints (unfinished, with their score so far)."""
+    and which trainings are under way in checkpoints (unfinished, with their score so far). A research loop's
+    cache holds many candidates: --mixer narrows the tables to the ones you follow."""
     from mixerlab.config import get_profile
 
     if checkpoints is not None and not checkpoints.is_dir():
@@ -629,9 +632,29 @@ def cache_info(
     mixers = store.mixers()
     for mixer_hash, name, count in mixers:
         typer.echo(f"  {name} ({mixer_hash}): {count}")
+    chosen = _select_mixers(mixers, mixer) if mixer else None
     if prof is not None:
-        _print_coverage(store, prof, seeds, mixers)
-    _print_unfinished(store, prof, seeds, mixers, checkpoints)
+        _print_coverage(store, prof, seeds, chosen if chosen is not None else mixers)
+    _print_unfinished(store, prof, seeds, mixers, checkpoints, chosen)
+
+
+def _select_mixers(mixers: list[tuple[str, str, int]], wanted: list[str]) -> list[tuple[str, str, int]]:
+    """The mixers named by `wanted`: the cache's by listed name or code-hash prefix, and built-ins by name (also
+    before the cache holds any of their trainings: their checkpoints can be under way)."""
+    from mixerlab.mixers import BUILTINS, builtin_spec
+
+    chosen: dict[str, tuple[str, str, int]] = {}
+    for want in wanted:
+        found = [m for m in mixers if want in (m[1], m[0]) or (len(want) >= 4 and m[0].startswith(want))]
+        if want in BUILTINS:
+            spec = builtin_spec(want)
+            found += [m for m in mixers if m[0] == spec.code_hash] or [(spec.code_hash, spec.name, 0)]
+        if not found:
+            listed = ", ".join(name for _, name, _ in mixers) or "none"
+            fail(f"no mixer {want!r} in this cache (it holds: {listed}); pass --mixer with one of those names, "
+                 f"a built-in name ({', '.join(BUILTINS)}) or a code-hash prefix of at least 4 characters")
+        chosen.update((m[0], m) for m in found)
+    return sorted(chosen.values(), key=lambda m: m[1])
 
 
 def _tokens(count: int) -> str:
@@ -665,7 +688,8 @@ def _print_coverage(store, prof, seeds: int, mixers: list[tuple[str, str, int]])
         console.print(f"no trainings of the `{prof.name}` profile ({seeds} seed(s)) in this cache yet")
 
 
-def _print_unfinished(store, prof, seeds: int, mixers: list[tuple[str, str, int]], folder: Optional[Path]) -> None:
+def _print_unfinished(store, prof, seeds: int, mixers: list[tuple[str, str, int]], folder: Optional[Path],
+                      chosen: Optional[list[tuple[str, str, int]]] = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -684,11 +708,22 @@ def _print_unfinished(store, prof, seeds: int, mixers: list[tuple[str, str, int]
         typer.echo(f"{count} unfinished trainings checkpointed in {checkpoints.folder} (--profile names them)")
         return
     known = {(h, name) for h, name, _ in mixers} | {(spec.code_hash, spec.name) for spec in map(builtin_spec, BUILTINS)}
-    typer.echo(f"{count} unfinished trainings in {checkpoints.folder}:")
+    if chosen is not None:
+        known = {(h, name) for h, name, _ in chosen}
+    listed = unfinished_trainings(states, prof, sorted(known), seeds)
+    if chosen is None:
+        typer.echo(f"{count} unfinished trainings in {checkpoints.folder}:")
+    else:
+        listed = [u for u in listed if u.mixer is not None]
+        names = ", ".join(name for _, name, _ in chosen)
+        typer.echo(f"{len(listed)} of the {count} unfinished trainings in {checkpoints.folder} belong to {names}"
+                   + (":" if listed else ""))
+        if not listed:
+            return
     table = Table()
     for column in ("mixer", "training", "epochs", "score so far", "at epoch"):
         table.add_column(column, justify="left" if column in ("mixer", "training") else "right")
-    for u in unfinished_trainings(states, prof, sorted(known), seeds):
+    for u in listed:
         table.add_row(u.mixer or "?", escape(u.label) if u.label else f"not in the `{prof.name}` sweep (key {u.key})",
                       f"{u.epochs}/{u.max_epochs}", "-" if u.score is None else f"{u.score:.4f}",
                       "-" if u.best_epoch is None else str(u.best_epoch))
