@@ -41,11 +41,12 @@ SAVE_WAIT=${SAVE_WAIT:-45}  # seconds `poll` waits for the fresh checkpoint it a
 # `poll SECONDS` stops waiting this much before SECONDS, for the checkpoint, the export and the packing: measured
 # up to ~20 s for those two, plus SAVE_WAIT (a `poll 540` that waited the full 540 s overran a 600 s call limit)
 POLL_RESERVE=${POLL_RESERVE:-$(( SAVE_WAIT + 30 ))}
-# what is left of the two baselines' `full` sweeps, Fuzzy Recall first: three targets wait on it, while Gated
-# DeltaNet's Selective Copy (37 trainings left) is decided (its vocab-128 setting, done at 0.21, caps the mean at
-# 0.94: baselines.md). The probes of that setting (`variant/gdn_no_gate|gdn_no_decay|gdn_v1:selective_copy:
-# --settings=vocab_size=128`) finished in the nineteenth session (baselines_notes.md).
-DEFAULT_JOBS="delta_net:fuzzy_recall gated_delta_net:fuzzy_recall gated_delta_net:selective_copy"
+# what is left of the two baselines' `full` sweeps (DeltaNet's finished in the twenty-fourth session): Gated
+# DeltaNet's Fuzzy Recall first, two targets wait on it, while its Selective Copy (37 trainings left) is decided (its
+# vocab-128 setting, done at 0.21, caps the mean at 0.94: baselines.md). The probes of that setting
+# (`variant/gdn_no_gate|gdn_no_decay|gdn_v1:selective_copy:--settings=vocab_size=128`) finished in the nineteenth
+# session (baselines_notes.md).
+DEFAULT_JOBS="gated_delta_net:fuzzy_recall gated_delta_net:selective_copy"
 COMMITTED=${COMMITTED:-benchmarks/results/cache/gpu_results.jsonl.gz}
 HOME_MIXERS=${HOME_MIXERS:-delta_net_4layer gated_delta_net_4layer}  # whose standing `home` prints (all: HOME_MIXERS=" ")
 CARRY=${CARRY:-.carry}
