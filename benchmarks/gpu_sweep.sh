@@ -48,7 +48,7 @@ POLL_RESERVE=${POLL_RESERVE:-$(( SAVE_WAIT + 30 ))}
 # session (baselines_notes.md).
 DEFAULT_JOBS="gated_delta_net:fuzzy_recall gated_delta_net:selective_copy"
 COMMITTED=${COMMITTED:-benchmarks/results/cache/gpu_results.jsonl.gz}
-HOME_MIXERS=${HOME_MIXERS:-delta_net_4layer gated_delta_net_4layer}  # whose standing `home` prints (all: HOME_MIXERS=" ")
+HOME_MIXERS=${HOME_MIXERS:-delta_net gated_delta_net}  # whose standing `home` prints (`cache info --mixer`; all: " ")
 CARRY=${CARRY:-.carry}
 
 python_env() {
@@ -138,9 +138,7 @@ bring_home() {  # DIR: what a poll returned -> the committed results file and .c
     # where every sweep of HOME_MIXERS stands and what the carried checkpoints hold (trainings, epochs, score so
     # far); the probes' one-setting sweeps would only add empty tables
     local only=() name
-    for name in $HOME_MIXERS; do  # `|| true`: grep -q stops reading early, which pipefail would count as failure
-        if { gzip -dc "$COMMITTED" || true; } | grep -q "\"mixer_name\": \"$name\""; then only+=(--mixer "$name"); fi
-    done
+    for name in $HOME_MIXERS; do only+=(--mixer "$name"); done
     "$py" -m mixerlab.cli cache info --cache "$merged/cache.sqlite" --profile "$PROFILE" \
         --checkpoints "$CARRY/checkpoints" "${only[@]}"
     rm -rf "$merged"
