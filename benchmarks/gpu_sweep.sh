@@ -139,7 +139,7 @@ bring_home() {  # DIR: what a poll returned -> the committed results file and .c
     # far); the probes' one-setting sweeps would only add empty tables
     local only=() name
     for name in $HOME_MIXERS; do only+=(--mixer "$name"); done
-    "$py" -m mixerlab.cli cache info --cache "$merged/cache.sqlite" --profile "$PROFILE" \
+    COLUMNS=${COLUMNS:-160} "$py" -m mixerlab.cli cache info --cache "$merged/cache.sqlite" --profile "$PROFILE" \
         --checkpoints "$CARRY/checkpoints" "${only[@]}"
     rm -rf "$merged"
     echo "$CARRY: results and $(find "$CARRY/checkpoints" -name '*.pt' | wc -l) checkpoint file(s) for the next call (carry it)"

@@ -645,7 +645,7 @@ def _select_mixers(mixers: list[tuple[str, str, int]], wanted: list[str]) -> lis
 
     chosen: dict[str, tuple[str, str, int]] = {}
     for want in wanted:
-        found = [m for m in mixers if want in (m[1], m[0]) or (len(want) >= 4 and m[0].startswith(want))]
+        found = [m for m in mixers if want == m[1] or (len(want) >= 4 and m[0].startswith(want))]
         if want in BUILTINS:
             spec = builtin_spec(want)
             found += [m for m in mixers if m[0] == spec.code_hash] or [(spec.code_hash, spec.name, 0)]
@@ -707,9 +707,8 @@ def _print_unfinished(store, prof, seeds: int, mixers: list[tuple[str, str, int]
     if prof is None:
         typer.echo(f"{count} unfinished trainings checkpointed in {checkpoints.folder} (--profile names them)")
         return
-    known = {(h, name) for h, name, _ in mixers} | {(spec.code_hash, spec.name) for spec in map(builtin_spec, BUILTINS)}
-    if chosen is not None:
-        known = {(h, name) for h, name, _ in chosen}
+    known = ({(h, name) for h, name, _ in chosen} if chosen is not None else
+             {(h, name) for h, name, _ in mixers} | {(spec.code_hash, spec.name) for spec in map(builtin_spec, BUILTINS)})
     listed = unfinished_trainings(states, prof, sorted(known), seeds)
     if chosen is None:
         typer.echo(f"{count} unfinished trainings in {checkpoints.folder}:")
