@@ -20,6 +20,8 @@ MIX = "        o = self.mix(q, k, v, beta, g)\n"
 GATE = "        o = self.o_norm(o, self.split_heads(self.g_proj(x)))\n"
 EXPAND = "        expand_v: int = 2,\n"
 NO_GATE = (GATE, "        o = nn.RMSNorm.forward(self.o_norm, o)  # probe: no output gate\n")
+SIGMOID_GATE = ("        return super().forward(x) * F.silu(gate)\n",
+                "        return super().forward(x) * torch.sigmoid(gate)  # probe: sigmoid gate\n")
 EXPAND_1 = (EXPAND, "        expand_v: int = 1,\n")
 
 # name -> (what it tests, [(old, new), ...])
@@ -29,6 +31,9 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
                      [(MIX, "        o = self.mix(q, k, v, beta, g * 0.0)  # probe: no decay\n")]),
     "gdn_no_gate": ("the output gate off (plain RMSNorm); same initial weights as the baseline",
                     [NO_GATE]),
+    "gdn_sigmoid_gate": ("the output gate as sigmoid(W_g x) instead of SiLU(W_g x): a gate near 0.5 at init instead of "
+                         "one near 0 that changes sign; same initial weights as the baseline",
+                         [SIGMOID_GATE]),
     "gdn_v1": ("values as wide as keys (expand_v 1) instead of twice", [EXPAND_1]),
     "gdn_no_gate_v1": ("no output gate and expand_v 1: DeltaNet plus the decay gate",
                        [NO_GATE, EXPAND_1]),

@@ -38,7 +38,7 @@ def test_every_variant_builds_and_keeps_the_shape(files: Path) -> None:
 
 def test_paired_variants_start_from_the_baselines_weights(files: Path) -> None:
     base = build("gated_delta_net").state_dict()
-    for name in ("gdn_no_decay", "gdn_no_gate"):
+    for name in ("gdn_no_decay", "gdn_no_gate", "gdn_sigmoid_gate"):
         probe = build(str(files / f"{name}.py")).state_dict()
         assert all(torch.equal(base[k], probe[k]) for k in base), name
 
@@ -49,6 +49,15 @@ def test_no_decay_is_the_baseline_with_its_decay_at_zero(files: Path) -> None:
     assert not torch.allclose(base(x), probe(x)), "the decay should matter at init"
     with torch.no_grad():
         base.A_log.fill_(-1e4)  # exp(A_log) = 0: every step's decay factor is exactly 1
+    torch.testing.assert_close(base(x), probe(x))
+
+
+def test_sigmoid_gate_is_the_baseline_with_sigmoid_for_silu(files: Path) -> None:
+    x = torch.randn(2, 21, 32)
+    base, probe = build("gated_delta_net"), build(str(files / "gdn_sigmoid_gate.py"))
+    assert not torch.allclose(base(x), probe(x)), "the gate's form should matter at init"
+    norm = base.o_norm  # the baseline with its gate swapped by hand must give the probe's output
+    base.o_norm.forward = lambda o, gate: torch.nn.RMSNorm.forward(norm, o) * torch.sigmoid(gate)
     torch.testing.assert_close(base(x), probe(x))
 
 
