@@ -1,5 +1,6 @@
-"""Write the Gated DeltaNet probe variants: the baseline's file with one part switched off, to find which part
-keeps it from learning Selective Copy at vocab 128 (baselines_notes.md, sixteenth session).
+"""Write the Gated DeltaNet probe variants: the baseline's file with one part switched off or swapped, to find which
+part keeps it from learning Selective Copy at vocab 128 and Fuzzy Recall (baselines_notes.md, sixteenth and
+twenty-fifth sessions).
 
     python benchmarks/gdn_variants.py OUTDIR   # -> OUTDIR/gdn_no_decay.py, gdn_no_gate.py, gdn_v1.py, ...
 

@@ -1,4 +1,4 @@
-"""benchmarks/gdn_variants.py: the Gated DeltaNet probes are the baseline with exactly one part switched off."""
+"""benchmarks/gdn_variants.py: the Gated DeltaNet probes are the baseline with exactly one part switched off or swapped."""
 
 from __future__ import annotations
 
