@@ -57,7 +57,7 @@ def test_sigmoid_gate_is_the_baseline_with_sigmoid_for_silu(files: Path) -> None
     base, probe = build("gated_delta_net"), build(str(files / "gdn_sigmoid_gate.py"))
     assert not torch.allclose(base(x), probe(x)), "the gate's form should matter at init"
     norm = base.o_norm  # the baseline with its gate swapped by hand must give the probe's output
-    base.o_norm.forward = lambda o, gate: torch.nn.RMSNorm.forward(norm, o) * torch.sigmoid(gate)
+    norm.forward = lambda o, gate: torch.nn.RMSNorm.forward(norm, o) * torch.sigmoid(gate)
     torch.testing.assert_close(base(x), probe(x))
 
 
