@@ -42,12 +42,14 @@ SAVE_WAIT=${SAVE_WAIT:-45}  # seconds `poll` waits for the fresh checkpoint it a
 # up to ~20 s for those two, plus SAVE_WAIT (a `poll 540` that waited the full 540 s overran a 600 s call limit)
 POLL_RESERVE=${POLL_RESERVE:-$(( SAVE_WAIT + 30 ))}
 # what is left of the two baselines' `full` sweeps (DeltaNet's finished in the twenty-fourth session): Gated
-# DeltaNet's Fuzzy Recall first, two targets wait on it, while its Selective Copy (37 trainings left) is decided (its
-# vocab-128 setting, done at 0.21, caps the mean at 0.94: baselines.md). The probes of that setting
+# DeltaNet's Fuzzy Recall first (its last 5 trainings, in .carry since the twenty-seventh session; its two targets are
+# decided missed), then its Selective Copy (37 trainings left, also decided: its vocab-128 setting, done at 0.21,
+# caps the mean at 0.94: baselines.md). The probes of that setting
 # (`variant/gdn_no_gate|gdn_no_decay|gdn_v1:selective_copy:--settings=vocab_size=128`) finished in the nineteenth
 # session (baselines_notes.md). After Gated DeltaNet's Fuzzy Recall, two probes of its baseline setting over the full
-# 200 epochs: output gate off, and a sigmoid output gate (CPU probes: both learn the 6,400-example setting as DeltaNet
-# does, where the SiLU gate does not; baselines_notes.md, twenty-fifth and twenty-sixth sessions).
+# 200 epochs: output gate off, and a sigmoid output gate (CPU probes: both learn the 6,400-example and baseline
+# settings about as DeltaNet does, where the SiLU gate does not; baselines_notes.md, twenty-fifth to twenty-seventh
+# sessions).
 DEFAULT_JOBS="gated_delta_net:fuzzy_recall variant/gdn_no_gate:fuzzy_recall:--settings=baseline variant/gdn_sigmoid_gate:fuzzy_recall:--settings=baseline gated_delta_net:selective_copy"
 COMMITTED=${COMMITTED:-benchmarks/results/cache/gpu_results.jsonl.gz}
 HOME_MIXERS=${HOME_MIXERS:-delta_net gated_delta_net}  # whose standing `home` prints (`cache info --mixer`; all: " ")
