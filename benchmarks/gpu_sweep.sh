@@ -41,16 +41,14 @@ SAVE_WAIT=${SAVE_WAIT:-45}  # seconds `poll` waits for the fresh checkpoint it a
 # `poll SECONDS` stops waiting this much before SECONDS, for the checkpoint, the export and the packing: measured
 # up to ~20 s for those two, plus SAVE_WAIT (a `poll 540` that waited the full 540 s overran a 600 s call limit)
 POLL_RESERVE=${POLL_RESERVE:-$(( SAVE_WAIT + 30 ))}
-# what is left of the two baselines' `full` sweeps (DeltaNet's finished in the twenty-fourth session): Gated
-# DeltaNet's Fuzzy Recall first (its last 5 trainings, in .carry since the twenty-seventh session; its two targets are
-# decided missed), then its Selective Copy (37 trainings left, also decided: its vocab-128 setting, done at 0.21,
-# caps the mean at 0.94: baselines.md). The probes of that setting
-# (`variant/gdn_no_gate|gdn_no_decay|gdn_v1:selective_copy:--settings=vocab_size=128`) finished in the nineteenth
-# session (baselines_notes.md). After Gated DeltaNet's Fuzzy Recall, two probes of its baseline setting over the full
-# 200 epochs: output gate off, and a sigmoid output gate (CPU probes: both learn the 6,400-example and baseline
-# settings about as DeltaNet does, where the SiLU gate does not; baselines_notes.md, twenty-fifth to twenty-seventh
-# sessions).
-DEFAULT_JOBS="gated_delta_net:fuzzy_recall variant/gdn_no_gate:fuzzy_recall:--settings=baseline variant/gdn_sigmoid_gate:fuzzy_recall:--settings=baseline gated_delta_net:selective_copy"
+# what is left of the two baselines' `full` sweeps (DeltaNet's finished in the twenty-fourth session), all decided
+# (baselines.md): first two probes of Gated DeltaNet's Fuzzy Recall baseline setting over the full 200 epochs, output
+# gate off and a sigmoid output gate (CPU probes: both learn that setting about as DeltaNet does, where the SiLU gate
+# does not; baselines_notes.md, twenty-fifth to twenty-seventh sessions); then Gated DeltaNet's Selective Copy (37
+# trainings left; its vocab-128 setting, done at 0.21, caps the mean at 0.94); then its last 5 Fuzzy Recall trainings,
+# the 1,024-token setting, in groups of 2. A new checkout does not keep .carry (it is not committed), so a group must
+# finish inside one session's device time: 6 members there take ~1,860 s, 2 about 700 s.
+DEFAULT_JOBS="variant/gdn_no_gate:fuzzy_recall:--settings=baseline variant/gdn_sigmoid_gate:fuzzy_recall:--settings=baseline gated_delta_net:selective_copy gated_delta_net:fuzzy_recall:--max-group-members=2"
 COMMITTED=${COMMITTED:-benchmarks/results/cache/gpu_results.jsonl.gz}
 HOME_MIXERS=${HOME_MIXERS:-delta_net gated_delta_net}  # whose standing `home` prints (`cache info --mixer`; all: " ")
 CARRY=${CARRY:-.carry}
@@ -85,8 +83,9 @@ start_sweep() {  # JOB...: start the sweep in the background unless it runs
         for job in $1; do
             IFS=: read -r mixer task extra <<< "$job"
             [[ $mixer == variant/* ]] && mixer="$7/${mixer#variant/}.py"
+            # the job'"'"'s own flags come last, so that they win (e.g. --max-group-members=2 for long groups)
             python3 -m mixerlab.cli eval --mixer "$mixer" --profile "$3" --tasks "$task" $4 $5 \
-                ${extra//,/ } --cache "$2" --checkpoint-every 60 --max-group-members "$6" || echo "FAILED $job"
+                --cache "$2" --checkpoint-every 60 --max-group-members "$6" ${extra//,/ } || echo "FAILED $job"
         done; echo SWEEP-DONE' mixerlab-sweep-runner "$jobs" "$CACHE" "$PROFILE" "$where" "$compile" "$MAX_GROUP" "$WORK/variants" \
         > "$WORK/log" 2>&1 < /dev/null &
     sleep 5; tail -n 5 "$WORK/log"
