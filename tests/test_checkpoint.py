@@ -22,6 +22,7 @@ from mixerlab.tasks import Task, TaskSetting
 from mixerlab.train.batched import BatchedTrainer, train_group
 from mixerlab.train.checkpoint import CheckpointStore, group_id, member_seconds, select_members
 from mixerlab.train.interrupts import answering_signals
+from mixerlab.train.result import EpochRecord, TrainResult
 
 SETTING = TaskSetting(task=Task.context_recall, vocab_size=16, seq_len=32, num_train=256, num_test=128)
 TRAIN = TrainConfig(d_model=32, batch_size=32, max_epochs=5)
@@ -263,3 +264,17 @@ def test_cache_info_names_the_checkpointed_trainings_and_scores_them_so_far(tmp_
     assert other.stdout.count("not in the `baseline` sweep") == 2, other.stdout
     bad = subprocess.run([*info, "--checkpoints", str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert bad.returncode == 2 and "no folder" in bad.stderr and "Traceback" not in bad.stderr
+
+    # one member stopped early after the checkpoint was taken: the cache has it, so it is no longer under way
+    finished_job, running_job = jobs
+    history = [EpochRecord(epoch=0, train_loss=1.0, test_loss=1.0, test_acc=0.999, test_token_acc=0.999, test_ppl=2.7)]
+    cache.put(TrainResult(key=keys[0], task=finished_job.setting.task.value, setting=finished_job.setting.label,
+                          lr=finished_job.lr, weight_decay=finished_job.weight_decay, seed=finished_job.seed, score=0.999,
+                          score_last=0.999, token_acc=0.999, best_epoch=0, epochs_trained=1, stopped_early=True, steps=8,
+                          seconds=0.1, trainer="batched", device="cpu", history=history), spec.code_hash, spec.name)
+    later = subprocess.run([*info, "--profile", "tiny", "--seeds", "2", "--checkpoints", str(carried.folder)],
+                           capture_output=True, text=True, env=env)
+    assert later.returncode == 0, later.stderr
+    assert "1 checkpointed trainings finished after their checkpoint was taken" in later.stdout, later.stdout
+    assert "1 unfinished trainings in" in later.stdout, later.stdout
+    assert f"{spec.name} │ {running_job.label}" in later.stdout and f"│ {finished_job.label} " not in later.stdout

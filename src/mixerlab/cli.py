@@ -695,11 +695,19 @@ def _print_unfinished(store, prof, seeds: int, mixers: list[tuple[str, str, int]
 
     from mixerlab.evaluate.inflight import unfinished_trainings
     from mixerlab.mixers import BUILTINS, builtin_spec
-    from mixerlab.train.checkpoint import CheckpointStore
+    from mixerlab.train.checkpoint import CheckpointStore, select_members
 
     checkpoints = CheckpointStore(folder) if folder else CheckpointStore.beside(store.path)
     states = checkpoints.load_all()
+    # a checkpoint taken before some of its members stopped early still holds them; the cache knows they
+    # finished, and resuming skips them, so they are not listed as under way
+    finished = store.get_many({key for _, state in states for key in state["keys"]})
+    states = [(ident, select_members(state, [i for i, key in enumerate(state["keys"]) if key not in finished]))
+              for ident, state in states]
     count = sum(len(state["keys"]) for _, state in states)
+    if finished:
+        typer.echo(f"{len(finished)} checkpointed trainings finished after their checkpoint was taken "
+                   "(they are in the cache; resuming skips them)")
     if not count:
         if folder is not None:
             typer.echo(f"no unfinished trainings in {checkpoints.folder}")
