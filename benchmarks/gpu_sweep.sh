@@ -44,13 +44,16 @@ POLL_RESERVE=${POLL_RESERVE:-$(( SAVE_WAIT + 30 ))}
 # what is left of the two baselines' `full` sweeps (DeltaNet's finished in the twenty-fourth session), all decided
 # (baselines.md): Gated DeltaNet's Selective Copy (16 trainings left: vocab 32 and 64, already at 0.999, and the
 # 512- and 1,024-token settings; its vocab-128 setting, done at 0.21, caps the mean at 0.93), then its last 5 Fuzzy
-# Recall trainings, the 1,024-token setting, in groups of 2. .carry is not committed and a new checkout may not keep
-# it (the twenty-eighth session's did not, the twenty-ninth's did), so a group should finish inside one session's
-# device time: there the five left take ~1,860 s together (9.3 s an epoch), 2 about 750 s. Then `full` Fuzzy Recall of the gate-off probe: on the
-# baseline setting it scores 0.5775 where Gated DeltaNet scores 0.1698 (twenty-eighth session, baselines_notes.md);
-# does it reach the seed row? (settings up to 256 tokens in groups of 6, as Gated DeltaNet's ran; the 512- and
-# 1,024-token ones in pairs: about 1.0 and 1.9 s per member-epoch, so 400 and 750 s a pair)
-DEFAULT_JOBS="gated_delta_net:selective_copy gated_delta_net:fuzzy_recall:--max-group-members=2 variant/gdn_no_gate:fuzzy_recall:--max-seq-len=256 variant/gdn_no_gate:fuzzy_recall:--max-group-members=2"
+# Recall trainings, the 1,024-token setting, in groups of 2. .carry is not committed and a new checkout may not
+# keep it (the twenty-eighth session's did not, the twenty-ninth's did), so a group should finish inside one
+# session's device time: there the five left take ~1,860 s together (9.3 s an epoch), 2 about 750 s. So also
+# Selective Copy's 1,024-token setting runs in groups of 3: 2.6G tokens a run if it never stops early, ~960 s a
+# group at Gated DeltaNet's 8.2M tokens/s (six: ~1,920 s, more than a session's device time; the 512-token six:
+# ~960 s). Then `full` Fuzzy Recall of the gate-off probe: on the baseline setting it scores 0.5775 where Gated
+# DeltaNet scores 0.1698 (twenty-eighth session, baselines_notes.md); does it reach the seed row? (settings up to
+# 256 tokens in groups of 6, as Gated DeltaNet's ran; the 512- and 1,024-token ones in pairs: about 1.0 and 1.9 s
+# per member-epoch, so 400 and 750 s a pair)
+DEFAULT_JOBS="gated_delta_net:selective_copy:--max-seq-len=512 gated_delta_net:selective_copy:--max-group-members=3 gated_delta_net:fuzzy_recall:--max-group-members=2 variant/gdn_no_gate:fuzzy_recall:--max-seq-len=256 variant/gdn_no_gate:fuzzy_recall:--max-group-members=2"
 COMMITTED=${COMMITTED:-benchmarks/results/cache/gpu_results.jsonl.gz}
 HOME_MIXERS=${HOME_MIXERS:-delta_net gated_delta_net}  # whose standing `home` prints (`cache info --mixer`; all: " ")
 CARRY=${CARRY:-.carry}
