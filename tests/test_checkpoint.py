@@ -37,6 +37,15 @@ def histories(results) -> list[float]:
             for value in (e.epoch, e.train_loss, e.test_loss, e.test_acc)]
 
 
+def stopped_early(job, key: str) -> TrainResult:
+    """A finished training of `job` under `key`, as the cache holds one that reached 0.999 after an epoch."""
+    history = [EpochRecord(epoch=0, train_loss=1.0, test_loss=1.0, test_acc=0.999, test_token_acc=0.999, test_ppl=2.7)]
+    return TrainResult(key=key, task=job.setting.task.value, setting=job.setting.label, lr=job.lr,
+                       weight_decay=job.weight_decay, seed=job.seed, score=0.999, score_last=0.999, token_acc=0.999,
+                       best_epoch=0, epochs_trained=1, stopped_early=True, steps=8, seconds=0.1, trainer="batched",
+                       device="cpu", history=history)
+
+
 def interrupted_checkpoint(jobs, keys, store: CheckpointStore) -> str:
     """Train until the first sync point, as a run whose time limit has passed, and leave its checkpoint."""
     trainer = BatchedTrainer(jobs, keys, TRAIN, resolve_mixer("delta_net").factory(), "cpu", checkpoints=store)
@@ -127,6 +136,14 @@ def test_pack_checkpoints_command(tmp_path: Path) -> None:
     done = subprocess.run([*command, str(tmp_path / "out"), "--cache", str(cache.path)], capture_output=True, text=True)
     assert done.returncode == 0 and "packed 2 of 2 unfinished trainings into 1 files" in done.stdout, done.stderr
     assert len(list((tmp_path / "out").glob("*.pt"))) == 1
+    # "a" stopped early after the checkpoint was taken: packing leaves it out, only "b" travels
+    cache.put(stopped_early(jobs[0], "a"), "hash", "m")
+    later = subprocess.run([*command, str(tmp_path / "later"), "--cache", str(cache.path)], capture_output=True, text=True)
+    assert later.returncode == 0, later.stderr
+    assert "packed 1 of 1 unfinished trainings into 1 files" in later.stdout, later.stdout
+    assert "1 finished after their checkpoint and are in the cache" in later.stdout, later.stdout
+    [file] = (tmp_path / "later").glob("*.pt")
+    assert torch.load(file, weights_only=False)["keys"] == ["b"]
     (tmp_path / "file").write_text("x")
     bad = subprocess.run([*command, str(tmp_path / "file"), "--cache", str(cache.path)], capture_output=True, text=True)
     assert bad.returncode == 2 and "is a file; pass a folder" in bad.stderr and "Traceback" not in bad.stderr
@@ -267,11 +284,7 @@ def test_cache_info_names_the_checkpointed_trainings_and_scores_them_so_far(tmp_
 
     # one member stopped early after the checkpoint was taken: the cache has it, so it is no longer under way
     finished_job, running_job = jobs
-    history = [EpochRecord(epoch=0, train_loss=1.0, test_loss=1.0, test_acc=0.999, test_token_acc=0.999, test_ppl=2.7)]
-    cache.put(TrainResult(key=keys[0], task=finished_job.setting.task.value, setting=finished_job.setting.label,
-                          lr=finished_job.lr, weight_decay=finished_job.weight_decay, seed=finished_job.seed, score=0.999,
-                          score_last=0.999, token_acc=0.999, best_epoch=0, epochs_trained=1, stopped_early=True, steps=8,
-                          seconds=0.1, trainer="batched", device="cpu", history=history), spec.code_hash, spec.name)
+    cache.put(stopped_early(finished_job, keys[0]), spec.code_hash, spec.name)
     later = subprocess.run([*info, "--profile", "tiny", "--seeds", "2", "--checkpoints", str(carried.folder)],
                            capture_output=True, text=True, env=env)
     assert later.returncode == 0, later.stderr

@@ -784,16 +784,20 @@ def cache_pack_checkpoints(
     trainings; the ones that did not fit the budget start over there."""
     from mixerlab.train.checkpoint import CheckpointStore
 
-    store = CheckpointStore.beside(_open_cache(cache, must_exist=True).path)
+    results = _open_cache(cache, must_exist=True)
+    store = CheckpointStore.beside(results.path)
     if out.exists() and not out.is_dir():
         fail(f"{str(out)!r} is a file; pass a folder for the packed checkpoints")
+    # members that finished after their group's checkpoint was taken are in the cache: not carried
+    finished = results.get_many({key for _, state in store.load_all() for key in state["keys"]})
     try:
-        report = store.pack(out, max_file_bytes, max_total_bytes)
+        report = store.pack(out, max_file_bytes, max_total_bytes, skip=finished.keys())
     except OSError as err:
         fail(f"cannot write into {str(out)!r} ({err.strerror}); choose another folder")
     typer.echo(f"packed {report.carried} of {report.carried + report.left} unfinished trainings into "
                f"{len(report.files)} files ({report.bytes / 1e6:.1f} MB) in {out}"
-               + (f"; {report.left} did not fit and start over" if report.left else ""))
+               + (f"; {report.left} did not fit and start over" if report.left else "")
+               + (f"; {report.finished} finished after their checkpoint and are in the cache" if report.finished else ""))
 
 
 @app.callback()

@@ -22,7 +22,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 import torch
 
@@ -64,6 +64,7 @@ class PackReport:
     files: list[Path] = field(default_factory=list)
     carried: int = 0  # unfinished trainings whose state is in `files`
     left: int = 0  # unfinished trainings that did not fit: they start over where the files go
+    finished: int = 0  # members left out because they finished after the checkpoint was taken (`skip`)
     bytes: int = 0
 
 
@@ -79,9 +80,13 @@ class CheckpointStore:
         cache_path = Path(cache_path)
         return cls(cache_path.with_name(cache_path.name + ".checkpoints"), every)
 
-    def pack(self, out: str | Path, max_file_bytes: int, max_total_bytes: int) -> PackReport:
+    def pack(self, out: str | Path, max_file_bytes: int, max_total_bytes: int,
+             skip: Collection[str] = frozenset()) -> PackReport:
         """Write the unfinished members into `out` as checkpoints of at most `max_file_bytes` each and
         `max_total_bytes` together, the members with the most training behind them first.
+
+        `skip`: cache keys of finished trainings. A checkpoint taken before some of its members stopped early
+        still holds them; carrying them would only take room from trainings that need it.
 
         Every file is an ordinary checkpoint (named, like any group, by its members' keys): copied into
         another cache's checkpoint folder, it resumes its members exactly, and the rest train from the start.
@@ -91,7 +96,10 @@ class CheckpointStore:
         report = PackReport()
         states = self.load_all()
         states.sort(key=lambda item: member_seconds(item[1]), reverse=True)
-        for _, state in states:
+        for _, whole in states:
+            rows = [i for i, key in enumerate(whole["keys"]) if key not in skip]
+            report.finished += len(whole["keys"]) - len(rows)
+            state = select_members(whole, rows) if len(rows) < len(whole["keys"]) else whole
             count, start = len(state["keys"]), 0
             per_member = _member_bytes(state)
             while start < count:
