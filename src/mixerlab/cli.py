@@ -657,6 +657,12 @@ def _select_mixers(mixers: list[tuple[str, str, int]], wanted: list[str]) -> lis
     return sorted(chosen.values(), key=lambda m: m[1])
 
 
+def _finished_members(store, states: list[tuple[str, dict]]) -> set[str]:
+    """Keys of checkpointed members that the cache has finished: a checkpoint taken before some of its members
+    stopped early still holds them."""
+    return set(store.get_many({key for _, state in states for key in state["keys"]}))
+
+
 def _tokens(count: int) -> str:
     return f"{count / 1e9:.2f}G" if count >= 1e9 else f"{count / 1e6:.2f}M" if count >= 1e6 else f"{count:,}"
 
@@ -695,15 +701,12 @@ def _print_unfinished(store, prof, seeds: int, mixers: list[tuple[str, str, int]
 
     from mixerlab.evaluate.inflight import unfinished_trainings
     from mixerlab.mixers import BUILTINS, builtin_spec
-    from mixerlab.train.checkpoint import CheckpointStore, select_members
+    from mixerlab.train.checkpoint import CheckpointStore, without_members
 
     checkpoints = CheckpointStore(folder) if folder else CheckpointStore.beside(store.path)
     states = checkpoints.load_all()
-    # a checkpoint taken before some of its members stopped early still holds them; the cache knows they
-    # finished, and resuming skips them, so they are not listed as under way
-    finished = store.get_many({key for _, state in states for key in state["keys"]})
-    states = [(ident, select_members(state, [i for i, key in enumerate(state["keys"]) if key not in finished]))
-              for ident, state in states]
+    finished = _finished_members(store, states)  # not under way: resuming skips them
+    states = without_members(states, finished)
     count = sum(len(state["keys"]) for _, state in states)
     if finished:
         typer.echo(f"{len(finished)} checkpointed trainings finished after their checkpoint was taken "
@@ -782,22 +785,22 @@ def cache_pack_checkpoints(
 
     Put the files into another machine's `<cache>.checkpoints/` folder and `mixerlab eval` continues those
     trainings; the ones that did not fit the budget start over there."""
-    from mixerlab.train.checkpoint import CheckpointStore
+    from mixerlab.train.checkpoint import CheckpointStore, without_members
 
     results = _open_cache(cache, must_exist=True)
     store = CheckpointStore.beside(results.path)
     if out.exists() and not out.is_dir():
         fail(f"{str(out)!r} is a file; pass a folder for the packed checkpoints")
-    # members that finished after their group's checkpoint was taken are in the cache: not carried
-    finished = results.get_many({key for _, state in store.load_all() for key in state["keys"]})
+    states = store.load_all()
+    finished = _finished_members(results, states)  # carrying them would take room from trainings that need it
     try:
-        report = store.pack(out, max_file_bytes, max_total_bytes, skip=finished.keys())
+        report = store.pack(out, max_file_bytes, max_total_bytes, without_members(states, finished))
     except OSError as err:
         fail(f"cannot write into {str(out)!r} ({err.strerror}); choose another folder")
     typer.echo(f"packed {report.carried} of {report.carried + report.left} unfinished trainings into "
                f"{len(report.files)} files ({report.bytes / 1e6:.1f} MB) in {out}"
                + (f"; {report.left} did not fit and start over" if report.left else "")
-               + (f"; {report.finished} finished after their checkpoint and are in the cache" if report.finished else ""))
+               + (f"; {len(finished)} finished after their checkpoint and are in the cache" if finished else ""))
 
 
 @app.callback()

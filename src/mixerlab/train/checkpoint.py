@@ -54,6 +54,13 @@ def select_members(state: dict[str, Any], rows: Sequence[int]) -> dict[str, Any]
     return sub
 
 
+def without_members(states: list[tuple[str, dict[str, Any]]], keys: Collection[str]) -> list[tuple[str, dict[str, Any]]]:
+    """`states` without the members `keys`: a checkpoint taken before some of its members stopped early still
+    holds them, though the cache has them finished (resuming skips them; listing or carrying them misleads)."""
+    return [(ident, select_members(state, [row for row, key in enumerate(state["keys"]) if key not in keys]))
+            for ident, state in states]
+
+
 def member_seconds(state: dict[str, Any]) -> float:
     """Seconds of training behind each unfinished member of a state: what carrying it saves."""
     return state["elapsed"] * state["steps_done"] / max(1, state["member_steps"])
@@ -64,7 +71,6 @@ class PackReport:
     files: list[Path] = field(default_factory=list)
     carried: int = 0  # unfinished trainings whose state is in `files`
     left: int = 0  # unfinished trainings that did not fit: they start over where the files go
-    finished: int = 0  # members left out because they finished after the checkpoint was taken (`skip`)
     bytes: int = 0
 
 
@@ -81,12 +87,12 @@ class CheckpointStore:
         return cls(cache_path.with_name(cache_path.name + ".checkpoints"), every)
 
     def pack(self, out: str | Path, max_file_bytes: int, max_total_bytes: int,
-             skip: Collection[str] = frozenset()) -> PackReport:
+             states: list[tuple[str, dict[str, Any]]] | None = None) -> PackReport:
         """Write the unfinished members into `out` as checkpoints of at most `max_file_bytes` each and
         `max_total_bytes` together, the members with the most training behind them first.
 
-        `skip`: cache keys of finished trainings. A checkpoint taken before some of its members stopped early
-        still holds them; carrying them would only take room from trainings that need it.
+        `states`: the groups to pack (default: every one in this store), e.g. `without_members` of those that
+        finished after their checkpoint was taken.
 
         Every file is an ordinary checkpoint (named, like any group, by its members' keys): copied into
         another cache's checkpoint folder, it resumes its members exactly, and the rest train from the start.
@@ -94,12 +100,9 @@ class CheckpointStore:
         packed = CheckpointStore(out)
         packed.folder.mkdir(parents=True, exist_ok=True)
         report = PackReport()
-        states = self.load_all()
-        states.sort(key=lambda item: member_seconds(item[1]), reverse=True)
-        for _, whole in states:
-            rows = [i for i, key in enumerate(whole["keys"]) if key not in skip]
-            report.finished += len(whole["keys"]) - len(rows)
-            state = select_members(whole, rows) if len(rows) < len(whole["keys"]) else whole
+        states = sorted(self.load_all() if states is None else states, key=lambda item: member_seconds(item[1]),
+                        reverse=True)
+        for _, state in states:
             count, start = len(state["keys"]), 0
             per_member = _member_bytes(state)
             while start < count:
