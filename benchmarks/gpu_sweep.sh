@@ -42,8 +42,9 @@ SAVE_WAIT=${SAVE_WAIT:-45}  # seconds `poll` waits for the fresh checkpoint it a
 # up to ~20 s for those two, plus SAVE_WAIT (a `poll 540` that waited the full 540 s overran a 600 s call limit)
 POLL_RESERVE=${POLL_RESERVE:-$(( SAVE_WAIT + 30 ))}
 # what is left of the two baselines' `full` sweeps (DeltaNet's finished in the twenty-fourth session), all decided
-# (baselines.md): Gated DeltaNet's Selective Copy (16 trainings left: vocab 32 and 64, already at 0.999, and the
-# 512- and 1,024-token settings; its vocab-128 setting, done at 0.21, caps the mean at 0.93), then its last 5 Fuzzy
+# (baselines.md): Gated DeltaNet's Selective Copy (5 trainings left, all of the 1,024-token setting, which already
+# has a 0.9995 run, so the mean is fixed at 0.9279; two were checkpointed at epoch 41 in the thirtieth session's
+# .carry; the first job below finds its settings done and only re-reads the cache), then its last 5 Fuzzy
 # Recall trainings, the 1,024-token setting, in groups of 2. .carry is not committed and a new checkout may not
 # keep it (the twenty-eighth session's did not, the twenty-ninth's did), so a group should finish inside one
 # session's device time: there the five left take ~1,860 s together (9.3 s an epoch), 2 about 750 s. So also
