@@ -20,7 +20,7 @@ from mixerlab.evaluate.plan import plan_jobs
 from mixerlab.mixers import resolve_mixer
 from mixerlab.tasks import Task, TaskSetting
 from mixerlab.train.batched import BatchedTrainer, train_group
-from mixerlab.train.checkpoint import CheckpointStore, group_id, member_seconds, select_members
+from mixerlab.train.checkpoint import CheckpointStore, group_id, member_seconds, select_members, without_members
 from mixerlab.train.interrupts import answering_signals
 from mixerlab.train.result import EpochRecord, TrainResult
 
@@ -126,6 +126,20 @@ def test_packed_checkpoints_resume_their_members_exactly_and_the_rest_start_over
             assert again == (pytest.approx(first) if key in carried_keys else pytest.approx(first, abs=5e-3)), name
         assert not list(folder.glob("*.pt")), "finished groups leave no checkpoint behind"
     assert source.path(source.load_all()[0][0]).exists(), "packing leaves the source checkpoints in place"
+
+
+def test_without_members_drops_only_finished_members_and_copies_nothing_else(tmp_path: Path) -> None:
+    """Listing or packing checkpoints drops members the cache has finished; a group with none keeps its tensors."""
+    jobs = plan_jobs(PROFILE, (Task.context_recall,), 1)
+    keys = [job.cache_key(resolve_mixer("delta_net").code_hash, TRAIN, "fp32") for job in jobs]
+    store = CheckpointStore(tmp_path / "store", every=0)
+    interrupted_checkpoint(jobs, keys, store)
+    [(ident, whole)] = store.load_all()
+    [(same_ident, same)] = without_members([(ident, whole)], {"a key of another group"})
+    assert same_ident == ident and same is whole, "nothing to drop: the state itself, not a copy"
+    [(_, fewer)] = without_members([(ident, whole)], {whole["keys"][0]})
+    assert fewer["keys"] == whole["keys"][1:]
+    assert all(torch.equal(a, b) for a, b in zip(fewer["buffers"].values(), (v[1:] for v in whole["buffers"].values())))
 
 
 def test_pack_checkpoints_command(tmp_path: Path) -> None:

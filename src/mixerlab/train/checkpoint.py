@@ -57,8 +57,11 @@ def select_members(state: dict[str, Any], rows: Sequence[int]) -> dict[str, Any]
 def without_members(states: list[tuple[str, dict[str, Any]]], keys: Collection[str]) -> list[tuple[str, dict[str, Any]]]:
     """`states` without the members `keys`: a checkpoint taken before some of its members stopped early still
     holds them, though the cache has them finished (resuming skips them; listing or carrying them misleads)."""
-    return [(ident, select_members(state, [row for row, key in enumerate(state["keys"]) if key not in keys]))
-            for ident, state in states]
+    kept = []
+    for ident, state in states:
+        rows = [row for row, key in enumerate(state["keys"]) if key not in keys]
+        kept.append((ident, state if len(rows) == len(state["keys"]) else select_members(state, rows)))
+    return kept  # a group with nothing to drop stays as it is: no copy of its tensors
 
 
 def member_seconds(state: dict[str, Any]) -> float:
