@@ -42,8 +42,8 @@ SAVE_WAIT=${SAVE_WAIT:-45}  # seconds `poll` waits for the fresh checkpoint it a
 # up to ~20 s for those two, plus SAVE_WAIT (a `poll 540` that waited the full 540 s overran a 600 s call limit)
 POLL_RESERVE=${POLL_RESERVE:-$(( SAVE_WAIT + 30 ))}
 # what is left of the two baselines' `full` sweeps (DeltaNet's finished in the twenty-fourth session; Gated DeltaNet's
-# Selective Copy in the thirty-first), all decided (baselines.md): Gated DeltaNet's last 4 Fuzzy Recall trainings,
-# the 1,024-token setting (lr 1e-4 and 5e-4, wd 0 and 0.1), in groups of 2. .carry is not committed and a new
+# Selective Copy in the thirty-first), all decided (baselines.md): Gated DeltaNet's last 2 Fuzzy Recall trainings,
+# the 1,024-token setting at lr 5e-4 (wd 0 and 0.1), a pair (at epoch 121 of 200 in the thirty-second session's .carry). .carry is not committed and a new
 # checkout may not keep it (the twenty-eighth session's did not, the twenty-ninth to thirty-first's did), so a group
 # should finish inside one session's device time: a pair takes about 750 s (a single member 484 s, thirty-first
 # session). Then `full` Fuzzy Recall of the gate-off probe: on the baseline setting it scores 0.5775 where Gated
