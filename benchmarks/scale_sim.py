@@ -27,7 +27,11 @@ from mixerlab.train.result import EpochRecord, TrainResult  # noqa: E402
 
 WRITES_PER_EXPERIMENT = 12  # add + status updates + attempts + events, as the loop does
 TRAININGS_PER_CANDIDATE = {"tiny": 6, "quick": 116, "full": 396}
-GPU_HOURS_PER_CANDIDATE = {"quick": 1.5, "full": 5.0}  # benchmarks/results/baselines.md: ~4-6 GPU-hours for `full`
+# H200 hours per candidate, measured (thirty-second session): the committed `full` trainings are 73.8G training tokens
+# for DeltaNet and 84.5G for Gated DeltaNet, `quick` read off them 7.8G and 8.8G (baselines.md); at the compiled steps
+# of step_anatomy.md (11.6M and 8.2M tokens/s) plus ~50 s of compile per group shape (12 in `quick`, 20 in `full`),
+# Gated DeltaNet, the slower baseline, needs 0.5 and 3.1 hours (DeltaNet 0.4 and 2.0)
+GPU_HOURS_PER_CANDIDATE = {"quick": 0.5, "full": 3.0}
 LLM_SECONDS_PER_PROPOSAL = 60.0  # assumption for a frontier model with a long prompt (llama.cpp SmolLM2: ~3 s)
 
 
@@ -93,8 +97,9 @@ def main() -> None:
     results["ceilings"] = ceilings
     (ROOT / "results" / "scale_sim.json").write_text(json.dumps(results, indent=2))
     lines = ["# Where the first bottleneck appears", "",
-             "Measured on this 2-core CPU machine (the driver's side of a run); GPU time per candidate from",
-             "baselines.md; language-model latency assumed 60 s per proposal (a frontier model, long prompt).", "",
+             "Measured on this 2-core CPU machine (the driver's side of a run); GPU time per candidate: H200 hours from",
+             "the committed trainings' tokens at the measured step rates (GPU_HOURS_PER_CANDIDATE in the script);",
+             "language-model latency assumed 60 s per proposal (a frontier model, long prompt).", "",
              f"- SQLite: {results['sqlite_experiment_writes_per_s']:.0f} experiment-record writes/s; "
              f"result cache: {results['training_writes_per_s']:.0f} training writes/s (200-epoch histories)",
              f"- PostgreSQL: {results['postgres_experiment_writes_per_s']:.0f} experiment-record writes/s" if results["postgres_experiment_writes_per_s"] else "- PostgreSQL: not measured here",
