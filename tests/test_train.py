@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -46,6 +47,18 @@ def test_batched_equals_reference_trainer_member_by_member() -> None:
     assert [r.trainer for r in batched] == ["batched"] * 4
     for job, got in zip(jobs, batched):
         assert_same_training(train_single(job, TRAIN, FACTORY), got)
+
+
+def test_recorded_seconds_are_shares_of_the_group_wall_time() -> None:
+    # eval_speed.md sums these to measure what a sweep cost: they must add up to the group's time, not repeat it
+    jobs = [TrainJob(setting=recall(n), lr=3e-3, weight_decay=0.0) for n in (96, 96, 64, 32)]
+    start = time.perf_counter()
+    results = train_group(jobs, ["k"] * 4, TRAIN, FACTORY)
+    wall = time.perf_counter() - start
+    assert [r.trainer for r in results] == ["batched"] * 4
+    assert 0.5 * wall < sum(r.seconds for r in results) <= wall  # setup before the first step is nobody's share
+    assert results[0].steps > results[3].steps  # more batches per epoch, more of the time
+    assert results[0].seconds > results[3].seconds
 
 
 def test_members_do_not_interact_and_vocabularies_may_differ() -> None:
