@@ -99,7 +99,7 @@ def main() -> None:
     (ROOT / "results" / "scale_sim.json").write_text(json.dumps(results, indent=2))
     lines = ["# Where the first bottleneck appears", "",
              "Measured on this 2-core CPU machine (the driver's side of a run); GPU time per candidate: H200 hours from",
-             "the committed trainings' tokens at the measured step rates (GPU_HOURS_PER_CANDIDATE in the script);",
+             "the committed trainings' tokens at the rates they ran (GPU_HOURS_PER_CANDIDATE in the script);",
              "language-model latency assumed 60 s per proposal (a frontier model, long prompt).", "",
              f"- SQLite: {results['sqlite_experiment_writes_per_s']:.0f} experiment-record writes/s; "
              f"result cache: {results['training_writes_per_s']:.0f} training writes/s (200-epoch histories)",
