@@ -41,16 +41,15 @@ SAVE_WAIT=${SAVE_WAIT:-45}  # seconds `poll` waits for the fresh checkpoint it a
 # `poll SECONDS` stops waiting this much before SECONDS, for the checkpoint, the export and the packing: measured
 # up to ~20 s for those two, plus SAVE_WAIT (a `poll 540` that waited the full 540 s overran a 600 s call limit)
 POLL_RESERVE=${POLL_RESERVE:-$(( SAVE_WAIT + 30 ))}
-# what is left of the two baselines' `full` sweeps (DeltaNet's finished in the twenty-fourth session; Gated DeltaNet's
-# Selective Copy in the thirty-first), all decided (baselines.md): Gated DeltaNet's last 2 Fuzzy Recall trainings, the
-# 1,024-token setting at lr 5e-4 (wd 0 and 0.1), a pair (at epoch 121 of 200 in the thirty-second session's .carry).
-# .carry is not committed and a new checkout may not keep it (the twenty-eighth session's did not, the twenty-ninth to
-# thirty-second's did), so a group should finish inside one session's device time: a pair takes about 750 s (a single
-# member 484 s, thirty-first session). Then `full` Fuzzy Recall of the gate-off probe: on the baseline setting it
-# scores 0.5775 where Gated DeltaNet scores 0.1698 (twenty-eighth session, baselines_notes.md); does it reach the seed
-# row? (settings up to 256 tokens in groups of 6, as Gated DeltaNet's ran; the 512- and 1,024-token ones in pairs:
-# about 1.0 and 1.9 s per member-epoch, so 400 and 750 s a pair)
-DEFAULT_JOBS="gated_delta_net:fuzzy_recall:--max-group-members=2 variant/gdn_no_gate:fuzzy_recall:--max-seq-len=256 variant/gdn_no_gate:fuzzy_recall:--max-group-members=2"
+# The two baselines' `full` sweeps are complete (DeltaNet's in the twenty-fourth session, Gated DeltaNet's in the
+# thirty-third), 792 trainings. What is left is `full` Fuzzy Recall of the gate-off probe: on the baseline setting it
+# scores 0.5775 where Gated DeltaNet scores 0.1698, and it leads on all four training-set sizes too (thirty-third
+# session, baselines_notes.md); does it reach the seed row? The settings up to 256 tokens run in groups of 6, as Gated
+# DeltaNet's ran (six vocabulary trainings were packed into the thirty-third session's .carry); the 512- and 1,024-token
+# ones run in pairs, about 1.0 and 1.9 s per member-epoch, so 400 and 750 s a pair. .carry is not committed and a new
+# checkout may not keep it (the twenty-eighth session's did not, the twenty-ninth to thirty-third's did), so a group
+# should finish inside one session's device time.
+DEFAULT_JOBS="variant/gdn_no_gate:fuzzy_recall:--max-seq-len=256 variant/gdn_no_gate:fuzzy_recall:--max-group-members=2"
 COMMITTED=${COMMITTED:-benchmarks/results/cache/gpu_results.jsonl.gz}
 HOME_MIXERS=${HOME_MIXERS:-delta_net gated_delta_net}  # whose standing `home` prints (`cache info --mixer`; all: " ")
 CARRY=${CARRY:-.carry}
