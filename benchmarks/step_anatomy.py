@@ -111,19 +111,60 @@ def time_step(task: str, seq_len: int, members: int, variant: str, steps: int) -
     return row
 
 
-def profile_step(task: str, seq_len: int, members: int, variant: str, top: int = 18) -> str:
-    """The CUDA kernels of three compiled (not graphed) steps, most expensive first."""
+def kernel_kind(name: str) -> str:
+    """Which part of the step a CUDA kernel belongs to, from its name: what the profile totals are grouped by."""
+    if "trsm" in name or name in ("forward", "backward"):  # the library's solve; ops/tril_solve_kernels.py's
+        return "triangular solve"
+    if any(tag in name for tag in ("gemm", "nvjet", "cutlass", "xmma", "cublas")):
+        return "matmuls"
+    if name.startswith("triton_"):
+        return "fused elementwise and reductions (Inductor)"
+    return "other kernels"
+
+
+def profile_step(task: str, seq_len: int, members: int, variant: str, steps: int = 3) -> dict:
+    """The CUDA kernels of `steps` compiled (not graphed) steps, per step, most expensive first."""
     torch._dynamo.reset()
     trainer = build(task, seq_len, members, variant)
     for _ in range(3):
         trainer._run_step()
     torch.cuda.synchronize()
-    activities = [torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=activities) as prof:
-        for _ in range(3):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
             trainer._run_step()
         torch.cuda.synchronize()
-    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=70)
+    kernels = []
+    for event in prof.key_averages():
+        us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+        if us > 0:
+            kernels.append({"kernel": event.key, "ms_per_step": us / 1e3 / steps, "calls_per_step": event.count / steps})
+    kernels.sort(key=lambda k: -k["ms_per_step"])
+    del trainer
+    torch.cuda.empty_cache()
+    return {"run": f"{task}:{seq_len}:{members}:{variant}", "steps": steps,
+            "cuda_ms_per_step": sum(k["ms_per_step"] for k in kernels), "kernels": kernels}
+
+
+def profile_table(profile: dict, top: int = 12) -> list[str]:
+    """Time per kind of kernel, then the most expensive kernels. A profile may list only its most expensive
+    kernels (`kernels` short of `cuda_ms_per_step`); the kinds then cover the listed ones, as the line says."""
+    total = profile["cuda_ms_per_step"]
+    listed = sum(k["ms_per_step"] for k in profile["kernels"])
+    kinds: dict[str, float] = {}
+    for k in profile["kernels"]:
+        kinds[kernel_kind(k["kernel"])] = kinds.get(kernel_kind(k["kernel"]), 0.0) + k["ms_per_step"]
+    coverage = "all kernels" if listed >= 0.999 * total else f"the {len(profile['kernels'])} kernels listed, " \
+        f"{listed / total:.0%} of the CUDA time"
+    lines = [f"Profile of {profile['run']}: {total:.2f} ms of CUDA time per step ({profile['steps']} compiled steps, "
+             f"not graphed). By kind ({coverage}):", "", "| kind | ms/step | share of CUDA time |", "|---|---|---|"]
+    for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {kind} | {ms:.2f} | {ms / total:.0%} |")
+    lines += ["", "| kernel | ms/step | calls/step | share |", "|---|---|---|---|"]
+    for k in profile["kernels"][:top]:
+        name = k["kernel"] if len(k["kernel"]) <= 72 else k["kernel"][:69] + "..."
+        lines.append(f"| `{name}` | {k['ms_per_step']:.3f} | {k['calls_per_step']:g} | "
+                     f"{k['ms_per_step'] / total:.1%} |")
+    return lines
 
 
 def _fwd_bwd_ms(fn, a, b, g, reps: int = 20) -> float:
@@ -222,6 +263,8 @@ def write_markdown(results: dict, path: Path) -> None:
                           *solve_table(run["solve"]), ""]
             if run.get("steps"):
                 lines += ["Training steps:", "", *steps_table(run["steps"]), ""]
+            for profile in run.get("profiles", []):
+                lines += [*profile_table(profile), ""]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -267,7 +310,9 @@ def main() -> None:
         save()
     for spec in args.profile:
         task, seq_len, members, variant = spec.split(":", 3)
-        print(f"\nprofile of {spec}\n" + profile_step(task, int(seq_len), int(members), variant), flush=True)
+        run.setdefault("profiles", []).append(profile_step(task, int(seq_len), int(members), variant))
+        print("\n" + "\n".join(profile_table(run["profiles"][-1])), flush=True)
+        save()
     for spec in args.runs:
         if time.monotonic() - start > args.budget:
             print(f"skipped (budget): {spec}")
