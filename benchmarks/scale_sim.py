@@ -27,12 +27,12 @@ from mixerlab.train.result import EpochRecord, TrainResult  # noqa: E402
 
 WRITES_PER_EXPERIMENT = 12  # add + status updates + attempts + events, as the loop does
 TRAININGS_PER_CANDIDATE = {"tiny": 6, "quick": 116, "full": 396}
-# H200 hours per candidate, measured (thirty-second session, eval_speed.md): the committed `full` trainings are 73.8G
-# training tokens for DeltaNet and 84.5G for Gated DeltaNet, `quick` read off them 7.8G and 8.8G (baselines.md); their
-# `full` Fuzzy Recall trainings ran at 8.2M and 5.4M tokens/s all told (compiles, evaluation, checkpoints), which puts
-# Gated DeltaNet, the slower baseline, at 4.3 hours for `full` and 0.6 for `quick` (with ~50 s of compile for each of
-# its 12 group shapes); DeltaNet at 2.5 and 0.4
-GPU_HOURS_PER_CANDIDATE = {"quick": 0.6, "full": 4.3}
+# H200 hours per candidate, measured (thirty-second and thirty-third sessions, eval_speed.md): the committed `full`
+# trainings are 73.8G training tokens for DeltaNet and 84.5G for Gated DeltaNet, `quick` read off them 7.8G and 8.8G
+# (baselines.md); their `full` Fuzzy Recall trainings ran at 8.2M and 5.3M tokens/s all told (compiles, evaluation,
+# checkpoints), which puts Gated DeltaNet, the slower baseline, at 4.4 hours for `full` and 0.6 for `quick` (with ~50 s
+# of compile for each of its 12 group shapes); DeltaNet at 2.5 and 0.4
+GPU_HOURS_PER_CANDIDATE = {"quick": 0.6, "full": 4.4}
 LLM_SECONDS_PER_PROPOSAL = 60.0  # assumption for a frontier model with a long prompt (llama.cpp SmolLM2: ~3 s)
 
 
