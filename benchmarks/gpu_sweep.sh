@@ -24,8 +24,9 @@
 # for a fresh checkpoint (SIGUSR1) and waits up to SAVE_WAIT seconds for it. PROFILE and DEVICE (default full,
 # cuda) are settings. `home DIR` also merges DIR/results.jsonl.gz into
 # benchmarks/results/cache/gpu_results.jsonl.gz (COMMITTED) and prints where the sweeps of HOME_MIXERS (default the
-# two baselines) stand and what .carry's checkpoints hold (`mixerlab cache info --checkpoints --mixer`); then
-# `python benchmarks/baselines.py` and commit it.
+# two baselines; HOME_MIXERS="delta_net gated_delta_net gdn_no_gate" adds the probe being swept) stand and what
+# .carry's checkpoints hold (`mixerlab cache info --checkpoints --mixer`); then `python benchmarks/baselines.py` and
+# commit it.
 # Run `home` after every call, before the next, also when sending calls back to back: a warm machine keeps its sweep
 # running, but one that went cold in between starts from .carry, and a stale .carry repeats the last call's work.
 set -euo pipefail
