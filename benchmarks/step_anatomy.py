@@ -15,6 +15,7 @@ import functools
 import json
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -150,9 +151,9 @@ def profile_table(profile: dict, top: int = 12) -> list[str]:
     kernels (`kernels` short of `cuda_ms_per_step`); the kinds then cover the listed ones, as the line says."""
     total = profile["cuda_ms_per_step"]
     listed = sum(k["ms_per_step"] for k in profile["kernels"])
-    kinds: dict[str, float] = {}
+    kinds: defaultdict[str, float] = defaultdict(float)
     for k in profile["kernels"]:
-        kinds[kernel_kind(k["kernel"])] = kinds.get(kernel_kind(k["kernel"]), 0.0) + k["ms_per_step"]
+        kinds[kernel_kind(k["kernel"])] += k["ms_per_step"]
     coverage = "all kernels" if listed >= 0.999 * total else f"the {len(profile['kernels'])} kernels listed, " \
         f"{listed / total:.0%} of the CUDA time"
     lines = [f"Profile of {profile['run']}: {total:.2f} ms of CUDA time per step ({profile['steps']} compiled steps, "
