@@ -4,6 +4,7 @@ accepted, and the calling process unharmed."""
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -129,7 +130,7 @@ def test_cost_check_is_steady_on_a_machine_busy_with_other_work() -> None:
         time.sleep(2.0)
         module = builtin_spec("delta_net").load_class()(d_model=128)
         excess = []
-        for _ in range(2):
+        for _ in range(3):
             result = check_cost(module, 128)
             assert result.passed, result.reason
             excess.append(result.details["time_exponent"] - result.details["reference_time_exponent"])
@@ -137,8 +138,11 @@ def test_cost_check_is_steady_on_a_machine_busy_with_other_work() -> None:
         for hog in hogs:
             hog.kill()
             hog.wait()
-    # the template against itself: its growth beyond the reference's is timer and cache noise only
-    assert all(abs(e) < 0.25 for e in excess), excess
+    # the template against itself: its growth beyond the reference's is timer and cache noise only, centred on
+    # zero. One round under load has measured -0.253 (thirty-third session's CI rehearsal), so the median of three
+    # is held to 0.25 (a check biased by a quarter of a power of T still fails) and every round to the pass margin.
+    assert abs(statistics.median(excess)) < 0.25, excess
+    assert all(abs(e) < 0.5 for e in excess), excess
 
 
 def test_a_copy_of_the_baseline_is_not_novel() -> None:
