@@ -151,10 +151,12 @@ bring_home() {  # DIR: what a poll returned -> the committed results file and .c
 }
 
 case "${1:-}" in
-wheels)  # pydantic and its parts are not in the GPU image (Python 3.12 there)
+wheels)  # not in the GPU image (Python 3.12 there): pydantic and its parts, fla's kernels, pytest (tests/test_gpu.py)
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-        pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+        pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+        fla-core==0.6.0 einops==0.8.2 \
+        pytest==8.4.2 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.4 pytest-timeout==2.4.0
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
     ls .whl ;;
 start) shift; start_sweep "$@" ;;

@@ -4,7 +4,8 @@ Times the compiled, CUDA-graphed step of the batched trainer (what `eval --compi
 shapes and mixer variants in one process, so the ratios are comparable: the DeltaNet baseline with the
 library triangular solve and with mixerlab's kernel (ops/tril_solve.py), DeltaNet without the solve, without
 the delta rule (values straight to the output norm), a one-Linear mixer (the backbone's own cost), other
-chunk sizes, and Gated DeltaNet. Also times the solve alone. Prints a table; writes JSON with --json.
+chunk sizes, Gated DeltaNet, and both with fla's kernels (ops/fla_ops.py). Also times the solve alone and
+profiles steps. Prints tables; merges its results into step_anatomy.json/.md.
 GPU only. Variants that leave parts out compute something else: they are measurements, not mixers.
 """
 
@@ -27,11 +28,14 @@ from mixerlab.config import TrainConfig  # noqa: E402
 from mixerlab.mixers import resolve_mixer  # noqa: E402
 from mixerlab.ops import tril_solve  # noqa: E402
 from mixerlab.tasks import baseline_setting, parse_task  # noqa: E402
+from mixerlab.train import batched  # noqa: E402
 from mixerlab.train.batched import BatchedTrainer  # noqa: E402
 from mixerlab.train.job import TrainJob  # noqa: E402
 
 DeltaNet = resolve_mixer("delta_net").load_class()
 GatedDeltaNet = resolve_mixer("gated_delta_net").load_class()
+FlaDeltaNet = resolve_mixer("delta_net_fla").load_class()
+FlaGatedDeltaNet = resolve_mixer("gated_delta_net_fla").load_class()
 
 
 class ValuesOnly(DeltaNet):
@@ -67,21 +71,29 @@ VARIANTS = {
     "delta_net chunk 32": (functools.partial(DeltaNet, chunk_size=32), "library"),
     "gated_delta_net": (GatedDeltaNet, "library"),
     "gated_delta_net+kernel": (GatedDeltaNet, "kernel"),
+    "delta_net fla": (FlaDeltaNet, "library"),  # fla's kernels as custom ops (ops/fla_ops.py), compiled around
+    "gated_delta_net fla": (FlaGatedDeltaNet, "library"),
 }
 
 
 def build(task: str, seq_len: int, members: int, variant: str) -> BatchedTrainer:
+    """The trainer of one row; `variant@mode` compiles its step in that torch.compile mode."""
+    variant, _, mode = variant.partition("@")
     setting = baseline_setting(parse_task(task)).model_copy(update={"seq_len": seq_len})
     jobs = [TrainJob(setting=setting, lr=5e-4, weight_decay=0.0, seed=i) for i in range(members)]
     factory, solve = VARIANTS[variant]
-    return BatchedTrainer(jobs, [f"m{i}" for i in range(members)], TrainConfig(), factory, "cuda",
-                          cuda_graph=False, compile_step=True, fast_solves=solve == "kernel")
+    batched.COMPILE_MODE = mode or None  # read when the trainer wraps its step, i.e. inside the constructor
+    try:
+        return BatchedTrainer(jobs, [f"m{i}" for i in range(members)], TrainConfig(), factory, "cuda",
+                              cuda_graph=False, compile_step=True, fast_solves=solve == "kernel")
+    finally:
+        batched.COMPILE_MODE = None
 
 
 def time_step(task: str, seq_len: int, members: int, variant: str, steps: int) -> dict:
     """Compile, capture the step as a CUDA graph, time `steps` replays."""
     torch._dynamo.reset()
-    skip = VARIANTS[variant][1] == "skip"
+    skip = VARIANTS[variant.partition("@")[0]][1] == "skip"
     original = torch.linalg.solve_triangular
     if skip:
         torch.linalg.solve_triangular = _skip_solve
@@ -105,7 +117,8 @@ def time_step(task: str, seq_len: int, members: int, variant: str, steps: int) -
     tokens = members * trainer.train.batch_size * trainer.x_train.shape[1]
     row = {"task": task, "seq_len": seq_len, "members": members, "variant": variant, "step_ms": step_s * 1e3,
            "member_steps_per_s": members / step_s, "tokens_per_s": tokens / step_s, "compile_s": compile_s,
-           "graph": trainer.graph is not None, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+           "graph": trainer.graph is not None,
+           "compiled": trainer.compiled_logits is not None, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
     del trainer
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -241,7 +254,8 @@ def steps_table(steps: list[dict]) -> list[str]:
         if "error" in r:
             lines.append(f"| {r['run']} | error: {r['error'][:120]} |")
             continue
-        lines.append(f"| {r['task']} | {r['seq_len']} | {r['members']} | {r['variant']} | {r['step_ms']:.1f} | "
+        variant = r["variant"] + ("" if r.get("compiled", True) else " (compile failed: eager)")
+        lines.append(f"| {r['task']} | {r['seq_len']} | {r['members']} | {variant} | {r['step_ms']:.1f} | "
                      f"{r['member_steps_per_s']:.0f} | {r['tokens_per_s'] / 1e6:.2f} | {r['compile_s']:.0f} | "
                      f"{r['peak_gib']:.1f} |")
     return lines
@@ -273,7 +287,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="*", default=[
         "fuzzy_recall:128:24:delta_net", "fuzzy_recall:128:24:delta_net+kernel"],
-        help="task:seq_len:members:variant ... (variants: " + ", ".join(VARIANTS) + ")")
+        help="task:seq_len:members:variant[@compile mode] ... (variants: " + ", ".join(VARIANTS) + "; a mode such "
+             "as max-autotune-no-cudagraphs replaces the trainer's default torch.compile mode for that row)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--solve", action="store_true", help="time the solve alone first")
     parser.add_argument("--profile", nargs="*", default=[], help="task:seq_len:members:variant to profile")

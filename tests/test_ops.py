@@ -1,5 +1,5 @@
-"""Fast ops against their references: the shifted depthwise convolution against nn.Conv1d, and the vmap
-folding wrapper (used to batch fla's kernels) against plain vmap."""
+"""Fast ops against their references: the shifted depthwise convolution against nn.Conv1d, and the plumbing
+of the fla custom ops (autograd, vmap folding, torch.compile) on their CPU form against the PyTorch layers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch.func import functional_call, stack_module_state
 
 from mixerlab.mixers import resolve_mixer
 from mixerlab.ops.depthwise import depthwise_conv1d, use_library_depthwise_convs, use_shifted_depthwise_convs
-from mixerlab.ops.fold import fold_vmap
+from mixerlab.ops import fla_ops
 
 
 @pytest.mark.parametrize("taps, padding, bias", [(4, 3, False), (3, 1, True), (1, 0, False), (5, 4, True)])
@@ -62,31 +62,51 @@ def test_baseline_layers_give_the_same_result_with_shifted_convs(name: str) -> N
     torch.testing.assert_close(fast(x), ref, rtol=1e-5, atol=1e-6)
 
 
-def test_fold_vmap_equals_plain_vmap_and_calls_the_kernel_once_on_a_folded_batch() -> None:
-    seen: list[tuple[int, ...]] = []
+def _fla_inputs(gated: bool, batch: int = 2, length: int = 70) -> list[torch.Tensor]:
+    """Time-first q, k (L2-normalised), v, beta (and log decay g) as the fla ops take them."""
+    q, k = (nn.functional.normalize(torch.randn(batch, length, 2, 8), dim=-1) for _ in range(2))
+    v, beta = torch.randn(batch, length, 2, 8), torch.rand(batch, length, 2)
+    tensors = [q, k, v, beta] + ([-torch.rand(batch, length, 2)] if gated else [])
+    return [t.double().requires_grad_() for t in tensors]
 
-    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # batch-first, no vmap rule needed
-        seen.append(tuple(a.shape))
-        return (a * b).cumsum(1).tanh()
 
-    folded = fold_vmap(kernel)
-    a = torch.randn(5, 3, 7, requires_grad=True)  # 5 members, batch 3
-    b = torch.randn(3, 5, 7, requires_grad=True)  # members on dim 1
-    out = torch.vmap(folded, in_dims=(0, 1))(a, b)
-    assert seen == [(15, 7)]  # one call, members folded into the batch
-    ref = torch.vmap(lambda x, y: (x * y).cumsum(1).tanh(), in_dims=(0, 1))(a, b)
-    torch.testing.assert_close(out, ref)
-    w = torch.randn_like(out)
-    grads = torch.autograd.grad((out * w).sum(), [a, b])
-    grads_ref = torch.autograd.grad((ref * w).sum(), [a, b])
-    for g, g_ref in zip(grads, grads_ref):
-        torch.testing.assert_close(g, g_ref)
-    assert folded(a[0], b[:, 0]).shape == (3, 7)  # and plain calls work as the kernel
+@pytest.mark.parametrize("gated", [False, True])
+def test_fla_ops_pass_pytorchs_custom_op_checks(gated: bool) -> None:
+    """Fake shapes, autograd registration and schema agree with the kernels (torch.library.opcheck)."""
+    op = fla_ops.fla_gated_delta_rule if gated else fla_ops.fla_delta_rule
+    torch.library.opcheck(op, _fla_inputs(gated), test_utils=("test_schema", "test_autograd_registration",
+                                                              "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_fla_ops_fold_members_and_compile_without_graph_breaks(gated: bool) -> None:
+    """Under vmap the ops equal a per-member loop (outputs and gradients), and a compiled vmapped call traces
+    them as one graph (the point of wrapping fla's compile-disabled kernels as custom ops)."""
+    op = fla_ops.fla_gated_delta_rule if gated else fla_ops.fla_delta_rule
+    members = [_fla_inputs(gated, batch=2, length=40) for _ in range(3)]
+    stacked = [torch.stack([m[i] for m in members]).detach().requires_grad_() for i in range(len(members[0]))]
+
+    def first_output(*tensors: torch.Tensor) -> torch.Tensor:
+        return op(*tensors)[0]
+
+    out = torch.vmap(first_output)(*stacked)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weights).sum(), stacked)
+    for i, member in enumerate(members):
+        ref = first_output(*member)
+        torch.testing.assert_close(out[i], ref)
+        ref_grads = torch.autograd.grad((ref * weights[i]).sum(), member)
+        for g, g_ref in zip(grads, ref_grads):
+            torch.testing.assert_close(g[i], g_ref)
+    torch._dynamo.reset()
+    compiled = torch.compile(torch.vmap(first_output), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(*stacked), out)
 
 
 @pytest.mark.parametrize("name", ["delta_net", "gated_delta_net"])
 def test_fla_variants_train_under_vmap_like_the_templates(name: str) -> None:
-    """On CPU the fla variants run the PyTorch op through fold_vmap: same outputs and gradients as the template."""
+    """On CPU the fla variants run the PyTorch op through the fla custom ops: same outputs and gradients as the
+    template."""
     torch.manual_seed(0)
     template, variant = resolve_mixer(name).load_class(), resolve_mixer(name + "_fla").load_class()
     params, _ = stack_module_state([template(d_model=32) for _ in range(3)])

@@ -84,13 +84,16 @@ def _dataset_rows(jobs: list[TrainJob], device: torch.device):
     return cat(train_x), cat(train_y), cat(test_x), cat(test_y), offsets
 
 
+COMPILE_MODE: str | None = None  # torch.compile's mode for the step; benchmarks/step_anatomy.py compares modes
+
+
 def compile_static(fn: Callable) -> Callable:
     """torch.compile with static shapes and room in dynamo's cache for every group shape of a sweep."""
     from torch import _dynamo
 
     _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 256)
     _dynamo.config.accumulated_cache_size_limit = max(_dynamo.config.accumulated_cache_size_limit, 1024)
-    return torch.compile(fn, dynamic=False)
+    return torch.compile(fn, dynamic=False, mode=COMPILE_MODE)
 
 
 class BatchedTrainer:
