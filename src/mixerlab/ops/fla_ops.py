@@ -29,7 +29,7 @@ def _fla():
         from fla.ops.delta_rule.chunk import chunk_delta_rule_bwd, chunk_delta_rule_fwd
         from fla.ops.gated_delta_rule.chunk import chunk_gated_delta_rule_bwd, chunk_gated_delta_rule_fwd
     except ImportError as err:  # pragma: no cover - depends on the machine
-        raise ImportError("the fla kernels need `pip install flash-linear-attention` and a CUDA GPU") from err
+        raise ImportError("the fla kernels need `pip install 'mixerlab[fla]'` (fla-core) and a CUDA GPU") from err
     return chunk_delta_rule_fwd, chunk_delta_rule_bwd, chunk_gated_delta_rule_fwd, chunk_gated_delta_rule_bwd
 
 
