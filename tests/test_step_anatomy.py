@@ -43,3 +43,14 @@ def test_committed_markdown_is_what_the_committed_json_renders_to(tmp_path) -> N
     assert profiled, "the committed runs include CUDA profiles"
     for profile in profiled:  # kernels listed never exceed the total they are shares of
         assert sum(k["ms_per_step"] for k in profile["kernels"]) <= profile["cuda_ms_per_step"] * 1.001
+
+
+def test_a_row_that_fell_back_to_eager_says_so() -> None:
+    """A step the compiler refused trains eagerly (BatchedTrainer falls back); its row must not pass for a
+    compiled one, and rows recorded before the flag existed read as compiled."""
+    row = {"task": "fuzzy_recall", "seq_len": 128, "members": 24, "variant": "delta_net fla", "step_ms": 80.0,
+           "member_steps_per_s": 300.0, "tokens_per_s": 4.9e6, "compile_s": 3.0, "peak_gib": 9.0}
+    eager, compiled, older = ({**row, "compiled": False}, {**row, "compiled": True}, row)
+    lines = step_anatomy.steps_table([eager, compiled, older])
+    assert "| delta_net fla (compile failed: eager) | 80.0 |" in lines[2]
+    assert all("| delta_net fla | 80.0 |" in line for line in lines[3:])
