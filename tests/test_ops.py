@@ -79,10 +79,14 @@ def test_fla_ops_pass_pytorchs_custom_op_checks(gated: bool) -> None:
 
 
 @pytest.mark.parametrize("gated", [False, True])
-def test_fla_ops_fold_members_and_compile_without_graph_breaks(gated: bool) -> None:
-    """Under vmap the ops equal a per-member loop (outputs and gradients), and a compiled vmapped call traces
-    them as one graph (the point of wrapping fla's compile-disabled kernels as custom ops)."""
+def test_fla_ops_fold_members_and_compile_without_graph_breaks(gated: bool, monkeypatch) -> None:
+    """Under vmap the ops run the kernel once on all members folded into its batch and equal a per-member loop
+    (outputs and gradients), and a compiled vmapped call traces them as one graph (the point of wrapping fla's
+    compile-disabled kernels as custom ops)."""
     op = fla_ops.fla_gated_delta_rule if gated else fla_ops.fla_delta_rule
+    name = "_reference_gated" if gated else "_reference_delta"
+    kernel, batches = getattr(fla_ops, name), []
+    monkeypatch.setattr(fla_ops, name, lambda *t: batches.append(t[0].shape[0]) or kernel(*t))
     members = [_fla_inputs(gated, batch=2, length=40) for _ in range(3)]
     stacked = [torch.stack([m[i] for m in members]).detach().requires_grad_() for i in range(len(members[0]))]
 
@@ -90,6 +94,7 @@ def test_fla_ops_fold_members_and_compile_without_graph_breaks(gated: bool) -> N
         return op(*tensors)[0]
 
     out = torch.vmap(first_output)(*stacked)
+    assert batches == [6], "one kernel call on 3 members x batch 2"
     weights = torch.randn_like(out)
     grads = torch.autograd.grad((out * weights).sum(), stacked)
     for i, member in enumerate(members):
