@@ -11,6 +11,7 @@
 - `tril_solve`: the unit-lower-triangular solve of the chunkwise WY step as a Triton kernel (CUDA), wrapped as
   a custom op with autograd, vmap and compile support; `torch.linalg.solve_triangular` is the reference, and
   the batched trainer routes the library's calls there (`fast_triangular_solves`).
+- `members`: what the ops' vmap rules share (the member dimension moved to the front, or folded into the batch).
 """
 
 from .naive import delta_rule_recurrent, gated_delta_rule_recurrent

@@ -19,6 +19,8 @@ import functools
 
 import torch
 
+from .members import fold_members
+
 CHUNK = 64  # fla's chunk size: the WY matrix saved for backward is [B, T, H, CHUNK]
 
 
@@ -175,18 +177,11 @@ fla_gated_delta_rule.register_autograd(_gated_backward, setup_context=_gated_set
 
 # --- vmap: members folded into the kernel's batch ----------------------------------------------------------
 
-def _fold(info, in_dims, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    """[M, B, ...] (member dimension moved to the front, unbatched ones broadcast) -> [M * B, ...]."""
-    members = info.batch_size
-    moved = [t.movedim(d, 0) if d is not None else t.expand(members, *t.shape) for t, d in zip(tensors, in_dims)]
-    return [t.reshape(members * t.shape[1], *t.shape[2:]) for t in moved]
-
-
 def _folding_rule(op):
     """The vmap rule of `op`: one call on the folded batch, every output split back into members."""
 
     def rule(info, in_dims, *tensors: torch.Tensor):
-        outputs = op(*_fold(info, in_dims, *tensors))
+        outputs = op(*fold_members(info, in_dims, *tensors))
         return tuple(t.reshape(info.batch_size, -1, *t.shape[1:]) for t in outputs), (0,) * len(outputs)
 
     return rule

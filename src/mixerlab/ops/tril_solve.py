@@ -25,6 +25,8 @@ from typing import Iterator
 
 import torch
 
+from .members import members_first
+
 BLOCK = 16  # rows of a diagonal block (tl.dot needs at least 16)
 MAX_ROWS = 128
 # Launch settings, chosen on an H200 by `benchmarks/step_anatomy.py --solve` (results/step_anatomy.md): warps
@@ -151,20 +153,14 @@ def _backward(ctx, grad_x: torch.Tensor, _grad_diagonal: torch.Tensor | None):
 unit_lower_solve.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _members_first(info, in_dims, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    """Move vmap's member dimension to the front of every tensor (broadcasting unbatched ones): the ops take
-    any leading batch dimensions, so members are just more systems."""
-    return [t.movedim(d, 0) if d is not None else t.expand(info.batch_size, *t.shape) for t, d in zip(tensors, in_dims)]
-
-
 @unit_lower_solve.register_vmap
 def _(info, in_dims, a, b):
-    return unit_lower_solve(*_members_first(info, in_dims, a, b)), (0, 0)
+    return unit_lower_solve(*members_first(info, in_dims, a, b)), (0, 0)
 
 
 @unit_lower_solve_backward.register_vmap
 def _(info, in_dims, a, diagonal, x, grad_x):
-    return unit_lower_solve_backward(*_members_first(info, in_dims, a, diagonal, x, grad_x)), (0, 0)
+    return unit_lower_solve_backward(*members_first(info, in_dims, a, diagonal, x, grad_x)), (0, 0)
 
 
 # --- routing the library call here ------------------------------------------------------------------
