@@ -28,7 +28,6 @@ from mixerlab.config import TrainConfig  # noqa: E402
 from mixerlab.mixers import resolve_mixer  # noqa: E402
 from mixerlab.ops import tril_solve  # noqa: E402
 from mixerlab.tasks import baseline_setting, parse_task  # noqa: E402
-from mixerlab.train import batched  # noqa: E402
 from mixerlab.train.batched import BatchedTrainer  # noqa: E402
 from mixerlab.train.job import TrainJob  # noqa: E402
 
@@ -76,29 +75,33 @@ VARIANTS = {
 }
 
 
-def build(task: str, seq_len: int, members: int, variant: str) -> BatchedTrainer:
-    """The trainer of one row; `variant@mode` compiles its step in that torch.compile mode."""
-    variant, _, mode = variant.partition("@")
+def parse_variant(spec: str) -> tuple[str, str | None]:
+    """A row's `variant` or `variant@mode` -> (variant, torch.compile mode or None for the default)."""
+    variant, _, mode = spec.partition("@")
+    if variant not in VARIANTS:
+        raise SystemExit(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}, optionally @<compile mode>")
+    return variant, mode or None
+
+
+def build(task: str, seq_len: int, members: int, variant: str, mode: str | None = None) -> BatchedTrainer:
+    """The trainer of one row, its step compiled in torch.compile's `mode`."""
     setting = baseline_setting(parse_task(task)).model_copy(update={"seq_len": seq_len})
     jobs = [TrainJob(setting=setting, lr=5e-4, weight_decay=0.0, seed=i) for i in range(members)]
     factory, solve = VARIANTS[variant]
-    batched.COMPILE_MODE = mode or None  # read when the trainer wraps its step, i.e. inside the constructor
-    try:
-        return BatchedTrainer(jobs, [f"m{i}" for i in range(members)], TrainConfig(), factory, "cuda",
-                              cuda_graph=False, compile_step=True, fast_solves=solve == "kernel")
-    finally:
-        batched.COMPILE_MODE = None
+    return BatchedTrainer(jobs, [f"m{i}" for i in range(members)], TrainConfig(), factory, "cuda",
+                          cuda_graph=False, compile_step=True, compile_mode=mode, fast_solves=solve == "kernel")
 
 
-def time_step(task: str, seq_len: int, members: int, variant: str, steps: int) -> dict:
-    """Compile, capture the step as a CUDA graph, time `steps` replays."""
+def time_step(task: str, seq_len: int, members: int, spec: str, steps: int) -> dict:
+    """Compile, capture the step as a CUDA graph, time `steps` replays of the row `spec` (`variant[@mode]`)."""
     torch._dynamo.reset()
-    skip = VARIANTS[variant.partition("@")[0]][1] == "skip"
+    variant, mode = parse_variant(spec)
+    skip = VARIANTS[variant][1] == "skip"
     original = torch.linalg.solve_triangular
     if skip:
         torch.linalg.solve_triangular = _skip_solve
     try:
-        trainer = build(task, seq_len, members, variant)
+        trainer = build(task, seq_len, members, variant, mode)
         start = time.perf_counter()
         for _ in range(3):
             trainer._run_step()
@@ -115,7 +118,7 @@ def time_step(task: str, seq_len: int, members: int, variant: str, steps: int) -
     finally:
         torch.linalg.solve_triangular = original
     tokens = members * trainer.train.batch_size * trainer.x_train.shape[1]
-    row = {"task": task, "seq_len": seq_len, "members": members, "variant": variant, "step_ms": step_s * 1e3,
+    row = {"task": task, "seq_len": seq_len, "members": members, "variant": spec, "step_ms": step_s * 1e3,
            "member_steps_per_s": members / step_s, "tokens_per_s": tokens / step_s, "compile_s": compile_s,
            "graph": trainer.graph is not None,
            "compiled": trainer.compiled_logits is not None, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
@@ -136,10 +139,10 @@ def kernel_kind(name: str) -> str:
     return "other kernels"
 
 
-def profile_step(task: str, seq_len: int, members: int, variant: str, steps: int = 3) -> dict:
+def profile_step(task: str, seq_len: int, members: int, spec: str, steps: int = 3) -> dict:
     """The CUDA kernels of `steps` compiled (not graphed) steps, per step, most expensive first."""
     torch._dynamo.reset()
-    trainer = build(task, seq_len, members, variant)
+    trainer = build(task, seq_len, members, *parse_variant(spec))
     for _ in range(3):
         trainer._run_step()
     torch.cuda.synchronize()
@@ -155,7 +158,7 @@ def profile_step(task: str, seq_len: int, members: int, variant: str, steps: int
     kernels.sort(key=lambda k: -k["ms_per_step"])
     del trainer
     torch.cuda.empty_cache()
-    return {"run": f"{task}:{seq_len}:{members}:{variant}", "steps": steps,
+    return {"run": f"{task}:{seq_len}:{members}:{spec}", "steps": steps,
             "cuda_ms_per_step": sum(k["ms_per_step"] for k in kernels), "kernels": kernels}
 
 
@@ -305,6 +308,8 @@ def main() -> None:
     if args.render:
         write_markdown(results, args.out / "step_anatomy.md")
         return
+    for spec in [*args.profile, *args.runs]:  # a mistyped row stops here, not after the rows before it ran
+        parse_variant(spec.split(":", 3)[-1])
     start = time.monotonic()
     run: dict = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "note": args.note, "solve": [],
                  "steps": []}

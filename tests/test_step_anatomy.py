@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 spec = importlib.util.spec_from_file_location("step_anatomy_script", BENCHMARKS / "step_anatomy.py")
 step_anatomy = importlib.util.module_from_spec(spec)
@@ -54,3 +56,12 @@ def test_a_row_that_fell_back_to_eager_says_so() -> None:
     lines = step_anatomy.steps_table([eager, compiled, older])
     assert "| delta_net fla (compile failed: eager) | 80.0 |" in lines[2]
     assert all("| delta_net fla | 80.0 |" in line for line in lines[3:])
+
+
+def test_a_row_spec_names_its_variant_and_compile_mode() -> None:
+    """`variant@mode` picks torch.compile's mode for that row; a plain variant keeps the default; a name that is
+    no variant stops the run with the list of variants, before any GPU time is spent."""
+    assert step_anatomy.parse_variant("delta_net fla") == ("delta_net fla", None)
+    assert step_anatomy.parse_variant("one linear@max-autotune") == ("one linear", "max-autotune")
+    with pytest.raises(SystemExit, match="unknown variant 'delta_nett'.*delta_net fla"):
+        step_anatomy.parse_variant("delta_nett@max-autotune")

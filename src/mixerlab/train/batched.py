@@ -84,16 +84,14 @@ def _dataset_rows(jobs: list[TrainJob], device: torch.device):
     return cat(train_x), cat(train_y), cat(test_x), cat(test_y), offsets
 
 
-COMPILE_MODE: str | None = None  # torch.compile's mode for the step; benchmarks/step_anatomy.py compares modes
-
-
-def compile_static(fn: Callable) -> Callable:
-    """torch.compile with static shapes and room in dynamo's cache for every group shape of a sweep."""
+def compile_static(fn: Callable, mode: str | None = None) -> Callable:
+    """torch.compile with static shapes and room in dynamo's cache for every group shape of a sweep; `mode` is
+    torch.compile's (None: its default, which benchmarks/step_anatomy.py found as fast as max-autotune here)."""
     from torch import _dynamo
 
     _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 256)
     _dynamo.config.accumulated_cache_size_limit = max(_dynamo.config.accumulated_cache_size_limit, 1024)
-    return torch.compile(fn, dynamic=False, mode=COMPILE_MODE)
+    return torch.compile(fn, dynamic=False, mode=mode)
 
 
 class BatchedTrainer:
@@ -111,6 +109,7 @@ class BatchedTrainer:
         sync_every: int = 20,
         shrink_below: float = 0.75,
         compile_step: bool = False,
+        compile_mode: str | None = None,
         vocab_size: int | None = None,
         checkpoints: CheckpointStore | None = None,
         fast_solves: bool | None = None,
@@ -132,7 +131,7 @@ class BatchedTrainer:
         # length symbolic, which vmap'd linear layers cannot trace. Every group shape compiles once instead.
         self.compiled_logits = None
         if compile_step and self.device.type == "cuda":
-            self.compiled_logits = compile_static(self._logits)
+            self.compiled_logits = compile_static(self._logits, compile_mode)
         self.autocast = train.autocast_dtype(self.device.type)
         # unit-lower-triangular solves (the chunkwise WY step) on the Triton kernel: ops/tril_solve.py
         self.fast_solves = kernel_available(self.device) if fast_solves is None else fast_solves
