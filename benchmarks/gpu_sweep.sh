@@ -48,7 +48,7 @@ POLL_RESERVE=${POLL_RESERVE:-$(( SAVE_WAIT + 30 ))}
 # session, baselines_notes.md); does it reach the seed row? The settings up to 256 tokens run in groups of 6, as Gated
 # DeltaNet's ran (six vocabulary trainings were packed into the thirty-third session's .carry); the 512- and 1,024-token
 # ones run in pairs, about 1.0 and 1.9 s per member-epoch, so 400 and 750 s a pair. .carry is not committed and a new
-# checkout may not keep it (the twenty-eighth session's did not, the twenty-ninth to thirty-third's did), so a group
+# checkout may not keep it (the twenty-eighth and thirty-fifth sessions' did not, the others since did), so a group
 # should finish inside one session's device time.
 DEFAULT_JOBS="variant/gdn_no_gate:fuzzy_recall:--max-seq-len=256 variant/gdn_no_gate:fuzzy_recall:--max-group-members=2"
 COMMITTED=${COMMITTED:-benchmarks/results/cache/gpu_results.jsonl.gz}
