@@ -7,6 +7,9 @@ CONSTRAINTS ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-c
 
 TEST_STAMP := $(VENV)/.test-services
 RUN_DIR ?= runs/demo
+# pytest-xdist workers for `make test`: most tests wait on a subprocess (the sandbox, a discovery run, a server)
+# or train on one thread, so two workers keep both cores of a CI machine busy. TEST_WORKERS=0 runs in-process.
+TEST_WORKERS ?= 2
 
 .PHONY: setup run test test-gpu bench clean
 
@@ -34,7 +37,7 @@ run: setup
 		--run-dir $(RUN_DIR) $(if $(wildcard $(RUN_DIR)/mixerlab.db),--resume,)
 
 test: setup $(TEST_STAMP)
-	$(PY) -m pytest -m "not gpu" -q
+	$(PY) -m pytest -m "not gpu" -q -n $(TEST_WORKERS) --dist worksteal
 
 test-gpu: setup
 	$(PY) -m pytest -m gpu -q

@@ -21,6 +21,8 @@ from typing import Iterator
 
 import httpx
 
+from mixerlab.config import available_cpus
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -53,7 +55,7 @@ def llama_server() -> Iterator[str]:
     log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "8192", "--n_threads", "2"],
+         "--port", str(port), "--n_ctx", "8192", "--n_threads", str(available_cpus())],
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:

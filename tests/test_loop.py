@@ -121,15 +121,16 @@ def kill_and_resume(run_dir: Path, db_url: str, status: str, cache: Path, extra:
     return interrupted
 
 
-def test_resume_after_kill_9_on_sqlite(tmp_path: Path) -> None:
+def test_resume_after_kill_9_on_sqlite(tmp_path: Path, baseline_cache: Path) -> None:
     run_dir = tmp_path / "run"
     db = f"sqlite:///{run_dir / 'mixerlab.db'}"
-    cache = tmp_path / "fresh-cache.sqlite"  # cold cache: the kill lands in the middle of real training
-    kill_and_resume(run_dir, db, "evaluating", cache, [])
+    # the candidates are not in the cache: the kill lands in the middle of their real training
+    interrupted = kill_and_resume(run_dir, db, "evaluating", baseline_cache, [])
     from mixerlab.evaluate import ResultCache
 
-    store = ResultCache(cache)
-    assert store.count() == 6 * 4, "every training exactly once: 2 baselines + 2 candidates x 6 tasks"
+    store = ResultCache(baseline_cache)
+    assert store.count() == 6 * 4, "every training exactly once: 2 baselines (cached) + 2 candidates x 6 tasks"
+    assert {name: n for _, name, n in store.mixers()}[interrupted] == 6
 
 
 def test_resume_after_kill_9_on_postgresql(tmp_path: Path, shared_cache: Path) -> None:

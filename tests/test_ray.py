@@ -52,8 +52,8 @@ def ray_task_pids() -> list[int]:
     return [int(line.split()[0]) for line in out.splitlines() if "ray::_sandbox_task" in line]
 
 
-def test_a_killed_worker_is_retried_and_nothing_is_lost(tmp_path: Path) -> None:
-    run_dir, cache = tmp_path / "run", tmp_path / "cache.sqlite"
+def test_a_killed_worker_is_retried_and_nothing_is_lost(tmp_path: Path, baseline_cache: Path) -> None:
+    run_dir, cache = tmp_path / "run", baseline_cache  # the candidate is not in it: its trainings run on Ray
     killed: list[int] = []
 
     def killer() -> None:  # kill the first Ray worker seen training, once
@@ -77,3 +77,5 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(tmp_path: Path) -> None:
     rows = Store(f"sqlite:///{run_dir / 'mixerlab.db'}").experiments()
     assert [r.status for r in rows] == ["done", "done", "done"] and len({r.name for r in rows}) == 3
     assert ResultCache(cache).count() == 18, "every training recorded exactly once (2 baselines + 1 candidate x 6 tasks)"
+    candidate = rows[-1].name
+    assert {name: n for _, name, n in ResultCache(cache).mixers()}[candidate] == 6

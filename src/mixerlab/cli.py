@@ -288,7 +288,7 @@ def check_command(
     candidate: str = typer.Argument(..., help="a candidate .py file (or a builtin mixer name)"),
     json_out: bool = typer.Option(False, "--json", help="print the report as JSON instead of a checklist"),
     budget: float = typer.Option(0.5, min=0.0, help="allowed relative parameter difference from the reference baseline"),
-    timeout: float = typer.Option(120.0, min=1.0, help="seconds the sandboxed checks may take"),
+    timeout: float = typer.Option(300.0, min=1.0, help="seconds the sandboxed checks may take"),
     memory_gb: float = typer.Option(8.0, min=0.5, help="memory the sandbox may use"),
 ) -> None:
     """Check a candidate mixer: contract, causality, sub-quadratic cost, numerics, novelty. Exit 0 pass, 1 fail."""

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -13,6 +14,15 @@ from mixerlab.tasks.settings import TASK_ORDER
 
 # Bump when anything that changes a training's result changes (data, model, optimiser, metric, stopping).
 PROTOCOL_VERSION = 1
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS has one (a cpuset, `taskset`, a test
+    worker's share), which `os.cpu_count()` ignores; sizing threads by the whole machine oversubscribes."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity masks (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
 
 
 class TrainConfig(BaseModel):
@@ -182,7 +192,9 @@ class LoopConfig(BaseModel):
     language: Literal["en", "zh"] = "en"
     ucb_c: float = Field(default=0.5, ge=0)
     noise_floor: float = Field(default=0.01, ge=0)
-    check_timeout_s: float = 120.0
+    # wall-clock seconds for checks 2-7 of one candidate: about 6 s alone on a 2-core machine, but over 120 s
+    # beside the run's own trainings on a slow one (a first check failed so in CI); an endless loop costs this
+    check_timeout_s: float = 300.0
     check_memory_gb: float = 8.0
 
     def label(self, profile: str) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from mixerlab.config import available_cpus
 from mixerlab.train.job import TrainJob
 
 
@@ -108,7 +109,7 @@ def worker_env(device: str, workers: int) -> dict[str, str]:
     if device.startswith("cuda:"):
         env["CUDA_VISIBLE_DEVICES"] = device.removeprefix("cuda:")
     else:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+        env["OMP_NUM_THREADS"] = str(max(1, available_cpus() // workers))
     return env
 
 

@@ -4,10 +4,10 @@ round-robin by worker slot."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from mixerlab.check import CheckReport, check_candidate
+from mixerlab.config import available_cpus
 from mixerlab.mixers.loading import MixerSpec
 from mixerlab.sandbox import SandboxLimits, run_sandboxed
 from mixerlab.train.result import TrainResult
@@ -19,7 +19,7 @@ class LocalExecutor:
     def __init__(self, device: str = "cpu", gpus: int = 0, check_limits: SandboxLimits = SandboxLimits(),
                  eval_memory_gb: float = 16.0, workers_per_gpu: int = 1, workers: int = 1) -> None:
         self.device = device
-        self.cpu_threads = max(1, (os.cpu_count() or 1) // max(1, workers))  # no oversubscription
+        self.cpu_threads = max(1, available_cpus() // max(1, workers))  # no oversubscription
         self.gpus = gpus
         self.check_limits = check_limits
         self.eval_memory_gb = eval_memory_gb

@@ -35,7 +35,7 @@ CLONE_NEWNET = 0x40000000
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    timeout_s: float = 120.0
+    timeout_s: float = 300.0  # a backstop for endless loops, with room for a busy machine
     memory_gb: float = 8.0
     output_bytes: int = 1_000_000
     cpu_threads: int = 2
