@@ -22,7 +22,7 @@ from mixerlab.sandbox import SandboxLimits, run_sandboxed
 CANDIDATES = Path(__file__).parent / "candidates"
 # Checks 2-7 share one sandbox run, torch's import included. Good candidates get room for a slow host (CI once
 # took over 25 s for Gated DeltaNet's checks); the endless loop gets a short limit so that its test stays quick.
-LIMITS = SandboxLimits(timeout_s=120, memory_gb=3.0)
+LIMITS = SandboxLimits(timeout_s=300, memory_gb=3.0)
 LOOP_LIMITS = SandboxLimits(timeout_s=45, memory_gb=3.0)
 
 pytestmark = pytest.mark.slow

@@ -69,7 +69,7 @@ def test_every_edit_and_some_compositions_pass_the_checker(names: list[str]) -> 
     code = template_source("delta_net")
     for name in names:
         code = by_name[name].apply(code)
-    report = check_candidate(MixerSpec(name="+".join(names), source=code), limits=SandboxLimits(timeout_s=120))
+    report = check_candidate(MixerSpec(name="+".join(names), source=code), limits=SandboxLimits(timeout_s=300))
     assert report.passed, f"{names}: {report.summary()}"
 
 
