@@ -10,6 +10,8 @@ from typing import NoReturn, Optional
 import typer
 from rich.console import Console
 
+from mixerlab.sandbox import SandboxLimits  # light: no torch (the CLI's defaults read it)
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Autonomous discovery of linear-attention sequence mixers on MAD.")
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -94,18 +96,22 @@ def eval_command(
                                           "workers log beside the cache (CACHE.logs/)"),
     only_keys: Optional[Path] = typer.Option(None, hidden=True, help="a file of cache keys, one per line: train "
                                              "only those (a --devices worker's share)"),
+    trusted: bool = typer.Option(False, "--trusted", help="run a mixer FILE in this process, unchecked and "
+                                 "unconfined (your own code only); by default a file is checked, trained in the "
+                                 "sandbox and scored here, as the research loop does"),
 ) -> None:
     """Train a mixer on the MAD tasks of a profile and print its accuracy row.
 
-    SIGUSR1 checkpoints the unfinished group now; SIGTERM or Ctrl-C checkpoints it and stops (run the same
-    command again to continue)."""
+    A .py file is untrusted unless --trusted: it is checked first (exit 1 if it fails, with the report), then
+    trained in the sandbox and scored in this process. SIGUSR1 checkpoints the unfinished group now; SIGTERM or
+    Ctrl-C checkpoints it and stops (run the same command again to continue)."""
     from mixerlab.train.interrupts import answering_signals
 
     params = dict(mixer=mixer, profile=profile, tasks=tasks, seeds=seeds, device=device, json_out=json_out,
                   cache=cache, no_cache=no_cache, lr_schedule=lr_schedule, max_group_tokens=max_group_tokens, name=name,
                   time_limit=time_limit, init=init, compile_step=compile_step, checkpoint_every=checkpoint_every,
                   max_seq_len=max_seq_len, init_seed=init_seed, max_group_members=max_group_members, settings=settings,
-                  library_solves=library_solves, only_keys=only_keys, patience=patience)
+                  library_solves=library_solves, only_keys=only_keys, patience=patience, trusted=trusted)
     failed_workers = []
     try:
         with answering_signals():
@@ -179,18 +185,62 @@ def train_overrides(**chosen: str | None) -> dict[str, str]:
 def _run_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name,
               time_limit=None, init=None, compile_step=False, checkpoint_every=120.0, max_seq_len=None,
               init_seed=None, max_group_members=None, settings=None, library_solves=False, train=True,
-              only_keys=None, patience=None):
+              only_keys=None, patience=None, trusted=False):
     from mixerlab.evaluate import evaluate_mixer
     from mixerlab.progress import EvalProgress
 
     spec, prof, options, store = _prepare_eval(
         mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens, name,
         time_limit, init, compile_step, checkpoint_every, max_seq_len, init_seed, max_group_members, settings,
-        library_solves, train, only_keys, patience)
-    report = evaluate_mixer(spec, prof, options, cache=store, progress=EvalProgress(err_console, spec.name))
+        library_solves, train, only_keys, patience, trusted)
+    progress = EvalProgress(err_console, spec.name)
+    if _untrusted(mixer, trusted):
+        report = _sandboxed_eval(spec, prof, options, store, progress)
+    else:
+        report = evaluate_mixer(spec, prof, options, cache=store, progress=progress)
     if json_out is not None:
         json_out.write_text(report.model_dump_json(indent=2))
     return report
+
+
+def _untrusted(mixer: str, trusted: bool) -> bool:
+    from mixerlab.mixers import BUILTINS
+
+    return mixer not in BUILTINS and not trusted
+
+
+def _sandboxed_eval(spec, prof, options, store, progress):
+    """`eval FILE.py`: the loop's path. Check the file (exit 1 with the report if it fails), then train it in the
+    sandbox and score it here (evaluate/sandboxed.py)."""
+    import dataclasses
+
+    from mixerlab.check import Conditions, check_candidate
+    from mixerlab.evaluate.sandboxed import evaluate_sandboxed
+    from mixerlab.sandbox import SandboxLimits
+
+    device = "cuda" if options.device.startswith("cuda") else "cpu"
+    gpu = (int(options.device.split(":")[1]) if ":" in options.device else 0) if device == "cuda" else None
+    limits = SandboxLimits(cuda_device=gpu, gpu_memory_fraction=0.2 if gpu is not None else None)
+    err_console.print(f"[dim]checking {spec.filename} in the sandbox (an untrusted file; --trusted skips this)[/]",
+                      highlight=False)
+    report = check_candidate(spec, limits=limits, check_novelty=False,
+                             conditions=Conditions.for_profile(prof, device))
+    if not report.passed:
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]the mixer failed its checks:[/] {escape(report.summary())}", highlight=False)
+        raise typer.Exit(1)
+    limits = SandboxLimits(timeout_s=options.time_limit + 600 if options.time_limit else 7 * 24 * 3600.0,
+                           memory_gb=16.0, output_bytes=20_000_000, cuda_device=gpu,
+                           gpu_memory_fraction=0.9 if gpu is not None else None)
+    result = evaluate_sandboxed(spec, prof, dataclasses.replace(options, device=device), limits, cache=store,
+                                progress=progress, cuda_device=gpu)
+    if not result.ok:
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]the evaluation failed:[/] {escape(result.error)}", highlight=False)
+        raise typer.Exit(1)
+    return result.report
 
 
 def _spread_eval(devices: str, params: dict):
@@ -233,6 +283,7 @@ def _spread_eval(devices: str, params: dict):
         if params[key] is not None:
             args += [flag, str(params[key])]
     args += ["--compile"] * params["compile_step"] + ["--library-solves"] * params["library_solves"]
+    args += ["--trusted"] * params["trusted"]
     before = store.count(spec.code_hash)  # the workers' new rows are the progress: counted, not read
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console) as bar:
@@ -244,7 +295,7 @@ def _spread_eval(devices: str, params: dict):
 
 def _prepare_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cache, lr_schedule, max_group_tokens,
                   name, time_limit, init, compile_step, checkpoint_every, max_seq_len, init_seed, max_group_members,
-                  settings, library_solves, train, only_keys=None, patience=None):
+                  settings, library_solves, train, only_keys=None, patience=None, trusted=False):
     """Check every eval argument (UserError names the fix) and build what evaluate_mixer takes."""
     from mixerlab.config import get_profile
     from mixerlab.evaluate import EvalOptions, ResultCache
@@ -259,7 +310,7 @@ def _prepare_eval(mixer, profile, tasks, seeds, device, json_out, cache, no_cach
         if name:
             spec = type(spec)(**{**spec.__dict__, "name": name})
         dev = resolve_device(device)
-        if not mixer.endswith("_fla"):
+        if not mixer.endswith("_fla") and not _untrusted(mixer, trusted):  # an untrusted file runs only in the sandbox
             preflight(spec, prof.train.d_model)
         overrides = train_overrides(lr_schedule=lr_schedule, init=init, init_seed=init_seed)
         if patience is not None:
@@ -288,20 +339,28 @@ def check_command(
     candidate: str = typer.Argument(..., help="a candidate .py file (or a builtin mixer name)"),
     json_out: bool = typer.Option(False, "--json", help="print the report as JSON instead of a checklist"),
     budget: float = typer.Option(0.5, min=0.0, help="allowed relative parameter difference from the reference baseline"),
-    timeout: float = typer.Option(300.0, min=1.0, help="seconds the sandboxed checks may take"),
+    timeout: float = typer.Option(SandboxLimits.timeout_s, min=1.0, help="seconds the sandboxed checks may take"),
     memory_gb: float = typer.Option(8.0, min=0.5, help="memory the sandbox may use"),
+    profile: str = typer.Option("tiny", help="the profile the candidate will be trained on: causality, state and the "
+                                "forward are checked at its batch size and lengths"),
+    device: str = typer.Option("cpu", help="cpu | cuda: where the candidate will be trained (cuda: bf16 autocast)"),
 ) -> None:
     """Check a candidate mixer: contract, causality, sub-quadratic cost, numerics, novelty. Exit 0 pass, 1 fail."""
-    from mixerlab.check import CHECK_TITLES, check_candidate
+    from mixerlab.check import CHECK_TITLES, Conditions, check_candidate
+    from mixerlab.config import get_profile
     from mixerlab.mixers import BUILTINS, MixerLoadError, resolve_mixer
-    from mixerlab.sandbox import SandboxLimits
 
     try:
         spec = resolve_mixer(candidate)
-    except MixerLoadError as err:
+        dev = resolve_device(device)
+        conditions = Conditions.for_profile(get_profile(profile), "cuda" if dev.startswith("cuda") else "cpu")
+    except (MixerLoadError, UserError, ValueError) as err:
         fail(str(err))
-    report = check_candidate(spec, budget=budget, limits=SandboxLimits(timeout_s=timeout, memory_gb=memory_gb),
-                             check_novelty=candidate not in BUILTINS)
+    gpu = (int(dev.split(":")[1]) if ":" in dev else 0) if dev.startswith("cuda") else None
+    limits = SandboxLimits(timeout_s=timeout, memory_gb=memory_gb, cuda_device=gpu,
+                           gpu_memory_fraction=0.5 if gpu is not None else None)
+    report = check_candidate(spec, budget=budget, limits=limits, check_novelty=candidate not in BUILTINS,
+                             conditions=conditions)
     if json_out:
         typer.echo(report.model_dump_json(indent=2))
     else:
@@ -380,11 +439,15 @@ def discover_command(
     proposal_threads: int = typer.Option(1, min=1, help="proposals made at once (hides model latency on big clusters)"),
     proposals_ahead: Optional[int] = typer.Option(
         None, min=0, help="candidates proposed beyond those in evaluation (default: 0 for catalog, 1 for llm)"),
+    compile_step: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile every training "
+                                                "step on CUDA (default: on for every profile but tiny)"),
 ) -> None:
     """Run the research loop: baselines, then propose -> check -> evaluate -> record, iteration by iteration."""
     from mixerlab.config import PROFILES, LoopConfig
     from mixerlab.executor import make_executor
-    from mixerlab.loop import ResearchLoop, RunExists
+    from mixerlab.check import Conditions
+    from mixerlab.config import get_profile
+    from mixerlab.loop import ResearchLoop, RunExists, RunFailed
     from mixerlab.propose import CatalogProposer
     from mixerlab.propose.llm import LLMProposer, LLMSettings
     from mixerlab.sandbox import SandboxLimits
@@ -410,7 +473,7 @@ def discover_command(
                             budget_minutes=budget_minutes, workers=workers, device=dev, promote_to=promote_to,
                             max_repairs=max_repairs, language=language, llm=llm,
                             cache_path=str(cache) if cache else None, proposal_threads=proposal_threads,
-                            proposals_ahead=proposals_ahead)
+                            proposals_ahead=proposals_ahead, compile=compile_step)
         if proposer == "llm":
             settings = LLMSettings(**llm)
             _llm_preflight(settings)
@@ -426,7 +489,8 @@ def discover_command(
         try:
             runner = make_executor(executor, device=dev, gpus=gpus, check_limits=limits, workers=workers,
                                    workers_per_gpu=max(1, workers // max(1, gpus or 1)), address=ray_address,
-                                   gpus_per_task=gpus_per_task, **({"threads": threads} if threads else {}))
+                                   gpus_per_task=gpus_per_task, conditions=Conditions.for_profile(get_profile(prof), dev),
+                                   **({"threads": threads} if threads else {}))
         except ImportError as err:
             raise UserError(str(err)) from None
         except ConnectionError as err:
@@ -436,6 +500,12 @@ def discover_command(
         loop = ResearchLoop(config, chosen, runner, console)
         try:
             loop.run(resume=resume)
+        except RunFailed as err:
+            from rich.markup import escape
+
+            _print_where(run_dir, config)
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+            raise typer.Exit(1) from None
         finally:
             runner.close()
     except (UserError, RunExists, DatabaseError, ValueError) as err:

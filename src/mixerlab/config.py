@@ -211,6 +211,8 @@ class LoopConfig(BaseModel):
             return self.proposals_ahead
         return 1 if self.proposer == "llm" else 0
     eval_timeout_s: float | None = None  # default by profile
+    compile: bool | None = Field(default=None, description="torch.compile each training step on CUDA; None: where it "
+                                 "pays (every profile but tiny, whose groups train for seconds)")
     cache_path: str | None = None  # default: <run_dir>/cache.sqlite
     llm: dict = Field(default_factory=dict)  # LLMSettings fields
 
@@ -224,6 +226,11 @@ class LoopConfig(BaseModel):
         if self.promote_to == "auto":
             return "full" if self.device.startswith("cuda") and self.profile != "full" else None
         return None if self.promote_to in ("none", self.profile) else self.promote_to
+
+    def compiles(self, profile: str) -> bool:
+        if not self.device.startswith("cuda"):
+            return False
+        return self.compile if self.compile is not None else profile != "tiny"
 
     def evaluation_timeout(self, profile: str) -> float:
         if self.eval_timeout_s:

@@ -39,7 +39,7 @@ from mixerlab.config import LoopConfig, get_profile
 from mixerlab.evaluate import ResultCache
 from mixerlab.evaluate.plan import plan_jobs
 from mixerlab.evaluate.prefix import find_finished
-from mixerlab.executor import Executor
+from mixerlab.executor import EvaluationJob, Executor
 from mixerlab.insights import Insights, render_block
 from mixerlab.judge import TASKS, improves, judge
 from mixerlab.mixers import builtin_spec
@@ -58,6 +58,10 @@ BASELINES = ("delta_net", "gated_delta_net")
 
 class RunExists(ValueError):
     pass
+
+
+class RunFailed(RuntimeError):
+    """Not one evaluation of the run succeeded: nothing was learned, and the message says why."""
 
 
 def timestamp() -> str:
@@ -148,12 +152,24 @@ class ResearchLoop:
                 self.ensure_baselines()
                 self.resume_unfinished()
                 self.pipeline()
+                self.fail_if_nothing_worked()
                 self.store.set_run_status(self.run_id, "finished")
+            except RunFailed:
+                self.store.set_run_status(self.run_id, "failed")
+                raise
             except BaseException:
                 self.store.set_run_status(self.run_id, "interrupted")
                 raise
             finally:
                 self.progress = None
+
+    def fail_if_nothing_worked(self) -> None:
+        rows = self.store.experiments(self.run_id)
+        if rows and not any(e.status == "done" for e in rows):
+            failed = [e for e in rows if e.status == "failed"]
+            first = failed[0] if failed else rows[0]
+            raise RunFailed(f"every evaluation of the run failed ({len(failed)} of {len(rows)}); {first.name}: "
+                            f"{(first.failure_reason or first.status).splitlines()[0][:500]}")
 
     def pipeline(self) -> None:
         workers = max(1, self.config.workers)
@@ -405,20 +421,18 @@ class ResearchLoop:
         train = profile.train.model_copy(update=overrides)
         numerics = "bf16" if train.autocast_dtype("cuda" if self.config.device.startswith("cuda") else "cpu") else "fp32"
         jobs = plan_jobs(profile, TASK_ORDER, self.config.seeds)
-        found = find_finished(self.cache, jobs, spec.code_hash, train, numerics)
-        cached = {k: r.model_dump(mode="json") for k, r in found.items()}
-        options = {"profile": profile_name, "tasks": [t.value for t in TASK_ORDER], "seeds": self.config.seeds,
-                   "cached": cached, "timeout_s": self.config.evaluation_timeout(profile_name),
-                   "train_overrides": overrides}
+        known = list(find_finished(self.cache, jobs, spec.code_hash, train, numerics).values())
+        job = EvaluationJob(profile=profile_name, tasks=[t.value for t in TASK_ORDER], seeds=self.config.seeds,
+                            train_overrides=overrides, timeout_s=self.config.evaluation_timeout(profile_name), known=known,
+                            compile_step=self.config.compiles(profile_name))
 
         def record(result: TrainResult) -> None:
             self.cache.put(result, spec.code_hash, spec.name)
 
-        outcome = self.executor.evaluate(spec, options, record, slot)
+        outcome = self.executor.evaluate(spec, job, record, slot)
         if not outcome.ok:
             return None, outcome.trainings, outcome.error
-        trainings = outcome.trainings + [TrainResult.model_validate(v) for v in cached.values()]
-        return outcome.report, trainings, ""
+        return outcome.report, outcome.trainings + known, ""
 
     def evaluate(self, row: Experiment, spec: MixerSpec, parent: Experiment | None, slot: int) -> None:
         self.event("evaluating", f"profile {self.config.profile_label}", row.iteration, row.name)

@@ -1,7 +1,8 @@
 """Is a candidate a valid, causal, sub-quadratic, numerically sane mixer? (`mixerlab check`)
 
-`check_candidate` runs the eight checks cheapest first: the static check here, checks 2-7 in the sandbox
-(a separate, limited process: the candidate never runs in the caller), novelty here. The first failure
+`check_candidate` runs the checks cheapest first: the static rules and novelty here (nothing of the
+candidate runs), then instantiate .. cost in the sandbox (a separate, limited, confined process: the
+candidate never runs in the caller), under the conditions its evaluation will train in. The first failure
 stops the chain; its reason is what a repair step is given.
 """
 
@@ -9,15 +10,20 @@ from __future__ import annotations
 
 import time
 
+from pydantic import ValidationError
+
 from mixerlab.mixers import builtin_spec
 from mixerlab.mixers.loading import MixerSpec, normalized_code
 from mixerlab.sandbox import SandboxLimits, run_sandboxed
+from mixerlab.sandbox.channel import ProtocolError
 
 from .contract import DEFAULT_PARAM_BUDGET
-from .report import CHECK_ORDER, CHECK_TITLES, CheckReport, CheckResult
+from .dynamic import CheckRequest, Conditions
+from .report import CHECK_ORDER, CHECK_TITLES, SANDBOXED_CHECKS, CheckReport, CheckResult
 from .static import static_check
 
-__all__ = ["CHECK_ORDER", "CHECK_TITLES", "CheckReport", "CheckResult", "check_candidate", "known_baselines", "novelty_hash"]
+__all__ = ["CHECK_ORDER", "CHECK_TITLES", "CheckReport", "CheckResult", "Conditions", "check_candidate", "known_baselines",
+           "novelty_hash"]
 
 
 def novelty_hash(source: str) -> str:
@@ -48,8 +54,10 @@ def check_candidate(
     budget: float = DEFAULT_PARAM_BUDGET,
     limits: SandboxLimits = SandboxLimits(),
     check_novelty: bool = True,
+    conditions: Conditions | None = None,
 ) -> CheckReport:
-    """Run the checks on `spec`. `known` maps novelty hashes to experiment names (duplicates fail)."""
+    """Run the checks on `spec`, cheapest first. `known` maps novelty hashes to experiment names (duplicates
+    fail). `conditions`: how the evaluation will train it (default: the `tiny` profile on the CPU)."""
     start = time.perf_counter()
     checks: list[CheckResult] = []
 
@@ -63,43 +71,57 @@ def check_candidate(
     if not result.passed:
         return report()
 
-    in_progress: list[str] = []
-
-    def on_message(message: dict) -> None:
-        if message.get("type") == "start":
-            in_progress.append(message["name"])
-        elif message.get("type") == "check":
-            checks.append(CheckResult.model_validate(message["result"]))
-
-    request = {
-        "kind": "check",
-        "spec": {"name": spec.name, "source": spec.source, "filename": spec.filename, "class_name": spec.class_name},
-        "options": {"d_model": d_model, "budget": budget,
-                    "reference_params": _reference_params(reference_for(spec.source), d_model)},
-    }
-    outcome = run_sandboxed(request, limits, on_message)
-    done = {c.name for c in checks}
-    if outcome.status != "ok" or any(m.get("type") == "error" for m in outcome.messages):
-        current = next((n for n in reversed(in_progress) if n not in done), None) or "instantiate"
-        error = next((m["error"] for m in outcome.messages if m.get("type") == "error"), None)
-        reason = outcome.reason(limits) if outcome.status != "ok" else f"the worker failed: {error}"
-        if outcome.status == "crash" and error:
-            reason = f"{error}"
-        checks.append(CheckResult.fail(current, reason, sandbox=outcome.status))
-        return report()
-    if not all(c.passed for c in checks) or len(checks) < len(CHECK_ORDER) - 1:
-        return report()
-
+    t0 = time.perf_counter()
     if check_novelty:
-        t0 = time.perf_counter()
         known = {**known_baselines(), **(known or {})}
         digest = novelty_hash(spec.source)
         if digest in known:
             checks.append(CheckResult.fail("novelty", f"the same code as the existing experiment {known[digest]!r} "
                                            "(ignoring comments and formatting); change the mechanism", duplicate_of=known[digest]))
-        else:
-            checks.append(CheckResult.ok("novelty", f"new code ({digest})"))
-        checks[-1] = checks[-1].model_copy(update={"seconds": time.perf_counter() - t0})
+            return report()
+        checks.append(CheckResult.ok("novelty", f"new code ({digest})"))
     else:
         checks.append(CheckResult.ok("novelty", "not checked (a baseline)"))
+    checks[-1] = checks[-1].model_copy(update={"seconds": time.perf_counter() - t0})
+
+    expected = list(SANDBOXED_CHECKS)
+    in_progress: list[str] = []
+
+    def on_message(message: dict, payload: bytes) -> None:
+        # from a process that ran candidate code: data to validate, in the order the worker's code sends it
+        kind = message.get("type")
+        if kind == "start":
+            if message.get("name") not in expected:
+                raise ProtocolError(f"a check {message.get('name')!r} out of order")
+            in_progress.append(message["name"])
+        elif kind == "check":
+            try:
+                result = CheckResult.model_validate(message.get("result"))
+            except ValidationError:
+                raise ProtocolError("a malformed check result") from None
+            if not expected or result.name != expected[0] or not in_progress or in_progress[-1] != result.name \
+                    or result.status not in ("pass", "fail"):
+                raise ProtocolError(f"a result for check {result.name!r} out of order")
+            expected.pop(0)
+            checks.append(result)
+        elif kind not in ("error", "done"):
+            raise ProtocolError(f"an unexpected message {kind!r} from a check")
+
+    request = {
+        "kind": "check",
+        "spec": {"name": spec.name, "source": spec.source, "filename": spec.filename, "class_name": spec.class_name},
+        "device": (conditions or Conditions()).device,
+        "options": CheckRequest(d_model=d_model, budget=budget, conditions=conditions or Conditions(),
+                                reference_params=_reference_params(reference_for(spec.source), d_model)).model_dump(mode="json"),
+    }
+    outcome = run_sandboxed(request, limits, on_message)
+    failed = any(not c.passed for c in checks)
+    if outcome.status != "ok" or (not failed and expected):
+        # the check that was running when the worker stopped; after the last one, the last one (the worker
+        # verifies trusted code once more before it says it is done)
+        current = next((n for n in reversed(in_progress) if n in expected), None) or (expected[0] if expected else checks[-1].name)
+        reason = outcome.error if outcome.status == "crash" and outcome.error else outcome.reason(limits) \
+            if outcome.status != "ok" else f"the worker stopped before the {current} check finished"
+        checks[:] = [c for c in checks if c.name != current]
+        checks.append(CheckResult.fail(current, reason, sandbox=outcome.status, traceback=outcome.traceback_tail))
     return report()

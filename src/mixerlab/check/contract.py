@@ -42,7 +42,8 @@ FORBIDDEN_NAMES = frozenset({
 })
 
 DEFAULT_PARAM_BUDGET = 0.5  # candidate parameters within +-50% of its reference baseline at the same width
-CAUSALITY_TOLERANCE = 1e-4  # relative change allowed at positions before the perturbation
+CAUSALITY_TOLERANCE = 1e-4  # relative change allowed at positions before the perturbation (float32)
+WARMUP_CALLS = 64  # forwards before causality is tested: a leak that waits for later calls shows in the state check
 COST_EXPONENT_LIMIT = 1.5  # fitted exponent of the largest tensor in T must stay below this
 # fitted exponent of forward time in T may exceed the reference DeltaNet's, timed beside it on the same machine,
 # by at most this (linear mixers measure T^1.1..T^1.45 on CPUs where cache and page costs grow with the input)

@@ -1,24 +1,79 @@
-"""Checks 2-7, which run the candidate. They execute inside the sandbox worker (mixerlab.sandbox.worker),
-never in the caller's process. Each returns a CheckResult whose reason says what to fix."""
+"""The checks that run the candidate. They execute inside the sandbox worker (mixerlab.sandbox.worker),
+never in the caller's process. Each returns a CheckResult whose reason says what to fix.
+
+Causality, batch independence, carried state and cost are tested under the conditions the evaluation will
+train and score in (`Conditions`: the profile's batch size and lengths plus random ones, train mode with
+gradients, the evaluation's device, bf16 autocast on CUDA, after warm-up calls): a mixer that behaves only
+when it looks checked gains nothing. The scored evaluation audits causality once more on its own test rows
+(evaluate/audit.py).
+"""
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Callable
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .contract import CAUSALITY_TOLERANCE, COST_EXPONENT_LIMIT, COST_LENGTHS, COST_RELATIVE_LIMIT, DEFAULT_PARAM_BUDGET
+from .contract import (
+    CAUSALITY_TOLERANCE,
+    COST_EXPONENT_LIMIT,
+    COST_LENGTHS,
+    COST_RELATIVE_LIMIT,
+    DEFAULT_PARAM_BUDGET,
+    WARMUP_CALLS,
+)
 from .report import CheckResult
+
+
+class Conditions(BaseModel):
+    """Where and how the candidate will be trained: the checks reproduce it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    d_model: int = Field(default=64, ge=8, le=4096)  # the evaluation's width (the budget is checked at 128)
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    autocast: bool = False  # bf16 autocast, as training on CUDA runs
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    lengths: tuple[int, ...] = Field(default=(8, 32), min_length=1)  # the profile's input lengths
+    seed: int = 0  # which random lengths and cut points (the caller draws it; a candidate cannot predict it)
+
+    @classmethod
+    def for_profile(cls, profile, device: str = "cpu", seed: int = 0) -> "Conditions":
+        lengths = sorted({s.input_len for settings in profile.settings.values() for s in settings})
+        cuda = device.startswith("cuda")
+        return cls(d_model=profile.train.d_model, device=device, autocast=cuda and profile.train.precision != "fp32",
+                   batch_size=profile.train.batch_size, lengths=tuple(lengths), seed=seed)
+
+    def amp(self):
+        return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.autocast)
+
+    @property
+    def tolerance(self) -> float:
+        return 2e-2 if self.autocast else CAUSALITY_TOLERANCE
 
 FORWARD_SHAPES = ((1, 1), (2, 37), (3, 64), (2, 130))
 MEASURABLE_SECONDS = 0.25  # below this (CPU s at the longest length), a fitted time exponent is mostly timer noise
 COST_ROUNDS = 3  # a failing or borderline time exponent is measured up to this many times before it counts
 COST_BORDER = 0.15  # an excess over DeltaNet's exponent this close to the limit, either side, is measured again
 MAX_COST_LENGTH = 32768  # a steep fit on unmeasurably short times is re-measured on doubled lengths up to this
+
+
+class CheckRequest(BaseModel):
+    """What the sandboxed checks get (check/__init__.py builds it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    d_model: int = 128  # width of the parameter budget and of the shape checks
+    budget: float = 0.5
+    reference_params: int
+    conditions: Conditions = Conditions()
+
 
 
 def _finite(t: torch.Tensor) -> bool:
@@ -83,6 +138,20 @@ def check_forward(module: nn.Module, d_model: int) -> CheckResult:
     return CheckResult.ok("forward", f"shapes {[f'{b}x{t}' for b, t in FORWARD_SHAPES]} in float32, bf16 autocast and bfloat16")
 
 
+def check_forward_as_trained(module: nn.Module, cond: Conditions) -> CheckResult:
+    """One forward as the evaluation will run it: its batch, its longest input, its width and device."""
+    shape = (cond.batch_size, max(cond.lengths), cond.d_model)
+    try:
+        y = _run(module, torch.randn(*shape, generator=torch.Generator().manual_seed(5)).to(cond.device), cond, 0)
+    except Exception as err:
+        return CheckResult.fail("forward", f"forward as training runs it ({list(shape)}, train mode, {cond.device}"
+                                f"{', bf16 autocast' if cond.autocast else ''}) raised {type(err).__name__}: {_short(err)}")
+    if not _finite(y):
+        return CheckResult.fail("forward", f"forward as training runs it ({list(shape)}) produced NaN or Inf; bound "
+                                "the values that overflow (exp, division, large products)")
+    return CheckResult.ok("forward", f"{list(shape)} as trained on {cond.device}")
+
+
 def _autocast_bf16(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.autocast(x.device.type, dtype=torch.bfloat16):
         return module(x)
@@ -136,36 +205,144 @@ def check_backward(module: nn.Module, d_model: int) -> CheckResult:
     return CheckResult.ok("backward", f"finite gradients for all {len(named)} parameter tensors")
 
 
-def check_causality(module: nn.Module, d_model: int) -> CheckResult:
-    module = module.eval()
-    gen = torch.Generator().manual_seed(2)
-    length = 100
-    x = torch.randn(3, length, d_model, generator=gen)
-    with torch.no_grad():
-        base = module(x)
+def _inputs(cond: Conditions, batch: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.randn(batch, length, cond.d_model, generator=gen).to(cond.device)
+
+
+def _run(module: nn.Module, x: torch.Tensor, cond: Conditions, seed: int) -> torch.Tensor:
+    """One forward as training runs it (train mode, gradients on, the input needing grad, autocast on CUDA),
+    with the random state fixed so that dropout draws alike across compared calls."""
+    torch.manual_seed(seed)
+    with torch.enable_grad(), cond.amp():
+        y = module(x.detach().requires_grad_(True))
+    if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+        raise ValueError(f"forward mapped {tuple(x.shape)} to {tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
+    return y.detach().float()
+
+
+def check_lengths(cond: Conditions, gen: torch.Generator) -> list[int]:
+    """The profile's lengths, and two random ones up to twice the longest (a leak may wait for unseen lengths)."""
+    top = max(cond.lengths)
+    extra = [int(torch.randint(2, 2 * top + 2, (1,), generator=gen)) for _ in range(2)]
+    return sorted(set(cond.lengths) | set(extra))
+
+
+def check_causality(module: nn.Module, cond: Conditions) -> CheckResult:
+    """Under training conditions: every batch element gets its own cut t and new tokens after it, and the
+    outputs up to t must not move; then half the batch is replaced, and the other half must not move."""
+    module = module.train()
+    gen = torch.Generator().manual_seed(1000 + cond.seed)
+    batch = cond.batch_size
+    warm = _inputs(cond, batch, cond.lengths[0], gen)
+    for i in range(WARMUP_CALLS):  # a leak that waits for the n-th call has to show within the checks
+        _run(module, warm, cond, i)
+    tolerance = cond.tolerance
+    for length in check_lengths(cond, gen):
+        if length < 2:
+            continue
+        x = _inputs(cond, batch, length, gen)
+        base = _run(module, x, cond, 0)
         scale = base.abs().max().item() + 1e-6
-        for t in (0, 15, 31, 63, 64, 98):
-            y = x.clone()
-            y[:, t + 1 :] = torch.randn(3, length - t - 1, d_model, generator=gen) * 2
-            out = module(y)
-            leak = (out[:, : t + 1] - base[:, : t + 1]).abs().max().item() / scale
-            if leak > CAUSALITY_TOLERANCE:
+        cuts = torch.randint(0, length - 1, (batch,), generator=gen).to(cond.device)
+        after = torch.arange(length, device=cond.device)[None, :] > cuts[:, None]  # [B, T]
+        y = torch.where(after[..., None], _inputs(cond, batch, length, gen) * 2, x)
+        moved = ((_run(module, y, cond, 0) - base).abs() * (~after)[..., None]).amax(dim=(1, 2)) / scale
+        worst = int(moved.argmax())
+        if moved[worst] > tolerance:
+            t = int(cuts[worst])
+            return CheckResult.fail(
+                "causality",
+                f"in training conditions (train mode, gradients on, batch {batch}, length {length}"
+                f"{', bf16 autocast' if cond.autocast else ''}, {cond.device}), changing the tokens after position {t} of "
+                f"sequence {worst} changed its output at positions <= {t} (relative change {float(moved[worst]):.2e}); "
+                "the mixer looks ahead (reversed cumsum, centred convolution, full attention, flip): make every output "
+                "depend on earlier tokens only", position=t, length=length, batch=batch, leak=float(moved[worst]))
+        half = torch.randperm(batch, generator=gen)[: batch // 2].to(cond.device)
+        replaced = torch.zeros(batch, dtype=torch.bool, device=cond.device)
+        replaced[half] = True
+        for changed in (replaced, ~replaced):  # every element is changed once and watched once
+            if not changed.any() or changed.all():
+                continue
+            z = torch.where(changed[:, None, None], _inputs(cond, batch, length, gen), x)
+            moved = (_run(module, z, cond, 0) - base)[~changed].abs().max().item() / scale
+            if moved > tolerance:
                 return CheckResult.fail(
-                    "causality",
-                    f"changing tokens after position {t} changed the output at positions <= {t} "
-                    f"(relative change {leak:.2e}); the mixer looks ahead (reversed cumsum, centred convolution, "
-                    "full attention, flip): make every output depend on earlier tokens only",
-                    position=t, leak=leak,
-                )
-        other = x.clone()
-        other[0] = torch.randn(length, d_model, generator=gen)
-        out = module(other)
-        leak = (out[1:] - base[1:]).abs().max().item() / scale
-        if leak > CAUSALITY_TOLERANCE:
-            return CheckResult.fail("causality", f"changing batch element 0 changed the others (relative {leak:.2e}); "
-                                    "sequences in a batch must not interact (no mixing over the batch dimension)")
-    return CheckResult.ok("causality", "outputs up to t ignore tokens after t (6 cut points, across chunk boundaries); "
-                          "batch elements independent")
+                    "causality", f"changing some sequences of a batch of {batch} (length {length}) changed the others "
+                    f"(relative {moved:.2e}); sequences in a batch must not interact (no mixing over the batch dimension, "
+                    "no statistics across it)", length=length, batch=batch, leak=moved)
+    return CheckResult.ok(
+        "causality", f"outputs up to t ignore tokens after t and batch elements are independent, in train mode with "
+        f"gradients at batch {batch}, lengths {check_lengths(cond, torch.Generator().manual_seed(1000 + cond.seed))[:6]}"
+        f"{', bf16 autocast' if cond.autocast else ''} on {cond.device}, after {WARMUP_CALLS} warm-up calls")
+
+
+def _state(module: nn.Module) -> dict[str, object]:
+    """Everything a forward could keep between calls: parameters, buffers, tensor and plain attributes."""
+    found: dict[str, object] = {}
+    for prefix, sub in module.named_modules():
+        for name, value in vars(sub).items():
+            if name in ("_parameters", "_buffers"):
+                for key, tensor in value.items():
+                    if tensor is not None:
+                        found[f"{prefix}.{key}"] = tensor.detach().clone()
+            elif name in ("_modules", "training") or name.endswith("hooks") or name.startswith("_forward") \
+                    or name.startswith("_backward") or name.startswith("_state_dict") or name.startswith("_load_state"):
+                continue
+            elif isinstance(value, torch.Tensor):
+                found[f"{prefix}.{name}"] = value.detach().clone()
+            elif isinstance(value, (int, float, bool, str, bytes, type(None), tuple, list, dict, set)):
+                try:
+                    found[f"{prefix}.{name}"] = copy.deepcopy(value)
+                except Exception:  # noqa: BLE001 - a value that cannot be copied is compared by identity
+                    found[f"{prefix}.{name}"] = id(value)
+            else:
+                found[f"{prefix}.{name}"] = id(value)
+    return found
+
+
+def _state_changes(before: dict[str, object], after: dict[str, object]) -> list[str]:
+    changed = [name for name in after if name not in before]
+    for name, old in before.items():
+        new = after.get(name, "<gone>")
+        if isinstance(old, torch.Tensor):
+            if not (isinstance(new, torch.Tensor) and new.shape == old.shape and torch.equal(new, old)):
+                changed.append(name)
+        elif type(old) is not type(new) or old != new:
+            changed.append(name)
+    return [n.lstrip(".") for n in changed]
+
+
+def check_state(module: nn.Module, cond: Conditions) -> CheckResult:
+    """forward keeps nothing from call to call: parameters, buffers and attributes are unchanged by it (train
+    and eval mode, with a backward), and an input gives the same output before and after other calls."""
+    gen = torch.Generator().manual_seed(2000 + cond.seed)
+    before = _state(module)
+    length = max(cond.lengths)
+    x = _inputs(cond, min(cond.batch_size, 8), length, gen)
+    module.train()
+    torch.manual_seed(0)
+    with cond.amp():
+        module(x.requires_grad_(True)).float().square().mean().backward()
+    module.zero_grad(set_to_none=True)
+    module.eval()
+    with torch.no_grad(), cond.amp():
+        first = module(x.detach()).float()
+        for other in (3, max(2, length // 2), 2 * length):
+            module(_inputs(cond, 2, other, gen))
+        again = module(x.detach()).float()
+    changed = _state_changes(before, _state(module))
+    module.train()
+    if changed:
+        return CheckResult.fail("state", f"forward changed {', '.join(changed[:6])}: a mixer must not keep state from "
+                                "call to call (counters, caches, running statistics); compute everything from the input",
+                                changed=changed)
+    tolerance = 0.0 if cond.device == "cpu" else 1e-5
+    diff = (first - again).abs().max().item() / (first.abs().max().item() + 1e-6)
+    if diff > tolerance:
+        return CheckResult.fail("state", f"the same input gave a different output after other calls (relative {diff:.2e}); "
+                                "a mixer must not carry state between calls")
+    return CheckResult.ok("state", "forward and backward leave parameters, buffers and attributes unchanged; the same "
+                          "input gives the same output after other calls")
 
 
 class _LargestTensor(TorchDispatchMode):
@@ -187,7 +364,7 @@ class _LargestTensor(TorchDispatchMode):
         return out
 
 
-def check_cost(module: nn.Module, d_model: int, lengths: tuple[int, ...] = COST_LENGTHS) -> CheckResult:
+def check_cost(module: nn.Module, d_model: int, lengths: tuple[int, ...] = COST_LENGTHS, train_mode: bool = True) -> CheckResult:
     """Fit how forward time and the largest intermediate tensor grow with the length.
 
     Time is the CPU time of the calling thread with one intra-op thread, not wall time: a busy machine
@@ -218,7 +395,7 @@ def check_cost(module: nn.Module, d_model: int, lengths: tuple[int, ...] = COST_
         return CheckResult.fail("cost", f"the largest intermediate tensor grows like T^{mem_exp:.2f} "
                                 f"(limit T^{COST_EXPONENT_LIMIT}); avoid length x length intermediates",
                                 lengths=list(lengths), largest_tensor=largest, memory_exponent=mem_exp)
-    reference = _reference_mixer(d_model)
+    reference = _reference_mixer(d_model).train(train_mode)
     lengths = list(lengths)
     times, ref_times = [math.inf] * len(lengths), [math.inf] * len(lengths)
     rounds = 0
@@ -260,15 +437,17 @@ def _reference_mixer(d_model: int) -> nn.Module:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return DeltaNet(d_model=d_model, num_heads=4 if d_model % 4 == 0 else 1).eval()
+        return DeltaNet(d_model=d_model, num_heads=4 if d_model % 4 == 0 else 1)
 
 
 def _cpu_seconds(module: nn.Module, x: torch.Tensor, repeats: int = 3) -> float:
-    """The fastest of `repeats` forwards (after one warm-up), in CPU seconds of this thread, on one thread."""
+    """The fastest of `repeats` forwards (after one warm-up), in CPU seconds of this thread, on one thread, in
+    the module's current mode (train mode records the graph for a backward, as training does)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # all the work then runs on this thread, where thread_time can see it
     try:
-        with torch.no_grad():
+        with torch.set_grad_enabled(module.training):
+            x = x.requires_grad_(module.training)
             module(x)
             runs = []
             for _ in range(repeats):
@@ -277,6 +456,7 @@ def _cpu_seconds(module: nn.Module, x: torch.Tensor, repeats: int = 3) -> float:
                 runs.append(time.thread_time() - start)
     finally:
         torch.set_num_threads(threads)
+        x.requires_grad_(False)
     return min(runs)
 
 

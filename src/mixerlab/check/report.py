@@ -6,17 +6,20 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-CHECK_ORDER = ("static", "instantiate", "forward", "backward", "causality", "cost", "determinism", "novelty")
+# cheapest first: the first failure stops the chain
+CHECK_ORDER = ("static", "novelty", "instantiate", "forward", "backward", "causality", "state", "determinism", "cost")
 CHECK_TITLES = {
-    "static": "parses, allowed imports, no forbidden names",
+    "static": "parses; only allowed imports, names and attributes",
+    "novelty": "not a copy of an existing experiment",
     "instantiate": "instantiates; parameter budget",
     "forward": "forward: shapes, dtypes, finite (fp32, bf16)",
     "backward": "backward: finite gradients to every parameter",
-    "causality": "causal: future tokens do not change the past",
-    "cost": "sub-quadratic time and memory in sequence length",
+    "causality": "causal, batch elements independent (as trained)",
+    "state": "no state kept from call to call",
     "determinism": "deterministic forward in eval mode",
-    "novelty": "not a copy of an existing experiment",
+    "cost": "sub-quadratic time and memory in sequence length",
 }
+SANDBOXED_CHECKS = CHECK_ORDER[2:]  # those that run the candidate, in the sandbox
 
 
 class CheckResult(BaseModel):

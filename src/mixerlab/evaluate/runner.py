@@ -22,6 +22,7 @@ from mixerlab.train.checkpoint import CheckpointStore
 from mixerlab.train.interrupts import should_stop, stop_requested
 from mixerlab.train.job import TrainJob
 from mixerlab.train.result import TrainResult
+from mixerlab.train.scoring import LOCAL_SCORING, Scoring
 from mixerlab.train.schedule import batches_per_epoch
 
 from .aggregate import TaskScore, aggregate, score_range
@@ -94,10 +95,11 @@ class EvalOptions:
     settings: frozenset[str] | None = None  # train only these setting labels now (plan.select_settings)
     train: bool = True  # False: report what the cache holds, train nothing (after workers trained it: devices.py)
     only_keys: frozenset[str] | None = None  # train only the trainings of these cache keys (a worker's share)
+    scoring: Scoring = LOCAL_SCORING  # where test sets come from and who scores them (the sandbox: its parent)
 
 
 def group_capacity(train: TrainConfig, factory, device: str, max_tokens: int | None,
-                   max_members: int | None = None) -> Callable[[TrainJob], int]:
+                   max_members: int | None = None, scoring: Scoring = LOCAL_SCORING) -> Callable[[TrainJob], int]:
     """How many members of a job's shape fit in one group: a token budget on the CPU (or when given), and
     on CUDA a measured memory probe (candidates differ wildly in activation memory); at most `max_members`.
 
@@ -105,7 +107,7 @@ def group_capacity(train: TrainConfig, factory, device: str, max_tokens: int | N
     past ~100k tokens per step a larger group barely trains faster (benchmarks/results/eval_speed.md), so on
     long settings a cap costs little and lets every group's checkpoint travel whole."""
     if max_members is not None:
-        inner = group_capacity(train, factory, device, max_tokens)
+        inner = group_capacity(train, factory, device, max_tokens, scoring=scoring)
         return lambda job: min(max_members, inner(job))
     if max_tokens or not device.startswith("cuda"):
         return token_capacity(train.batch_size, max_tokens or 64 * 1024)
@@ -119,7 +121,7 @@ def group_capacity(train: TrainConfig, factory, device: str, max_tokens: int | N
         s = job.setting
         ident = (s.task.backbone, s.input_len, s.vocab_size)
         if ident not in measured:
-            per_member = probe_member_bytes(job, train, factory, device)
+            per_member = probe_member_bytes(job, train, factory, device, scoring)
             measured[ident] = max(1, min(512, int(budget // per_member)))
             log.info("%s: %.2f GiB per member -> %d members per group", s.label, per_member / 2**30, measured[ident])
         return measured[ident]
@@ -167,7 +169,6 @@ def evaluate_mixer(
     start = time.perf_counter()
     plan = plan_evaluation(spec, profile, options, cache)
     train, jobs, keys, done, todo = plan.train, plan.jobs, plan.keys, plan.done, plan.todo
-    derived = [r for r in done.values() if r.derived_from]  # read off longer trainings, not stored again
     results = {keys[j]: done[keys[j]] for j in jobs if keys[j] in done}
     job_of_key = {keys[j]: j for j in todo}
     # unfinished groups are checkpointed beside a cache file; a cache without one (the sandboxed loop's
@@ -211,13 +212,14 @@ def evaluate_mixer(
             try:
                 train_group(group, [keys[j] for j in group], train, factory, options.device, on_result=record,
                             on_steps=count_steps, deadline=deadline, compile_step=options.compile_step,
-                            checkpoints=checkpoints, resume=(ident, state), fast_solves=fast_solves)
+                            checkpoints=checkpoints, resume=(ident, state), fast_solves=fast_solves,
+                            scoring=options.scoring)
                 claimed.update(group)
             except ValueError as err:  # e.g. written by another mixerlab version: train these from the start
                 log.warning("cannot resume checkpoint %s (%s); training its jobs from the start", ident, err)
         fresh = [j for j in todo if j not in claimed and keys[j] not in results]
         capacity = group_capacity(train, factory, options.device, options.max_group_tokens,
-                                  options.max_group_members) if fresh else None
+                                  options.max_group_members, options.scoring) if fresh else None
         # cheapest groups first: a time-limited run finishes as many trainings as it can
         for group in sorted(group_jobs(fresh, capacity), key=lambda g: _group_cost(g, train)) if fresh else []:
             if should_stop(deadline):
@@ -225,20 +227,28 @@ def evaluate_mixer(
             log.info("training %d jobs of %s (T=%d)", len(group), group[0].setting.task.value, group[0].setting.input_len)
             train_group(group, [keys[j] for j in group], train, factory, options.device,
                         on_result=record, on_steps=count_steps, deadline=deadline, compile_step=options.compile_step,
-                        checkpoints=checkpoints, fast_solves=fast_solves)
+                        checkpoints=checkpoints, fast_solves=fast_solves, scoring=options.scoring)
     if progress:
         progress.stop()
 
-    wall = time.perf_counter() - start
+    return build_report(spec, profile, options, plan, results, time.perf_counter() - start, member_steps, resumed)
+
+
+def build_report(spec: MixerSpec, profile: Profile, options: EvalOptions, plan: EvalPlan, results: dict[str, TrainResult],
+                 wall: float, member_steps: int, resumed: int = 0) -> EvalReport:
+    """The report of an evaluation from its plan and the trainings it has (by cache key): scores of what is
+    finished, and how far the rest got. Shared by the in-process run and the sandboxed one."""
+    train, jobs, keys = plan.train, plan.jobs, plan.keys
     missing = [j for j in jobs if keys[j] not in results]
     scores = aggregate([results[keys[j]] for j in jobs if keys[j] in results])
     return EvalReport(
         mixer=spec.name, mixer_hash=spec.code_hash, profile=profile.name, device=options.device, seeds=options.seeds,
-        tasks=scores, trainings=len(jobs), trained_now=len(todo), from_cache=len(jobs) - len(todo),
+        tasks=scores, trainings=len(jobs), trained_now=len(plan.todo), from_cache=len(jobs) - len(plan.todo),
         wall_seconds=wall, optimizer_steps=member_steps, steps_per_second=member_steps / wall if wall else 0.0,
         lr_schedule=train.lr_schedule, init=train.init, init_seed=train.init_seed, patience=train.patience,
         incomplete=len(missing), resumed=resumed,
-        from_longer=len(derived), stopped_by=stop.name if missing and (stop := stop_requested()) else None,
+        from_longer=sum(1 for r in plan.done.values() if r.derived_from),
+        stopped_by=stop.name if missing and (stop := stop_requested()) else None,
         unfinished={task: p for task, p in task_progress(jobs, keys, results).items() if p.done < p.planned},
     )
 

@@ -3,10 +3,10 @@ machine; `ray` runs the same sandboxed work as Ray tasks on a cluster (`pip inst
 
 from __future__ import annotations
 
-from .base import EvalOutcome, Executor, merge_outcomes, outcome_from_messages
+from .base import EvalOutcome, EvaluationJob, Executor, merge_outcomes
 from .local import LocalExecutor
 
-__all__ = ["EvalOutcome", "Executor", "LocalExecutor", "make_executor", "merge_outcomes", "outcome_from_messages"]
+__all__ = ["EvalOutcome", "EvaluationJob", "Executor", "LocalExecutor", "make_executor", "merge_outcomes"]
 
 
 def make_executor(kind: str, **kwargs) -> Executor:

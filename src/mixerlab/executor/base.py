@@ -1,57 +1,93 @@
 """The executor interface: where candidates are checked and trained. The loop calls these two methods
-and nothing else; implementations decide where the work runs (this machine, a Ray cluster)."""
+and nothing else; implementations decide where the work runs (this machine, a Ray cluster). Both run the
+candidate in the sandbox and score it on the trusted side (evaluate/sandboxed.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from mixerlab.check import CheckReport
+from pydantic import BaseModel, ConfigDict, Field
+
+from mixerlab.check import CheckReport, Conditions
 from mixerlab.mixers.loading import MixerSpec
 from mixerlab.train.result import TrainResult
 
 TrainingCallback = Callable[[TrainResult], None]
 
 
+class EvaluationJob(BaseModel):
+    """What the loop asks an executor to evaluate: one mixer on one profile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str
+    tasks: list[str]
+    seeds: int = Field(default=1, ge=1)
+    train_overrides: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float = Field(gt=0)
+    known: list[TrainResult] = Field(default_factory=list)  # its finished trainings already in the loop's cache
+    compile_step: bool = False
+
+
 @dataclass
 class EvalOutcome:
     ok: bool
-    report: dict[str, Any] | None = None  # EvalReport as JSON (tasks -> scores)
+    report: dict[str, Any] | None = None  # EvalReport as JSON (tasks -> scores), made on the trusted side
     trainings: list[TrainResult] = field(default_factory=list)
     error: str = ""
     seconds: float = 0.0
+    audit: dict[str, float] = field(default_factory=dict)
+
+
+class KnownResults:
+    """A read-only view of finished trainings, shaped like the result cache (`get_many`) for the planner."""
+
+    path = None  # no file: nothing to checkpoint beside
+
+    def __init__(self, results: list[TrainResult]) -> None:
+        self.results = {r.key: r for r in results}
+
+    def get_many(self, keys) -> dict[str, TrainResult]:
+        return {k: self.results[k] for k in keys if k in self.results}
+
+    def put(self, result: TrainResult, mixer_hash: str, mixer_name: str) -> None:
+        self.results[result.key] = result
 
 
 class Executor(Protocol):
     def check(self, spec: MixerSpec, known: dict[str, str], slot: int) -> CheckReport:
         """Run the candidate checks (sandboxed) and return the report."""
 
-    def evaluate(self, spec: MixerSpec, options: dict[str, Any], on_training: TrainingCallback, slot: int) -> EvalOutcome:
-        """Train the candidate on a profile (sandboxed). `on_training` is called on the caller's side for every
-        finished training, as soon as it is known; only the caller writes the database."""
+    def evaluate(self, spec: MixerSpec, job: EvaluationJob, on_training: TrainingCallback, slot: int) -> EvalOutcome:
+        """Train the candidate on a profile (sandboxed, scored on the trusted side). `on_training` is called on
+        the caller's side for every finished training, as soon as it is known; only the caller writes the
+        database."""
 
     def close(self) -> None:
         """Release resources (processes, cluster connections)."""
 
 
-def spec_payload(spec: MixerSpec) -> dict[str, Any]:
-    return {"name": spec.name, "source": spec.source, "filename": spec.filename, "class_name": spec.class_name}
+def run_evaluation(spec: MixerSpec, job: EvaluationJob, device: str, limits, on_training: TrainingCallback | None,
+                   cuda_device: int | None = None) -> EvalOutcome:
+    """Evaluate `job` here: sandboxed training, trusted scoring (shared by every executor)."""
+    import time
 
+    from mixerlab.config import get_profile
+    from mixerlab.evaluate.runner import EvalOptions
+    from mixerlab.evaluate.sandboxed import evaluate_sandboxed
+    from mixerlab.tasks import parse_task
 
-def evaluation_request(spec: MixerSpec, options: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": "evaluate", "spec": spec_payload(spec), "options": options}
-
-
-def outcome_from_messages(messages: list[dict], status_reason: str | None, seconds: float) -> EvalOutcome:
-    """Turn the sandbox worker's messages into an EvalOutcome (shared by every executor)."""
-    trainings = [TrainResult.model_validate(m["result"]) for m in messages if m.get("type") == "training"]
-    report = next((m["report"] for m in messages if m.get("type") == "report"), None)
-    error = next((m["error"] for m in messages if m.get("type") == "error"), "")
-    if status_reason:
-        return EvalOutcome(ok=False, trainings=trainings, error=f"training {status_reason}", seconds=seconds)
-    if report is None:
-        return EvalOutcome(ok=False, trainings=trainings, error=f"training failed: {error or 'no report'}", seconds=seconds)
-    return EvalOutcome(ok=True, report=report, trainings=trainings, seconds=seconds)
+    start = time.monotonic()
+    options = EvalOptions(tasks=tuple(parse_task(t) for t in job.tasks), seeds=job.seeds, device=device,
+                          train_overrides=job.train_overrides, compile_step=job.compile_step)
+    result = evaluate_sandboxed(spec, get_profile(job.profile), options, limits, cache=KnownResults(job.known),
+                                on_result=on_training, cuda_device=cuda_device)
+    seconds = time.monotonic() - start
+    if not result.ok:
+        return EvalOutcome(ok=False, trainings=result.trainings, error=result.error, seconds=seconds, audit=result.audit)
+    return EvalOutcome(ok=True, report=result.report.model_dump(mode="json"), trainings=result.trainings,
+                       seconds=seconds, audit=result.audit)
 
 
 def merge_outcomes(parts: list[EvalOutcome]) -> EvalOutcome:
@@ -59,11 +95,16 @@ def merge_outcomes(parts: list[EvalOutcome]) -> EvalOutcome:
     trainings = [t for p in parts for t in p.trainings]
     seconds = max((p.seconds for p in parts), default=0.0)
     failed = [p for p in parts if not p.ok]
+    audit = {"probes_checked": sum(p.audit.get("probes_checked", 0) for p in parts),
+             "largest_probe_change": max((p.audit.get("largest_probe_change", 0.0) for p in parts), default=0.0)}
     if failed:
-        return EvalOutcome(ok=False, trainings=trainings, error=failed[0].error, seconds=seconds)
+        return EvalOutcome(ok=False, trainings=trainings, error=failed[0].error, seconds=seconds, audit=audit)
     report = dict(parts[0].report)
     report["tasks"] = {task: score for p in parts for task, score in p.report["tasks"].items()}
     for key in ("trainings", "trained_now", "from_cache", "optimizer_steps", "incomplete"):
         report[key] = sum(p.report.get(key, 0) for p in parts)
     report["wall_seconds"] = seconds
-    return EvalOutcome(ok=True, report=report, trainings=trainings, seconds=seconds)
+    return EvalOutcome(ok=True, report=report, trainings=trainings, seconds=seconds, audit=audit)
+
+
+__all__ = ["Conditions", "EvalOutcome", "EvaluationJob", "Executor", "KnownResults", "merge_outcomes", "run_evaluation"]

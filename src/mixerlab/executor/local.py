@@ -4,48 +4,47 @@ round-robin by worker slot."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
-from mixerlab.check import CheckReport, check_candidate
+from mixerlab.check import CheckReport, Conditions, check_candidate
 from mixerlab.config import available_cpus
 from mixerlab.mixers.loading import MixerSpec
-from mixerlab.sandbox import SandboxLimits, run_sandboxed
-from mixerlab.train.result import TrainResult
+from mixerlab.sandbox import SandboxLimits
 
-from .base import EvalOutcome, TrainingCallback, evaluation_request, outcome_from_messages
+from .base import EvalOutcome, EvaluationJob, TrainingCallback, run_evaluation
 
 
 class LocalExecutor:
     def __init__(self, device: str = "cpu", gpus: int = 0, check_limits: SandboxLimits = SandboxLimits(),
-                 eval_memory_gb: float = 16.0, workers_per_gpu: int = 1, workers: int = 1) -> None:
+                 eval_memory_gb: float = 16.0, workers_per_gpu: int = 1, workers: int = 1,
+                 conditions: Conditions | None = None) -> None:
         self.device = device
         self.cpu_threads = max(1, available_cpus() // max(1, workers))  # no oversubscription
         self.gpus = gpus
         self.check_limits = check_limits
         self.eval_memory_gb = eval_memory_gb
         self.workers_per_gpu = workers_per_gpu
+        self.conditions = conditions or Conditions()
+
+    def _gpu(self, slot: int) -> int | None:
+        return slot % self.gpus if self.device.startswith("cuda") and self.gpus > 0 else None
 
     def check(self, spec: MixerSpec, known: dict[str, str], slot: int) -> CheckReport:
-        return check_candidate(spec, known=known, limits=self.check_limits)
+        gpu = self._gpu(slot)
+        limits = self.check_limits
+        if gpu is not None:  # the checks run where the evaluation will: on the GPU
+            limits = replace(limits, cuda_device=gpu, gpu_memory_fraction=0.2 / self.workers_per_gpu)
+        conditions = self.conditions.model_copy(update={"device": "cuda" if gpu is not None else "cpu"})
+        return check_candidate(spec, known=known, limits=limits, conditions=conditions)
 
-    def evaluate(self, spec: MixerSpec, options: dict[str, Any], on_training: TrainingCallback, slot: int) -> EvalOutcome:
-        cuda = self.device.startswith("cuda") and self.gpus > 0
-        options = dict(options)
+    def evaluate(self, spec: MixerSpec, job: EvaluationJob, on_training: TrainingCallback, slot: int) -> EvalOutcome:
+        gpu = self._gpu(slot)
         limits = SandboxLimits(
-            timeout_s=options.pop("timeout_s"), memory_gb=self.eval_memory_gb, output_bytes=20_000_000,
-            cpu_threads=self.cpu_threads,
-            cuda_device=(slot % self.gpus) if cuda else None,
-            gpu_memory_fraction=(0.9 / self.workers_per_gpu) if cuda else None,
+            timeout_s=job.timeout_s, memory_gb=self.eval_memory_gb, output_bytes=20_000_000,
+            cpu_threads=self.cpu_threads, cuda_device=gpu,
+            gpu_memory_fraction=(0.9 / self.workers_per_gpu) if gpu is not None else None,
         )
-        options["device"] = "cuda" if cuda else "cpu"
-
-        def on_message(message: dict) -> None:
-            if message.get("type") == "training":
-                on_training(TrainResult.model_validate(message["result"]))
-
-        outcome = run_sandboxed(evaluation_request(spec, options), limits, on_message)
-        reason = outcome.reason(limits) if outcome.status != "ok" else None
-        return outcome_from_messages(outcome.messages, reason, outcome.seconds)
+        return run_evaluation(spec, job, "cuda" if gpu is not None else "cpu", limits, on_training, cuda_device=gpu)
 
     def close(self) -> None:
         pass

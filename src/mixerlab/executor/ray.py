@@ -16,11 +16,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mixerlab.check import CheckReport
+from mixerlab.check import CheckReport, Conditions
 from mixerlab.mixers.loading import MixerSpec
 from mixerlab.sandbox import SandboxLimits
+from mixerlab.train.result import TrainResult
 
-from .base import EvalOutcome, TrainingCallback, evaluation_request, merge_outcomes, outcome_from_messages, spec_payload
+from .base import EvalOutcome, EvaluationJob, TrainingCallback, merge_outcomes
 
 try:
     import ray
@@ -29,24 +30,34 @@ except ImportError as err:  # pragma: no cover - depends on the installation
 
 
 @ray.remote
-def _sandbox_task(request: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
-    """Run one sandboxed request on whichever node Ray chose; return the worker's messages as data."""
-    from mixerlab.sandbox import SandboxLimits, run_sandboxed
-
-    gpu_ids = ray.get_gpu_ids()
-    limits = SandboxLimits(**{**limits, "cuda_device": int(gpu_ids[0]) if gpu_ids else None})
-    outcome = run_sandboxed(request, limits)
-    return {"status": outcome.status, "messages": outcome.messages, "seconds": outcome.seconds,
-            "reason": outcome.reason(limits) if outcome.status != "ok" else None}
-
-
-@ray.remote(num_cpus=1)
-def _check_task(spec: dict[str, Any], known: dict[str, str], limits: dict[str, Any]) -> dict[str, Any]:
-    from mixerlab.check import check_candidate
+def _evaluation_task(spec: dict[str, Any], job: dict[str, Any], device: str, limits: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate on whichever node Ray chose: the sandbox there, the trusted scoring in this task's process."""
     from mixerlab.mixers.loading import MixerSpec
     from mixerlab.sandbox import SandboxLimits
 
-    return check_candidate(MixerSpec(**spec), known=known, limits=SandboxLimits(**limits)).model_dump(mode="json")
+    from .base import EvaluationJob, run_evaluation
+
+    gpu_ids = ray.get_gpu_ids()
+    gpu = int(gpu_ids[0]) if gpu_ids else None
+    limits = SandboxLimits(**{**limits, "cuda_device": gpu})
+    outcome = run_evaluation(MixerSpec(**spec), EvaluationJob.model_validate(job), "cuda" if gpu is not None else "cpu",
+                             limits, None, cuda_device=gpu)
+    return {"ok": outcome.ok, "report": outcome.report, "error": outcome.error, "seconds": outcome.seconds,
+            "audit": outcome.audit, "trainings": [t.model_dump(mode="json") for t in outcome.trainings]}
+
+
+@ray.remote(num_cpus=1)
+def _check_task(spec: dict[str, Any], known: dict[str, str], limits: dict[str, Any], conditions: dict[str, Any]) -> dict[str, Any]:
+    from mixerlab.check import Conditions, check_candidate
+    from mixerlab.mixers.loading import MixerSpec
+    from mixerlab.sandbox import SandboxLimits
+
+    return check_candidate(MixerSpec(**spec), known=known, limits=SandboxLimits(**limits),
+                           conditions=Conditions.model_validate(conditions)).model_dump(mode="json")
+
+
+def _spec_payload(spec: MixerSpec) -> dict[str, Any]:
+    return {"name": spec.name, "source": spec.source, "filename": spec.filename, "class_name": spec.class_name}
 
 
 def _limits_dict(limits: SandboxLimits) -> dict[str, Any]:
@@ -57,7 +68,7 @@ class RayExecutor:
     def __init__(self, address: str | None = None, device: str = "cpu", gpus: int = 0,
                  check_limits: SandboxLimits = SandboxLimits(), eval_memory_gb: float = 16.0,
                  gpus_per_task: float = 1.0, threads: int = 1, max_retries: int = 2, workers: int = 1,
-                 workers_per_gpu: int = 1, num_cpus: int | None = None) -> None:
+                 workers_per_gpu: int = 1, num_cpus: int | None = None, conditions: Conditions | None = None) -> None:
         if not ray.is_initialized():
             if address in (None, "", "local"):  # a private cluster on this machine, on loopback
                 ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
@@ -70,22 +81,24 @@ class RayExecutor:
         self.gpus_per_task = gpus_per_task if device.startswith("cuda") else 0.0
         self.threads = threads
         self.max_retries = max_retries
+        self.conditions = conditions or Conditions()
 
     def check(self, spec: MixerSpec, known: dict[str, str], slot: int) -> CheckReport:
-        ref = _check_task.options(max_retries=self.max_retries).remote(spec_payload(spec), known, _limits_dict(self.check_limits))
+        conditions = self.conditions.model_copy(update={"device": "cpu"})  # check tasks take a CPU, not a GPU
+        ref = _check_task.options(max_retries=self.max_retries).remote(
+            _spec_payload(spec), known, _limits_dict(self.check_limits), conditions.model_dump(mode="json"))
         return CheckReport.model_validate(ray.get(ref))
 
-    def evaluate(self, spec: MixerSpec, options: dict[str, Any], on_training: TrainingCallback, slot: int) -> EvalOutcome:
-        options = dict(options)
+    def evaluate(self, spec: MixerSpec, job: EvaluationJob, on_training: TrainingCallback, slot: int) -> EvalOutcome:
         cuda = self.gpus_per_task > 0
-        limits = SandboxLimits(timeout_s=options.pop("timeout_s"), memory_gb=self.eval_memory_gb, output_bytes=20_000_000,
+        limits = SandboxLimits(timeout_s=job.timeout_s, memory_gb=self.eval_memory_gb, output_bytes=20_000_000,
                                cpu_threads=self.threads, gpu_memory_fraction=(0.9 * min(1.0, self.gpus_per_task)) if cuda else None)
-        options["device"] = "cuda" if cuda else "cpu"
         pending = {}
-        for task in options["tasks"]:
-            request = evaluation_request(spec, {**options, "tasks": [task]})
-            ref = _sandbox_task.options(num_cpus=self.threads, num_gpus=self.gpus_per_task,
-                                        max_retries=self.max_retries, retry_exceptions=False).remote(request, _limits_dict(limits))
+        for task in job.tasks:
+            part = job.model_copy(update={"tasks": [task], "known": [t for t in job.known if t.task == task]})
+            ref = _evaluation_task.options(num_cpus=self.threads, num_gpus=self.gpus_per_task, max_retries=self.max_retries,
+                                           retry_exceptions=False).remote(
+                _spec_payload(spec), part.model_dump(mode="json"), "cuda" if cuda else "cpu", _limits_dict(limits))
             pending[ref] = task
         parts: list[EvalOutcome] = []
         start = time.monotonic()
@@ -98,10 +111,11 @@ class RayExecutor:
                 parts.append(EvalOutcome(ok=False, error=f"training {task} was lost {self.max_retries + 1} times on the "
                                                          f"cluster ({type(err).__name__}); the run can --resume"))
                 continue
-            outcome = outcome_from_messages(result["messages"], result["reason"], result["seconds"])
-            for training in outcome.trainings:  # the driver alone writes results
+            trainings = [TrainResult.model_validate(t) for t in result["trainings"]]
+            for training in trainings:  # scored on the trusted side of the task; the driver alone writes results
                 on_training(training)
-            parts.append(outcome)
+            parts.append(EvalOutcome(ok=result["ok"], report=result["report"], trainings=trainings, error=result["error"],
+                                     seconds=result["seconds"], audit=result["audit"]))
         merged = merge_outcomes(parts)
         merged.seconds = time.monotonic() - start
         return merged

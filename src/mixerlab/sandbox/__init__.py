@@ -1,13 +1,16 @@
-"""Run untrusted candidate code in a separate, limited process; get results back as data.
+"""Run untrusted candidate code in a separate, limited, confined process; get results back as data.
 
 `run_sandboxed(request, limits)` starts `python -m mixerlab.sandbox.worker` in a scratch directory with a
-minimal environment, sends it the request on stdin and reads JSON messages from a dedicated pipe as they
-come (so finished work is never lost). It enforces:
+minimal environment, sends it the request on stdin and reads signed frames (sandbox/channel.py) from a
+dedicated pipe as they come (so finished work is never lost); a handler may answer a frame on a second pipe
+(the trusted scorer does). It enforces:
 - a wall-clock timeout (the process group is killed),
 - a memory limit (resident memory polled; on CPU also an address-space rlimit), and a CPU-time rlimit,
 - an output cap on stdout + stderr (a candidate that prints megabytes is stopped),
-- no network (a fresh network namespace where the kernel allows it; always an audit hook in the worker
-  that refuses sockets, process creation, native libraries and writes outside the scratch directory),
+- OS-level confinement from the first instruction (sandbox/confine.py: Landlock, seccomp, a network
+  namespace where allowed): no file writes outside scratch, no network, no ptrace or signals outward,
+- an audit hook in the worker that refuses sockets, processes, native libraries and writes outside scratch
+  to candidate code (trusted toolchains that Triton and torch.compile start are let through, confined),
 - on CUDA, a cap on the process's share of GPU memory.
 Whatever the candidate does, the caller gets a `SandboxOutcome` and carries on.
 """
@@ -15,9 +18,11 @@ Whatever the candidate does, the caller gets a `SandboxOutcome` and carries on.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import resource
+import secrets
 import selectors
 import shutil
 import signal
@@ -30,7 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-CLONE_NEWNET = 0x40000000
+from .channel import FrameReader, ProtocolError, encode
+from .confine import Confinement
+
+F_SETPIPE_SZ = 1031  # Linux: larger pipes move logits faster
+
+# A handler gets each frame (header, payload) and may return a reply (header, payload) for the worker.
+Handler = Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes] | None]
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class SandboxLimits:
     gpu_memory_fraction: float | None = None  # on CUDA: share of the GPU the worker may allocate
     cuda_device: int | None = None  # which GPU the worker sees (None: no GPU)
     isolate_network: bool = True
+    confine: bool = True  # Landlock + seccomp (sandbox/confine.py); off only to test the layers one by one
 
 
 @dataclass
@@ -52,6 +64,20 @@ class SandboxOutcome:
     seconds: float = 0.0
     output_tail: str = ""
     network_isolated: bool = False
+    confinement: dict[str, Any] = field(default_factory=dict)  # Confinement.summary(): what held the worker
+    protocol_error: str = ""  # a frame the trusted worker code would not write: the worker was stopped
+
+    @property
+    def error(self) -> str:
+        """The worker's own error message (its exception, as the worker reported it), if any."""
+        return next((str(m.get("error", ""))[:2000] for m in self.messages if m.get("type") == "error"), "")
+
+    @property
+    def traceback_tail(self) -> str:
+        """The last lines of the worker's traceback, or of its output: what a user needs to see why it failed."""
+        text = next((str(m.get("traceback", "")) for m in self.messages if m.get("type") == "error"), "") or self.output_tail
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        return "\n".join(lines[-6:])[-1500:]
 
     def reason(self, limits: SandboxLimits) -> str:
         """Why the worker stopped, in words a repair step can act on."""
@@ -61,7 +87,11 @@ class SandboxOutcome:
             return f"used more than {limits.memory_gb:g} GiB of memory (unbounded allocation); it was stopped"
         if self.status == "output":
             return f"printed more than {limits.output_bytes // 1000} kB; remove the prints"
+        if self.status == "protocol":
+            return f"the worker broke the sandbox protocol ({self.protocol_error}); it was stopped"
         if self.status == "crash":
+            if self.error:
+                return self.error[:500]
             sig = -self.returncode if self.returncode and self.returncode < 0 else None
             how = f"was killed by signal {signal.Signals(sig).name}" if sig else f"exited with status {self.returncode}"
             tail = f": {self.output_tail.strip().splitlines()[-1][:300]}" if self.output_tail.strip() else ""
@@ -71,7 +101,7 @@ class SandboxOutcome:
         return "ok"
 
 
-def _preexec(limits: SandboxLimits, isolate: bool) -> Callable[[], None]:
+def _preexec(limits: SandboxLimits, confinement: Confinement) -> Callable[[], None]:
     def setup() -> None:
         os.setsid()  # own process group: the whole tree can be killed at once
         try:  # and die with the parent, even when the parent is killed with SIGKILL (Linux)
@@ -85,16 +115,21 @@ def _preexec(limits: SandboxLimits, isolate: bool) -> Callable[[], None]:
         if limits.cuda_device is None:  # CUDA needs a huge address space; on CPU it is a second memory fence
             space = int((limits.memory_gb + 6) * 2**30)
             resource.setrlimit(resource.RLIMIT_AS, (space, space))
-        if isolate:
-            try:
-                ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET)
-            except Exception:  # noqa: BLE001 - best effort; the audit hook still refuses sockets
-                pass
+        confinement.apply()
     return setup
 
 
-def _network_isolation_available() -> bool:
-    return sys.platform.startswith("linux") and os.geteuid() == 0
+def import_paths() -> list[str]:
+    """The parent's import path, as absolute folders: the worker imports exactly what the parent can (a
+    virtual environment, PYTHONPATH entries, `pip install --target` folders alike)."""
+    paths = [str(Path(__file__).resolve().parents[2])]
+    for entry in sys.path:
+        if not entry:
+            continue
+        path = os.path.abspath(entry)
+        if path not in paths and os.path.exists(path):
+            paths.append(path)
+    return paths
 
 
 def _rss_bytes(pid: int) -> int:
@@ -112,52 +147,72 @@ def _rss_bytes(pid: int) -> int:
 def run_sandboxed(
     request: dict[str, Any],
     limits: SandboxLimits = SandboxLimits(),
-    on_message: Callable[[dict[str, Any]], None] | None = None,
+    on_message: Handler | None = None,
+    files: dict[str, bytes] | None = None,
 ) -> SandboxOutcome:
+    """Run `request` in a worker. `on_message(header, payload)` sees every frame as it arrives (validated as
+    frames; its contents are the handler's to validate) and may return a reply; raising `ProtocolError`
+    stops the worker. `files` are written into the scratch directory before the worker starts."""
     scratch = Path(tempfile.mkdtemp(prefix="mixerlab-sandbox-"))
+    for name, data in (files or {}).items():
+        (scratch / name).write_bytes(data)
+    key = secrets.token_bytes(32)
     read_fd, write_fd = os.pipe()
-    src_root = str(Path(__file__).resolve().parents[2])
+    reply_read, reply_write = os.pipe()
+    for fd in (read_fd, reply_read):
+        try:
+            fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)
+        except OSError:
+            pass
     env = {
         "PATH": "/usr/bin:/bin",
         "HOME": str(scratch),
         "TMPDIR": str(scratch),
-        "PYTHONPATH": os.pathsep.join([src_root, *[p for p in sys.path if p and "site-packages" in p]]),
+        "PYTHONPATH": os.pathsep.join(import_paths()),
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
+        "PYTHONNOUSERSITE": "1",
         "OMP_NUM_THREADS": str(limits.cpu_threads),
         "MKL_NUM_THREADS": str(limits.cpu_threads),
         "MIXERLAB_SANDBOX_FD": str(write_fd),
+        "MIXERLAB_SANDBOX_REPLY_FD": str(reply_read),
         "MIXERLAB_SANDBOX_SCRATCH": str(scratch),
         "CUDA_VISIBLE_DEVICES": "" if limits.cuda_device is None else str(limits.cuda_device),
         "NCCL_NVLS_ENABLE": "0",
+        "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
     }
     if limits.gpu_memory_fraction:
         env["MIXERLAB_GPU_FRACTION"] = str(limits.gpu_memory_fraction)
-    isolate = limits.isolate_network and _network_isolation_available()
+    confinement = Confinement.prepare(scratch, isolate_network=limits.isolate_network,
+                                      use_landlock=limits.confine, use_seccomp=limits.confine)
     start = time.monotonic()
-    outcome = SandboxOutcome(status="ok", network_isolated=isolate)
+    outcome = SandboxOutcome(status="ok", network_isolated=confinement.network_namespace,
+                             confinement=confinement.summary())
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mixerlab.sandbox.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=scratch, env=env,
-            pass_fds=(write_fd,), preexec_fn=_preexec(limits, isolate), close_fds=True,
+            pass_fds=(write_fd, reply_read), preexec_fn=_preexec(limits, confinement), close_fds=True,
         )
-    except OSError as err:
-        os.close(read_fd), os.close(write_fd)
+    except (OSError, subprocess.SubprocessError) as err:
+        for fd in (read_fd, write_fd, reply_read, reply_write):
+            os.close(fd)
+        confinement.close()
         shutil.rmtree(scratch, ignore_errors=True)
         return SandboxOutcome(status="error", output_tail=f"cannot start the sandbox worker: {err}")
-    os.close(write_fd)
+    confinement.close()
+    os.close(write_fd), os.close(reply_read)
 
     def feed() -> None:
         try:
-            proc.stdin.write(json.dumps(request).encode())
+            proc.stdin.write(json.dumps({**request, "channel_key": key.hex()}).encode())
             proc.stdin.close()
         except OSError:
             pass
 
     threading.Thread(target=feed, daemon=True).start()
     output = bytearray()
-    buffer = b""
+    reader = FrameReader(key)
     selector = selectors.DefaultSelector()
     selector.register(proc.stdout, selectors.EVENT_READ, "out")
     selector.register(read_fd, selectors.EVENT_READ, "msg")
@@ -173,36 +228,45 @@ def run_sandboxed(
             except ProcessLookupError:
                 pass
 
+    def reply(message: dict[str, Any], payload: bytes) -> None:
+        data = memoryview(encode(key, message, payload))
+        try:
+            while data:
+                data = data[os.write(reply_write, data):]
+        except OSError:  # the worker is gone; its exit status tells the rest
+            pass
+
     while open_streams:
         remaining = limits.timeout_s - (time.monotonic() - start)
         if remaining <= 0:
             kill("timeout")
-        for key, _ in selector.select(timeout=min(0.05, max(remaining, 0.01))):
-            fd = key.fileobj if key.data == "msg" else key.fileobj.fileno()
-            chunk = os.read(fd, 65536)
+        for sel_key, _ in selector.select(timeout=min(0.05, max(remaining, 0.01))):
+            fd = sel_key.fileobj if sel_key.data == "msg" else sel_key.fileobj.fileno()
+            chunk = os.read(fd, 1 << 20)
             if not chunk:
-                selector.unregister(key.fileobj)
+                selector.unregister(sel_key.fileobj)
                 open_streams -= 1
                 continue
-            if key.data == "out":
+            if sel_key.data == "out":
                 output += chunk
                 if len(output) > limits.output_bytes:
                     kill("output")
                     del output[: len(output) - limits.output_bytes]
-            else:
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    try:
-                        message = json.loads(line)
-                    except ValueError:
-                        continue
+                continue
+            if killed_for:
+                continue
+            try:
+                for message, payload in reader.feed(chunk):
                     outcome.messages.append(message)
-                    if on_message:
-                        on_message(message)
+                    answer = on_message(message, payload) if on_message else None
+                    if answer is not None:
+                        reply(*answer)
+            except ProtocolError as err:
+                outcome.protocol_error = str(err)[:500]
+                kill("protocol")
         if killed_for is None and _rss_bytes(proc.pid) > limits.memory_gb * 2**30:
             kill("memory")
-    os.close(read_fd)
+    os.close(read_fd), os.close(reply_write)
     returncode = proc.wait()
     outcome.returncode = returncode
     outcome.seconds = time.monotonic() - start
@@ -210,8 +274,12 @@ def run_sandboxed(
     if killed_for:
         outcome.status = killed_for
     elif returncode != 0:
-        text = outcome.output_tail
+        text = outcome.output_tail + outcome.error
         memory_words = ("MemoryError", "can't allocate memory", "out of memory", "Cannot allocate memory")
         outcome.status = "memory" if any(w in text for w in memory_words) else "crash"
+    elif not any(m.get("type") == "done" for m in outcome.messages):
+        outcome.status = "crash"  # exit 0 without the worker's closing message: it did not finish its work
+        outcome.messages.append({"type": "error", "error": "the worker exited before it finished (no closing "
+                                 "message): the candidate ended the process"})
     shutil.rmtree(scratch, ignore_errors=True)
     return outcome

@@ -1,19 +1,47 @@
-"""What the sandbox worker does with a candidate: run checks 2-7, or train it. Runs inside the worker."""
+"""What the sandbox worker does with a candidate: run the checks that execute it, or train it. Runs inside
+the worker, after its lock-down; `integrity` (sandbox/integrity.py) is verified after the candidate's module
+is loaded and after every check or evaluation step."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from mixerlab.check import dynamic
 from mixerlab.check.report import CheckResult
 from mixerlab.mixers.loading import MixerSpec
+from mixerlab.sandbox.channel import WorkerChannel
+from mixerlab.sandbox.integrity import Integrity
 
 Send = Callable[[dict], None]
+TEST_SETS_FILE = "test_sets.pt"  # the served test sets (inputs and scored positions only), written by the parent
 
 
-def run_checks(spec: MixerSpec, options: dict[str, Any], send: Send) -> None:
-    d_model = options.get("d_model", 128)
+class EvaluationRequest(BaseModel):
+    """The options of an evaluation request (evaluate/sandboxed.py builds it): which trainings to run, how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str
+    tasks: list[str]
+    seeds: int = Field(default=1, ge=1)
+    device: str = "cpu"
+    train_overrides: dict[str, Any] = Field(default_factory=dict)
+    keys: list[str]  # the cache keys of the trainings to run (the parent's plan)
+    time_limit: float | None = None
+    compile_step: bool = False
+    library_solves: bool = False
+    max_group_tokens: int | None = None
+    max_group_members: int | None = None
+
+
+def run_checks(spec: MixerSpec, options: dict[str, Any], send: Send, integrity: Integrity) -> None:
+    request = dynamic.CheckRequest.model_validate(options)
+    cond, d_model = request.conditions, request.d_model
 
     def emit(result: CheckResult, started: float) -> bool:
         result = result.model_copy(update={"seconds": time.perf_counter() - started})
@@ -24,49 +52,105 @@ def run_checks(spec: MixerSpec, options: dict[str, Any], send: Send) -> None:
     started = time.perf_counter()
     try:
         cls = spec.load_class()
-    except Exception as err:  # a MixerLoadError or anything the module's top level raised
+        integrity.verify("while its module was loaded")
+    except Exception as err:  # a MixerLoadError, an IntegrityError, or anything the module's top level raised
         emit(CheckResult.fail("instantiate", str(err)), started)
         return
-    result, module = dynamic.check_instantiate(cls, d_model, options["reference_params"], options.get("budget", 0.5))
+    result, module = dynamic.check_instantiate(cls, d_model, request.reference_params, request.budget)
     if not emit(result, started):
         return
-    for name, check in (("forward", dynamic.check_forward), ("backward", dynamic.check_backward),
-                        ("causality", dynamic.check_causality), ("cost", dynamic.check_cost),
-                        ("determinism", dynamic.check_determinism)):
+    trained = _at_conditions(cls, cond)  # the width and device the evaluation trains at
+    checks: tuple[tuple[str, Callable[[], CheckResult]], ...] = (
+        ("forward", lambda: _both(dynamic.check_forward(module, d_model), lambda: dynamic.check_forward_as_trained(trained, cond))),
+        ("backward", lambda: dynamic.check_backward(module, d_model)),
+        ("causality", lambda: dynamic.check_causality(trained, cond)),
+        ("state", lambda: dynamic.check_state(trained, cond)),
+        ("determinism", lambda: dynamic.check_determinism(module, d_model)),
+        ("cost", lambda: dynamic.check_cost(module, d_model)),
+    )
+    for name, check in checks:
         send({"type": "start", "name": name})
         started = time.perf_counter()
         try:
-            result = check(module, d_model)
+            result = check()
+            integrity.verify(f"during the {name} check")
         except Exception as err:
-            result = CheckResult.fail(name, f"raised {type(err).__name__}: {str(err)[:300]}")
+            result = CheckResult.fail(name, f"raised {type(err).__name__}: {str(err)[:400]}")
         if not emit(result, started):
             return
 
 
-def run_evaluation(spec: MixerSpec, options: dict[str, Any], send: Send) -> None:
+def _at_conditions(cls: type, cond: dynamic.Conditions) -> torch.nn.Module:
+    """The mixer at the evaluation's width on its device, seeded like the budget check's instance."""
+    torch.manual_seed(0)
+    return cls(d_model=cond.d_model).to(cond.device)
+
+
+def _both(first: CheckResult, second: Callable[[], CheckResult]) -> CheckResult:
+    if not first.passed:
+        return first
+    then = second()
+    return then if not then.passed else first.model_copy(update={"reason": f"{first.reason}; {then.reason}"})
+
+
+class _StepReporter:
+    """The worker's training progress, sent to the parent at most a few times a second (for its progress bar)."""
+
+    def __init__(self, channel: WorkerChannel) -> None:
+        self.channel, self.steps, self.sent_at = channel, 0, 0.0
+
+    def start(self, total_trainings: int, cached: int, total_steps: int) -> None:
+        pass
+
+    def advance_steps(self, member_steps: int) -> None:
+        self.steps += member_steps
+        if time.monotonic() - self.sent_at > 0.5:
+            self.flush()
+
+    def flush(self) -> None:
+        self.channel.send({"type": "steps", "member_steps": self.steps})
+        self.sent_at = time.monotonic()
+
+    def finished(self, result) -> None:
+        pass
+
+    def forget_steps(self, member_steps: int) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.flush()
+
+
+def run_evaluation(spec: MixerSpec, options: dict[str, Any], channel: WorkerChannel, integrity: Integrity) -> None:
+    """Train the trainings the parent asked for on the served test sets; every epoch's test logits go to the
+    parent, which scores them (sandbox/scoring.py). Nothing this process computes is taken as a score."""
     from mixerlab.config import get_profile
     from mixerlab.evaluate.runner import EvalOptions, evaluate_mixer
+    from mixerlab.sandbox.scoring import RemoteScorer, test_set_id
     from mixerlab.tasks import parse_task
+    from mixerlab.train.scoring import Scoring, TestSet
 
-    profile = get_profile(options["profile"])
+    request = EvaluationRequest.model_validate(options)
+    served = torch.load(Path.cwd() / TEST_SETS_FILE, weights_only=True)
+
+    def test_source(job) -> TestSet:
+        entry = served[test_set_id(job.setting, job.seed)]
+        return TestSet(entry["inputs"], entry["scored"])
+
+    spec.load_class()
+    integrity.verify("while its module was loaded")
+    scoring = Scoring(test_source=test_source,
+                      remote=lambda tests: RemoteScorer(channel, tests, integrity.verify))
     eval_options = EvalOptions(
-        tasks=tuple(parse_task(t) for t in options["tasks"]),
-        seeds=options.get("seeds", 1),
-        device=options.get("device", "cpu"),
-        time_limit=options.get("time_limit"),
-        train_overrides=options.get("train_overrides", {}),
-    )
-    known = set(options.get("skip_keys", []))
+        tasks=tuple(parse_task(t) for t in request.tasks), seeds=request.seeds, device=request.device,
+        time_limit=request.time_limit, train_overrides=request.train_overrides, compile_step=request.compile_step,
+        library_solves=request.library_solves, max_group_tokens=request.max_group_tokens,
+        max_group_members=request.max_group_members, only_keys=frozenset(request.keys), scoring=scoring)
 
-    class Skip:  # finished trainings the parent already has: a tiny in-memory cache
-        def get_many(self, keys):
-            from mixerlab.train.result import TrainResult
+    def trained(result) -> None:
+        integrity.verify("during training")
+        channel.send({"type": "trained", "key": result.key, "train_losses": [h.train_loss for h in result.history],
+                      "seconds": result.seconds, "trainer": result.trainer, "device": result.device})
 
-            return {k: TrainResult.model_validate(v) for k, v in options.get("cached", {}).items() if k in set(keys)}
-
-        def put(self, result, mixer_hash, mixer_name):
-            if result.key not in known:
-                send({"type": "training", "result": result.model_dump(mode="json")})
-
-    report = evaluate_mixer(spec, profile, eval_options, cache=Skip())
-    send({"type": "report", "report": report.model_dump(mode="json")})
+    evaluate_mixer(spec, get_profile(request.profile), eval_options, cache=None, progress=_StepReporter(channel),
+                   on_result=trained)

@@ -1,31 +1,61 @@
 """The sandbox worker: `python -m mixerlab.sandbox.worker`, started by `run_sandboxed`, never by hand.
 
-Reads one JSON request on stdin, imports what it needs, then locks itself down (audit hook) before any
-candidate code runs, and writes JSON lines to the file descriptor in $MIXERLAB_SANDBOX_FD.
-Requests: {"kind": "check", ...} runs checks 2-7; {"kind": "evaluate", ...} trains the candidate on a
-profile and sends each finished training; {"kind": "run", "source": ...} executes code (tests only).
+Reads one JSON request on stdin, imports and warms up everything trusted it needs (torch, Triton's driver),
+snapshots the torch functions that training and scoring rely on (sandbox/integrity.py), then locks itself
+down (audit hook) before any candidate code runs. It talks to its parent in signed frames
+(sandbox/channel.py). Requests: {"kind": "check", ...} runs checks 2-7; {"kind": "evaluate", ...} trains the
+candidate and has the parent score every epoch; {"kind": "run", "source": ...} executes code (tests only).
+The process itself is already confined by the OS (sandbox/confine.py) from before this module's first line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import traceback
 
-FD = int(os.environ.get("MIXERLAB_SANDBOX_FD", "1"))
+from mixerlab.sandbox.channel import WorkerChannel
+
 SCRATCH = os.environ.get("MIXERLAB_SANDBOX_SCRATCH", os.getcwd())
+CHANNEL = WorkerChannel(int(os.environ.get("MIXERLAB_SANDBOX_FD", "1")),
+                        int(os.environ["MIXERLAB_SANDBOX_REPLY_FD"]) if "MIXERLAB_SANDBOX_REPLY_FD" in os.environ else None,
+                        b"")
+
+# programs that trusted code starts after the lock-down: Triton finds libcuda with ldconfig and `file`, and
+# compiles kernels (a new shape of the solve kernel, torch.compile's kernels) with its ptxas and a C compiler
+TOOLCHAIN = frozenset({"ldconfig", "file", "ptxas", "gcc", "cc", "clang", "cuobjdump", "nvdisasm"})
+# native libraries trusted code opens with ctypes after the lock-down (torch's NVML queries)
+NATIVE_LIBRARIES = frozenset({"libnvidia-ml.so.1", "libnvidia-ml.so", "libcuda.so.1", "libcuda.so"})
 
 
-def send(message: dict) -> None:
-    os.write(FD, (json.dumps(message) + "\n").encode())
+def send(message: dict, payload: bytes = b"") -> None:
+    CHANNEL.send(message, payload)
+
+
+def _trusted_program(path: object) -> bool:
+    """A toolchain program, from outside the scratch directory (Landlock would refuse to run one from it)."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return False
+    name = os.fsdecode(path)
+    resolved = shutil.which(name) if os.sep not in name else name
+    if not resolved:
+        return False
+    resolved = os.path.realpath(resolved)
+    base = os.path.basename(resolved)
+    known = base in TOOLCHAIN or any(base.startswith(tool + "-") for tool in ("gcc", "cc", "clang"))
+    return known and not resolved.startswith(os.path.realpath(SCRATCH))
 
 
 def lock_down() -> None:
     """Refuse sockets, new processes, native libraries and writes outside the scratch directory."""
-    blocked_prefixes = ("socket.", "subprocess.", "ctypes.", "os.exec", "os.spawn", "os.posix_spawn", "pty.")
-    blocked = {"os.system", "os.fork", "os.forkpty", "os.kill", "os.killpg",
-               "sys.setrecursionlimit", "urllib.Request", "webbrowser.open", "os.startfile"}
+    blocked_prefixes = ("socket.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn", "pty.")
+    # (sys._getframe, code.__new__ and the like stay open: logging, warnings and torch.compile use them)
+    blocked = {"os.system", "os.fork", "os.forkpty", "os.kill", "os.killpg", "ctypes.dlopen",
+               "sys.setrecursionlimit", "urllib.Request", "webbrowser.open", "os.startfile", "sys.settrace",
+               "sys.setprofile", "sys.addaudithook",
+               "cpython.PyInterpreterState_New", "cpython.run_command", "cpython.run_file", "cpython.run_module"}
     path_events = {"os.remove", "os.rmdir", "os.rename", "os.chmod", "os.chown", "os.mkdir", "shutil.rmtree",
                    "os.symlink", "os.link", "os.truncate", "os.utime"}
     scratch = os.path.realpath(SCRATCH)
@@ -36,6 +66,12 @@ def lock_down() -> None:
         return os.path.realpath(os.fsdecode(path)).startswith(scratch)
 
     def hook(event: str, args: tuple) -> None:
+        if event == "subprocess.Popen" and args and _trusted_program(args[0] or (args[1][0] if args[1] else None)):
+            return
+        if event == "os.posix_spawn" and args and _trusted_program(args[0]):
+            return
+        if event == "ctypes.dlopen" and args and isinstance(args[0], str) and os.path.basename(args[0]) in NATIVE_LIBRARIES:
+            return
         if event in blocked or event.startswith(blocked_prefixes):
             raise PermissionError(f"sandbox: {event} is not allowed for a mixer")
         if event in path_events and args and isinstance(args[0], (str, bytes, os.PathLike, int)):
@@ -51,13 +87,38 @@ def lock_down() -> None:
     sys.addaudithook(hook)
 
 
+def warm_up(device: str) -> None:
+    """Start, before the lock-down, what trusted code would otherwise start lazily under it: Triton's CUDA
+    driver (ldconfig, a compiled helper), a first launch of the solve kernel, cuBLAS and the allocator."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.init()
+        torch.ones(8, 8, device="cuda").matmul(torch.ones(8, 8, device="cuda"))
+        from mixerlab.ops.tril_solve import kernel_available, solve_with_kernel
+
+        if kernel_available("cuda"):
+            eye = torch.eye(64, device="cuda").expand(2, 64, 64).contiguous()
+            solve_with_kernel(eye, torch.ones(2, 64, 32, device="cuda"))
+        torch.cuda.synchronize()
+        try:  # torch.compile's kernels compile in this process, not in a pool of subprocesses
+            import torch._inductor.config as inductor_config
+
+            inductor_config.compile_threads = 1
+        except ImportError:
+            pass
+
+
 def main() -> None:
     request = json.loads(sys.stdin.read())
+    CHANNEL.key = bytes.fromhex(request.pop("channel_key", ""))
     import torch  # noqa: F401 - imported before the lock-down, with everything torch loads lazily
+    import torch._dynamo  # noqa: F401 - it wraps torch.manual_seed & co. on first import: before the snapshot
 
     import mixerlab.check.dynamic  # noqa: F401
     import mixerlab.evaluate.runner  # noqa: F401
     from mixerlab.mixers.loading import MixerSpec
+    from mixerlab.sandbox.integrity import Integrity
 
     threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
     torch.set_num_threads(threads)
@@ -70,19 +131,22 @@ def main() -> None:
         exec(compile(request["source"], "<sandbox-test>", "exec"), {"__name__": "__sandbox__", "send": send})
         send({"type": "done"})
         return
+    warm_up(request.get("device", "cpu"))
+    integrity = Integrity.snapshot()
     spec = MixerSpec(**request["spec"])
     if kind == "check":
         from mixerlab.sandbox.tasks import run_checks
 
         lock_down()
-        run_checks(spec, request["options"], send)
+        run_checks(spec, request["options"], send, integrity)
     elif kind == "evaluate":
         from mixerlab.sandbox.tasks import run_evaluation
 
         lock_down()
-        run_evaluation(spec, request["options"], send)
+        run_evaluation(spec, request["options"], CHANNEL, integrity)
     else:
         raise ValueError(f"unknown request kind {kind!r}")
+    integrity.verify("at the end of the run")
     send({"type": "done"})
 
 
@@ -90,5 +154,7 @@ if __name__ == "__main__":
     try:
         main()
     except BaseException as err:  # report, then exit non-zero: the parent turns it into a reason
-        send({"type": "error", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]})
-        sys.exit(3)
+        try:
+            send({"type": "error", "error": f"{type(err).__name__}: {err}"[:2000], "traceback": traceback.format_exc()[-3000:]})
+        finally:
+            sys.exit(3)

@@ -40,8 +40,8 @@ from .checkpoint import CheckpointStore, group_id
 from .common import init_model, make_result, token_losses
 from .interrupts import should_stop, take_save_request
 from .job import TrainJob
-from .metrics import batch_metrics
 from .result import EpochRecord, TrainResult, select_epochs
+from .scoring import LOCAL_SCORING, LocalScorer, Scorer, Scoring, TestSet, TestSource
 from .schedule import batches_per_epoch, epoch_order, lr_for_epoch
 
 log = logging.getLogger(__name__)
@@ -66,22 +66,25 @@ class _Member:
     done: bool = False
 
 
-def _dataset_rows(jobs: list[TrainJob], device: torch.device):
-    """Concatenate each distinct (setting, seed) dataset once; return tensors and per-job row offsets."""
+def _dataset_rows(jobs: list[TrainJob], device: torch.device, test_source: TestSource):
+    """Concatenate each distinct (setting, seed) dataset once; return the training tensors, the test sets
+    (inputs, scored positions, and targets only if every source gave them) and per-job row offsets."""
     offsets: dict[tuple, tuple[int, int]] = {}
-    train_x, train_y, test_x, test_y = [], [], [], []
+    train_x, train_y, tests = [], [], []
     n_train = n_test = 0
     for job in jobs:
         ident = (job.setting, job.seed)
         if ident in offsets:
             continue
-        tr, te = generate(job.setting, "train", job.seed), generate(job.setting, "test", job.seed)
+        tr, te = generate(job.setting, "train", job.seed), test_source(job)
         offsets[ident] = (n_train, n_test)
-        train_x.append(tr.inputs), train_y.append(tr.targets), test_x.append(te.inputs), test_y.append(te.targets)
+        train_x.append(tr.inputs), train_y.append(tr.targets), tests.append(te)
         n_train += len(tr)
         n_test += len(te)
     cat = lambda parts: torch.cat(parts).to(device)  # noqa: E731
-    return cat(train_x), cat(train_y), cat(test_x), cat(test_y), offsets
+    targets = cat([t.targets for t in tests]) if all(t.targets is not None for t in tests) else None
+    test = TestSet(cat([t.inputs for t in tests]), cat([t.scored for t in tests]), targets)
+    return cat(train_x), cat(train_y), test, offsets
 
 
 def compile_static(fn: Callable, mode: str | None = None) -> Callable:
@@ -113,6 +116,7 @@ class BatchedTrainer:
         vocab_size: int | None = None,
         checkpoints: CheckpointStore | None = None,
         fast_solves: bool | None = None,
+        scoring: Scoring = LOCAL_SCORING,
     ) -> None:
         if not jobs:
             raise ValueError("no jobs to train")
@@ -141,13 +145,19 @@ class BatchedTrainer:
         self.checkpoints = checkpoints
         self.ident = group_id(keys)
         self.elapsed_before = 0.0  # seconds trained by earlier runs of a resumed group
-        self.num_test = jobs[0].setting.num_test
-        self.x_train, self.y_train, self.x_test, self.y_test, offsets = _dataset_rows(jobs, self.device)
+        self.x_train, self.y_train, test, offsets = _dataset_rows(jobs, self.device, scoring.test_source)
+        self.x_test = test.inputs
+        self.num_test = len(test) // len({(j.setting, j.seed) for j in jobs})  # one shape: every test set alike
         self.members: list[_Member] = []
         for i, (job, key) in enumerate(zip(jobs, keys)):
             tr_off, te_off = offsets[(job.setting, job.seed)]
             n = job.setting.num_train
             self.members.append(_Member(i, job, key, tr_off, te_off, n, batches_per_epoch(n, train.batch_size)))
+        # who turns test logits into metrics: here, from the targets; or the trusted side of the sandbox
+        test_offsets = [m.test_offset for m in self.members]
+        self.scorer: Scorer = scoring.remote([TestSet(test.inputs[o : o + self.num_test], test.scored[o : o + self.num_test])
+                                             for o in test_offsets]) if scoring.remote else \
+            LocalScorer(test.targets, test_offsets, self.num_test, self.vocab, train.eval_batch_size)
         models = [init_model(j, train, mixer_factory, vocab_size=self.vocab) for j in jobs]
         self.base = copy.deepcopy(models[0]).to("meta")
         if self.compiled_logits is not None:  # same math; pays only when compiled (fused), slower eagerly
@@ -340,31 +350,33 @@ class BatchedTrainer:
 
     @torch.no_grad()
     def _evaluate(self, rows: list[int]) -> torch.Tensor:
-        """MAD's epoch metrics of the group rows `rows`: [len(rows), 4] = (nll, macro, token, ppl)."""
+        """MAD's epoch metrics of the group rows `rows`: [len(rows), 4] = (nll, macro, token, ppl), from the
+        scorer (the test targets may live in another process). The model runs in eval mode."""
         idx = torch.tensor(rows, device=self.device)
         flat = self.flat.detach()[idx]
         buffers = {k: v[idx] for k, v in self.buffers.items()}
         mask = self.vocab_mask[idx]
         offsets = self.test_offset[idx]
-        totals = torch.zeros(len(rows), 4, device=self.device)
+        members = [self.members[self.active[row]] for row in rows]
+        self.scorer.begin([m.key for m in members], [self.steps_done // m.steps_per_epoch - 1 for m in members],
+                          [m.index for m in members])
         eval_batch = self.train.eval_batch_size
         length = self.x_test.shape[1]
         # several test batches per forward, within a budget of tokens and of logits
         per_batch = len(rows) * eval_batch * length
         batches = max(1, min(EVAL_TOKENS // per_batch, EVAL_LOGITS // (per_batch * self.vocab)))
-        for start in range(0, self.num_test, eval_batch * batches):
-            stop = min(self.num_test, start + eval_batch * batches)
-            test_rows = offsets[:, None] + torch.arange(start, stop, device=self.device)
-            with fast_triangular_solves(self.fast_solves):
-                logits = self._logits(flat, buffers, self.x_test[test_rows], mask)
-            targets = self.y_test[test_rows]
-            for b0 in range(0, stop - start, eval_batch):  # MAD scores every test batch on its own
-                b1 = min(stop - start, b0 + eval_batch)
-                m = batch_metrics(logits[:, b0:b1].flatten(1, 2), targets[:, b0:b1].flatten(1), self.vocab)
-                weight = (b1 - b0) / self.num_test
-                totals += torch.stack([m["nll"], m["macro_acc"], m["token_acc"], m["ppl"]], 1) * weight
-            del logits
-        return totals
+        self.base.eval()
+        try:
+            for start in range(0, self.num_test, eval_batch * batches):
+                stop = min(self.num_test, start + eval_batch * batches)
+                test_rows = offsets[:, None] + torch.arange(start, stop, device=self.device)
+                with fast_triangular_solves(self.fast_solves):
+                    logits = self._logits(flat, buffers, self.x_test[test_rows], mask)
+                self.scorer.add(start, stop, logits)
+                del logits
+        finally:
+            self.base.train()
+        return self.scorer.end()
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -474,6 +486,7 @@ def train_group(
     checkpoints: CheckpointStore | None = None,
     resume: tuple[str, dict] | None = None,
     fast_solves: bool | None = None,
+    scoring: Scoring = LOCAL_SCORING,
 ) -> list[TrainResult]:
     """Train jobs batched; if the mixer does not run under vmap, train them one by one on the same path.
     `resume` = (checkpoint id, state) continues a group a checkpoint saved; `jobs` are its unfinished members.
@@ -482,21 +495,21 @@ def train_group(
         ident, state = resume
         trainer = BatchedTrainer(jobs, keys, train, mixer_factory, device, vectorize=state["vectorize"],
                                  compile_step=compile_step, vocab_size=state["vocab"], checkpoints=checkpoints,
-                                 fast_solves=fast_solves)
+                                 fast_solves=fast_solves, scoring=scoring)
         trainer.restore(state, ident)
         return trainer.run(on_result, on_steps, deadline)
     if vectorize is None:
         vectorize = len(jobs) > 1 and supports_vmap(jobs[0], train, mixer_factory)
     if vectorize:
         trainer = BatchedTrainer(jobs, keys, train, mixer_factory, device, compile_step=compile_step,
-                                 checkpoints=checkpoints, fast_solves=fast_solves)
+                                 checkpoints=checkpoints, fast_solves=fast_solves, scoring=scoring)
         return trainer.run(on_result, on_steps, deadline)
     results = []
     for job, key in zip(jobs, keys):
         if should_stop(deadline):
             break
         trainer = BatchedTrainer([job], [key], train, mixer_factory, device, vectorize=False, compile_step=compile_step,
-                                 checkpoints=checkpoints, fast_solves=fast_solves)
+                                 checkpoints=checkpoints, fast_solves=fast_solves, scoring=scoring)
         results += trainer.run(on_result, on_steps, deadline)
     return results
 
@@ -516,7 +529,8 @@ def supports_vmap(job: TrainJob, train: TrainConfig, mixer_factory: MixerFactory
         return False
 
 
-def probe_member_bytes(job: TrainJob, train: TrainConfig, mixer_factory: MixerFactory, device: str) -> float:
+def probe_member_bytes(job: TrainJob, train: TrainConfig, mixer_factory: MixerFactory, device: str,
+                       scoring: Scoring = LOCAL_SCORING) -> float:
     """Peak GPU memory of one training step per member, measured on a two-member group (x1.3 for the
     CUDA graph's pool and the evaluation forward)."""
     dev = torch.device(device)
@@ -524,7 +538,7 @@ def probe_member_bytes(job: TrainJob, train: TrainConfig, mixer_factory: MixerFa
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated(dev)
     torch.cuda.reset_peak_memory_stats(dev)
-    trainer = BatchedTrainer([job, job], ["probe", "probe"], train, mixer_factory, dev, cuda_graph=False)
+    trainer = BatchedTrainer([job, job], ["probe", "probe"], train, mixer_factory, dev, cuda_graph=False, scoring=scoring)
     trainer._run_step()
     torch.cuda.synchronize(dev)
     peak = torch.cuda.max_memory_allocated(dev) - before

@@ -1,0 +1,106 @@
+"""Evaluate untrusted code: train it in the sandbox, score it here.
+
+`evaluate_sandboxed` is what the research loop (through its executor) and `mixerlab eval FILE.py` run for a
+candidate. The plan (which trainings, which are cached), the test sets, the causality probes, the metrics,
+every `TrainResult` and the final report are made in this process; the worker only trains and returns the
+logits of the served test rows (sandbox/scoring.py, evaluate/audit.py). The sandbox's OS-level confinement
+and audit hook hold the worker (sandbox/).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from mixerlab.config import Profile
+from mixerlab.mixers.loading import MixerSpec
+from mixerlab.sandbox import SandboxLimits, SandboxOutcome, run_sandboxed
+from mixerlab.sandbox.scoring import TrustedScorer, test_set_id
+from mixerlab.sandbox.tasks import TEST_SETS_FILE, EvaluationRequest
+from mixerlab.train.result import TrainResult
+
+from .audit import serve
+from .cache import ResultCache
+from .runner import EvalOptions, EvalReport, Progress, build_report, max_steps, plan_evaluation
+
+
+@dataclass
+class SandboxedEvaluation:
+    """What came of it: the report (None if the worker failed before any result could be scored), the
+    trainings scored here now, why it failed, and the sandbox's outcome (confinement, timings)."""
+
+    report: EvalReport | None
+    trainings: list[TrainResult] = field(default_factory=list)
+    error: str = ""
+    outcome: SandboxOutcome | None = None
+    audit: dict[str, float] = field(default_factory=dict)  # probes checked, largest relative change seen
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and self.report is not None
+
+
+def evaluate_sandboxed(
+    spec: MixerSpec,
+    profile: Profile,
+    options: EvalOptions,
+    limits: SandboxLimits,
+    cache: ResultCache | None = None,
+    progress: Progress | None = None,
+    on_result: Callable[[TrainResult], None] | None = None,
+    cuda_device: int | None = None,
+) -> SandboxedEvaluation:
+    start = time.perf_counter()
+    plan = plan_evaluation(spec, profile, options, cache)
+    results = {plan.keys[j]: plan.done[plan.keys[j]] for j in plan.jobs if plan.keys[j] in plan.done}
+    if progress:
+        progress.start(len(plan.jobs), len(plan.jobs) - len(plan.todo), sum(max_steps(j, plan.train) for j in plan.todo))
+    if not plan.todo:
+        if progress:
+            progress.stop()
+        return SandboxedEvaluation(build_report(spec, profile, options, plan, results, time.perf_counter() - start, 0))
+
+    served = {test_set_id(job.setting, job.seed): serve(job.setting, job.seed) for job in plan.todo}
+    numerics = "bf16" if plan.train.autocast_dtype(torch.device(options.device).type) else "fp32"
+    device_label = f"cuda:{cuda_device}" if cuda_device is not None else None
+
+    def record(result: TrainResult) -> None:
+        if device_label and result.device.startswith("cuda"):
+            result = result.model_copy(update={"device": device_label})  # the worker sees its one GPU as cuda:0
+        results[result.key] = result
+        if cache:
+            cache.put(result, spec.code_hash, spec.name)
+        if progress:
+            progress.finished(result)
+        if on_result:
+            on_result(result)
+
+    scorer = TrustedScorer({plan.keys[j]: j for j in plan.todo}, plan.train, served, numerics, on_result=record,
+                           on_steps=progress.advance_steps if progress else None)
+    request = EvaluationRequest(
+        profile=profile.name, tasks=[t.value for t in options.tasks], seeds=options.seeds, device=options.device,
+        train_overrides=dict(options.train_overrides), keys=[plan.keys[j] for j in plan.todo],
+        time_limit=options.time_limit, compile_step=options.compile_step, library_solves=options.library_solves,
+        max_group_tokens=options.max_group_tokens, max_group_members=options.max_group_members)
+    buffer = io.BytesIO()
+    torch.save({ident: {"inputs": s.inputs, "scored": s.scored} for ident, s in served.items()}, buffer)
+    payload = {"kind": "evaluate", "device": options.device, "options": request.model_dump(mode="json"),
+               "spec": {"name": spec.name, "source": spec.source, "filename": spec.filename, "class_name": spec.class_name}}
+    outcome = run_sandboxed(payload, limits, scorer.handle, files={TEST_SETS_FILE: buffer.getvalue()})
+    if progress:
+        progress.stop()
+    audit = {"probes_checked": scorer.probes_checked, "largest_probe_change": scorer.largest_leak}
+    trainings = list(scorer.results.values())
+    if scorer.failure:
+        return SandboxedEvaluation(None, trainings, scorer.failure, outcome, audit)
+    if outcome.status != "ok":
+        reason = outcome.reason(limits)
+        tail = outcome.traceback_tail
+        error = f"{reason}" + (f"\n{tail}" if tail and tail not in reason else "")
+        return SandboxedEvaluation(None, trainings, error, outcome, audit)
+    report = build_report(spec, profile, options, plan, results, time.perf_counter() - start, scorer.member_steps)
+    return SandboxedEvaluation(report, trainings, "", outcome, audit)

@@ -1,0 +1,109 @@
+"""The wire between the sandbox worker and its parent: length-prefixed frames, each a JSON header and an
+optional binary payload (test logits), the header signed with a per-run key.
+
+The worker writes frames to one pipe and reads replies from another. Everything the parent reads came
+from a process that ran candidate code, so `FrameReader` treats it as hostile data: bounded sizes, JSON
+only, and a valid HMAC over the header and the payload's length with the key the parent handed to the trusted
+worker code on stdin (code that merely finds the pipe cannot forge a frame; payloads, up to hundreds of MB of
+logits, are not hashed: only the worker's own code writes after a signed header). Message contents are validated by their
+consumers (pydantic models in sandbox/scoring.py and check/__init__.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import struct
+from typing import Any
+
+HEADER = struct.Struct(">IQ32s")  # header bytes, payload bytes, HMAC-SHA256
+MAX_HEADER_BYTES = 4 << 20
+MAX_PAYLOAD_BYTES = 4 << 30
+
+
+class ProtocolError(ValueError):
+    """A frame that is not what the trusted worker code writes: the worker is stopped and the run fails."""
+
+
+def _mac(key: bytes, header: bytes, payload_len: int) -> bytes:
+    return hmac.new(key, header + payload_len.to_bytes(8, "big"), hashlib.sha256).digest()
+
+
+def encode_header(key: bytes, message: dict[str, Any], payload_len: int = 0) -> bytes:
+    """The frame's prefix and signed JSON header; the payload's `payload_len` bytes follow it."""
+    header = json.dumps(message, separators=(",", ":")).encode()
+    return HEADER.pack(len(header), payload_len, _mac(key, header, payload_len)) + header
+
+
+def encode(key: bytes, message: dict[str, Any], payload: bytes = b"") -> bytes:
+    return encode_header(key, message, len(payload)) + payload
+
+
+class FrameReader:
+    """Incremental parser of frames from bytes as they arrive."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> list[tuple[dict[str, Any], bytes]]:
+        self.buffer += chunk
+        frames = []
+        while len(self.buffer) >= HEADER.size:
+            header_len, payload_len, mac = HEADER.unpack_from(self.buffer)
+            if header_len > MAX_HEADER_BYTES or payload_len > MAX_PAYLOAD_BYTES:
+                raise ProtocolError(f"a frame of {header_len} + {payload_len} bytes exceeds the limits")
+            end = HEADER.size + header_len + payload_len
+            if len(self.buffer) < end:
+                break
+            header = bytes(self.buffer[HEADER.size : HEADER.size + header_len])
+            payload = bytes(self.buffer[HEADER.size + header_len : end])
+            del self.buffer[:end]
+            if not hmac.compare_digest(mac, _mac(self.key, header, payload_len)):
+                raise ProtocolError("a frame with a wrong signature (not written by mixerlab's worker code)")
+            try:
+                message = json.loads(header)
+            except ValueError as err:
+                raise ProtocolError(f"a frame header that is not JSON ({err})") from None
+            if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+                raise ProtocolError("a frame header without a message type")
+            frames.append((message, payload))
+        return frames
+
+    @property
+    def pending(self) -> int:
+        return len(self.buffer)
+
+
+class WorkerChannel:
+    """The worker's end: `send` frames to the parent, `request` a reply (scores) and wait for it."""
+
+    def __init__(self, out_fd: int, reply_fd: int | None, key: bytes) -> None:
+        self.out_fd, self.reply_fd, self.key = out_fd, reply_fd, key
+        self._reader: FrameReader | None = None
+
+    def send(self, message: dict[str, Any], payload: bytes = b"") -> None:
+        self._write(encode_header(self.key, message, len(payload)))
+        self._write(payload)  # not copied into the header's buffer: logits can be hundreds of MB
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.out_fd, view)
+            view = view[written:]
+
+    def request(self, message: dict[str, Any], payload: bytes = b"") -> dict[str, Any]:
+        if self.reply_fd is None:
+            raise RuntimeError("this worker has no reply channel")
+        self.send(message, payload)
+        if self._reader is None:
+            self._reader = FrameReader(self.key)
+        while True:
+            chunk = os.read(self.reply_fd, 1 << 16)
+            if not chunk:
+                raise EOFError("the parent closed the reply channel")
+            frames = self._reader.feed(chunk)
+            if frames:
+                return frames[0][0]

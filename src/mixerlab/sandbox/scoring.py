@@ -1,0 +1,248 @@
+"""Trusted scoring across the sandbox boundary: the worker ships test logits, the parent scores them.
+
+Worker side, `RemoteScorer` (a `train.scoring.Scorer`): for every chunk of test rows it sends the logits of the
+scored positions, and at the end of an evaluation it asks the parent for the metrics, which the trainer needs
+for its stop rule. Parent side, `TrustedScorer`: holds the served test sets (evaluate/audit.py) with their
+targets, validates every frame as hostile data, checks the causality probes, computes MAD's metrics with the
+same functions as the in-process scorer, keeps the authoritative history of every training, and builds the
+`TrainResult`s itself. What the worker reports of its own (train loss, seconds, trainer kind, device) is
+recorded as reported, never as a score.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mixerlab.config import TrainConfig
+from mixerlab.evaluate.audit import AUDIT_TOLERANCE, ServedTestSet, leak
+from mixerlab.tasks import TaskSetting
+from mixerlab.train.common import make_result
+from mixerlab.train.job import TrainJob
+from mixerlab.train.metrics import position_stats
+from mixerlab.train.result import EpochRecord, TrainResult, select_epochs
+from mixerlab.train.schedule import batches_per_epoch
+from mixerlab.train.scoring import TestSet, epoch_metrics
+
+from .channel import ProtocolError, WorkerChannel
+
+MAX_VOCAB = 1 << 16
+
+
+def test_set_id(setting: TaskSetting, seed: int) -> str:
+    """The name of a (setting, seed) test set in the file the parent writes for the worker."""
+    return json.dumps([setting.key(), seed], sort_keys=True)
+
+
+# --- the worker's end ------------------------------------------------------------------------------
+
+
+class RemoteScorer:
+    """Ships the scored positions' logits to the parent; gets the metrics back (see module docstring)."""
+
+    def __init__(self, channel: WorkerChannel, tests: list[TestSet], verify: Callable[[str], None] | None = None) -> None:
+        self.channel, self.verify = channel, verify
+        self.scored = [t.scored for t in tests]
+
+    def begin(self, keys: list[str], epochs: list[int], members: list[int]) -> None:
+        self.keys, self.epochs, self.members = keys, epochs, members
+
+    def add(self, start: int, stop: int, logits: torch.Tensor) -> None:
+        for m, member in enumerate(self.members):
+            scored = self.scored[member][start:stop].to(logits.device)
+            rows = logits[m][scored].float().contiguous().cpu()
+            self.channel.send({"type": "logits", "key": self.keys[m], "epoch": self.epochs[m], "start": start,
+                               "stop": stop, "vocab": rows.shape[-1]}, rows.numpy().tobytes())
+
+    def end(self) -> torch.Tensor:
+        if self.verify:
+            self.verify("during training")
+        reply = self.channel.request({"type": "score", "keys": self.keys, "epochs": self.epochs})
+        if "error" in reply:
+            raise RuntimeError(f"the trusted scorer stopped the evaluation: {reply['error']}")
+        return torch.tensor(reply["metrics"], dtype=torch.float32, device=self.scored[0].device)
+
+
+# --- the parent's end: messages, validated ----------------------------------------------------------
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LogitsMessage(_Message):
+    type: Literal["logits"]
+    key: str
+    epoch: int = Field(ge=0)
+    start: int = Field(ge=0)
+    stop: int = Field(gt=0)
+    vocab: int = Field(ge=1, le=MAX_VOCAB)
+
+
+class ScoreMessage(_Message):
+    type: Literal["score"]
+    keys: list[str] = Field(min_length=1)
+    epochs: list[int]
+
+
+class TrainedMessage(_Message):
+    type: Literal["trained"]
+    key: str
+    train_losses: list[float]
+    seconds: float = Field(ge=0, le=1e7)
+    trainer: Literal["batched", "sequential"]
+    device: str = Field(pattern=r"^(cpu|cuda(:\d{1,2})?)$")
+
+
+class StepsMessage(_Message):
+    type: Literal["steps"]
+    member_steps: int = Field(ge=0, le=10**12)
+
+
+@dataclass
+class _Epoch:
+    """One training's evaluation in progress: rows received so far and what they scored."""
+
+    epoch: int
+    received: int = 0
+    nll: torch.Tensor | None = None
+    preds: torch.Tensor | None = None
+    vocab: int = 0
+    probe_rows: dict[int, torch.Tensor] = field(default_factory=dict)  # probe -> its logits at positions <= cut
+    original_rows: dict[int, torch.Tensor] = field(default_factory=dict)  # probe -> its example's logits there
+
+
+class TrustedScorer:
+    """The parent's side of one sandboxed evaluation; `handle` is run_sandboxed's frame handler."""
+
+    def __init__(self, jobs: dict[str, TrainJob], train: TrainConfig, served: dict[str, ServedTestSet],
+                 numerics: str, on_result: Callable[[TrainResult], None] | None = None,
+                 on_steps: Callable[[int], None] | None = None) -> None:
+        self.jobs, self.train, self.served = jobs, train, served
+        self.tolerance = AUDIT_TOLERANCE[numerics]
+        self.on_result, self.on_steps = on_result, on_steps
+        self.history: dict[str, list[list[float]]] = {key: [] for key in jobs}
+        self.current: dict[str, _Epoch] = {}
+        self.results: dict[str, TrainResult] = {}
+        self.failure: str | None = None  # why the candidate failed the audit (a reason for its record)
+        self.member_steps = 0
+        self.max_vocab = max(job.setting.vocab_size for job in jobs.values()) if jobs else 0
+        self.largest_leak = 0.0
+        self.probes_checked = 0
+
+    def _served(self, key: str) -> ServedTestSet:
+        job = self.jobs[key]
+        return self.served[test_set_id(job.setting, job.seed)]
+
+    def handle(self, message: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes] | None:
+        kind = message.get("type")
+        try:
+            if kind == "logits":
+                self._logits(LogitsMessage.model_validate(message), payload)
+            elif kind == "score":
+                return {"type": "scores", "metrics": self._score(ScoreMessage.model_validate(message))}, b""
+            elif kind == "trained":
+                self._trained(TrainedMessage.model_validate(message))
+            elif kind == "steps":
+                steps = StepsMessage.model_validate(message).member_steps
+                if self.on_steps and steps > self.member_steps:
+                    self.on_steps(steps - self.member_steps)
+                self.member_steps = max(self.member_steps, steps)
+            elif kind not in ("error", "done", "log"):
+                raise ProtocolError(f"unexpected message {kind!r}")
+        except ValidationError as err:
+            raise ProtocolError(f"an invalid {kind!r} message ({err.errors()[0]['msg']})") from None
+        return None
+
+    def _logits(self, m: LogitsMessage, payload: bytes) -> None:
+        if m.key not in self.jobs or m.key in self.results:
+            raise ProtocolError(f"logits for a training that is not running ({m.key[:12]})")
+        served = self._served(m.key)
+        state = self.current.get(m.key)
+        if state is None:
+            if m.epoch != len(self.history[m.key]):
+                raise ProtocolError(f"logits for epoch {m.epoch} of {m.key[:12]}, expected {len(self.history[m.key])}")
+            if not self.jobs[m.key].setting.vocab_size <= m.vocab <= self.max_vocab:
+                raise ProtocolError(f"logits over {m.vocab} classes for a {self.jobs[m.key].setting.vocab_size}-token task")
+            state = self.current[m.key] = _Epoch(m.epoch, nll=torch.zeros(served.targets.shape),
+                                                 preds=torch.zeros(served.targets.shape, dtype=torch.long), vocab=m.vocab)
+        if (m.epoch, m.start, m.vocab) != (state.epoch, state.received, state.vocab) or m.stop > len(served.inputs) \
+                or m.stop <= m.start:
+            raise ProtocolError(f"logits out of order for {m.key[:12]} (rows {m.start}..{m.stop}, epoch {m.epoch})")
+        rows, positions = served.scored[m.start : m.stop].nonzero(as_tuple=True)
+        rows = rows + m.start
+        if len(payload) != len(rows) * m.vocab * 4:
+            raise ProtocolError(f"{len(payload)} bytes of logits for {len(rows)} scored positions x {m.vocab} classes")
+        logits = torch.frombuffer(bytearray(payload), dtype=torch.float32).view(len(rows), m.vocab)
+        origin = served.origin[rows]
+        real = origin >= 0
+        nll, preds = position_stats(logits[real], served.targets[origin[real], positions[real]])
+        state.nll[origin[real], positions[real]] = nll
+        state.preds[origin[real], positions[real]] = preds
+        for k, probe in enumerate(served.probes):
+            shared = positions <= probe.cut
+            here = (rows == probe.served) & shared
+            if here.any():
+                state.probe_rows[k] = logits[here]
+            here = (origin == probe.original) & shared
+            if here.any():
+                state.original_rows[k] = logits[here]
+        state.received = m.stop
+
+    def _score(self, m: ScoreMessage) -> list[list[float]]:
+        if len(m.epochs) != len(m.keys) or len(set(m.keys)) != len(m.keys):
+            raise ProtocolError("a score request with mismatched keys and epochs")
+        metrics = []
+        for key, epoch in zip(m.keys, m.epochs):
+            state = self.current.get(key)
+            served = self._served(key) if key in self.jobs else None
+            if state is None or served is None or state.epoch != epoch or state.received != len(served.inputs):
+                raise ProtocolError(f"a score request for {key[:12]} epoch {epoch} before all its test rows arrived")
+            self._audit(key, served, state)
+            targets = served.targets
+            row = epoch_metrics(state.nll[None], state.preds[None], targets[None], state.vocab,
+                                self.train.eval_batch_size)[0].tolist()
+            self.history[key].append(row)
+            del self.current[key]
+            metrics.append(row)
+        return metrics
+
+    def _audit(self, key: str, served: ServedTestSet, state: _Epoch) -> None:
+        for k, probe in enumerate(served.probes):
+            ours, theirs = state.probe_rows.get(k), state.original_rows.get(k)
+            if ours is None or theirs is None or ours.shape != theirs.shape:
+                raise ProtocolError("a probe's logits are missing")
+            change = leak(ours, theirs)
+            self.probes_checked += 1
+            self.largest_leak = max(self.largest_leak, change)
+            if change > self.tolerance:
+                self.failure = (
+                    f"causality audit failed during the scored evaluation of {self.jobs[key].setting.label} (epoch "
+                    f"{state.epoch}): changing the tokens after position {probe.cut} of a test sequence changed the "
+                    f"logits at positions <= {probe.cut} (relative change {change:.2e}, allowed {self.tolerance:g}); "
+                    "the mixer looks ahead under training conditions: make every output depend on earlier tokens only")
+                raise ProtocolError(self.failure)
+
+    def _trained(self, m: TrainedMessage) -> None:
+        if m.key not in self.jobs or m.key in self.results:
+            raise ProtocolError(f"a finished training that is not running ({m.key[:12]})")
+        job, history = self.jobs[m.key], self.history[m.key]
+        # a row is METRIC_NAMES: nll, macro accuracy, token accuracy, perplexity
+        records = [EpochRecord(epoch=e, train_loss=0.0, test_loss=nll, test_acc=macro, test_token_acc=token, test_ppl=ppl)
+                   for e, (nll, macro, token, ppl) in enumerate(history)]
+        kept, stopped = select_epochs(records, self.train.stop_accuracy, self.train.patience) if records else ([], False)
+        if not kept or not (stopped or len(kept) >= self.train.max_epochs):
+            raise ProtocolError(f"the worker ended {job.label} after {len(history)} scored epochs, before it was done")
+        if len(m.train_losses) != len(kept):
+            raise ProtocolError(f"{len(m.train_losses)} train losses for {len(kept)} epochs")
+        kept = [r.model_copy(update={"train_loss": loss}) for r, loss in zip(kept, m.train_losses)]
+        steps = len(kept) * batches_per_epoch(job.setting.num_train, self.train.batch_size)
+        result = make_result(job, m.key, kept, self.train, steps, m.seconds, m.trainer, m.device)
+        self.results[m.key] = result
+        if self.on_result:
+            self.on_result(result)
+
