@@ -9,37 +9,65 @@ network or the interpreter.
 
 from __future__ import annotations
 
-# top-level modules a candidate may import (submodules of torch are allowed unless denied below)
+# top-level modules a candidate may import
 ALLOWED_MODULES = frozenset({"__future__", "torch", "einops", "math", "typing", "functools"})
 
-DENIED_TORCH_MODULES = frozenset({
-    "torch.multiprocessing", "torch.distributed", "torch.hub", "torch.utils.cpp_extension", "torch.package",
-    "torch._C", "torch.utils.data", "torch.cuda.memory", "torch.jit", "torch.onnx", "torch.export",
-    "torch.utils.benchmark", "torch.library", "torch.ops",
+# the parts of torch a mixer may use, imported or reached as attributes (`torch.nn.modules.module` with its
+# global hooks, `torch.os`, `torch.overrides` with its function modes are not among them)
+ALLOWED_TORCH_MODULES = frozenset({
+    "torch", "torch.nn", "torch.nn.functional", "torch.nn.init", "torch.linalg", "torch.fft", "torch.special",
+    "torch.autograd", "torch.func",
 })
 
-# builtins that reach files, processes, the interpreter or arbitrary attributes
-FORBIDDEN_CALLS = frozenset({
-    "open", "exec", "eval", "compile", "__import__", "input", "breakpoint", "exit", "quit", "help",
-    "globals", "locals", "vars", "setattr", "delattr", "memoryview",
+# `from MODULE import NAME`: the names a module may give (modules not listed: any public name)
+ALLOWED_FROM_IMPORTS: dict[str, frozenset[str]] = {
+    "functools": frozenset({"partial", "reduce"}),  # no caches: lru_cache and cache keep state between calls
+    "einops": frozenset({"rearrange", "repeat", "reduce", "einsum", "pack", "unpack", "parse_shape"}),
+    "einops.layers.torch": frozenset({"Rearrange", "Reduce", "EinMix"}),
+}
+
+# the builtins a mixer may name (no open, getattr with a computed name, type, vars, globals, exec, ...)
+ALLOWED_BUILTINS = frozenset({
+    "abs", "all", "any", "bool", "callable", "dict", "divmod", "enumerate", "filter", "float", "format", "frozenset",
+    "getattr", "hasattr", "hash", "int", "isinstance", "issubclass", "iter", "len", "list", "map", "max", "min", "next",
+    "object", "pow", "print", "property", "range", "repr", "reversed", "round", "set", "slice", "sorted",
+    "staticmethod", "classmethod", "str", "sum", "super", "tuple", "zip", "bytes", "complex", "ord", "chr",
+    "True", "False", "None", "NotImplemented", "Ellipsis",
+    "Exception", "ArithmeticError", "AssertionError", "IndexError", "KeyError", "NotImplementedError",
+    "RuntimeError", "StopIteration", "TypeError", "ValueError", "ZeroDivisionError",
+})
+
+# attribute names of frames, code objects, generators and tracebacks: the way from a value to the caller's state
+FRAME_ATTRIBUTES = frozenset({
+    "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "f_trace", "f_lasti", "gi_frame", "gi_code",
+    "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame", "ag_code", "tb_frame", "tb_next", "tb_lasti",
+    "co_code", "co_consts", "co_names", "co_varnames", "func_globals", "func_code", "mro", "with_traceback",
+})
+
+# methods that change the object they are called on, refused on module-level objects (state between calls)
+MUTATING_METHODS = frozenset({
+    "append", "extend", "insert", "pop", "popitem", "remove", "clear", "update", "setdefault", "add", "discard",
+    "sort", "reverse", "register_buffer", "register_parameter", "register_module",
 })
 
 # attribute names that lead out of the sandbox (files, processes, native code, pickles)
 FORBIDDEN_ATTRIBUTES = frozenset({
     "load", "save", "from_file", "load_library", "cpp_extension", "multiprocessing", "distributed", "hub",
     "system", "popen", "spawn", "fork", "_C", "ops", "classes", "package", "jit", "library", "compile",
-    "manual_seed", "set_default_device", "set_default_dtype", "set_num_threads", "use_deterministic_algorithms",
+    "manual_seed", "seed", "set_default_device", "set_default_dtype", "set_default_tensor_type", "set_num_threads",
+    "set_num_interop_threads", "use_deterministic_algorithms", "set_rng_state", "get_rng_state", "fork_rng",
+    "set_printoptions", "set_flush_denormal", "set_float32_matmul_precision", "set_warn_always",
+    "set_deterministic_debug_mode", "set_anomaly_enabled", "share_memory_", "untyped_storage", "storage",
+    "register_module_forward_hook", "register_module_forward_pre_hook", "register_module_full_backward_hook",
+    "register_module_backward_hook", "register_module_full_backward_pre_hook", "register_module_buffer_registration_hook",
+    "register_module_module_registration_hook", "register_module_parameter_registration_hook", "overrides",
+    "backends", "utils", "mps", "xpu", "profiler", "testing", "sys", "os", "builtins",
 })
 
 # dunder attributes a mixer may use; every other dunder (e.g. __class__, __subclasses__, __globals__,
 # __builtins__, __dict__) is an escape hatch
-ALLOWED_DUNDERS = frozenset({"__init__", "__call__", "__name__", "__doc__", "__future__", "__annotations__"})
+ALLOWED_DUNDERS = frozenset({"__init__", "__name__", "__doc__", "__future__", "__annotations__"})
 
-# module names that must never appear, imported or not
-FORBIDDEN_NAMES = frozenset({
-    "os", "sys", "subprocess", "socket", "pickle", "shutil", "pathlib", "importlib", "builtins", "ctypes",
-    "threading", "multiprocessing", "signal", "requests", "urllib", "http", "io", "marshal", "gc", "inspect",
-})
 
 DEFAULT_PARAM_BUDGET = 0.5  # candidate parameters within +-50% of its reference baseline at the same width
 CAUSALITY_TOLERANCE = 1e-4  # relative change allowed at positions before the perturbation (float32)

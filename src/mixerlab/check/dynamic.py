@@ -209,12 +209,14 @@ def _inputs(cond: Conditions, batch: int, length: int, gen: torch.Generator) -> 
     return torch.randn(batch, length, cond.d_model, generator=gen).to(cond.device)
 
 
-def _run(module: nn.Module, x: torch.Tensor, cond: Conditions, seed: int) -> torch.Tensor:
-    """One forward as training runs it (train mode, gradients on, the input needing grad, autocast on CUDA),
-    with the random state fixed so that dropout draws alike across compared calls."""
+def _run(module: nn.Module, x: torch.Tensor, cond: Conditions, seed: int, training: bool = True) -> torch.Tensor:
+    """One forward as training runs it (train mode, gradients on, the input needing grad, autocast on CUDA), or
+    as scoring runs it (eval mode, no gradients); the random state fixed so that dropout draws alike across
+    compared calls."""
     torch.manual_seed(seed)
-    with torch.enable_grad(), cond.amp():
-        y = module(x.detach().requires_grad_(True))
+    module.train(training)
+    with torch.set_grad_enabled(training), cond.amp():
+        y = module(x.detach().requires_grad_(training))
     if not isinstance(y, torch.Tensor) or y.shape != x.shape:
         raise ValueError(f"forward mapped {tuple(x.shape)} to {tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
     return y.detach().float()
@@ -227,6 +229,45 @@ def check_lengths(cond: Conditions, gen: torch.Generator) -> list[int]:
     return sorted(set(cond.lengths) | set(extra))
 
 
+def _causal_at(module: nn.Module, cond: Conditions, gen: torch.Generator, length: int, training: bool,
+               tolerance: float) -> CheckResult | None:
+    """One length, one mode: half the batch replaced (the rest must not move), then each element's own cut (its
+    outputs up to the cut must not move); a failure, or None."""
+    batch = cond.batch_size
+    mode = (f"train mode, gradients on, batch {batch}, length {length}" if training else
+            f"eval mode as scored, batch {batch}, length {length}") + (", bf16 autocast" if cond.autocast else "") \
+        + f", {cond.device}"
+    x = _inputs(cond, batch, length, gen)
+    base = _run(module, x, cond, 0, training)
+    scale = base.abs().max().item() + 1e-6
+    replaced = torch.zeros(batch, dtype=torch.bool)
+    replaced[torch.randperm(batch, generator=gen)[: batch // 2]] = True
+    replaced = replaced.to(cond.device)
+    for changed in (replaced, ~replaced):  # every element is changed once and watched once
+        if not changed.any() or changed.all():
+            continue
+        z = torch.where(changed[:, None, None], _inputs(cond, batch, length, gen), x)
+        moved_others = (_run(module, z, cond, 0, training) - base)[~changed].abs().max().item() / scale
+        if moved_others > tolerance:
+            return CheckResult.fail(
+                "causality", f"in {mode}: changing some sequences of the batch changed the others (relative "
+                f"{moved_others:.2e}); sequences in a batch must not interact (no mixing over the batch dimension, no "
+                "statistics across it)", length=length, batch=batch, training=training, leak=moved_others)
+    cuts = torch.randint(0, length - 1, (batch,), generator=gen).to(cond.device)
+    after = torch.arange(length, device=cond.device)[None, :] > cuts[:, None]  # [B, T]
+    y = torch.where(after[..., None], _inputs(cond, batch, length, gen) * 2, x)
+    moved = ((_run(module, y, cond, 0, training) - base).abs() * (~after)[..., None]).amax(dim=(1, 2)) / scale
+    worst = int(moved.argmax())
+    if moved[worst] > tolerance:
+        t = int(cuts[worst])
+        return CheckResult.fail(
+            "causality", f"in {mode}: changing the tokens after position {t} of sequence {worst} changed its output at "
+            f"positions <= {t} (relative change {float(moved[worst]):.2e}); the mixer looks ahead (reversed cumsum, "
+            "centred convolution, full attention, flip): make every output depend on earlier tokens only",
+            position=t, length=length, batch=batch, training=training, leak=float(moved[worst]))
+    return None
+
+
 def check_causality(module: nn.Module, cond: Conditions) -> CheckResult:
     """Under training conditions: every batch element gets its own cut t and new tokens after it, and the
     outputs up to t must not move; then half the batch is replaced, and the other half must not move."""
@@ -237,42 +278,17 @@ def check_causality(module: nn.Module, cond: Conditions) -> CheckResult:
     for i in range(WARMUP_CALLS):  # a leak that waits for the n-th call has to show within the checks
         _run(module, warm, cond, i)
     tolerance = cond.tolerance
-    for length in check_lengths(cond, gen):
+    lengths = check_lengths(cond, gen)
+    for length in lengths:
         if length < 2:
             continue
-        x = _inputs(cond, batch, length, gen)
-        base = _run(module, x, cond, 0)
-        scale = base.abs().max().item() + 1e-6
-        cuts = torch.randint(0, length - 1, (batch,), generator=gen).to(cond.device)
-        after = torch.arange(length, device=cond.device)[None, :] > cuts[:, None]  # [B, T]
-        y = torch.where(after[..., None], _inputs(cond, batch, length, gen) * 2, x)
-        moved = ((_run(module, y, cond, 0) - base).abs() * (~after)[..., None]).amax(dim=(1, 2)) / scale
-        worst = int(moved.argmax())
-        if moved[worst] > tolerance:
-            t = int(cuts[worst])
-            return CheckResult.fail(
-                "causality",
-                f"in training conditions (train mode, gradients on, batch {batch}, length {length}"
-                f"{', bf16 autocast' if cond.autocast else ''}, {cond.device}), changing the tokens after position {t} of "
-                f"sequence {worst} changed its output at positions <= {t} (relative change {float(moved[worst]):.2e}); "
-                "the mixer looks ahead (reversed cumsum, centred convolution, full attention, flip): make every output "
-                "depend on earlier tokens only", position=t, length=length, batch=batch, leak=float(moved[worst]))
-        half = torch.randperm(batch, generator=gen)[: batch // 2].to(cond.device)
-        replaced = torch.zeros(batch, dtype=torch.bool, device=cond.device)
-        replaced[half] = True
-        for changed in (replaced, ~replaced):  # every element is changed once and watched once
-            if not changed.any() or changed.all():
-                continue
-            z = torch.where(changed[:, None, None], _inputs(cond, batch, length, gen), x)
-            moved = (_run(module, z, cond, 0) - base)[~changed].abs().max().item() / scale
-            if moved > tolerance:
-                return CheckResult.fail(
-                    "causality", f"changing some sequences of a batch of {batch} (length {length}) changed the others "
-                    f"(relative {moved:.2e}); sequences in a batch must not interact (no mixing over the batch dimension, "
-                    "no statistics across it)", length=length, batch=batch, leak=moved)
+        for training in (True, False):  # as trained, and as scored
+            if failure := _causal_at(module, cond, gen, length, training, tolerance):
+                return failure
+    module.train()
     return CheckResult.ok(
         "causality", f"outputs up to t ignore tokens after t and batch elements are independent, in train mode with "
-        f"gradients at batch {batch}, lengths {check_lengths(cond, torch.Generator().manual_seed(1000 + cond.seed))[:6]}"
+        f"gradients and in eval mode, at batch {batch}, lengths {lengths}"
         f"{', bf16 autocast' if cond.autocast else ''} on {cond.device}, after {WARMUP_CALLS} warm-up calls")
 
 
@@ -375,20 +391,28 @@ def check_cost(module: nn.Module, d_model: int, lengths: tuple[int, ...] = COST_
     most T^0.5 faster. A failing or borderline fit is measured again (fastest time per length over the
     rounds) before it counts, and a steep fit on times too short to trust is not waved through: the input is doubled until
     the longest takes measurable time.
+
+    Time is measured as training runs (train mode, recording the graph for a backward), the largest tensor in
+    both modes: a mixer cannot be linear only where it is looked at.
     """
-    module = module.eval()
     gen = torch.Generator().manual_seed(3)
     inputs = [torch.randn(2, length, d_model, generator=gen) for length in lengths]
     largest = []
     for length, x in zip(lengths, inputs):
-        probe = _LargestTensor(length)
-        with torch.no_grad(), probe:
-            module(x)
-        if probe.square is not None and length >= 1024:
-            return CheckResult.fail(
-                "cost", f"at length {length} the mixer builds a {probe.square} tensor (length x length): that is "
-                "quadratic attention; use a recurrent state or chunks", shape=list(probe.square), length=length)
-        largest.append(probe.largest)
+        sizes = []
+        for training in (False, True):
+            module.train(training)
+            probe = _LargestTensor(length)
+            with torch.set_grad_enabled(training), probe:
+                module(x.detach().requires_grad_(training))
+            if probe.square is not None and length >= 1024:
+                return CheckResult.fail(
+                    "cost", f"at length {length} the mixer builds a {probe.square} tensor (length x length) in "
+                    f"{'train' if training else 'eval'} mode: that is quadratic attention; use a recurrent state or "
+                    "chunks", shape=list(probe.square), length=length, training=training)
+            sizes.append(probe.largest)
+        largest.append(max(sizes))
+    module.train(train_mode)
     top = slice(-3, None)
     mem_exp = _slope([math.log(n) for n in lengths[top]], [math.log(max(m, 1)) for m in largest[top]])
     if mem_exp > COST_EXPONENT_LIMIT:
@@ -447,7 +471,7 @@ def _cpu_seconds(module: nn.Module, x: torch.Tensor, repeats: int = 3) -> float:
     torch.set_num_threads(1)  # all the work then runs on this thread, where thread_time can see it
     try:
         with torch.set_grad_enabled(module.training):
-            x = x.requires_grad_(module.training)
+            x = x.detach().requires_grad_(module.training)
             module(x)
             runs = []
             for _ in range(repeats):
@@ -456,7 +480,6 @@ def _cpu_seconds(module: nn.Module, x: torch.Tensor, repeats: int = 3) -> float:
                 runs.append(time.thread_time() - start)
     finally:
         torch.set_num_threads(threads)
-        x.requires_grad_(False)
     return min(runs)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 # cheapest first: the first failure stops the chain
-CHECK_ORDER = ("static", "novelty", "instantiate", "forward", "backward", "causality", "state", "determinism", "cost")
+CHECK_ORDER = ("static", "novelty", "instantiate", "forward", "backward", "state", "causality", "determinism", "cost")
 CHECK_TITLES = {
     "static": "parses; only allowed imports, names and attributes",
     "novelty": "not a copy of an existing experiment",

@@ -63,8 +63,8 @@ def run_checks(spec: MixerSpec, options: dict[str, Any], send: Send, integrity: 
     checks: tuple[tuple[str, Callable[[], CheckResult]], ...] = (
         ("forward", lambda: _both(dynamic.check_forward(module, d_model), lambda: dynamic.check_forward_as_trained(trained, cond))),
         ("backward", lambda: dynamic.check_backward(module, d_model)),
-        ("causality", lambda: dynamic.check_causality(trained, cond)),
         ("state", lambda: dynamic.check_state(trained, cond)),
+        ("causality", lambda: dynamic.check_causality(trained, cond)),
         ("determinism", lambda: dynamic.check_determinism(module, d_model)),
         ("cost", lambda: dynamic.check_cost(module, d_model)),
     )
