@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mixerlab.check import check_candidate
+from mixerlab.check import CHECK_ORDER, Conditions, check_candidate
 from mixerlab.check.dynamic import check_cost
 from mixerlab.mixers import builtin_spec, template_source
 from mixerlab.mixers.loading import MixerSpec, spec_from_file
@@ -32,7 +32,7 @@ BAD = {
     "syntax_error.py": ("static", ["syntax error", "line 8"]),
     "missing_class.py": ("static", ["no mixer class", "Mixer"]),
     "forbidden_import.py": ("static", ["imports 'os'"]),
-    "file_access.py": ("static", ["open()"]),
+    "file_access.py": ("static", ["builtin 'open'"]),
     "network_access.py": ("static", ["imports 'socket'"]),
     "wrong_shape.py": ("forward", ["(1, 1, 128)", "(1, 1, 64)", "shape"]),
     "infinite_loop.py": ("forward", ["did not finish within 45 s"]),
@@ -163,7 +163,7 @@ def test_a_copy_of_the_baseline_is_not_novel() -> None:
 def test_baselines_pass(spec: MixerSpec) -> None:
     report = check_candidate(spec, limits=LIMITS, check_novelty=False)
     assert report.passed, report.summary()
-    assert [c.status for c in report.checks] == ["pass"] * 8
+    assert [c.status for c in report.checks] == ["pass"] * len(CHECK_ORDER)
 
 
 @pytest.mark.parametrize("make", [tanh_on_error, layernorm_on_qk], ids=lambda f: f.__name__)
@@ -178,6 +178,60 @@ def test_parameter_budget_is_enforced() -> None:
                    "too_big")
     report = check_candidate(spec, limits=LIMITS)
     assert report.first_failure.name == "instantiate" and "budget" in report.first_failure.reason
+
+
+HOSTILE = Path(__file__).parent / "candidates" / "hostile"
+# every file of the team's hostile corpus (one attack each, its docstring says which) -> the check that must
+# reject it, words its reason must contain, and the conditions it is checked under (default: tiny on the CPU)
+HOSTILE_EXPECTED = {
+    "leak_in_train_mode.py": ("causality", ["train mode", "looks ahead"], None),
+    "leak_in_eval_mode.py": ("causality", ["eval mode as scored", "looks ahead"], None),
+    "leak_with_grad.py": ("causality", ["gradients on", "looks ahead"], None),
+    "leak_large_batch.py": ("causality", ["batch 64", "looks ahead"], None),
+    "leak_long_sequences.py": ("causality", ["looks ahead"], "quick"),
+    "leak_under_autocast.py": ("causality", ["bf16 autocast", "looks ahead"], "autocast"),
+    "leak_after_many_calls.py": ("state", ["calls", "state"], None),
+    "counter_in_module_list.py": ("static", ["CALLS.append", "module-level"], None),
+    "batch_interaction.py": ("causality", ["must not interact"], None),
+    "carried_state_buffer.py": ("state", ["memory"], None),
+    "patch_argmax.py": ("static", ["assigns an attribute of 'torch'"], None),
+    "patch_cross_entropy_alias.py": ("static", ["assigns an attribute of 'functional'"], None),
+    "patch_through_a_method.py": ("instantiate", ["torch.Tensor.argmax was added"], None),
+    "patch_with_update_wrapper.py": ("static", ["functools.update_wrapper"], None),
+    "frame_walk.py": ("static", ["'f_back'", "'tb_frame'"], None),
+    "function_mode_in_generator.py": ("static", ["torch.overrides"], None),
+    "global_forward_hook.py": ("static", ["register_module_forward_hook"], None),
+    "forged_verdict.py": ("static", ["`torch.os` reaches the module 'os'"], None),
+    "module_attribute_escape.py": ("static", ["`torch.sys` reaches the module 'sys'"], None),
+    "file_write_through_torch.py": ("static", ["'from_file'"], None),
+    "quadratic_in_train_mode.py": ("cost", ["length x length", "train mode"], None),
+}
+GPU_ONLY = {"leak_on_cuda.py"}  # harmless on the CPU; tests/test_gpu.py checks it under CUDA conditions
+
+
+def test_the_hostile_corpus_is_covered() -> None:
+    assert {p.name for p in HOSTILE.glob("*.py")} == set(HOSTILE_EXPECTED) | GPU_ONLY
+
+
+def conditions_for(kind: str | None) -> Conditions:
+    from mixerlab.config import get_profile
+
+    if kind == "quick":  # its 256-token settings reach the leak's trigger (160); tiny's never do
+        return Conditions.for_profile(get_profile("quick"), "cpu")
+    if kind == "autocast":  # the bf16 autocast CUDA trains in, here on the CPU
+        return Conditions(autocast=True)
+    return Conditions()
+
+
+@pytest.mark.parametrize("filename", sorted(HOSTILE_EXPECTED))
+def test_hostile_candidates_are_rejected_for_their_reason(filename: str) -> None:
+    check, words, kind = HOSTILE_EXPECTED[filename]
+    report = check_candidate(spec_from_file(HOSTILE / filename), limits=LIMITS, conditions=conditions_for(kind))
+    failure = report.first_failure
+    assert failure is not None and failure.name == check, report.summary()
+    for word in words:
+        assert word in failure.reason, failure.reason
+    assert not Path("/tmp/mixerlab-hostile-from-file.bin").exists()
 
 
 def test_sandbox_contains_crashes_forks_writes_and_sockets(tmp_path: Path) -> None:

@@ -185,3 +185,42 @@ def test_training_with_the_solve_kernel_follows_the_library() -> None:
         for x, y in zip(a.history, b.history):
             assert x.train_loss == pytest.approx(y.train_loss, rel=2e-3, abs=2e-3)
             assert x.test_acc == pytest.approx(y.test_acc, abs=2e-2)
+
+
+# --- the research loop's evaluation path on CUDA: sandboxed, scored on the trusted side -------------------
+
+
+def test_discover_runs_the_loop_on_cuda(tmp_path) -> None:
+    """`discover --device cuda` trains the baselines and a candidate inside the sandbox on the GPU, with the Triton
+    solve kernel (it starts under the sandbox's lock-down), and records where every training ran."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "mixerlab.cli", "discover", "--device", "cuda", "--profile", "tiny",
+                           "--iterations", "1", "--run-dir", str(run_dir)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    db = sqlite3.connect(run_dir / "mixerlab.db")
+    rows = db.execute("select name, kind, status, failure_reason from experiments").fetchall()
+    assert [(kind, status) for _, kind, status, _ in rows] == [("baseline", "done")] * 2 + [("candidate", "done")], rows
+    devices = {row[0] for row in sqlite3.connect(run_dir / "cache.sqlite").execute("select json_extract(payload, '$.device') from results")}
+    assert devices == {"cuda:0"}, devices
+
+
+def test_cuda_only_leaks_are_rejected_under_cuda_conditions() -> None:
+    from pathlib import Path
+
+    from mixerlab.check import Conditions, check_candidate
+    from mixerlab.config import get_profile
+    from mixerlab.mixers.loading import spec_from_file
+    from mixerlab.sandbox import SandboxLimits
+
+    hostile = Path(__file__).parent / "candidates" / "hostile"
+    conditions = Conditions.for_profile(get_profile("tiny"), "cuda")
+    limits = SandboxLimits(timeout_s=600, cuda_device=0, gpu_memory_fraction=0.3)
+    for name in ("leak_on_cuda.py", "leak_under_autocast.py"):
+        report = check_candidate(spec_from_file(hostile / name), limits=limits, conditions=conditions)
+        assert report.first_failure is not None and report.first_failure.name == "causality", report.summary()
+    good = check_candidate(resolve_mixer("delta_net"), limits=limits, conditions=conditions, check_novelty=False)
+    assert good.passed, good.summary()

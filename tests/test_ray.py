@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 
 from mixerlab.evaluate import ResultCache
-from mixerlab.executor import LocalExecutor
+from mixerlab.executor import EvaluationJob, LocalExecutor
 from mixerlab.mixers import builtin_spec
 from mixerlab.store import Store
 
 pytestmark = pytest.mark.slow
 
 
-def options(tasks: list[str]) -> dict:
-    return {"profile": "tiny", "tasks": tasks, "seeds": 1, "cached": {}, "timeout_s": 900}
+def options(tasks: list[str]) -> EvaluationJob:
+    return EvaluationJob(profile="tiny", tasks=tasks, seeds=1, timeout_s=900)
 
 
 def test_ray_and_local_executors_give_identical_results() -> None:
@@ -49,7 +49,7 @@ def test_ray_and_local_executors_give_identical_results() -> None:
 
 def ray_task_pids() -> list[int]:
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "ray::_sandbox_task" in line]
+    return [int(line.split()[0]) for line in out.splitlines() if "ray::_evaluation_task" in line]
 
 
 def test_a_killed_worker_is_retried_and_nothing_is_lost(tmp_path: Path, baseline_cache: Path) -> None:

@@ -224,7 +224,7 @@ class TrustedScorer:
                     f"causality audit failed during the scored evaluation of {self.jobs[key].setting.label} (epoch "
                     f"{state.epoch}): changing the tokens after position {probe.cut} of a test sequence changed the "
                     f"logits at positions <= {probe.cut} (relative change {change:.2e}, allowed {self.tolerance:g}); "
-                    "the mixer looks ahead under training conditions: make every output depend on earlier tokens only")
+                    "the mixer looks ahead when its test set is scored: make every output depend on earlier tokens only")
                 raise ProtocolError(self.failure)
 
     def _trained(self, m: TrainedMessage) -> None:

@@ -1,0 +1,120 @@
+"""The sandbox's layers one by one, each holding on its own: OS-level confinement with the audit hook off,
+the signed message channel, the trusted scorer (same numbers as in-process, probes that catch a leak the
+checks were not run on), the integrity snapshot, and the worker's errors reaching the caller."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from mixerlab.config import get_profile
+from mixerlab.evaluate.runner import EvalOptions, evaluate_mixer
+from mixerlab.evaluate.sandboxed import evaluate_sandboxed
+from mixerlab.mixers import builtin_spec, template_source
+from mixerlab.mixers.loading import MixerSpec, spec_from_file
+from mixerlab.sandbox import SandboxLimits, run_sandboxed
+from mixerlab.sandbox.confine import landlock_abi
+from mixerlab.tasks import Task
+
+pytestmark = pytest.mark.slow
+LIMITS = SandboxLimits(timeout_s=300, memory_gb=3.0)
+EVAL_LIMITS = SandboxLimits(timeout_s=600, memory_gb=6.0, output_bytes=10_000_000)
+HOSTILE = Path(__file__).parent / "candidates" / "hostile"
+RECALL = EvalOptions(tasks=(Task.context_recall,))
+
+
+def raw(source: str, **limits) -> object:
+    """Code straight into the worker, with the audit hook off: only the OS-level confinement holds it."""
+    return run_sandboxed({"kind": "run", "source": source, "lock_down": False}, replace(LIMITS, **limits))
+
+
+def test_this_machine_confines_below_python() -> None:
+    outcome = raw("send({'type': 'alive'})")
+    assert outcome.status == "ok", outcome.output_tail
+    assert landlock_abi() >= 1 and outcome.confinement["landlock_abi"] >= 1 and outcome.confinement["seccomp"]
+    assert outcome.confinement["missing"] == []
+
+
+def test_the_kernel_refuses_writes_outside_scratch_with_the_audit_hook_off(tmp_path: Path) -> None:
+    target, via_torch = tmp_path / "written.txt", tmp_path / "from_file.bin"
+    code = (f"import torch\nfor write in (lambda: open({str(target)!r}, 'w').write('x'),\n"
+            f"              lambda: torch.from_file({str(via_torch)!r}, shared=True, size=16)):\n"
+            "    try:\n        write()\n        send({'type': 'wrote'})\n"
+            "    except (PermissionError, RuntimeError) as err:\n        send({'type': 'refused', 'why': str(err)[:200]})\n")
+    outcome = raw(code)
+    assert outcome.status == "ok", outcome.output_tail
+    assert [m["type"] for m in outcome.messages if m["type"] in ("wrote", "refused")] == ["refused", "refused"]
+    assert not target.exists() and not via_torch.exists()
+    inside = raw("open('inside.txt', 'w').write('ok')\nsend({'type': 'wrote'})")
+    assert {"type": "wrote"} in inside.messages
+
+
+def test_the_kernel_refuses_the_network_and_the_parent_with_the_audit_hook_off() -> None:
+    code = ("import os, socket\nfor name, act in (('tcp', lambda: socket.create_connection(('127.0.0.1', 9), timeout=1)),\n"
+            "                  ('udp', lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)),\n"
+            "                  ('signal', lambda: os.kill(os.getppid(), 0))):\n"
+            "    try:\n        act()\n        send({'type': 'allowed', 'what': name})\n"
+            "    except OSError as err:\n        send({'type': 'refused', 'what': name, 'errno': err.errno})\n")
+    outcome = raw(code)
+    assert outcome.status == "ok", outcome.output_tail
+    refused = {m["what"] for m in outcome.messages if m["type"] == "refused"}
+    assert refused == {"tcp", "udp", "signal"}, outcome.messages
+
+
+def test_a_frame_without_the_key_stops_the_worker() -> None:
+    code = ("import os, json, struct\nheader = json.dumps({'type': 'check', 'result': {'name': 'instantiate', "
+            "'status': 'pass', 'reason': 'ok'}}).encode()\n"
+            "os.write(int(os.environ['MIXERLAB_SANDBOX_FD']), struct.pack('>IQ32s', len(header), 0, bytes(32)) + header)\n"
+            "import time\ntime.sleep(5)\n")
+    outcome = raw(code)
+    assert outcome.status == "protocol" and "wrong signature" in outcome.protocol_error
+    assert not any(m.get("type") == "check" for m in outcome.messages)
+
+
+def test_the_worker_imports_what_the_parent_can(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "only_on_the_parents_path.py").write_text("VALUE = 42\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # a PYTHONPATH folder, not a site-packages one
+    outcome = run_sandboxed({"kind": "run", "source": "import only_on_the_parents_path as m\nsend({'type': 'v', 'v': m.VALUE})"},
+                            LIMITS)
+    assert {"type": "v", "v": 42} in outcome.messages, outcome.output_tail
+
+
+def test_sandboxed_scores_equal_in_process_scores_exactly() -> None:
+    spec, profile = builtin_spec("delta_net"), get_profile("tiny")
+    options = EvalOptions(tasks=(Task.context_recall, Task.compress))
+    here = evaluate_mixer(spec, profile, options)
+    there = evaluate_sandboxed(spec, profile, options, EVAL_LIMITS)
+    assert there.ok, there.error
+    assert there.report.row() == here.row()  # the worker's logits, scored by the parent: bit for bit
+    assert there.audit["probes_checked"] > 0 and there.audit["largest_probe_change"] == 0.0
+    assert {t.device for t in there.trainings} == {"cpu"}
+
+
+def test_the_scored_evaluation_catches_a_leak_the_checks_never_saw() -> None:
+    result = evaluate_sandboxed(spec_from_file(HOSTILE / "leak_in_eval_mode.py"), get_profile("tiny"), RECALL, EVAL_LIMITS)
+    assert not result.ok and "causality audit failed during the scored evaluation" in result.error
+    assert result.trainings == []
+
+
+@pytest.mark.parametrize("filename", ["patch_argmax.py", "patch_through_a_method.py"])
+def test_a_patch_of_torch_stops_the_evaluation(filename: str) -> None:
+    result = evaluate_sandboxed(spec_from_file(HOSTILE / filename), get_profile("tiny"), RECALL, EVAL_LIMITS)
+    assert not result.ok and "IntegrityError" in result.error and "torch.Tensor.argmax" in result.error
+
+
+def test_the_workers_own_error_reaches_the_caller() -> None:
+    source = template_source("delta_net").replace(
+        "        batch, length, d_model = x.shape\n",
+        "        batch, length, d_model = x.shape\n        if self.training:\n"
+        "            raise RuntimeError(\"boom while training\")\n", 1)
+    result = evaluate_sandboxed(MixerSpec("boom", source, "boom.py"), get_profile("tiny"), RECALL, EVAL_LIMITS)
+    assert not result.ok and "RuntimeError: boom while training" in result.error
+    assert "Traceback" in result.error or "File " in result.error  # the end of the worker's traceback
+
+
+def test_a_worker_exiting_early_is_no_success() -> None:
+    outcome = raw("import os\nos._exit(0)")
+    assert outcome.status == "crash" and "before it finished" in outcome.error
+
