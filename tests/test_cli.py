@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mixerlab.check import CHECK_ORDER
 from mixerlab.config import PROFILES
 from mixerlab.table import parse_table
 from mixerlab.tasks import Task
@@ -116,15 +117,33 @@ def test_bad_input_is_one_clear_line(args: list[str], fragments: list[str]) -> N
     "source, fragment",
     [
         ("def f(:\n", "syntax error"),
-        ("x = 1\n", "defines no nn.Module class"),
+        ("x = 1\n", "no mixer class"),
         ("import torch\nfrom torch import nn\nclass DeltaNet(nn.Module):\n    def __init__(self, d_model):\n        super().__init__()\n"
-         "    def forward(self, x):\n        return x.sum(-1)\n", "must map"),
+         "        self.w = nn.Linear(d_model, 4 * d_model)\n    def forward(self, x):\n        return self.w(x).sum(-1)\n",
+         "must have the input's shape"),
     ],
 )
 def test_bad_mixer_files(tmp_path: Path, source: str, fragment: str) -> None:
     path = tmp_path / "candidate.py"
     path.write_text(source)
     assert_user_error(mixerlab("eval", "--mixer", str(path), "--profile", "tiny"), fragment)
+
+
+def test_eval_of_a_file_runs_it_in_the_sandbox_unless_trusted(tmp_path: Path) -> None:
+    """`eval FILE.py` checks the file and trains it in the sandbox: its code never runs in the eval process. The
+    file prints a marker when imported; the sandbox keeps the worker's output, --trusted imports it here."""
+    from mixerlab.mixers import template_source
+
+    path = tmp_path / "marked.py"
+    path.write_text(template_source("delta_net") + '\nprint("IMPORTED-IN-THIS-PROCESS")\n')
+    args = ["eval", "--mixer", str(path), "--profile", "tiny", "--tasks", "memorize", "--no-cache"]
+    sandboxed, trusted = mixerlab(*args), mixerlab(*args, "--trusted")
+    assert sandboxed.returncode == 0 and trusted.returncode == 0, sandboxed.stderr + trusted.stderr
+    assert "IMPORTED-IN-THIS-PROCESS" not in sandboxed.stdout + sandboxed.stderr
+    assert "in the sandbox" in sandboxed.stderr
+    assert "IMPORTED-IN-THIS-PROCESS" in trusted.stdout
+    score = lambda out: out.split("Memorize")[1].split("\n")[1]  # noqa: E731 - the row under the header
+    assert score(sandboxed.stdout) == score(trusted.stdout)  # scored on the trusted side, the same numbers
 
 
 def test_check_exit_codes_and_json(tmp_path: Path) -> None:
@@ -134,7 +153,7 @@ def test_check_exit_codes_and_json(tmp_path: Path) -> None:
     good = mixerlab("check", "delta_net", "--json")
     assert good.returncode == 0
     report = json.loads(good.stdout)
-    assert [c["status"] for c in report["checks"]] == ["pass"] * 8
+    assert [c["status"] for c in report["checks"]] == ["pass"] * len(CHECK_ORDER)
     assert_user_error(mixerlab("check", "missing.py"), "does not exist")
     assert_user_error(mixerlab("check"), "Missing argument")
 

@@ -226,10 +226,8 @@ def _sandboxed_eval(spec, prof, options, store, progress):
     report = check_candidate(spec, limits=limits, check_novelty=False,
                              conditions=Conditions.for_profile(prof, device))
     if not report.passed:
-        from rich.markup import escape
-
-        err_console.print(f"[bold red]the mixer failed its checks:[/] {escape(report.summary())}", highlight=False)
-        raise typer.Exit(1)
+        raise UserError(f"{spec.filename} failed its checks: {report.summary()}; `mixerlab check {spec.filename}` lists "
+                        "them all (or pass --trusted to run your own file unchecked)")
     limits = SandboxLimits(timeout_s=options.time_limit + 600 if options.time_limit else 7 * 24 * 3600.0,
                            memory_gb=16.0, output_bytes=20_000_000, cuda_device=gpu,
                            gpu_memory_fraction=0.9 if gpu is not None else None)
