@@ -54,13 +54,14 @@ def test_the_kernel_refuses_writes_outside_scratch_with_the_audit_hook_off(tmp_p
 def test_the_kernel_refuses_the_network_and_the_parent_with_the_audit_hook_off() -> None:
     code = ("import os, socket\nfor name, act in (('tcp', lambda: socket.create_connection(('127.0.0.1', 9), timeout=1)),\n"
             "                  ('udp', lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)),\n"
-            "                  ('signal', lambda: os.kill(os.getppid(), 0))):\n"
+            "                  ('signal', lambda: os.kill(os.getppid(), 0)),\n"
+            "                  ('parent proc', lambda: open(f'/proc/{os.getppid()}/comm', 'w').write('hijacked'))):\n"
             "    try:\n        act()\n        send({'type': 'allowed', 'what': name})\n"
             "    except OSError as err:\n        send({'type': 'refused', 'what': name, 'errno': err.errno})\n")
     outcome = raw(code)
     assert outcome.status == "ok", outcome.output_tail
     refused = {m["what"] for m in outcome.messages if m["type"] == "refused"}
-    assert refused == {"tcp", "udp", "signal"}, outcome.messages
+    assert refused == {"tcp", "udp", "signal", "parent proc"}, outcome.messages
 
 
 def test_a_frame_without_the_key_stops_the_worker() -> None:

@@ -5,7 +5,8 @@ Linux only, applied to the worker between fork and exec (`Confinement.apply`, fr
 preexec), so every thread and every process the worker starts is confined from its first instruction:
 
 - **Landlock** (kernel >= 5.13, unprivileged): file writes, deletions and creations only inside the
-  scratch directory (and writes to the device files CUDA and Python need: /dev/null, /dev/nvidia*);
+  scratch directory (and writes to the device files CUDA and Python need, /dev/null and /dev/nvidia*, and to
+  the worker's own /proc/<pid>, which the CUDA driver writes to);
   programs may be executed only from the system and Python installation folders, never from scratch;
   from ABI 4 no TCP bind or connect; from ABI 6 no signals to, and no abstract UNIX sockets of, processes
   outside the sandbox. A Landlock domain also denies ptrace of processes outside it.
@@ -204,13 +205,26 @@ class Confinement:
             return
         if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-        if self.ruleset_fd is not None and libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, self.ruleset_fd, 0) != 0:
-            raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+        if self.ruleset_fd is not None:
+            self._allow_own_proc(libc)
+            if libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, self.ruleset_fd, 0) != 0:
+                raise OSError(ctypes.get_errno(), "landlock_restrict_self")
         if self.seccomp is not None:
             filters = ctypes.create_string_buffer(self.seccomp, len(self.seccomp))
             prog = struct.pack("HxxxxxxP", len(self.seccomp) // 8, ctypes.addressof(filters))
             if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.c_char_p(prog), 0, 0) != 0:
                 raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+
+    def _allow_own_proc(self, libc: ctypes.CDLL) -> None:
+        """The CUDA driver writes to files of its own process in /proc (without it cudaGetDeviceCount fails with
+        error 304): allow the worker's /proc/<pid>, which only the child can name, and nothing else of /proc."""
+        try:
+            target = os.open("/proc/self", os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return
+        rule = struct.pack("=Qi", FS_WRITE_FILE | (FS_TRUNCATE if self.landlock >= 3 else 0), target)
+        libc.syscall(SYS_LANDLOCK_ADD_RULE, self.ruleset_fd, LANDLOCK_RULE_PATH_BENEATH, ctypes.c_char_p(rule), 0)
+        os.close(target)
 
     def close(self) -> None:
         """In the parent, once the worker started: the ruleset lives on in the worker."""
