@@ -63,7 +63,8 @@ def lock_down() -> None:
     def inside_scratch(path: object) -> bool:
         if isinstance(path, int):  # a file descriptor or dir_fd: already opened under the same rules
             return True
-        return os.path.realpath(os.fsdecode(path)).startswith(scratch)
+        real = os.path.realpath(os.fsdecode(path))
+        return real.startswith(scratch) or real == os.devnull  # subprocess opens /dev/null to discard output
 
     def hook(event: str, args: tuple) -> None:
         if event == "subprocess.Popen" and args and _trusted_program(args[0] or (args[1][0] if args[1] else None)):
