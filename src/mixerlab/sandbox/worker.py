@@ -34,6 +34,12 @@ def send(message: dict, payload: bytes = b"") -> None:
     CHANNEL.send(message, payload)
 
 
+def _tool_name(name: str) -> bool:
+    """`gcc`, `gcc-12`, `x86_64-linux-gnu-gcc-12`: a toolchain program under any of its usual names."""
+    parts = name.split("-")
+    return any(part in TOOLCHAIN for part in parts) and (parts[0] in TOOLCHAIN or len(parts) > 2 or parts[-1].isdigit())
+
+
 def _trusted_program(path: object) -> bool:
     """A toolchain program, from outside the scratch directory (Landlock would refuse to run one from it)."""
     if not isinstance(path, (str, bytes, os.PathLike)):
@@ -42,10 +48,16 @@ def _trusted_program(path: object) -> bool:
     resolved = shutil.which(name) if os.sep not in name else name
     if not resolved:
         return False
-    resolved = os.path.realpath(resolved)
-    base = os.path.basename(resolved)
-    known = base in TOOLCHAIN or any(base.startswith(tool + "-") for tool in ("gcc", "cc", "clang"))
-    return known and not resolved.startswith(os.path.realpath(SCRATCH))
+    real = os.path.realpath(resolved)
+    known = _tool_name(os.path.basename(name)) or _tool_name(os.path.basename(real))
+    return known and not real.startswith(os.path.realpath(SCRATCH))
+
+
+def _program(event: str, args: tuple) -> str:
+    """The program a process event would start, for the refusal's message."""
+    if event == "subprocess.Popen" and args:
+        return str(args[0] or (args[1][0] if args[1] else "?"))
+    return str(args[0]) if args else "?"
 
 
 def lock_down() -> None:
@@ -74,7 +86,8 @@ def lock_down() -> None:
         if event == "ctypes.dlopen" and args and isinstance(args[0], str) and os.path.basename(args[0]) in NATIVE_LIBRARIES:
             return
         if event in blocked or event.startswith(blocked_prefixes):
-            raise PermissionError(f"sandbox: {event} is not allowed for a mixer")
+            what = f" ({_program(event, args)[:200]})" if event.startswith(("subprocess.", "os.posix_spawn", "os.exec")) else ""
+            raise PermissionError(f"sandbox: {event}{what} is not allowed for a mixer")
         if event in path_events and args and isinstance(args[0], (str, bytes, os.PathLike, int)):
             if not all(inside_scratch(a) for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))):
                 raise PermissionError(f"sandbox: {event} outside the scratch directory is not allowed for a mixer")
@@ -115,6 +128,9 @@ def main() -> None:
     CHANNEL.key = bytes.fromhex(request.pop("channel_key", ""))
     import torch  # noqa: F401 - imported before the lock-down, with everything torch loads lazily
     import torch._dynamo  # noqa: F401 - it wraps torch.manual_seed & co. on first import: before the snapshot
+    from torch._dynamo.mutation_guard import install_generation_tagging_init
+
+    install_generation_tagging_init()  # what torch.compile's first trace patches into nn.Module: before the snapshot
 
     import mixerlab.check.dynamic  # noqa: F401
     import mixerlab.evaluate.runner  # noqa: F401
