@@ -1,4 +1,5 @@
-"""How long `mixerlab check` takes end to end (process start included) on typical candidates.
+"""How long `mixerlab check` takes end to end (process start included) on typical candidates, where the time
+goes check by check, and how the team's hostile corpus fares (tests/candidates/hostile: one attack a file).
 
     python benchmarks/check_speed.py   ->  benchmarks/results/check_speed.{json,md}   (goal: <= 30 s each)
 """
@@ -6,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -17,7 +19,15 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 sys.path.insert(0, str(ROOT.parent / "tests"))
 
-from test_check import layernorm_on_qk, tanh_on_error  # noqa: E402
+from test_check import HOSTILE, HOSTILE_EXPECTED, layernorm_on_qk, tanh_on_error  # noqa: E402
+
+
+def run_check(target: str, *flags: str) -> tuple[float, int, dict]:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mixerlab.cli", "check", target, "--json", *flags],
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    return seconds, proc.returncode, json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
 
 
 def main() -> None:
@@ -28,18 +38,39 @@ def main() -> None:
         path = folder / f"{spec.name}.py"
         path.write_text(spec.source)
         candidates[spec.name] = str(path)
-    rows = []
+    good = []
     for label, target in candidates.items():
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "mixerlab.cli", "check", target], capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-        rows.append({"candidate": label, "seconds": seconds, "exit": proc.returncode})
-        print(f"{label}: {seconds:.1f} s, exit {proc.returncode}")
-    machine = f"{platform.machine()} CPU, {__import__('os').cpu_count()} cores"
-    (ROOT / "results" / "check_speed.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    lines = ["# `mixerlab check` speed", "", f"Measured on {machine} (goal: at most 30 s per candidate).", "",
-             "| candidate | seconds (end to end) | exit |", "|---|---|---|"]
-    lines += [f"| {r['candidate']} | {r['seconds']:.1f} | {r['exit']} |" for r in rows]
+        seconds, code, report = run_check(target)
+        by_check = {c["name"]: round(c["seconds"], 2) for c in report.get("checks", [])}
+        good.append({"candidate": label, "seconds": seconds, "exit": code, "checks": by_check})
+        print(f"{label}: {seconds:.1f} s, exit {code}")
+    hostile = []
+    for name, (expected, _, kind) in sorted(HOSTILE_EXPECTED.items()):
+        flags = ("--profile", "quick") if kind == "quick" else ()
+        if kind == "autocast":  # bf16 autocast is CUDA's; tests/test_check.py checks it on the CPU in-process
+            continue
+        seconds, code, report = run_check(str(HOSTILE / name), *flags)
+        failed = next((c["name"] for c in report.get("checks", []) if c["status"] == "fail"), None)
+        hostile.append({"file": name, "seconds": seconds, "rejected": code == 1, "by": failed, "expected": expected})
+        print(f"{name}: {'rejected by ' + str(failed) if code == 1 else 'PASSED'} in {seconds:.1f} s")
+    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores"
+    summary = {"machine": machine, "good": good, "hostile": hostile,
+               "hostile_rejected": sum(h["rejected"] for h in hostile), "hostile_total": len(hostile),
+               "hostile_rejected_as_expected": sum(h["by"] == h["expected"] for h in hostile)}
+    (ROOT / "results" / "check_speed.json").write_text(json.dumps(summary, indent=2))
+    names = list(good[0]["checks"])
+    lines = ["# `mixerlab check` speed and the hostile corpus", "",
+             f"Measured on {machine} with `python benchmarks/check_speed.py` (goal: at most 30 s per candidate; "
+             "checks under the `tiny` profile's conditions on the CPU).", "",
+             "| candidate | seconds (end to end) | exit | " + " | ".join(names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    lines += [f"| {r['candidate']} | {r['seconds']:.1f} | {r['exit']} | " + " | ".join(f"{r['checks'].get(n, 0):.2f}" for n in names)
+              + " |" for r in good]
+    lines += ["", f"Hostile corpus (`tests/candidates/hostile/`): {summary['hostile_rejected']} of {len(hostile)} rejected, "
+              f"{summary['hostile_rejected_as_expected']} by the check expected for their attack (`leak_on_cuda.py` "
+              "and `leak_under_autocast.py` need CUDA conditions: tests/test_gpu.py).", "",
+              "| file | rejected by | expected | seconds |", "|---|---|---|---|"]
+    lines += [f"| {h['file']} | {h['by'] or 'PASSED'} | {h['expected']} | {h['seconds']:.1f} |" for h in hostile]
     (ROOT / "results" / "check_speed.md").write_text("\n".join(lines) + "\n")
 
 
