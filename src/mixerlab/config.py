@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import os
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -14,6 +14,17 @@ from mixerlab.tasks.settings import TASK_ORDER
 
 # Bump when anything that changes a training's result changes (data, model, optimiser, metric, stopping).
 PROTOCOL_VERSION = 1
+
+# The ranges of the numbers a user gives (command line, config), declared once: the CLI checks its options
+# against the models that use these, so a value out of range is one line naming the option and the range.
+Seeds = Annotated[int, Field(ge=1, le=100, description="seeds per training")]
+Seconds = Annotated[float, Field(gt=0, le=90 * 24 * 3600, description="seconds")]
+Patience = Annotated[int, Field(ge=1, le=999, description="epochs without a better test perplexity")]
+GroupTokens = Annotated[int, Field(ge=1024, le=1 << 32, description="tokens per batched step")]
+GroupMembers = Annotated[int, Field(ge=1, le=4096, description="trainings per batched group")]
+SequenceLength = Annotated[int, Field(ge=1, le=1 << 20, description="tokens")]
+Iterations = Annotated[int, Field(ge=0, le=100_000, description="candidates in a run")]
+Workers = Annotated[int, Field(ge=1, le=512, description="evaluations at once (also capped by the CPUs and GPUs)")]
 
 
 def available_cpus() -> int:
@@ -175,12 +186,11 @@ class LoopConfig(BaseModel):
     db_url: str | None = None  # default: sqlite:///<run_dir>/mixerlab.db
     proposer: Literal["catalog", "llm"] = "catalog"
     profile: str = "tiny"
-    seeds: int = Field(default=1, ge=1)
-    patience: int | None = Field(default=None, ge=1, le=999,
-                                 description="TrainConfig.patience for every evaluation of the run")
-    iterations: int | None = Field(default=3, ge=0)
-    budget_minutes: float | None = Field(default=None, gt=0)
-    workers: int = Field(default=1, ge=1)
+    seeds: Seeds = 1
+    patience: Patience | None = Field(default=None, description="TrainConfig.patience for every evaluation of the run")
+    iterations: Iterations | None = 3
+    budget_minutes: float | None = Field(default=None, gt=0, le=90 * 24 * 60)
+    workers: Workers = 1
     proposal_threads: int = Field(default=1, ge=1, description="proposals made concurrently (LLM latency hiding)")
     proposals_ahead: int | None = Field(
         default=None, ge=0,

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from mixerlab.check import CHECK_TITLES, CheckReport, novelty_hash
 from mixerlab.config import LoopConfig, get_profile
@@ -44,10 +43,12 @@ from mixerlab.insights import Insights, render_block
 from mixerlab.judge import TASKS, improves, judge
 from mixerlab.mixers import builtin_spec
 from mixerlab.mixers.loading import MixerSpec
+from mixerlab.progress import LoopProgress
 from mixerlab.propose import ExperimentView, Proposal, ProposalContext, Proposer, ProposerError, TokenUse
 from mixerlab.propose.base import unique_name
 from mixerlab.select import references, select_parent
 from mixerlab.store import Experiment, Store
+from mixerlab.store.lock import RunLock
 from mixerlab.store.repository import UNFINISHED
 from mixerlab.table import accuracies_df
 from mixerlab.tasks import TASK_ORDER
@@ -108,7 +109,7 @@ class ResearchLoop:
         self.propose_lock = threading.RLock()
         self.run_id: int | None = None
         self.stop_at = time.monotonic() + config.budget_minutes * 60 if config.budget_minutes else None
-        self.progress: Progress | None = None
+        self.progress: LoopProgress | None = None
 
     # the run ------------------------------------------------------------------------------------
 
@@ -117,12 +118,19 @@ class ResearchLoop:
         return self.run_dir.resolve().name
 
     def open_run(self, resume: bool) -> None:
+        """A new run is named after its folder; a resumed one is found in its database: by that name, or as the
+        database's only run (a run directory that was moved or renamed keeps its identity)."""
         existing = self.store.find_run(self.run_name)
+        runs = self.store.runs()
         if existing and not resume:
             raise RunExists(f"run {self.run_name!r} already exists in {self.config.database_url}; "
                             "add --resume to continue it, or choose another --run-dir")
         if not existing and resume:
-            raise RunExists(f"no run {self.run_name!r} in {self.config.database_url} to resume; drop --resume to start it")
+            if len(runs) != 1:
+                held = ", ".join(r.name for r in runs) if runs else "none"
+                raise RunExists(f"no run {self.run_name!r} to resume in {self.config.database_url} (runs there: {held}); "
+                                "drop --resume to start it, or give the --run-dir (or --db) of the run to continue")
+            existing = runs[0]
         if existing:
             self.run_id = existing.id
             self.store.set_run_status(existing.id, "running")
@@ -140,28 +148,34 @@ class ResearchLoop:
         if self.progress is not None:
             best = max((e for e in self.history() if e.mean_score is not None), key=lambda e: e.mean_score, default=None)
             suffix = f" · best {best.name} {best.mean_score:.4f}" if best else ""
-            self.progress.update(self._task, description=f"iteration {iteration} · {stage} {experiment}{suffix}")
+            where = f"iteration {iteration} · " if iteration else ""
+            self.progress.stage(f"{where}{stage} {experiment}{suffix}".replace("  ", " "))
 
     def run(self, resume: bool = False) -> None:
-        self.open_run(resume)
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=self.console,
-                      transient=True) as progress:
-            self.progress = progress
-            self._task = progress.add_task("starting")
-            try:
-                self.ensure_baselines()
-                self.resume_unfinished()
-                self.pipeline()
-                self.fail_if_nothing_worked()
-                self.store.set_run_status(self.run_id, "finished")
-            except RunFailed:
-                self.store.set_run_status(self.run_id, "failed")
-                raise
-            except BaseException:
-                self.store.set_run_status(self.run_id, "interrupted")
-                raise
-            finally:
-                self.progress = None
+        with RunLock(self.run_dir):  # one process per run directory (released however the process ends)
+            self.open_run(resume)
+            with LoopProgress(Console(stderr=True, soft_wrap=True)) as progress:  # logs on stderr, blocks on stdout
+                self.progress = progress
+                try:
+                    self.ensure_baselines()
+                    self.resume_unfinished()
+                    self.pipeline()
+                    self.fail_if_nothing_worked()
+                    self.store.set_run_status(self.run_id, "finished")
+                except RunFailed:
+                    self.store.set_run_status(self.run_id, "failed")
+                    raise
+                except BaseException:
+                    self.store.set_run_status(self.run_id, "interrupted")
+                    raise
+                finally:
+                    self.progress = None
+
+    def mark_stopped(self, why: str) -> None:
+        """The run was stopped from outside (SIGTERM, Ctrl-C): record it, so the dashboard stops showing it live."""
+        if self.run_id is not None:
+            self.store.set_run_status(self.run_id, "stopped")
+            self.store.log_event(self.run_id, "stopped", why)
 
     def fail_if_nothing_worked(self) -> None:
         rows = self.store.experiments(self.run_id)
@@ -429,7 +443,8 @@ class ResearchLoop:
         def record(result: TrainResult) -> None:
             self.cache.put(result, spec.code_hash, spec.name)
 
-        outcome = self.executor.evaluate(spec, job, record, slot)
+        progress = self.progress.evaluation(f"{row.name} ({profile_name})") if self.progress else None
+        outcome = self.executor.evaluate(spec, job, record, slot, progress)
         if not outcome.ok:
             return None, outcome.trainings, outcome.error
         return outcome.report, outcome.trainings + known, ""

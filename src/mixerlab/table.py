@@ -30,7 +30,9 @@ def accuracies_df(rows: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
 
 
 def format_table(df: pd.DataFrame) -> str:
-    """pandas' `to_string()`, header line flush left as in the seeds."""
+    """pandas' `to_string()`, header line flush left as in the seeds; the header alone when no row is done."""
+    if df.empty:
+        return "  ".join([NAME_COLUMN, *COLUMNS]) + "\n(no finished experiments yet)"
     lines = df.to_string().splitlines()
     return "\n".join([lines[0].lstrip(), *lines[1:]])
 

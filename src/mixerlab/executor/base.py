@@ -59,17 +59,18 @@ class Executor(Protocol):
     def check(self, spec: MixerSpec, known: dict[str, str], slot: int) -> CheckReport:
         """Run the candidate checks (sandboxed) and return the report."""
 
-    def evaluate(self, spec: MixerSpec, job: EvaluationJob, on_training: TrainingCallback, slot: int) -> EvalOutcome:
+    def evaluate(self, spec: MixerSpec, job: EvaluationJob, on_training: TrainingCallback, slot: int,
+                 progress=None) -> EvalOutcome:
         """Train the candidate on a profile (sandboxed, scored on the trusted side). `on_training` is called on
         the caller's side for every finished training, as soon as it is known; only the caller writes the
-        database."""
+        database. `progress` (evaluate.runner.Progress) follows trainings and steps where the executor can."""
 
     def close(self) -> None:
         """Release resources (processes, cluster connections)."""
 
 
 def run_evaluation(spec: MixerSpec, job: EvaluationJob, device: str, limits, on_training: TrainingCallback | None,
-                   cuda_device: int | None = None) -> EvalOutcome:
+                   cuda_device: int | None = None, progress=None) -> EvalOutcome:
     """Evaluate `job` here: sandboxed training, trusted scoring (shared by every executor)."""
     import time
 
@@ -82,7 +83,7 @@ def run_evaluation(spec: MixerSpec, job: EvaluationJob, device: str, limits, on_
     options = EvalOptions(tasks=tuple(parse_task(t) for t in job.tasks), seeds=job.seeds, device=device,
                           train_overrides=job.train_overrides, compile_step=job.compile_step)
     result = evaluate_sandboxed(spec, get_profile(job.profile), options, limits, cache=KnownResults(job.known),
-                                on_result=on_training, cuda_device=cuda_device)
+                                progress=progress, on_result=on_training, cuda_device=cuda_device)
     seconds = time.monotonic() - start
     if not result.ok:
         return EvalOutcome(ok=False, trainings=result.trainings, error=result.error, seconds=seconds, audit=result.audit)

@@ -37,14 +37,16 @@ class LocalExecutor:
         conditions = self.conditions.model_copy(update={"device": "cuda" if gpu is not None else "cpu"})
         return check_candidate(spec, known=known, limits=limits, conditions=conditions)
 
-    def evaluate(self, spec: MixerSpec, job: EvaluationJob, on_training: TrainingCallback, slot: int) -> EvalOutcome:
+    def evaluate(self, spec: MixerSpec, job: EvaluationJob, on_training: TrainingCallback, slot: int,
+                 progress=None) -> EvalOutcome:
         gpu = self._gpu(slot)
         limits = SandboxLimits(
             timeout_s=job.timeout_s, memory_gb=self.eval_memory_gb, output_bytes=20_000_000,
             cpu_threads=self.cpu_threads, cuda_device=gpu,
             gpu_memory_fraction=(0.9 / self.workers_per_gpu) if gpu is not None else None,
         )
-        return run_evaluation(spec, job, "cuda" if gpu is not None else "cpu", limits, on_training, cuda_device=gpu)
+        return run_evaluation(spec, job, "cuda" if gpu is not None else "cpu", limits, on_training, cuda_device=gpu,
+                              progress=progress)
 
     def close(self) -> None:
         pass

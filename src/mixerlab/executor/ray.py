@@ -89,7 +89,8 @@ class RayExecutor:
             _spec_payload(spec), known, _limits_dict(self.check_limits), conditions.model_dump(mode="json"))
         return CheckReport.model_validate(ray.get(ref))
 
-    def evaluate(self, spec: MixerSpec, job: EvaluationJob, on_training: TrainingCallback, slot: int) -> EvalOutcome:
+    def evaluate(self, spec: MixerSpec, job: EvaluationJob, on_training: TrainingCallback, slot: int,
+                 progress=None) -> EvalOutcome:  # progress: trainings arrive per task, when the task ends
         cuda = self.gpus_per_task > 0
         limits = SandboxLimits(timeout_s=job.timeout_s, memory_gb=self.eval_memory_gb, output_bytes=20_000_000,
                                cpu_threads=self.threads, gpu_memory_fraction=(0.9 * min(1.0, self.gpus_per_task)) if cuda else None)

@@ -133,11 +133,21 @@ def find_mixer_class(module: types.ModuleType, class_name: str | None, filename:
 
 def spec_from_file(path: str | Path, name: str | None = None) -> MixerSpec:
     path = Path(path)
+    if path.is_dir():
+        raise MixerLoadError(f"mixer file {str(path)!r} is a folder; pass a .py file")
     if not path.is_file():
         raise MixerLoadError(f"mixer file {str(path)!r} does not exist; pass an existing .py file or a builtin name")
     if path.suffix != ".py":
         raise MixerLoadError(f"mixer file {str(path)!r} is not a .py file; pass a Python file")
-    return MixerSpec(name=name or path.stem, source=path.read_text(), filename=str(path))
+    try:
+        source = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MixerLoadError(f"mixer file {str(path)!r} is not UTF-8 text; pass a Python source file") from None
+    except OSError as err:
+        raise MixerLoadError(f"cannot read mixer file {str(path)!r} ({err.strerror})") from None
+    if "\x00" in source:
+        raise MixerLoadError(f"mixer file {str(path)!r} holds NUL bytes; pass a Python source file")
+    return MixerSpec(name=name or path.stem, source=source, filename=str(path))
 
 
 def preflight(spec: MixerSpec, d_model: int) -> None:

@@ -22,8 +22,19 @@ def sqlite_url(path: str | Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
-def open_engine(url: str) -> Engine:
-    """Create the engine and the tables; raise DatabaseError with a fix for bad URLs and unreachable servers."""
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def reason(err: SQLAlchemyError) -> str:
+    """The database's own first line of an error, without SQLAlchemy's "Background on this error" link."""
+    text = str(getattr(err, "orig", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def open_engine(url: str, read_only: bool = False) -> Engine:
+    """Create the engine (and the tables, unless `read_only`); raise DatabaseError with a fix for bad URLs,
+    unreachable servers, in-memory databases and files that are not a database. A read-only open never writes:
+    a SQLite file must exist and is opened with mode=ro."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -33,10 +44,18 @@ def open_engine(url: str) -> Engine:
         raise DatabaseError(f"unsupported database {backend!r} in {url!r}: use sqlite:/// or postgresql://")
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        folder = Path(parsed.database).resolve().parent
-        if not folder.exists():
-            raise DatabaseError(f"folder {str(folder)!r} for the database does not exist; create it or use --run-dir")
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:") or (parsed.query.get("mode") == "memory"):
+            raise DatabaseError(f"{url!r} is an in-memory database: every result would be lost when the process ends; "
+                                "give a file, e.g. sqlite:///runs/demo/mixerlab.db")
+        path = Path(parsed.database).resolve()
+        if read_only:
+            _readable_sqlite(path)
+            parsed = make_url(f"sqlite:///file:{path}?mode=ro&uri=true")
+        elif not path.parent.exists():
+            raise DatabaseError(f"folder {str(path.parent)!r} for the database does not exist; create it or use --run-dir")
+        elif path.exists() and path.stat().st_size and _header(path) != SQLITE_HEADER:
+            raise DatabaseError(f"{str(path)!r} is not a SQLite database; point --db at a mixerlab.db or a new file")
     try:
         engine = create_engine(parsed, pool_pre_ping=True, future=True)
     except (ArgumentError, ModuleNotFoundError) as err:
@@ -44,24 +63,44 @@ def open_engine(url: str) -> Engine:
     if backend == "sqlite":
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # durability with concurrent readers (the web view)
+            # a damaged text column reads as text with replacement characters instead of failing every query
+            dbapi_connection.text_factory = lambda data: data.decode("utf-8", errors="replace")
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA busy_timeout=30000")  # first: switching to WAL waits for another opener's lock
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            if not read_only:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
     try:
-        _create_tables(engine)
+        if not read_only:
+            _create_tables(engine)
+        tables = set(inspect(engine).get_table_names())
     except OperationalError as err:
-        hint = "is the server running and the URL right?" if backend == "postgresql" else "is the folder writable?"
-        raise DatabaseError(f"cannot open database {parsed.render_as_string(hide_password=True)!r}: "
-                            f"{str(err.orig).strip().splitlines()[0]}; {hint}") from None
+        hint = "is the server running and the URL right?" if backend == "postgresql" else \
+            "is it a mixerlab database?" if read_only else "is the folder writable?"
+        raise DatabaseError(f"cannot open database {parsed.render_as_string(hide_password=True)!r}: {reason(err)}; "
+                            f"{hint}") from None
     except SQLAlchemyError as err:
-        raise DatabaseError(f"cannot open database {url!r}: {err}") from None
-    missing = {"runs", "experiments", "attempts", "events"} - set(inspect(engine).get_table_names())
+        raise DatabaseError(f"cannot open database {url!r}: {reason(err)}") from None
+    missing = {"runs", "experiments", "attempts", "events"} - tables
     if missing:
         raise DatabaseError(f"database {url!r} lacks tables {sorted(missing)}; it is not a mixerlab database")
     return engine
+
+
+def _header(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(len(SQLITE_HEADER))
+
+
+def _readable_sqlite(path: Path) -> None:
+    if path.is_dir():
+        raise DatabaseError(f"{str(path)!r} is a folder; point --db at a run's mixerlab.db (or use --run-dir)")
+    if not path.is_file():
+        raise DatabaseError(f"no database at {str(path)!r}; point --db at a discover run's mixerlab.db")
+    if path.stat().st_size == 0 or _header(path) != SQLITE_HEADER:
+        raise DatabaseError(f"{str(path)!r} is not a SQLite database; point --db at a discover run's mixerlab.db")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

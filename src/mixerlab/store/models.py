@@ -5,16 +5,40 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+DAMAGED = "__damaged__"  # the key of what a JSON column holds when its stored text does not parse
 
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class SafeJSON(TypeDecorator):
+    """JSON that reads a damaged value (text that does not parse) as {DAMAGED: the text's start} instead of
+    failing the whole query: one damaged row is reported and skipped (Store.damaged), not fatal."""
+
+    impl = JSON
+    cache_ok = True
+
+    def result_processor(self, dialect, coltype):
+        inner = self.impl_instance.result_processor(dialect, coltype)
+
+        def process(value):
+            try:
+                return inner(value) if inner else value
+            except (ValueError, TypeError):
+                return {DAMAGED: str(value)[:200]}
+        return process
+
+
+def is_damaged(*values: Any) -> bool:
+    return any(isinstance(v, dict) and DAMAGED in v for v in values)
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map = {dict[str, Any]: SafeJSON, list[Any]: SafeJSON}
 
 
 class Run(Base):
@@ -22,7 +46,7 @@ class Run(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    config: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)
     status: Mapped[str] = mapped_column(String(20), default="running")  # running | finished | interrupted
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
@@ -43,26 +67,26 @@ class Experiment(Base):
     iteration: Mapped[int] = mapped_column(Integer, default=0)  # 0 for baselines
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id"), nullable=True)
     proposer: Mapped[str] = mapped_column(String(40), default="")
-    edits: Mapped[list[Any]] = mapped_column(JSON, default=list)  # catalog edits composing this code
+    edits: Mapped[list[Any]] = mapped_column(SafeJSON, default=list)  # catalog edits composing this code
     code: Mapped[str] = mapped_column(Text)
     code_hash: Mapped[str] = mapped_column(String(32), index=True)
     novelty_hash: Mapped[str] = mapped_column(String(32), index=True)
     diff: Mapped[str] = mapped_column(Text, default="")  # unified diff against the parent's code
-    insights: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the five sections
-    expected: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # task -> target accuracy
+    insights: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)  # the five sections
+    expected: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)  # task -> target accuracy
     status: Mapped[str] = mapped_column(String(20), default="proposed")  # proposed|checking|evaluating|done|failed
     success: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     failure_reason: Mapped[str] = mapped_column(Text, default="")
-    check_report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    check_report: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)
     profile: Mapped[str] = mapped_column(String(20), default="")
-    scores: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # task -> {mean, std, seeds}
+    scores: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)  # task -> {mean, std, seeds}
     mean_score: Mapped[float | None] = mapped_column(Float, nullable=True)
-    promoted: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # scores under the promotion profile
-    judgement: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # vs parent / baselines / expected
-    curves: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # task -> per-epoch test accuracy, loss
-    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # compact means/stds/verdicts for listings
-    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # stage -> seconds
-    tokens: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # prompt, completion, cost
+    promoted: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)  # scores under the promotion profile
+    judgement: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)  # vs parent / baselines / expected
+    curves: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)  # task -> per-epoch test accuracy, loss
+    summary: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)  # compact means/stds/verdicts for listings
+    timings: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)  # stage -> seconds
+    tokens: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)  # prompt, completion, cost
     timestamp: Mapped[str] = mapped_column(String(20), default="")  # YYYYMMDD_HHMMSS of the proposal
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
@@ -84,8 +108,8 @@ class Attempt(Base):
     code: Mapped[str] = mapped_column(Text)
     passed: Mapped[bool] = mapped_column(Boolean)
     reason: Mapped[str] = mapped_column(Text, default="")
-    check_report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    tokens: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    check_report: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)
+    tokens: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
     experiment: Mapped[Experiment] = relationship(back_populates="attempts")

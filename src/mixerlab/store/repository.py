@@ -9,16 +9,20 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from .db import open_engine, session_factory
-from .models import Attempt, Event, Experiment, Run, summarize
+from .models import Attempt, Event, Experiment, Run, is_damaged, summarize
 
 UNFINISHED = ("proposed", "checking", "evaluating")
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    """The research record. `read_only=True` (history, serve, report) never writes, not even a missing file."""
+
+    def __init__(self, url: str, read_only: bool = False) -> None:
         self.url = url
-        self.engine = open_engine(url)
+        self.read_only = read_only
+        self.engine = open_engine(url, read_only=read_only)
         self.session = session_factory(self.engine)
+        self.damaged: dict[int, str] = {}  # experiment id -> name, of rows skipped because a column does not parse
 
     # runs -----------------------------------------------------------------------------------
 
@@ -69,7 +73,14 @@ class Store:
                 query = query.where(Experiment.run_id == run_id)
             if statuses is not None:
                 query = query.where(Experiment.status.in_(list(statuses)))
-            return list(s.scalars(query))
+            rows = []
+            for e in s.scalars(query):
+                if is_damaged(e.edits, e.insights, e.expected, e.check_report, e.scores, e.promoted, e.judgement,
+                              e.curves, e.summary, e.timings, e.tokens):
+                    self.damaged[e.id] = e.name
+                else:
+                    rows.append(e)
+            return rows
 
     def name_taken(self, run_id: int, name: str) -> bool:
         with self.session() as s:

@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -34,6 +34,8 @@ from .queries import COLUMNS, SORT_KEYS, TASKS, Queries
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 100
+MAX_COMPARE = 20  # experiments side by side: each is its code, insights and curves
+ExperimentId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="an experiment's id")]
 log = logging.getLogger(__name__)
 
 SortKey = Enum("SortKey", {k: k for k in SORT_KEYS}, type=str)  # type: ignore[misc]
@@ -59,11 +61,15 @@ def parse_ids(ids: str) -> list[int]:
         raise HTTPException(422, "ids must be comma-separated experiment ids, e.g. ?ids=3,7") from None
     if len(parsed) < 2:
         raise HTTPException(422, "compare needs at least two experiment ids, e.g. ?ids=3,7")
+    if len(parsed) > MAX_COMPARE:
+        raise HTTPException(422, f"compare takes at most {MAX_COMPARE} experiment ids (got {len(parsed)}); pick fewer")
+    if any(not 1 <= i < 2**63 for i in parsed):
+        raise HTTPException(404, "no experiment with such an id; ids are positive integers below 2^63")
     return parsed
 
 
 def create_app(db_url: str, token: str | None = None) -> FastAPI:
-    store = Store(db_url)
+    store = Store(db_url, read_only=True)
     queries = Queries(store)
     app = FastAPI(title="mixerlab", description="Read-only view of a mixerlab research record.", version="1")
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -151,7 +157,7 @@ def create_app(db_url: str, token: str | None = None) -> FastAPI:
         return {"total": len(rows), "items": [r.as_json() for r in rows[offset : offset + limit]]}
 
     @app.get("/api/experiments/{experiment_id}", summary="One experiment, everything recorded about it")
-    def api_experiment(experiment_id: int) -> dict[str, Any]:
+    def api_experiment(experiment_id: ExperimentId) -> dict[str, Any]:
         data = queries.experiment(experiment_id)
         if data is None:
             raise HTTPException(404, f"no experiment with id {experiment_id}")
@@ -194,7 +200,7 @@ def create_app(db_url: str, token: str | None = None) -> FastAPI:
                     order=order.value, q=q, status=status, page=page_number, pages=pages)
 
     @app.get("/experiments/{experiment_id}", response_class=HTMLResponse, include_in_schema=False)
-    def experiment_page(request: Request, experiment_id: int):
+    def experiment_page(request: Request, experiment_id: ExperimentId):
         data = queries.experiment(experiment_id)
         if data is None:
             raise HTTPException(404, f"no experiment with id {experiment_id}; see the leaderboard at /")

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 from sqlalchemy import select
 
 from mixerlab.store import Attempt, Event, Experiment, Run, Store
-from mixerlab.store.models import summarize
+from mixerlab.store.models import is_damaged, summarize
 from mixerlab.tasks import TASK_ORDER
 
 TASKS = [t.value for t in TASK_ORDER]
@@ -85,7 +85,9 @@ class Queries:
         names = {r[0]: r[1] for r in records}
         rows = []
         for (id_, name, kind, iteration, parent_id, status, success, mean, summary, run_name) in records:
-            if summary is None or (mean is not None and not summary.get("m")):  # written before summaries existed
+            if is_damaged(summary):  # listed, marked, without numbers: one damaged row does not take the page down
+                summary, status = {}, "damaged"
+            elif summary is None or (mean is not None and not summary.get("m")):  # written before summaries existed
                 summary = self._summary_of(id_)
             scores = {t: {"mean": m, "std": summary.get("s", {}).get(t, 0.0)} for t, m in summary.get("m", {}).items()}
             verdicts = {"parent": {t: CODES[v] for t, v in summary.get("vp", {}).items()},
@@ -97,7 +99,7 @@ class Queries:
     def _summary_of(self, experiment_id: int) -> dict[str, Any]:
         with self.store.session() as s:
             e = s.get(Experiment, experiment_id)
-            return summarize(e.scores, e.judgement)
+            return {} if is_damaged(e.scores, e.judgement) else summarize(e.scores, e.judgement)
 
     def lineage(self, run: str | None = None) -> list[dict[str, Any]]:
         """Only what the tree needs (no JSON columns: fast for thousands of experiments)."""
@@ -138,6 +140,11 @@ class Queries:
             e = s.get(Experiment, experiment_id)
             if e is None:
                 return None
+            fields = ("edits", "insights", "expected", "check_report", "scores", "promoted", "judgement", "curves",
+                      "timings", "tokens")
+            damaged = [f for f in fields if is_damaged(getattr(e, f))]
+            if damaged:  # shown as damaged: the record's other parts, and empty values where a column does not parse
+                return self._damaged(e, s.get(Run, e.run_id), damaged)
             parent = s.get(Experiment, e.parent_id) if e.parent_id else None
             attempts = list(s.scalars(select(Attempt).where(Attempt.experiment_id == e.id).order_by(Attempt.number)))
             children = s.execute(select(Experiment.id, Experiment.name, Experiment.mean_score)
@@ -158,6 +165,16 @@ class Queries:
                 "attempts": [{"number": a.number, "passed": a.passed, "reason": a.reason, "code": a.code,
                               "check_report": a.check_report, "tokens": a.tokens} for a in attempts],
             }
+
+    @staticmethod
+    def _damaged(e: Experiment, run: Run, damaged: list[str]) -> dict[str, Any]:
+        return {"id": e.id, "run": run.name, "name": e.name, "kind": e.kind, "iteration": e.iteration, "status": "damaged",
+                "success": e.success, "failure_reason": f"this record is damaged: {', '.join(damaged)} do not parse",
+                "proposer": e.proposer, "edits": [], "code": e.code or "", "diff": e.diff or "", "insights": {},
+                "expected": {}, "scores": {}, "mean_score": None, "promoted": {}, "judgement": {}, "curves": {},
+                "timings": {}, "tokens": {}, "check_report": {}, "profile": e.profile, "timestamp": e.timestamp,
+                "created": e.created.isoformat(), "updated": e.updated.isoformat(), "parent": None, "children": [],
+                "baselines": {}, "attempts": [], "damaged": damaged}
 
     def live(self, run: str | None) -> dict[str, Any]:
         with self.store.session() as s:

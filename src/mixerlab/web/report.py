@@ -18,7 +18,7 @@ from .queries import COLUMNS, TASKS, Queries
 
 
 def write_report(db_url: str, out: Path, run: str | None = None, top: int = 5) -> tuple[Path, Path]:
-    queries = Queries(Store(db_url))
+    queries = Queries(Store(db_url, read_only=True))
     rows = queries.rows(run)
     done = [r for r in rows if r.status == "done" and r.mean_score is not None]
     ranked = sorted(done, key=lambda r: -r.mean_score)

@@ -1,0 +1,5 @@
+"""`python -m mixerlab.cli ...`, as the `mixerlab` command."""
+
+from mixerlab.cli import main
+
+main()

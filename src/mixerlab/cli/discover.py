@@ -1,0 +1,215 @@
+"""`mixerlab discover`: the research loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .base import UserError, app, console, err_console, fail, resolve_device, validated, writable_dir
+
+
+def _llm_preflight(settings) -> None:
+    """Fail before the run starts if the endpoint cannot answer (nothing is recorded yet)."""
+    import httpx
+
+    from mixerlab.propose.llm import LLMClient, LLMError
+
+    try:
+        client = LLMClient(settings)
+    except LLMError as err:
+        raise UserError(str(err)) from None
+    try:
+        response = client.http.get("/models", timeout=10.0)
+    except httpx.HTTPError as err:
+        raise UserError(f"cannot reach the model endpoint {settings.base_url} ({type(err).__name__}); start the server "
+                        "or fix --base-url") from None
+    if response.status_code in (401, 403):
+        raise UserError(f"{settings.base_url} refused the credentials (HTTP {response.status_code}); "
+                        f"set a valid key in ${settings.api_key_env}")
+
+
+@app.command("discover")
+def discover_command(
+    proposer: str = typer.Option("catalog", help="catalog (offline) | llm (any OpenAI-compatible endpoint)"),
+    iterations: Optional[int] = typer.Option(None, min=0, help="candidates in the run (default 3 unless --budget-minutes)"),
+    budget_minutes: Optional[float] = typer.Option(None, min=0.1, help="stop starting iterations after this long"),
+    profile: Optional[str] = typer.Option(None, help="evaluation profile (default: tiny on CPU, quick on CUDA)"),
+    seeds: int = typer.Option(1, min=1),
+    patience: Optional[int] = typer.Option(None, min=1, max=999, help="stop each training once its test perplexity has not "
+                                           "improved for this many epochs (as `eval --patience`; every evaluation "
+                                           "of the run, promotions included; rows record the profile as "
+                                           "PROFILE+patienceP)"),
+    workers: int = typer.Option(1, min=1, help="candidates evaluated at once (one process each; GPUs round-robin)"),
+    db: Optional[str] = typer.Option(None, help="database URL (default: sqlite in the run directory); postgresql://... works"),
+    run_dir: Path = typer.Option(Path("runs") / "default", help="where the run keeps its database, cache and iteration files"),
+    resume: bool = typer.Option(False, help="continue the run in --run-dir after an interruption"),
+    device: str = typer.Option("auto", help="cpu | cuda | auto"),
+    language: str = typer.Option("en", help="language of the Insights: en | zh"),
+    max_repairs: int = typer.Option(3, min=0, help="repair attempts after a failed check"),
+    promote_to: str = typer.Option("auto", help="profile for candidates that beat their parent: auto | none | full | ..."),
+    base_url: str = typer.Option("http://127.0.0.1:8080/v1", help="OpenAI-compatible endpoint (llm proposer)"),
+    model: str = typer.Option("default", help="model name at the endpoint (llm proposer)"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the API key"),
+    llm_timeout: float = typer.Option(300.0, min=1.0, help="seconds to wait for one model reply"),
+    max_tokens: int = typer.Option(4096, min=64, help="completion token limit per model call"),
+    temperature: float = typer.Option(0.7, min=0.0, max=2.0, help="sampling temperature of the model (0: greedy)"),
+    cache: Optional[Path] = typer.Option(None, help="result cache shared across runs (default: in the run directory)"),
+    executor: str = typer.Option("local", help="local (processes here) | ray (a Ray cluster; pip install mixerlab[ray])"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster: auto | HOST:PORT (default: a private local cluster)"),
+    gpus_per_task: float = typer.Option(1.0, min=0.0, help="Ray: GPUs per training task (fractions share a GPU)"),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads per training (default: cores / workers)"),
+    llm_rate: Optional[float] = typer.Option(None, min=0.1, help="at most this many model calls per minute"),
+    proposal_threads: int = typer.Option(1, min=1, help="proposals made at once (hides model latency on big clusters)"),
+    proposals_ahead: Optional[int] = typer.Option(
+        None, min=0, help="candidates proposed beyond those in evaluation (default: 0 for catalog, 1 for llm)"),
+    compile_step: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile every training "
+                                                "step on CUDA (default: on for every profile but tiny)"),
+) -> None:
+    """Run the research loop: baselines, then propose -> check -> evaluate -> record, iteration by iteration."""
+    from mixerlab.config import PROFILES, LoopConfig
+    from mixerlab.executor import make_executor
+    from mixerlab.check import Conditions
+    from mixerlab.config import get_profile
+    from mixerlab.loop import ResearchLoop, RunExists, RunFailed
+    from mixerlab.propose import CatalogProposer
+    from mixerlab.propose.llm import LLMProposer, LLMSettings
+    from mixerlab.sandbox import SandboxLimits
+    from mixerlab.config import available_cpus
+    from mixerlab.store import DatabaseError
+    from mixerlab.store.lock import RunDirectoryInUse
+
+    created = not run_dir.exists()  # a folder this command made is removed again if it fails before the run starts
+    loop = None
+    try:
+        if resume and db is None and not (run_dir / "mixerlab.db").is_file():
+            raise UserError(f"nothing to resume in {str(run_dir)!r}: it holds no mixerlab.db; drop --resume to start a "
+                            "run there, or give the --run-dir of the run to continue")
+        _check_url(base_url)
+        if proposer not in ("catalog", "llm"):
+            raise UserError(f"unknown proposer {proposer!r}; use catalog or llm")
+        if language not in ("en", "zh"):
+            raise UserError(f"unknown language {language!r}; use en or zh")
+        dev = resolve_device(device)
+        prof = profile or ("quick" if dev.startswith("cuda") else "tiny")
+        if prof not in PROFILES:
+            raise UserError(f"unknown profile {prof!r}; use one of {', '.join(PROFILES)}")
+        if promote_to not in ("auto", "none", *PROFILES):
+            raise UserError(f"unknown --promote-to {promote_to!r}; use auto, none or a profile name")
+        gpus_here = _gpu_count() if dev.startswith("cuda") else 0
+        most = 8 * gpus_here if gpus_here else available_cpus()
+        if executor == "local" and workers > most:
+            raise UserError(f"--workers {workers} is more than this machine runs at once ({most}: "
+                            + (f"8 per GPU, {gpus_here} GPU(s))" if gpus_here else f"its {most} CPUs)")
+                            + "; give fewer, or --executor ray for a cluster")
+        writable_dir(run_dir)
+        llm = {"base_url": base_url, "model": model, "api_key_env": api_key_env, "timeout_s": llm_timeout,
+               "max_tokens": max_tokens, "temperature": temperature, "max_calls_per_minute": llm_rate, "require_key": not any(h in base_url for h in ("127.0.0.1", "localhost", "[::1]"))}
+        config = validated(LoopConfig, {"compile": "--compile", "db_url": "--db"}, run_dir=str(run_dir), db_url=db,
+                           proposer=proposer, profile=prof, seeds=seeds, patience=patience,
+                           iterations=3 if iterations is None and budget_minutes is None else iterations,
+                           budget_minutes=budget_minutes, workers=workers, device=dev, promote_to=promote_to,
+                           max_repairs=max_repairs, language=language, llm=llm,
+                           cache_path=str(cache) if cache else None, proposal_threads=proposal_threads,
+                           proposals_ahead=proposals_ahead, compile=compile_step)
+        if proposer == "llm":
+            settings = LLMSettings(**llm)
+            _llm_preflight(settings)
+            chosen = LLMProposer(settings)
+        else:
+            chosen = CatalogProposer()
+        import torch
+
+        if executor not in ("local", "ray"):
+            raise UserError(f"unknown executor {executor!r}; use local or ray")
+        gpus = torch.cuda.device_count() if dev.startswith("cuda") else 0
+        limits = SandboxLimits(timeout_s=config.check_timeout_s, memory_gb=config.check_memory_gb)
+        try:
+            runner = make_executor(executor, device=dev, gpus=gpus, check_limits=limits, workers=workers,
+                                   workers_per_gpu=max(1, workers // max(1, gpus or 1)), address=ray_address,
+                                   gpus_per_task=gpus_per_task, conditions=Conditions.for_profile(get_profile(prof), dev),
+                                   **({"threads": threads} if threads else {}))
+        except ImportError as err:
+            raise UserError(str(err)) from None
+        except ConnectionError as err:
+            raise UserError(f"cannot connect to the Ray cluster at {ray_address!r} ({err}); start it or fix --ray-address") from None
+        if threads and executor == "local":
+            runner.cpu_threads = threads
+        loop = ResearchLoop(config, chosen, runner, console)
+        try:
+            with _stops_cleanly(loop, run_dir):
+                loop.run(resume=resume)
+        except RunFailed as err:
+            from rich.markup import escape
+
+            _print_where(run_dir, config)
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+            raise typer.Exit(1) from None
+        finally:
+            runner.close()
+    except (UserError, RunExists, RunDirectoryInUse, DatabaseError, ValueError) as err:
+        if created and run_dir.exists() and (loop is None or loop.run_id is None):
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing was recorded: leave no empty run folder behind
+        fail(str(err))
+    _print_where(run_dir, config)
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _check_url(base_url: str) -> None:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise UserError(f"--base-url {base_url!r} is not an http(s) URL; give the endpoint, e.g. http://127.0.0.1:8080/v1")
+
+
+class _stops_cleanly:
+    """SIGTERM and SIGINT (Ctrl-C) during a run: mark the run stopped in its database, say how to resume, and end
+    the process (its sandbox workers die with it). Finished experiments are recorded; unfinished ones are
+    checked or evaluated again by --resume."""
+
+    def __init__(self, loop, run_dir: Path) -> None:
+        self.loop, self.run_dir = loop, run_dir
+
+    def __enter__(self) -> "_stops_cleanly":
+        import signal
+
+        self.previous = {sig: signal.signal(sig, self.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def stop(self, signum: int, _frame) -> None:
+        import os
+        import signal
+
+        name = signal.Signals(signum).name
+        try:
+            self.loop.mark_stopped(f"stopped by {name}")
+        finally:
+            done = sum(1 for e in self.loop.store.experiments(self.loop.run_id) if e.status in ("done", "failed")) \
+                if self.loop.run_id is not None else 0
+            err_console.print(f"\n[yellow]stopped by {name}: {done} experiments are recorded; continue with "
+                              f"`mixerlab discover --run-dir {self.run_dir} --resume` (unfinished candidates are checked "
+                              "or evaluated again, finished trainings come from the cache)[/]", highlight=False)
+            os._exit(128 + signum)
+
+
+def _print_where(run_dir: Path, config) -> None:
+    url = config.database_url
+    console.print(f"\n[bold]results[/]: {url}  (iteration blocks in {run_dir / 'iterations'})", highlight=False)
+    console.print(f"  history table:  mixerlab history --db {url}", highlight=False)
+    console.print(f"  dashboard:      mixerlab serve --db {url}   then open http://127.0.0.1:8000", highlight=False)
+    console.print(f"  report:         mixerlab report --db {url} --out {run_dir / 'report'}", highlight=False)
