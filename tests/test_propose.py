@@ -21,8 +21,8 @@ from mixerlab.table import accuracies_df
 TASKS = ["compress", "context_recall", "fuzzy_recall", "memorize", "noisy_recall", "selective_copy"]
 
 
-def scores(values: list[float], std: float = 0.0) -> dict:
-    return {t: {"mean": v, "std": std, "seeds": [v]} for t, v in zip(TASKS, values)}
+def scores(values: list[float], std: float = 0.0, seeds: int = 1) -> dict:
+    return {t: {"mean": v, "std": std, "seeds": [v] * seeds} for t, v in zip(TASKS, values)}
 
 
 def view(name: str, values: list[float] | None, parent: str | None = None, edits: list[str] | None = None,
@@ -132,15 +132,32 @@ def test_selection_starts_at_the_baseline_and_explores() -> None:
     assert select_parent([view("x", None, status="failed")], eligible) is None
 
 
-def test_judging_counts_noise() -> None:
-    a, b = scores([0.50] * 6, std=0.03), scores([0.53] * 6, std=0.03)
-    within = compare(b, a, floor=0.01)
-    assert within["tasks"]["compress"]["verdict"] == "within noise"  # 0.03 < sqrt(2) * 0.03
-    assert within["verdict"] == "better"  # the mean over six tasks is less noisy
-    clear = compare(scores([0.60] * 6), a, floor=0.01)
-    assert clear["tasks"]["compress"]["verdict"] == "better"
-    result = judge(b, a, {"delta_net_4layer": a}, {"compress": 0.52, "memorize": 0.60}, floor=0.01)
+def test_judging_counts_the_measured_noise_and_says_when_there_is_none() -> None:
+    from mixerlab.noise import NoiseModel
+
+    noise = NoiseModel(source="test", task_std={t: 0.03 for t in TASKS}, mean_std=0.01)
+    a, b = scores([0.50] * 6), scores([0.53] * 6)
+    within = compare(b, a, noise)
+    assert within["tasks"]["compress"]["verdict"] == "within noise"  # 0.03 < 2 * sqrt(2) * 0.03
+    assert within["verdict"] == "better"  # the mean over six tasks is less noisy: 0.03 > 2 * sqrt(2) * 0.01
+    clear = compare(scores([0.60] * 6), a, noise)
+    assert clear["tasks"]["compress"]["verdict"] == "better"  # 0.10 > 0.085
+    unknown = compare(b, a, None)  # one seed each and nothing measured: no figure is invented
+    assert {v["verdict"] for v in unknown["tasks"].values()} == {"noise unknown"} and unknown["verdict"] == "noise unknown"
+    seeded_a, seeded_b = scores([0.50] * 6, std=0.01, seeds=3), scores([0.53] * 6, std=0.01, seeds=3)
+    assert compare(seeded_b, seeded_a, None)["tasks"]["compress"]["verdict"] == "better"  # their own seeds' estimate
+    result = judge(b, a, {"delta_net_4layer": a}, {"compress": 0.52, "memorize": 0.65}, noise)
     assert result["expected"]["compress"]["met"] and not result["expected"]["memorize"]["met"]
+    assert result["noise"] == "test"
+
+
+def test_the_committed_noise_of_tiny_is_read_by_the_judge() -> None:
+    from mixerlab.noise import measurements, noise_for
+
+    noise = noise_for("tiny", "fp32")
+    assert noise is not None and set(noise.task_std) == set(TASKS) and noise.mean_std > 0
+    assert measurements()["tiny/fp32"].seeds >= 3 and len(measurements()["tiny/fp32"].scores) == 2
+    assert noise_for("quick", "bf16") is None or noise_for("quick", "bf16").task_std
 
 
 def test_iteration_block_round_trip() -> None:

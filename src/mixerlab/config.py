@@ -201,7 +201,6 @@ class LoopConfig(BaseModel):
     max_repairs: int = Field(default=3, ge=0)
     language: Literal["en", "zh"] = "en"
     ucb_c: float = Field(default=0.5, ge=0)
-    noise_floor: float = Field(default=0.01, ge=0)
     # wall-clock seconds for checks 2-7 of one candidate: about 6 s alone on a 2-core machine, but over 120 s
     # beside the run's own trainings on a slow one (a first check failed so in CI); an endless loop costs this
     check_timeout_s: float = 300.0

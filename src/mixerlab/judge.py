@@ -1,9 +1,10 @@
 """Comparing a candidate with its parent, the baselines and its own Expected Improvements, counting noise.
 
-Per task, the noise of a difference is sqrt(std_a^2 + std_b^2) over seeds, never below a floor (with one
-seed there is no estimate, so the floor alone applies). A change is an improvement or a regression only
-when it exceeds that noise; otherwise it is "within noise". The mean MAD score is judged the same way,
-with the noise of a mean of six tasks.
+The yardstick is the seed-to-seed noise measured for the run's profile (noise.py, mixerlab/data/noise.json):
+a task's difference is better or worse only beyond Z standard deviations of the difference (for one seed
+against one seed, Z * sqrt(2) * std). Where the profile was never measured, evaluations with several seeds
+bring their own estimate; with neither, the verdict is "noise unknown": no figure is invented. The mean MAD
+score is judged the same way, with the measured noise of the six-task mean.
 """
 
 from __future__ import annotations
@@ -11,42 +12,67 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from mixerlab.noise import Z, NoiseModel
 from mixerlab.tasks import TASK_ORDER
 
 TASKS = [t.value for t in TASK_ORDER]
+VERDICTS = ("better", "worse", "within noise", "noise unknown")
 
 
-def _noise(a: dict, b: dict, floor: float) -> float:
-    return max(floor, math.sqrt(a.get("std", 0.0) ** 2 + b.get("std", 0.0) ** 2))
+def _seeds(score: dict) -> int:
+    return max(1, len(score.get("seeds") or [0]))
 
 
-def compare(scores: dict[str, dict], other: dict[str, dict], floor: float) -> dict[str, Any]:
+def _threshold(a: dict, b: dict, task: str | None, noise: NoiseModel | None) -> float | None:
+    """Z standard deviations of a - b: from the measured noise, else from the evaluations' own seeds."""
+    na, nb = _seeds(a), _seeds(b)
+    if noise is not None and (task is None or task in noise.task_std):
+        return noise.mean_threshold(na, nb) if task is None else noise.threshold(task, na, nb)
+    if na >= 2 and nb >= 2:
+        return Z * math.sqrt(a.get("std", 0.0) ** 2 / na + b.get("std", 0.0) ** 2 / nb)
+    return None
+
+
+def _verdict(delta: float, threshold: float | None) -> str:
+    if threshold is None:
+        return "noise unknown"
+    return "better" if delta > threshold else "worse" if delta < -threshold else "within noise"
+
+
+def compare(scores: dict[str, dict], other: dict[str, dict], noise: NoiseModel | None) -> dict[str, Any]:
     per_task = {}
     for task in TASKS:
         if task not in scores or task not in other:
             continue
         delta = scores[task]["mean"] - other[task]["mean"]
-        noise = _noise(scores[task], other[task], floor)
-        verdict = "better" if delta > noise else "worse" if delta < -noise else "within noise"
-        per_task[task] = {"delta": delta, "noise": noise, "verdict": verdict}
+        threshold = _threshold(scores[task], other[task], task, noise)
+        per_task[task] = {"delta": delta, "noise": threshold, "verdict": _verdict(delta, threshold)}
     if not per_task:
-        return {"tasks": {}, "mean_delta": 0.0, "mean_noise": floor, "verdict": "within noise"}
+        return {"tasks": {}, "mean_delta": 0.0, "mean_noise": None, "verdict": "noise unknown"}
     mean_delta = sum(v["delta"] for v in per_task.values()) / len(per_task)
-    mean_noise = math.sqrt(sum(v["noise"] ** 2 for v in per_task.values())) / len(per_task)
-    verdict = "better" if mean_delta > mean_noise else "worse" if mean_delta < -mean_noise else "within noise"
-    return {"tasks": per_task, "mean_delta": mean_delta, "mean_noise": mean_noise, "verdict": verdict}
+    if noise is not None and len(per_task) == len(TASKS):
+        first = next(iter(per_task))
+        mean_noise = _threshold(scores[first], other[first], None, noise)
+    elif all(v["noise"] is not None for v in per_task.values()):  # independent tasks: the noise of their mean
+        mean_noise = math.sqrt(sum(v["noise"] ** 2 for v in per_task.values())) / len(per_task)
+    else:
+        mean_noise = None
+    return {"tasks": per_task, "mean_delta": mean_delta, "mean_noise": mean_noise,
+            "verdict": _verdict(mean_delta, mean_noise)}
 
 
 def judge(scores: dict[str, dict], parent: dict[str, dict] | None, baselines: dict[str, dict[str, dict]],
-          expected: dict[str, float], floor: float) -> dict[str, Any]:
-    result: dict[str, Any] = {"noise_floor": floor}
+          expected: dict[str, float], noise: NoiseModel | None) -> dict[str, Any]:
+    result: dict[str, Any] = {"noise": noise.source if noise else "unknown: this profile's seed noise was never "
+                              "measured (benchmarks/noise.py measures it)"}
     if parent:
-        result["vs_parent"] = compare(scores, parent, floor)
-    result["vs_baselines"] = {name: compare(scores, base, floor) for name, base in baselines.items() if base}
+        result["vs_parent"] = compare(scores, parent, noise)
+    result["vs_baselines"] = {name: compare(scores, base, noise) for name, base in baselines.items() if base}
     met = {}
     for task, target in expected.items():
         if task in scores:
-            met[task] = {"target": target, "actual": scores[task]["mean"], "met": scores[task]["mean"] >= target - floor}
+            margin = noise.threshold(task, _seeds(scores[task]), 1) if noise and task in noise.task_std else 0.0
+            met[task] = {"target": target, "actual": scores[task]["mean"], "met": scores[task]["mean"] >= target - margin}
     result["expected"] = met
     result["expected_met"] = sum(v["met"] for v in met.values())
     return result

@@ -43,6 +43,7 @@ from mixerlab.insights import Insights, render_block
 from mixerlab.judge import TASKS, improves, judge
 from mixerlab.mixers import builtin_spec
 from mixerlab.mixers.loading import MixerSpec
+from mixerlab.noise import noise_for
 from mixerlab.progress import LoopProgress
 from mixerlab.propose import ExperimentView, Proposal, ProposalContext, Proposer, ProposerError, TokenUse
 from mixerlab.propose.base import unique_name
@@ -110,6 +111,8 @@ class ResearchLoop:
         self.run_id: int | None = None
         self.stop_at = time.monotonic() + config.budget_minutes * 60 if config.budget_minutes else None
         self.progress: LoopProgress | None = None
+        numerics = "bf16" if config.device.startswith("cuda") else "fp32"
+        self.noise = noise_for(config.profile_label, numerics)  # the yardstick of every verdict (None: unmeasured)
 
     # the run ------------------------------------------------------------------------------------
 
@@ -333,7 +336,7 @@ class ResearchLoop:
                 return "stop"
             claimed = {(e.parent, e.edits[-1]) for e in history if e.parent and e.edits}
             context = ProposalContext(history=history, parent=parent, references=references(history, parent),
-                                      iteration=iteration, language=self.config.language, noise_floor=self.config.noise_floor,
+                                      iteration=iteration, language=self.config.language, noise=self.noise,
                                       taken_names={e.name for e in history}, claimed=claimed)
             self.event("proposing", f"parent {parent.name}", iteration)
             parent_row = next(e for e in self.store.experiments(self.run_id) if e.name == parent.name)
@@ -460,7 +463,7 @@ class ResearchLoop:
         scores = self.scores_of(report)
         mean = statistics.fmean(s["mean"] for s in scores.values())
         baselines = {e.name: e.scores for e in self.store.experiments(self.run_id) if e.kind == "baseline" and e.scores}
-        judgement = judge(scores, parent.scores if parent else None, baselines, row.expected or {}, self.config.noise_floor)
+        judgement = judge(scores, parent.scores if parent else None, baselines, row.expected or {}, self.noise)
         fields: dict[str, Any] = {"status": "done", "success": True, "scores": scores, "mean_score": mean,
                                   "judgement": judgement, "curves": curves(trainings), "timings": timings}
         promotion = self.config.promotion_profile()

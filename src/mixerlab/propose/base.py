@@ -8,6 +8,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
+from mixerlab.noise import NoiseModel
 from mixerlab.insights import Insights
 from mixerlab.tasks import TASK_ORDER
 
@@ -66,7 +67,7 @@ class ProposalContext:
     references: list[ExperimentView]  # siblings, the best, recent failures
     iteration: int
     language: Language = "en"
-    noise_floor: float = 0.01
+    noise: NoiseModel | None = None  # the profile's measured seed noise (noise.py); None: never measured
     taken_names: set[str] = field(default_factory=set)
     claimed: set[tuple[str, str]] = field(default_factory=set)  # (parent, edit) pairs already tried or in flight
 

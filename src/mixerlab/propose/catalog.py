@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import statistics
 
+from mixerlab.noise import Z
 from mixerlab.insights import Insights
 from mixerlab.tasks import TASK_ORDER
 
@@ -145,9 +146,20 @@ class _Writer:
         return Insights(observations=self.observations(), code_issues=self.code_issues(), reasoning=self.reasoning(),
                         expected=self.expected_text(), lessons=self.lessons())
 
-    def _noise(self) -> float:
-        stds = [s.get("std", 0.0) for e in self.ctx.evaluated for s in e.scores.values() if len(s.get("seeds", [])) > 1]
-        return max(self.ctx.noise_floor, statistics.fmean(stds)) if stds else self.ctx.noise_floor
+    def _noise_text(self) -> str:
+        noise = self.ctx.noise
+        if noise is None:
+            return self.t("seed noise of this profile: unknown (never measured; `python benchmarks/noise.py` measures "
+                          "it), so no difference is called beyond noise",
+                          "本配置的种子噪声：未知（从未测量；`python benchmarks/noise.py` 可测量），因此任何差异都不判定为超出噪声")
+        return self.t(f"noise: {noise.describe()}", f"噪声：{noise.describe()}")
+
+    def _beyond_noise(self, delta: float) -> str:
+        noise = self.ctx.noise
+        if noise is None:
+            return self.t("noise unknown", "噪声未知")
+        beyond = abs(delta) > noise.mean_threshold()
+        return self.t("beyond noise" if beyond else "within noise", "超出噪声" if beyond else "在噪声范围内")
 
     def observations(self) -> str:
         p, lines = self.parent, []
@@ -173,9 +185,9 @@ class _Writer:
         if ranked:
             lines.append(self.t(
                 f"• {len(done)} architectures evaluated, {len(failed)} failed; best mean so far `{ranked[0].name}` "
-                f"({ranked[0].mean_score:.4f}); seed noise taken as {self._noise():.3f} per task.",
+                f"({ranked[0].mean_score:.4f}); {self._noise_text()}.",
                 f"• 已评估 {len(done)} 个架构，失败 {len(failed)} 个；当前最优均值为 `{ranked[0].name}`（{ranked[0].mean_score:.4f}）；"
-                f"每个任务的种子噪声按 {self._noise():.3f} 计。"))
+                f"{self._noise_text()}。"))
         return "\n".join(lines)
 
     def code_issues(self) -> str:
@@ -226,14 +238,19 @@ class _Writer:
                  if tried else
                  self.t("Targets = parent + the edit's prior (not yet measured in this run).",
                         "目标 = 父架构得分 + 该修改的先验估计（本轮尚未测量）。"))
-        noise = self.t(f"Changes smaller than the noise ({self._noise():.3f}) will not be called improvements.",
-                       f"小于噪声（{self._noise():.3f}）的变化不算改进。")
+        if self.ctx.noise is not None:
+            noise = self.t(f"Changes within {Z:g} standard deviations of the measured seed noise (per task "
+                           f"{Z:g} x sqrt(2) x std, {self.ctx.noise.source}) will not be called improvements.",
+                           f"小于实测种子噪声 {Z:g} 个标准差（每个任务 {Z:g} x sqrt(2) x std，{self.ctx.noise.source}）的变化不算改进。")
+        else:
+            noise = self.t("This profile's seed noise was never measured: no change will be called an improvement "
+                           "(`python benchmarks/noise.py` measures it).",
+                           "本配置的种子噪声从未测量：任何变化都不算改进（`python benchmarks/noise.py` 可测量）。")
         return "\n".join(lines + [f"• {basis}", f"• {noise}"])
 
     def lessons(self) -> str:
         lines = []
         by_name = {e.name: e for e in self.ctx.history}
-        noise = self._noise()
         candidates = [e for e in self.ctx.history if e.kind == "candidate"]
         for e in candidates[-6:]:
             edit = e.edits[-1] if e.edits else "?"
@@ -248,8 +265,7 @@ class _Writer:
             per_task = {t: (e.score(t) or 0) - (parent.score(t) or 0) for t in TASK_NAMES if e.score(t) is not None}
             best_t = max(per_task, key=per_task.get)
             worst_t = min(per_task, key=per_task.get)
-            verdict = self.t("beyond noise" if abs(delta) > noise / len(TASK_NAMES) ** 0.5 else "within noise",
-                             "超出噪声" if abs(delta) > noise / len(TASK_NAMES) ** 0.5 else "在噪声范围内")
+            verdict = self._beyond_noise(delta)
             lines.append(self.t(
                 f"• `{e.name}` ({edit} on `{parent.name}`): mean {delta:+.4f} ({verdict}); best {self.col(best_t)} "
                 f"{per_task[best_t]:+.3f}, worst {self.col(worst_t)} {per_task[worst_t]:+.3f}.",

@@ -129,7 +129,7 @@ class Event(Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, index=True)
 
 
-VERDICT_CODES = {"better": "b", "worse": "w", "within noise": "n"}
+VERDICT_CODES = {"better": "b", "worse": "w", "within noise": "n", "noise unknown": "u"}
 
 
 def summarize(scores: dict[str, Any] | None, judgement: dict[str, Any] | None) -> dict[str, Any]:

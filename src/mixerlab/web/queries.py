@@ -17,7 +17,7 @@ TASKS = [t.value for t in TASK_ORDER]
 COLUMNS = {t.value: t.column for t in TASK_ORDER}
 SORT_KEYS = ("mean_score", "name", "iteration", "status", *TASKS)
 BASELINE_NAME = "delta_net_4layer"
-CODES = {"b": "better", "w": "worse", "n": "within noise"}
+CODES = {"b": "better", "w": "worse", "n": "within noise", "u": "noise unknown"}
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Row:
     success: bool | None
     mean_score: float | None
     scores: dict[str, dict]
-    verdicts: dict[str, dict[str, str]]  # "parent" / "baseline" -> task -> better | worse | within noise
+    verdicts: dict[str, dict[str, str]]  # "parent" / "baseline" -> task -> better | worse | within noise | noise unknown
 
     def score(self, task: str) -> float | None:
         value = self.scores.get(task)

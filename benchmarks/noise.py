@@ -1,0 +1,91 @@
+"""Measure a profile's seed-to-seed noise, the yardstick of the loop's verdicts (mixerlab/noise.py, judge.py).
+
+    python benchmarks/noise.py --profile tiny --device cpu --seeds 3
+        -> src/mixerlab/data/noise.json (the measurement, merged with the other profiles')
+        -> benchmarks/results/noise.md (per task and of the six-task mean, with each baseline's seeds)
+
+Both baselines are trained with `--seeds N` (each seed draws its own data, shuffles and initial weights);
+finished trainings come from the result cache (`--cache`), so a measurement can be rerun for free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent / "src"))
+
+from mixerlab.config import get_profile  # noqa: E402
+from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer  # noqa: E402
+from mixerlab.mixers import builtin_spec  # noqa: E402
+from mixerlab.noise import DATA, Measurement, from_measurement  # noqa: E402
+
+
+def hardware(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    return f"{platform.machine()} CPU, {len(os.sched_getaffinity(0))} cores"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--cache", type=Path, default=None)
+    args = parser.parse_args()
+    profile = get_profile(args.profile)
+    cache = ResultCache(args.cache) if args.cache else None
+    numerics = "bf16" if args.device.startswith("cuda") else "fp32"
+    scores = {}
+    for name in ("delta_net", "gated_delta_net"):
+        report = evaluate_mixer(builtin_spec(name), profile, EvalOptions(seeds=args.seeds, device=args.device), cache=cache)
+        if report.incomplete:
+            raise SystemExit(f"{name}: {report.incomplete} trainings did not finish; run again")
+        scores[report.mixer] = {task: score.seeds for task, score in report.tasks.items()}
+        print(f"{report.mixer}: " + ", ".join(f"{t} {s.mean:.4f}+-{s.std:.4f}" for t, s in report.tasks.items()))
+    command = f"python benchmarks/noise.py --profile {args.profile} --device {args.device} --seeds {args.seeds}"
+    measurement = Measurement(profile=args.profile, numerics=numerics, hardware=hardware(args.device), command=command,
+                              date=date.today().isoformat(), seeds=args.seeds, scores=scores)
+    stored = json.loads(DATA.read_text()) if DATA.is_file() else {"measurements": []}
+    stored["measurements"] = [m for m in stored["measurements"]
+                              if (m["profile"], m["numerics"]) != (args.profile, numerics)] + [measurement.model_dump()]
+    stored["measurements"].sort(key=lambda m: (m["profile"], m["numerics"]))
+    DATA.parent.mkdir(parents=True, exist_ok=True)
+    DATA.write_text(json.dumps(stored, indent=1) + "\n")
+    write_markdown([Measurement.model_validate(m) for m in stored["measurements"]])
+
+
+def write_markdown(measurements: list[Measurement]) -> None:
+    lines = ["# Seed noise per profile", "",
+             "The yardstick of the research loop's verdicts (`src/mixerlab/noise.py`, `judge.py`): a difference is "
+             "better or worse only beyond 2 standard deviations of the difference (one seed against one seed: "
+             "2 x sqrt(2) x std). Written by the command under each table; the data is `src/mixerlab/data/noise.json`.",
+             ""]
+    for m in measurements:
+        model = from_measurement(m)
+        tasks = list(model.task_std)
+        lines += [f"## `{m.profile}`, {m.numerics} on {m.hardware} ({m.date})", "", f"`{m.command}`", "",
+                  "| | " + " | ".join(tasks) + " | six-task mean |", "|---|" + "---|" * (len(tasks) + 1)]
+        for mixer, per_task in m.scores.items():
+            means = [sum(per_task[t][s] for t in tasks) / len(tasks) for s in range(m.seeds)]
+            lines.append(f"| {mixer}: seeds | " + " | ".join(", ".join(f"{v:.3f}" for v in per_task[t]) for t in tasks)
+                         + " | " + ", ".join(f"{v:.3f}" for v in means) + " |")
+        lines.append("| **pooled std** | " + " | ".join(f"**{model.task_std[t]:.4f}**" for t in tasks)
+                     + f" | **{model.mean_std:.4f}** |")
+        lines.append("| threshold, one seed vs one | " + " | ".join(f"{model.threshold(t):.4f}" for t in tasks)
+                     + f" | {model.mean_threshold():.4f} |")
+        lines.append("")
+    (ROOT / "results" / "noise.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
