@@ -255,3 +255,38 @@ def test_discover_logs_its_progress_in_plain_lines_and_stops_resumably(tmp_path:
     assert "stopped by SIGTERM" in rest and f"--run-dir {run_dir} --resume" in rest
     status = sqlite3.connect(run_dir / "mixerlab.db").execute("select status from runs").fetchone()[0]
     assert status == "stopped"
+
+
+# issue 43: a candidate that cannot differ from its parent at the run's profile is recorded, not trained
+def test_an_inert_candidate_is_recorded_as_such_and_not_trained(tmp_path: Path, baseline_cache: Path) -> None:
+    from mixerlab.config import LoopConfig
+    from mixerlab.evaluate import ResultCache
+    from mixerlab.executor import LocalExecutor
+    from mixerlab.insights import Insights
+    from mixerlab.loop import ResearchLoop
+    from mixerlab.mixers import template_source
+    from mixerlab.mixers.loading import MixerSpec
+    from mixerlab.propose import Proposal
+    from mixerlab.propose.edits import EDITS_BY_NAME
+
+    class ClampOnce:  # proposes the norm clamp, which acts only between 64-token chunks: never at `tiny`'s 32 tokens
+        name = "fixed"
+
+        def propose(self, context):
+            text = "x"
+            return Proposal(name="delta_net_4layer_state_norm_clamp", edits=["state_norm_clamp"],
+                            code=EDITS_BY_NAME["state_norm_clamp"].apply(template_source("delta_net")),
+                            insights=Insights(observations=text, code_issues=text, reasoning=text, expected=text, lessons=text))
+
+        def repair(self, context, proposal, report):
+            raise AssertionError("the clamp passes its checks")
+
+    (tmp_path / "run").mkdir()
+    config = LoopConfig(run_dir=str(tmp_path / "run"), iterations=1, cache_path=str(baseline_cache))
+    loop = ResearchLoop(config, ClampOnce(), LocalExecutor(), None)
+    loop.run()
+    row = next(e for e in loop.store.experiments() if e.kind == "candidate")
+    assert row.status == "inert" and row.success is False and "behaves exactly as `delta_net_4layer`" in row.failure_reason
+    code_hash = MixerSpec(row.name, row.code).code_hash
+    assert ResultCache(baseline_cache).count(code_hash) == 0  # six trainings saved
+    assert len(list((tmp_path / "run" / "iterations").glob("001_*.txt"))) == 1  # its block, printed and saved

@@ -168,3 +168,21 @@ def test_iteration_block_round_trip() -> None:
     assert parsed.name == "delta_net_4layer_new_idea" and parsed.success and parsed.timestamp == "20250616_230248"
     assert parsed.insights == insights
     assert parsed.table.round(6).equals(table.round(6))
+
+
+def test_an_edit_that_never_acts_at_the_profile_is_seen_before_training() -> None:
+    """The fingerprint (check.dynamic.fingerprint): the norm clamp and the momentum act between chunks of 64 tokens,
+    which `tiny`'s 32-token sequences never reach: inert there, with their parent's exact numbers; at `quick`'s
+    lengths (and with weights grown as training grows them) they act. tanh on the error acts everywhere."""
+    from mixerlab.check.dynamic import FINGERPRINT_TOLERANCE, Conditions, fingerprint, same_behaviour
+    from mixerlab.config import get_profile
+    from mixerlab.propose.edits import EDITS_BY_NAME
+
+    base = template_source("delta_net")
+    for profile, inert in (("tiny", {"state_norm_clamp", "momentum_on_update"}), ("quick", set())):
+        conditions = Conditions.for_profile(get_profile(profile), "cpu")
+        parent = fingerprint(MixerSpec("parent", base).load_class(), conditions)
+        for name in ("state_norm_clamp", "momentum_on_update", "tanh_on_error"):
+            child = fingerprint(MixerSpec(name, EDITS_BY_NAME[name].apply(base)).load_class(), conditions)
+            change = same_behaviour(child, parent)
+            assert (change <= FINGERPRINT_TOLERANCE) == (name in inert), (profile, name, change)

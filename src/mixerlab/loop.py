@@ -33,7 +33,8 @@ from typing import Any
 
 from rich.console import Console
 
-from mixerlab.check import CHECK_TITLES, CheckReport, novelty_hash
+from mixerlab.check import CHECK_TITLES, CheckReport, Conditions, novelty_hash
+from mixerlab.check.dynamic import FINGERPRINT_TOLERANCE, fingerprint, same_behaviour
 from mixerlab.config import LoopConfig, get_profile
 from mixerlab.evaluate import ResultCache
 from mixerlab.evaluate.plan import plan_jobs
@@ -113,6 +114,8 @@ class ResearchLoop:
         self.progress: LoopProgress | None = None
         numerics = "bf16" if config.device.startswith("cuda") else "fp32"
         self.noise = noise_for(config.profile_label, numerics)  # the yardstick of every verdict (None: unmeasured)
+        # how candidates will be trained: their fingerprints are taken at these widths and lengths
+        self.conditions = Conditions.for_profile(get_profile(config.profile), "cuda" if numerics == "bf16" else "cpu")
 
     # the run ------------------------------------------------------------------------------------
 
@@ -293,6 +296,9 @@ class ResearchLoop:
                     code=spec.source, code_hash=spec.code_hash, novelty_hash=novelty_hash(spec.source),
                     status="evaluating", profile=self.config.profile_label, timestamp=timestamp(),
                 )
+            if not (row.check_report or {}).get("fingerprint"):  # trusted code: taken here, not in the sandbox
+                row = self.store.update_experiment(row.id, check_report={
+                    "fingerprint": fingerprint(spec.load_class(), self.conditions)})
             if row.status != "done":
                 self.evaluate(row, spec, parent=None, slot=0)
 
@@ -304,7 +310,7 @@ class ResearchLoop:
             spec = MixerSpec(name=row.name, source=row.code, filename=f"{row.name}.py")
             parent = self.store.experiment(row.parent_id) if row.parent_id else None
             if row.status in ("proposed", "checking"):
-                report = self.executor.check(spec, self.store.known_novelty(), 0)
+                report = self.executor.check(spec, self.store.known_novelty(), 0, self.conditions)
                 number = len(self.store.attempts(row.id))
                 self.store.add_attempt(row.id, number=number, code=row.code, passed=report.passed,
                                        reason=report.summary(), check_report=report.model_dump(mode="json"))
@@ -386,7 +392,7 @@ class ResearchLoop:
         for number in range(self.config.max_repairs + 1):
             self.event("checking", f"attempt {number + 1}", row.iteration, row.name)
             spec = MixerSpec(name=row.name, source=proposal.code, filename=f"{row.name}.py")
-            report = self.executor.check(spec, self.store.known_novelty(), slot)
+            report = self.executor.check(spec, self.store.known_novelty(), slot, self.conditions)
             self.store.add_attempt(row.id, number=number, code=proposal.code, passed=report.passed, reason=report.summary(),
                                    check_report=report.model_dump(mode="json"), tokens=proposal.tokens.model_dump())
             if report.passed:
@@ -410,9 +416,33 @@ class ResearchLoop:
                 edits=proposal.edits, tokens=tokens.model_dump(),
             )
         timings = {**(row.timings or {}), "check_s": time.perf_counter() - start}
+        if twin := self.behaves_like(report, row):
+            name, change = twin
+            self.store.update_experiment(row.id, status="inert", success=False, check_report=report.model_dump(mode="json"),
+                                         timings=timings, tokens=tokens.model_dump(), failure_reason=(
+                f"inert at {self.config.profile_label}: it behaves exactly as `{name}` (outputs and input gradients at the "
+                f"profile's lengths, from the same initial weights, differ by {change:.1e} relative, within "
+                f"{FINGERPRINT_TOLERANCE:g}); not trained, its {name} scores would repeat"))
+            row = self.store.experiment(row.id)
+            self.event("inert", f"behaves as {name}", row.iteration, row.name)
+            self.print_block(row)
+            return None
         row = self.store.update_experiment(row.id, status="evaluating", check_report=report.model_dump(mode="json"),
                                            timings=timings, tokens=tokens.model_dump())
         return row, self.store.experiment(row.parent_id)
+
+    def behaves_like(self, report: CheckReport, row: Experiment) -> tuple[str, float] | None:
+        """An earlier experiment of the run (its parent first) whose fingerprint this candidate's matches."""
+        if not report.fingerprint:
+            return None
+        earlier = [e for e in self.store.experiments(self.run_id) if e.id != row.id and e.status in ("done", "evaluating")
+                   and (e.check_report or {}).get("fingerprint")]
+        earlier.sort(key=lambda e: e.id != row.parent_id)
+        for e in earlier:
+            change = same_behaviour(report.fingerprint, e.check_report["fingerprint"])
+            if change is not None and change <= FINGERPRINT_TOLERANCE:
+                return e.name, change
+        return None
 
     def fail(self, row: Experiment, reason: str, report: CheckReport | None = None, timings: dict | None = None,
              tokens: TokenUse | None = None) -> None:

@@ -61,9 +61,11 @@ def check_candidate(
     start = time.perf_counter()
     checks: list[CheckResult] = []
 
+    fingerprint: list[float] = []
+
     def report() -> CheckReport:
-        return CheckReport(candidate=spec.name, code_hash=spec.code_hash, checks=checks,
-                           seconds=time.perf_counter() - start).completed()
+        return CheckReport(candidate=spec.name, code_hash=spec.code_hash, checks=checks, seconds=time.perf_counter() - start,
+                           fingerprint=fingerprint or None).completed()
 
     t0 = time.perf_counter()
     result, _ = static_check(spec.source, spec.filename)
@@ -104,6 +106,12 @@ def check_candidate(
                 raise ProtocolError(f"a result for check {result.name!r} out of order")
             expected.pop(0)
             checks.append(result)
+        elif kind == "fingerprint":
+            values = message.get("values")
+            if expected or fingerprint or not isinstance(values, list) or len(values) > 20_000 \
+                    or not all(isinstance(v, float) for v in values):
+                raise ProtocolError("a malformed or early fingerprint")
+            fingerprint.extend(values)
         elif kind not in ("error", "done"):
             raise ProtocolError(f"an unexpected message {kind!r} from a check")
 

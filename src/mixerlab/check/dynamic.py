@@ -498,3 +498,49 @@ def check_determinism(module: nn.Module, d_model: int) -> CheckResult:
         return CheckResult.fail("determinism", f"two eval-mode forwards of the same input differ (max {diff:.2e}); "
                                 "remove randomness from forward (torch.rand, dropout outside training)")
     return CheckResult.ok("determinism", "eval-mode forward is deterministic")
+
+
+FINGERPRINT_SEED = 20240901
+FINGERPRINT_VALUES = 256  # sampled output and input-gradient values per length
+FINGERPRINT_TOLERANCE = 1e-6  # relative: float32 forms of the same computation agree far closer on the CPU
+# weights as initialised, then every parameter scaled up: an edit that acts only on large states or activations
+# (a norm clamp) must show before it is called inert
+WEIGHT_SCALES = (1.0, 4.0)
+
+
+def fingerprint(cls: type[nn.Module], cond: Conditions) -> list[float]:
+    """What the mixer does, as numbers: built from a fixed seed at the evaluation's width, run in train mode on
+    fixed inputs at the profile's lengths (up to 256) on the CPU in float32, with the weights as built and then
+    scaled up 4x (the large states training can reach); sampled outputs and gradients of the input. Two mixers whose fingerprints agree start training identically: a candidate whose edit never acts at
+    these lengths (a clamp that never fires) has its parent's fingerprint, and training it again teaches nothing
+    (loop.py records it as inert instead). Same seed, same parameter order: the same initial weights wherever
+    the parameters match."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(FINGERPRINT_SEED)
+        module = cls(d_model=cond.d_model).train()
+        gen = torch.Generator().manual_seed(FINGERPRINT_SEED)
+        values: list[float] = []
+        for scale in WEIGHT_SCALES:  # the initial weights, and weights grown as training can grow them
+            if scale != 1.0:
+                with torch.no_grad():
+                    for param in module.parameters():
+                        param.mul_(scale)
+            for length in sorted({min(256, max(2, t)) for t in cond.lengths}):
+                x = torch.randn(2, length, cond.d_model, generator=gen, requires_grad=True)
+                weights = torch.randn(2, length, cond.d_model, generator=gen)
+                torch.manual_seed(FINGERPRINT_SEED)  # dropout, if any, draws alike
+                out = module(x)
+                (grad,) = torch.autograd.grad((out * weights).sum(), x)
+                picks = torch.randperm(out.numel(), generator=gen)[:FINGERPRINT_VALUES]
+                values += out.detach().flatten()[picks].tolist() + grad.flatten()[picks].tolist()
+    return values
+
+
+def same_behaviour(a: list[float], b: list[float]) -> float | None:
+    """The largest relative difference of two fingerprints, or None if they are not comparable (other lengths)."""
+    if len(a) != len(b) or not a:
+        return None
+    ta, tb = torch.tensor(a), torch.tensor(b)
+    if not (torch.isfinite(ta).all() and torch.isfinite(tb).all()):
+        return None
+    return ((ta - tb).abs().max() / (tb.abs().max() + 1e-12)).item()

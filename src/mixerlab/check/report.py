@@ -47,6 +47,7 @@ class CheckReport(BaseModel):
     code_hash: str
     checks: list[CheckResult]
     seconds: float = 0.0
+    fingerprint: list[float] | None = None  # what it does (check.dynamic.fingerprint), once every check passed
 
     @property
     def passed(self) -> bool:

@@ -56,8 +56,9 @@ class KnownResults:
 
 
 class Executor(Protocol):
-    def check(self, spec: MixerSpec, known: dict[str, str], slot: int) -> CheckReport:
-        """Run the candidate checks (sandboxed) and return the report."""
+    def check(self, spec: MixerSpec, known: dict[str, str], slot: int, conditions: Conditions | None = None) -> CheckReport:
+        """Run the candidate checks (sandboxed) under `conditions` (how the run trains; default: the executor's)
+        and return the report."""
 
     def evaluate(self, spec: MixerSpec, job: EvaluationJob, on_training: TrainingCallback, slot: int,
                  progress=None) -> EvalOutcome:

@@ -29,12 +29,12 @@ class LocalExecutor:
     def _gpu(self, slot: int) -> int | None:
         return slot % self.gpus if self.device.startswith("cuda") and self.gpus > 0 else None
 
-    def check(self, spec: MixerSpec, known: dict[str, str], slot: int) -> CheckReport:
+    def check(self, spec: MixerSpec, known: dict[str, str], slot: int, conditions: Conditions | None = None) -> CheckReport:
         gpu = self._gpu(slot)
         limits = self.check_limits
         if gpu is not None:  # the checks run where the evaluation will: on the GPU
             limits = replace(limits, cuda_device=gpu, gpu_memory_fraction=0.2 / self.workers_per_gpu)
-        conditions = self.conditions.model_copy(update={"device": "cuda" if gpu is not None else "cpu"})
+        conditions = (conditions or self.conditions).model_copy(update={"device": "cuda" if gpu is not None else "cpu"})
         return check_candidate(spec, known=known, limits=limits, conditions=conditions)
 
     def evaluate(self, spec: MixerSpec, job: EvaluationJob, on_training: TrainingCallback, slot: int,

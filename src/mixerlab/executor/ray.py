@@ -83,8 +83,8 @@ class RayExecutor:
         self.max_retries = max_retries
         self.conditions = conditions or Conditions()
 
-    def check(self, spec: MixerSpec, known: dict[str, str], slot: int) -> CheckReport:
-        conditions = self.conditions.model_copy(update={"device": "cpu"})  # check tasks take a CPU, not a GPU
+    def check(self, spec: MixerSpec, known: dict[str, str], slot: int, conditions: Conditions | None = None) -> CheckReport:
+        conditions = (conditions or self.conditions).model_copy(update={"device": "cpu"})  # check tasks take a CPU, not a GPU
         ref = _check_task.options(max_retries=self.max_retries).remote(
             _spec_payload(spec), known, _limits_dict(self.check_limits), conditions.model_dump(mode="json"))
         return CheckReport.model_validate(ray.get(ref))

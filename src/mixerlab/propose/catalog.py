@@ -45,7 +45,7 @@ def measured_effects(history: list[ExperimentView]) -> dict[str, dict[str, list[
 def failures_of(history: list[ExperimentView]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for e in history:
-        if e.status == "failed" and e.edits:
+        if e.status in ("failed", "inert") and e.edits:  # an edit that did nothing here is no better than one that broke
             counts[e.edits[-1]] = counts.get(e.edits[-1], 0) + 1
     return counts
 
@@ -257,6 +257,11 @@ class _Writer:
             if e.status == "failed":
                 lines.append(self.t(f"• `{e.name}` ({edit}) failed: {e.failure_reason[:160]}",
                                     f"• `{e.name}`（{edit}）失败：{e.failure_reason[:160]}"))
+                continue
+            if e.status == "inert":
+                lines.append(self.t(f"• `{e.name}` ({edit}) changed nothing at this profile's lengths: "
+                                    f"{e.failure_reason[:140]}",
+                                    f"• `{e.name}`（{edit}）在本配置的长度下没有任何作用：{e.failure_reason[:140]}"))
                 continue
             parent = by_name.get(e.parent or "")
             if e.status != "done" or not parent or e.mean_score is None or parent.mean_score is None:

@@ -78,6 +78,8 @@ def run_checks(spec: MixerSpec, options: dict[str, Any], send: Send, integrity: 
             result = CheckResult.fail(name, f"raised {type(err).__name__}: {str(err)[:400]}")
         if not emit(result, started):
             return
+    send({"type": "fingerprint", "values": dynamic.fingerprint(cls, cond)})
+    integrity.verify("while its fingerprint was taken")
 
 
 def _at_conditions(cls: type, cond: dynamic.Conditions) -> torch.nn.Module:

@@ -89,7 +89,8 @@ class Store:
     def known_novelty(self) -> dict[str, str]:
         """novelty hash -> experiment name, over every experiment that passed its checks."""
         with self.session() as s:
-            rows = s.execute(select(Experiment.novelty_hash, Experiment.name).where(Experiment.status.in_(("done", "evaluating"))))
+            rows = s.execute(select(Experiment.novelty_hash, Experiment.name).where(
+                Experiment.status.in_(("done", "evaluating", "inert"))))
             return {h: n for h, n in rows}
 
     # attempts and events ------------------------------------------------------------------------
