@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .base import app, console, fail
+from .base import UserError, app, console, fail, writable_file
 
 
 cache_app = typer.Typer(no_args_is_help=True, help="The result cache of finished trainings.")
@@ -186,10 +186,10 @@ def cache_export(
         mixer_hash = resolve_mixer(mixer).code_hash if mixer else None
     except MixerLoadError as err:
         fail(str(err))
-    if out.is_dir():
-        fail(f"{str(out)!r} is a folder; give a file path such as {str(out / 'results.jsonl.gz')!r}")
-    if not out.parent.exists():
-        fail(f"folder {str(out.parent)!r} does not exist; create it or choose another path")
+    try:
+        writable_file(out, "the export file")
+    except UserError as err:
+        fail(str(err))
     try:
         typer.echo(f"exported {store.export_jsonl(out, mixer_hash)} trainings to {out}")
     except OSError as err:

@@ -68,10 +68,9 @@ def discover_command(
                                                 "step on CUDA (default: on for every profile but tiny)"),
 ) -> None:
     """Run the research loop: baselines, then propose -> check -> evaluate -> record, iteration by iteration."""
-    from mixerlab.config import PROFILES, LoopConfig
-    from mixerlab.executor import make_executor
     from mixerlab.check import Conditions
-    from mixerlab.config import get_profile
+    from mixerlab.config import PROFILES, LoopConfig, get_profile
+    from mixerlab.executor import make_executor
     from mixerlab.loop import ResearchLoop, RunExists, RunFailed
     from mixerlab.propose import CatalogProposer
     from mixerlab.propose.llm import LLMProposer, LLMSettings
@@ -97,11 +96,11 @@ def discover_command(
             raise UserError(f"unknown profile {prof!r}; use one of {', '.join(PROFILES)}")
         if promote_to not in ("auto", "none", *PROFILES):
             raise UserError(f"unknown --promote-to {promote_to!r}; use auto, none or a profile name")
-        gpus_here = _gpu_count() if dev.startswith("cuda") else 0
-        most = 8 * gpus_here if gpus_here else available_cpus()
+        gpus = _gpu_count() if dev.startswith("cuda") else 0
+        most = 8 * gpus if gpus else available_cpus()
         if executor == "local" and workers > most:
             raise UserError(f"--workers {workers} is more than this machine runs at once ({most}: "
-                            + (f"8 per GPU, {gpus_here} GPU(s))" if gpus_here else f"its {most} CPUs)")
+                            + (f"8 per GPU, {gpus} GPU(s))" if gpus else f"its {most} CPUs)")
                             + "; give fewer, or --executor ray for a cluster")
         writable_dir(run_dir)
         llm = {"base_url": base_url, "model": model, "api_key_env": api_key_env, "timeout_s": llm_timeout,
@@ -119,11 +118,8 @@ def discover_command(
             chosen = LLMProposer(settings)
         else:
             chosen = CatalogProposer()
-        import torch
-
         if executor not in ("local", "ray"):
             raise UserError(f"unknown executor {executor!r}; use local or ray")
-        gpus = torch.cuda.device_count() if dev.startswith("cuda") else 0
         limits = SandboxLimits(timeout_s=config.check_timeout_s, memory_gb=config.check_memory_gb)
         try:
             runner = make_executor(executor, device=dev, gpus=gpus, check_limits=limits, workers=workers,
