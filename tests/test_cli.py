@@ -102,8 +102,8 @@ def test_seeds_give_mean_and_std(tmp_path: Path) -> None:
         (["--init", "xavier"], ["unknown init 'xavier'", "normal", "fla-xavier"]),
         (["--init-seed", "layer"], ["unknown init seed 'layer'", "setting or run"]),
         (["--compile", "--device", "cpu"], ["--compile", "CUDA"]),
-        (["--max-seq-len", "0"], ["Invalid value", "--max-seq-len"]),
-        (["--patience", "0"], ["Invalid value", "--patience"]),
+        (["--max-seq-len", "0"], ["--max-seq-len 0", "greater than or equal to 1"]),
+        (["--patience", "0"], ["--patience 0", "greater than or equal to 1"]),
         # brackets in the message are text, not rich markup: the example label must come through whole
         (["--profile", "full", "--tasks", "selective_copy", "--settings", "vocab=128"],
          ["unknown setting 'vocab=128'", "vocab_size=128", "selective_copy[num_tokens_to_copy=96]"]),

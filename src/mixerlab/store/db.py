@@ -22,9 +22,6 @@ def sqlite_url(path: str | Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
 def reason(err: SQLAlchemyError) -> str:
     """The database's own first line of an error, without SQLAlchemy's "Background on this error" link."""
     text = str(getattr(err, "orig", None) or err).strip()
@@ -54,8 +51,6 @@ def open_engine(url: str, read_only: bool = False) -> Engine:
             parsed = make_url(f"sqlite:///file:{path}?mode=ro&uri=true")
         elif not path.parent.exists():
             raise DatabaseError(f"folder {str(path.parent)!r} for the database does not exist; create it or use --run-dir")
-        elif path.exists() and path.stat().st_size and _header(path) != SQLITE_HEADER:
-            raise DatabaseError(f"{str(path)!r} is not a SQLite database; point --db at a mixerlab.db or a new file")
     try:
         engine = create_engine(parsed, pool_pre_ping=True, future=True)
     except (ArgumentError, ModuleNotFoundError) as err:
@@ -82,6 +77,9 @@ def open_engine(url: str, read_only: bool = False) -> Engine:
         raise DatabaseError(f"cannot open database {parsed.render_as_string(hide_password=True)!r}: {reason(err)}; "
                             f"{hint}") from None
     except SQLAlchemyError as err:
+        if backend == "sqlite" and "file is not a database" in reason(err):
+            raise DatabaseError(f"{url.removeprefix('sqlite:///')!r} is not a SQLite database; point --db at a "
+                                "discover run's mixerlab.db or a new file") from None
         raise DatabaseError(f"cannot open database {url!r}: {reason(err)}") from None
     missing = {"runs", "experiments", "attempts", "events"} - tables
     if missing:
@@ -89,17 +87,12 @@ def open_engine(url: str, read_only: bool = False) -> Engine:
     return engine
 
 
-def _header(path: Path) -> bytes:
-    with path.open("rb") as handle:
-        return handle.read(len(SQLITE_HEADER))
-
-
 def _readable_sqlite(path: Path) -> None:
     if path.is_dir():
         raise DatabaseError(f"{str(path)!r} is a folder; point --db at a run's mixerlab.db (or use --run-dir)")
     if not path.is_file():
         raise DatabaseError(f"no database at {str(path)!r}; point --db at a discover run's mixerlab.db")
-    if path.stat().st_size == 0 or _header(path) != SQLITE_HEADER:
+    if path.stat().st_size == 0:
         raise DatabaseError(f"{str(path)!r} is not a SQLite database; point --db at a discover run's mixerlab.db")
 
 
