@@ -71,6 +71,8 @@ def test_experiment_lineage_live_compare(client: TestClient) -> None:
         ("/api/compare?ids=1,99999", 404, "no experiment with id 99999"),
         ("/api/compare", 422, "invalid ids"),
         ("/no/such/page", 404, "no page at /no/such/page"),
+        ("/api/knowledge?ability=flying", 422, "unknown ability 'flying'"),
+        ("/api/knowledge/nosuch", 404, "no knowledge card 'nosuch'"),
     ],
 )
 def test_bad_ids_and_queries(client: TestClient, path: str, status: int, message: str) -> None:
@@ -102,3 +104,21 @@ def test_token_is_required_when_set(tiny_run) -> None:
     assert TestClient(app, cookies={"mixerlab_token": "s3cret"}).get("/api/runs").status_code == 200
     assert TestClient(app, cookies={"mixerlab_token": "wrong"}).get("/api/runs").status_code == 401
     assert guarded.get("/healthz").status_code == 200
+
+
+def test_the_knowledge_cards_are_browsable(tmp_path) -> None:
+    from mixerlab.store import Store
+
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    Store(url)  # a new, empty run database: the cards need no experiments
+    web = TestClient(create_app(url))
+    cards = web.get("/api/knowledge").json()
+    assert len(cards) >= 40 and all({"id", "mechanism", "equation", "helps", "citation", "options"} <= set(c) for c in cards)
+    noisy = web.get("/api/knowledge", params={"ability": "noisy_recall"}).json()
+    assert noisy and all("noisy_recall" in c["helps"] for c in noisy) and len(noisy) < len(cards)
+    decay = web.get("/api/knowledge", params={"q": "forget gate decay"}).json()
+    assert decay[0]["id"] in {"gated_deltanet", "gla", "hgrn", "rfa", "forgetting_transformer", "mamba2", "rwkv6"}
+    one = web.get("/api/knowledge/gated_deltanet").json()
+    assert "decay=data_dependent" in one["options"]
+    page = web.get("/knowledge", params={"ability": "selective_copy"})
+    assert page.status_code == 200 and 'id="card-mamba"' in page.text and "helps selective_copy" in page.text

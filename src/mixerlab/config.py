@@ -184,7 +184,8 @@ class LoopConfig(BaseModel):
 
     run_dir: str
     db_url: str | None = None  # default: sqlite:///<run_dir>/mixerlab.db
-    proposer: Literal["catalog", "llm"] = "catalog"
+    proposer: Literal["catalog", "search", "llm"] = "catalog"
+    search_seed: int = Field(default=0, ge=0, le=2**31 - 1, description="random seed of the search proposer")
     profile: str = "tiny"
     seeds: Seeds = 1
     patience: Patience | None = Field(default=None, description="TrainConfig.patience for every evaluation of the run")

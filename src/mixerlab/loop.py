@@ -323,6 +323,8 @@ class ResearchLoop:
     # one iteration -------------------------------------------------------------------------------
 
     def eligible(self, e: ExperimentView) -> bool:
+        if hasattr(self.proposer, "eligible"):  # a proposer that knows which experiments it can build on
+            return self.proposer.eligible(e)
         if self.proposer.name == "catalog":  # catalog edits apply to DeltaNet-lineage code
             return e.name == "delta_net_4layer" or (e.kind == "candidate" and bool(e.edits))
         return True
@@ -333,10 +335,11 @@ class ResearchLoop:
         Selection and recording are serialised across proposal threads; the proposer call itself runs
         concurrently only for proposers that are slow and stateless (a model endpoint), never for the catalog,
         whose instant choices must see each other."""
-        concurrent = self.proposer.name != "catalog"
+        concurrent = self.proposer.name == "llm"
         with self.propose_lock:
             history = self.history()
-            parent = select_parent(history, self.eligible, self.config.ucb_c)
+            chooser = getattr(self.proposer, "choose_parent", None)  # e.g. the search proposer's archive
+            parent = chooser(history) if chooser else select_parent(history, self.eligible, self.config.ucb_c)
             if parent is None:
                 self.event("stopped", "no eligible parent", iteration)
                 return "stop"

@@ -32,7 +32,9 @@ def _llm_preflight(settings) -> None:
 
 @app.command("discover")
 def discover_command(
-    proposer: str = typer.Option("catalog", help="catalog (offline) | llm (any OpenAI-compatible endpoint)"),
+    proposer: str = typer.Option("catalog", help="catalog (offline, fixed edits) | search (offline, design-space "
+                                 "search with a quality-diversity archive) | llm (any OpenAI-compatible endpoint)"),
+    search_seed: int = typer.Option(0, min=0, help="random seed of the search proposer"),
     iterations: Optional[int] = typer.Option(None, min=0, help="candidates in the run (default 3 unless --budget-minutes)"),
     budget_minutes: Optional[float] = typer.Option(None, min=0.1, help="stop starting iterations after this long"),
     profile: Optional[str] = typer.Option(None, help="evaluation profile (default: tiny on CPU, quick on CUDA)"),
@@ -55,6 +57,9 @@ def discover_command(
     llm_timeout: float = typer.Option(300.0, min=1.0, help="seconds to wait for one model reply"),
     max_tokens: int = typer.Option(4096, min=64, help="completion token limit per model call"),
     temperature: float = typer.Option(0.7, min=0.0, max=2.0, help="sampling temperature of the model (0: greedy)"),
+    llm_format: str = typer.Option("code", help="llm proposer: code (the model writes the file) | choices (it picks "
+                                   "design-space options by constrained JSON; for small local models)"),
+    cards: int = typer.Option(4, min=0, max=20, help="llm proposer: knowledge cards put in the prompt"),
     cache: Optional[Path] = typer.Option(None, help="result cache shared across runs (default: in the run directory)"),
     executor: str = typer.Option("local", help="local (processes here) | ray (a Ray cluster; pip install mixerlab[ray])"),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster: auto | HOST:PORT (default: a private local cluster)"),
@@ -86,8 +91,10 @@ def discover_command(
             raise UserError(f"nothing to resume in {str(run_dir)!r}: it holds no mixerlab.db; drop --resume to start a "
                             "run there, or give the --run-dir of the run to continue")
         _check_url(base_url)
-        if proposer not in ("catalog", "llm"):
-            raise UserError(f"unknown proposer {proposer!r}; use catalog or llm")
+        if proposer not in ("catalog", "search", "llm"):
+            raise UserError(f"unknown proposer {proposer!r}; use catalog, search or llm")
+        if llm_format not in ("code", "choices"):
+            raise UserError(f"unknown --llm-format {llm_format!r}; use code or choices")
         if language not in ("en", "zh"):
             raise UserError(f"unknown language {language!r}; use en or zh")
         dev = resolve_device(device)
@@ -104,9 +111,9 @@ def discover_command(
                             + "; give fewer, or --executor ray for a cluster")
         writable_dir(run_dir)
         llm = {"base_url": base_url, "model": model, "api_key_env": api_key_env, "timeout_s": llm_timeout,
-               "max_tokens": max_tokens, "temperature": temperature, "max_calls_per_minute": llm_rate, "require_key": not any(h in base_url for h in ("127.0.0.1", "localhost", "[::1]"))}
+               "max_tokens": max_tokens, "temperature": temperature, "format": llm_format, "cards": cards, "max_calls_per_minute": llm_rate, "require_key": not any(h in base_url for h in ("127.0.0.1", "localhost", "[::1]"))}
         config = validated(LoopConfig, {"compile": "--compile", "db_url": "--db"}, run_dir=str(run_dir), db_url=db,
-                           proposer=proposer, profile=prof, seeds=seeds, patience=patience,
+                           proposer=proposer, search_seed=search_seed, profile=prof, seeds=seeds, patience=patience,
                            iterations=3 if iterations is None and budget_minutes is None else iterations,
                            budget_minutes=budget_minutes, workers=workers, device=dev, promote_to=promote_to,
                            max_repairs=max_repairs, language=language, llm=llm,
@@ -116,6 +123,10 @@ def discover_command(
             settings = LLMSettings(**llm)
             _llm_preflight(settings)
             chosen = LLMProposer(settings)
+        elif proposer == "search":
+            from mixerlab.propose.search import SearchProposer
+
+            chosen = SearchProposer(seed=search_seed)
         else:
             chosen = CatalogProposer()
         if executor not in ("local", "ray"):

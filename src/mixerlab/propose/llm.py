@@ -23,6 +23,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import httpx
 from pydantic import BaseModel
@@ -30,7 +31,8 @@ from pydantic import BaseModel
 from mixerlab.insights import SECTIONS, Insights, snake_case, valid_name
 
 from .base import Proposal, ProposalContext, ProposerError, TASK_NAMES, TokenUse, unique_name
-from .prompts import repair_messages, system_prompt, user_prompt
+from . import space
+from .prompts import choices_system_prompt, choices_user_prompt, repair_messages, retrieved_cards, system_prompt, user_prompt
 
 
 class LLMError(ProposerError):
@@ -49,6 +51,10 @@ class LLMSettings(BaseModel):
     max_tokens: int = 4096
     temperature: float = 0.7
     use_json_schema: bool = True
+    # "code": the model writes the whole file; "choices": it picks options of the design space (propose/space.py)
+    # by schema-constrained JSON and mixerlab renders the file, so even a small local model yields valid code
+    format: Literal["code", "choices"] = "code"
+    cards: int = 4  # knowledge cards retrieved for the parent's weaknesses and put in the prompt (0: none)
     max_calls_per_minute: float | None = None  # the endpoint's rate limit: calls are spaced to respect it
     price_prompt_per_1k: float = 0.0
     price_completion_per_1k: float = 0.0
@@ -100,27 +106,27 @@ class LLMClient:
 
     FORMATS = ("json_schema", "json_object", None)
 
-    def chat(self, messages: list[dict], schema: bool) -> Reply:
+    def chat(self, messages: list[dict], schema: bool, response_schema: dict | None = None) -> Reply:
         """One chat completion; structured output in the first form this server accepts."""
         forms = self.FORMATS if schema else (None,)
         start = forms.index(getattr(self, "_form", forms[0])) if getattr(self, "_form", forms[0]) in forms else 0
         for form in forms[start:]:
             try:
-                reply = self._chat(messages, form)
+                reply = self._chat(messages, form, response_schema or RESPONSE_SCHEMA)
             except _SchemaRefused:
                 continue
             self._form = form
             return reply
         raise LLMError("the endpoint refused every request format")  # pragma: no cover - None is never refused
 
-    def _chat(self, messages: list[dict], form: str | None) -> Reply:
+    def _chat(self, messages: list[dict], form: str | None, response_schema: dict = RESPONSE_SCHEMA) -> Reply:
         body = {"model": self.settings.model, "messages": messages, "max_tokens": self.settings.max_tokens,
                 "temperature": self.settings.temperature}
         if form == "json_schema":
             body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": "mixer_proposal", "schema": RESPONSE_SCHEMA, "strict": False}}
+                                       "json_schema": {"name": "mixer_proposal", "schema": response_schema, "strict": False}}
         elif form == "json_object":
-            body["response_format"] = {"type": "json_object", "schema": RESPONSE_SCHEMA}
+            body["response_format"] = {"type": "json_object", "schema": response_schema}
         schema = form is not None
         last = ""
         for attempt in range(self.settings.max_retries + 1):
@@ -269,12 +275,53 @@ def _strip_fence(code: str) -> str:
     return (match.group(1) if match else code).strip() + "\n"
 
 
+# the choices format: a name, one option per axis the model wants to change (enums: constrained decoding cannot
+# produce an invalid one), a short reasoning, and code only where the model goes beyond the space
+CHOICES_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},  # no maxLength: llama.cpp expands it into a grammar too large to parse
+        "choices": {"type": "object", "properties": {a.name: {"type": "string", "enum": a.names} for a in space.AXES},
+                    "additionalProperties": False},
+        "reasoning": {"type": "string"},
+    },
+    "required": ["name", "choices", "reasoning"],
+}
+
+
+def parse_choices(text: str) -> tuple[str, dict[str, str], str]:
+    """(name, choices, reasoning) from a choices-format reply; unknown axes or options are named in the error."""
+    data = _json_object(text) or salvage_json(text)
+    if not data or not isinstance(data.get("choices"), dict):
+        raise ValueError("the reply holds no JSON object with a `choices` object")
+    choices = {}
+    for axis, option in data["choices"].items():
+        if axis not in space.AXES_BY_NAME:
+            raise ValueError(f"unknown axis {axis!r}; axes: {', '.join(space.AXES_BY_NAME)}")
+        if str(option) not in space.AXES_BY_NAME[axis].names:
+            raise ValueError(f"axis {axis!r} has no option {option!r}; options: {', '.join(space.AXES_BY_NAME[axis].names)}")
+        choices[axis] = str(option)
+    return str(data.get("name") or ""), choices, str(data.get("reasoning") or "").strip()
+
+
 class LLMProposer:
     name = "llm"
 
     def __init__(self, settings: LLMSettings) -> None:
         self.settings = settings
         self.client = LLMClient(settings)
+
+    @property
+    def choices_format(self) -> bool:
+        return self.settings.format == "choices"
+
+    def eligible(self, e) -> bool:
+        """Code format: any experiment. Choices format: those with a design-space vector."""
+        if not self.choices_format:
+            return True
+        from .search import vector_of
+
+        return vector_of(e) is not None
 
     def _ask(self, messages: list[dict]) -> tuple[ParsedReply, TokenUse]:
         used = TokenUse()
@@ -313,14 +360,69 @@ class LLMProposer:
                         expected=targets, edits=[], tokens=tokens)
 
     def propose(self, ctx: ProposalContext) -> Proposal:
-        messages = [{"role": "system", "content": system_prompt(ctx.language)}, {"role": "user", "content": user_prompt(ctx)}]
+        cards = retrieved_cards(ctx, self.settings.cards)
+        if self.choices_format:
+            return self._propose_choices(ctx, cards)
+        messages = [{"role": "system", "content": system_prompt(ctx.language)},
+                    {"role": "user", "content": user_prompt(ctx, cards)}]
         parsed, tokens = self._ask(messages)
-        return self._proposal(ctx, parsed, tokens)
+        proposal = self._proposal(ctx, parsed, tokens)
+        return _note_cards(proposal, cards)
+
+    def _propose_choices(self, ctx: ProposalContext, cards: list, refused: set[tuple] = frozenset()) -> Proposal:
+        from .search import SearchProposer, vector_of
+
+        base = vector_of(ctx.parent)
+        if base is None:
+            raise LLMError(f"parent {ctx.parent.name!r} has no design-space vector; the choices format builds on "
+                           "baselines and design-space candidates")
+        messages = [{"role": "system", "content": choices_system_prompt()},
+                    {"role": "user", "content": choices_user_prompt(ctx, base, cards)}]
+        used, problem = TokenUse(), ""
+        taken = SearchProposer()._taken(ctx) | set(refused)
+        for _ in range(self.settings.format_retries + 1):
+            reply = self.client.chat(messages, self.settings.use_json_schema, CHOICES_SCHEMA)
+            used = used + reply.tokens
+            try:
+                name, choices, reasoning = parse_choices(reply.text)
+                child = space.canonical({**base, **choices})
+                if child == space.canonical(base):
+                    raise ValueError("the choices change nothing: pick at least one option different from the parent's")
+                if tuple(sorted(child.items())) in taken:
+                    raise ValueError(f"that design ({space.describe(child)}) was already tried; choose another")
+            except ValueError as err:
+                problem = str(err)
+                messages = [*messages, {"role": "assistant", "content": reply.text[-2000:]},
+                            {"role": "user", "content": f"Your reply could not be used: {problem}. Answer again."}]
+                continue
+            changed = [(a, base[a], child[a]) for a in space.AXES_BY_NAME if base[a] != child[a]]
+            proposal = SearchProposer().proposal_for(ctx, child, weak_cards=[c.id for c in cards])
+            insights = proposal.insights.model_copy(update={"reasoning": (
+                f"The model's reasoning: {reasoning or '(none given)'}\n" + proposal.insights.reasoning)})
+            label = snake_case(name.replace("delta_net_4layer_", "", 1)) if name else ""
+            final = f"delta_net_4layer_{label}" if label and valid_name(f"delta_net_4layer_{label}") else \
+                "delta_net_4layer_" + "_and_".join(f"{a}_{new}" for a, _, new in changed[:3])
+            return proposal.model_copy(update={"name": unique_name(final, ctx.taken_names), "insights": insights,
+                                               "tokens": used})
+        raise LLMError(f"the model's choices were unusable {self.settings.format_retries + 1} times (last: {problem})")
 
     def repair(self, ctx: ProposalContext, proposal: Proposal, report: str) -> Proposal:
+        if self.choices_format:  # rendered code that fails is the space's fault: ask for another design
+            failed = space.from_edits(proposal.edits)
+            refused = {tuple(sorted(failed.items()))} if failed else set()
+            return self._propose_choices(ctx, retrieved_cards(ctx, self.settings.cards), refused)
         messages = [{"role": "system", "content": system_prompt(ctx.language)},
                     *repair_messages(ctx, proposal.code, proposal.insights, report)]
         parsed, tokens = self._ask(messages)
         repaired = self._proposal(ctx, parsed, tokens)
         # a repair fixes the code; the proposal's identity and its stated reasoning stay
         return proposal.model_copy(update={"code": repaired.code, "tokens": tokens})
+
+
+def _note_cards(proposal: Proposal, cards: list) -> Proposal:
+    """Say in Technical Reasoning which cards the model was given (and so could draw on)."""
+    if not cards:
+        return proposal
+    listed = "; ".join(f"[{c.id}] {c.name} ({c.citation.authors} {c.citation.year})" for c in cards)
+    reasoning = proposal.insights.reasoning.rstrip() + f"\n• Knowledge cards given to the model: {listed}."
+    return proposal.model_copy(update={"insights": proposal.insights.model_copy(update={"reasoning": reasoning})})

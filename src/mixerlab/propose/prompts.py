@@ -51,7 +51,26 @@ def _lessons(ctx: ProposalContext) -> str:
     return "\n".join(lines) or "- (no candidates yet)"
 
 
-def user_prompt(ctx: ProposalContext) -> str:
+def retrieved_cards(ctx: ProposalContext, k: int) -> list:
+    """The k knowledge cards most relevant to the parent's weakest tasks and its code."""
+    if k <= 0:
+        return []
+    from mixerlab.knowledge import Retriever, weakest_tasks
+
+    scores = {t: ctx.parent.score(t) for t in TASK_NAMES if ctx.parent.score(t) is not None}
+    best = {t: max((e.score(t) or 0.0) for e in ctx.evaluated) for t in TASK_NAMES} if ctx.evaluated else None
+    weak = weakest_tasks(scores, best, n=2) if scores else []
+    return [h.card for h in Retriever(backend="lexical").for_weaknesses(weak, ctx.parent.code, k=k)] if weak else []
+
+
+def _cards(cards: list) -> str:
+    if not cards:
+        return ""
+    return ("Knowledge cards retrieved for the parent's weakest tasks (name the ones you draw on, by their [id], in "
+            "Technical Reasoning):\n" + "\n".join(f"- {c.brief()}" for c in cards) + "\n\n")
+
+
+def user_prompt(ctx: ProposalContext, cards: list | None = None) -> str:
     refs = "\n".join(
         f"- {e.name} ({e.status}{', mean %.4f' % e.mean_score if e.mean_score is not None else ''})"
         + (f": {e.failure_reason[:160]}" if e.failure_reason else "")
@@ -60,6 +79,7 @@ def user_prompt(ctx: ProposalContext) -> str:
     return (
         f"Iteration {ctx.iteration}. Results so far (accuracy per task):\n{_table(ctx)}\n\n"
         f"Lessons from earlier attempts:\n{_lessons(ctx)}\n\nReference experiments:\n{refs}\n\n"
+        f"{_cards(cards or [])}"
         f"Parent: {ctx.parent.name} (mean {ctx.parent.mean_score}). Its code:\n```python\n{ctx.parent.code}```\n\n"
         "Propose one change to the parent. Ground every observation in the numbers above; give numeric targets "
         "per task; return the complete modified file in `code`."
@@ -75,3 +95,20 @@ def repair_messages(ctx: ProposalContext, code: str, insights: Insights, report:
             f"{report}\n\nFix the problem while keeping the idea of the change. Answer with the same JSON object "
             "(name, the five sections, targets, code) and the complete corrected file in `code`.")},
     ]
+
+
+def choices_system_prompt() -> str:
+    return ("You improve DeltaNet-family sequence mixers, scored on six MAD tasks. A mixer is a set of design choices. "
+            "Pick the options to change from the menu, one or two axes, guided by the results and the cards. Answer "
+            "with one JSON object: {\"name\": short snake_case name of the change, \"choices\": {axis: option}, "
+            "\"reasoning\": two or three sentences naming the cards by [id]}.")
+
+
+def choices_user_prompt(ctx: ProposalContext, base: dict[str, str], cards: list) -> str:
+    from . import space
+
+    menu = "\n".join(f"- {a.name} (now {base[a.name]}): " + ", ".join(f"{o.name} = {o.summary}" for o in a.options)
+                     for a in space.AXES)
+    return (f"Results so far (accuracy per task):\n{_table(ctx)}\n\nLessons:\n{_lessons(ctx)}\n\n{_cards(cards)}"
+            f"Parent: {ctx.parent.name} (mean {ctx.parent.mean_score}).\nMenu of axes and options:\n{menu}\n\n"
+            "Change one or two axes of the parent. Reply with the JSON object only.")

@@ -183,6 +183,36 @@ def create_app(db_url: str, token: str | None = None) -> FastAPI:
                                             items[0]["name"], items[1]["name"]))
         return {"items": items, "diff": diff}
 
+    def knowledge(q: str, ability: str | None) -> list[dict[str, Any]]:
+        from mixerlab.knowledge import ABILITIES, Retriever, load_cards
+        from mixerlab.propose.space import AXES
+
+        if ability and ability not in ABILITIES:
+            raise HTTPException(422, f"unknown ability {ability!r}; use one of {', '.join(ABILITIES)}")
+        cards = list(load_cards())
+        if q.strip():
+            hits = Retriever(cards, backend="lexical").search(q, k=len(cards))
+            cards = [h.card for h in hits if h.score > 0]
+        if ability:
+            cards = [c for c in cards if ability in c.helps]
+        options = {}
+        for axis in AXES:
+            for option in axis.options:
+                for card_id in option.cards:
+                    options.setdefault(card_id, []).append(f"{axis.name}={option.name}")
+        return [{**c.model_dump(), "options": options.get(c.id, [])} for c in cards]
+
+    @app.get("/api/knowledge", summary="The knowledge cards (filtered by words and by an ability they help)")
+    def api_knowledge(q: Annotated[str, Query(max_length=200)] = "", ability: str | None = None) -> list[dict[str, Any]]:
+        return knowledge(q, ability)
+
+    @app.get("/api/knowledge/{card_id}", summary="One knowledge card")
+    def api_card(card_id: Annotated[str, PathParam(max_length=60, pattern=r"^[a-z][a-z0-9_]*$")]) -> dict[str, Any]:
+        found = [c for c in knowledge("", None) if c["id"] == card_id]
+        if not found:
+            raise HTTPException(404, f"no knowledge card {card_id!r}; see /knowledge for the list")
+        return found[0]
+
     # --- pages -----------------------------------------------------------------------------------
 
     def page(request: Request, name: str, **context: Any) -> HTMLResponse:
@@ -221,6 +251,13 @@ def create_app(db_url: str, token: str | None = None) -> FastAPI:
     def lineage_page(request: Request, run: str | None = None):
         nodes = api_lineage(run)
         return page(request, "lineage.html", tree=lineage_tree(nodes), run=run, count=len(nodes))
+
+    @app.get("/knowledge", response_class=HTMLResponse, include_in_schema=False)
+    def knowledge_page(request: Request, q: Annotated[str, Query(max_length=200)] = "", ability: str | None = None):
+        from mixerlab.knowledge import ABILITIES
+
+        return page(request, "knowledge.html", cards=knowledge(q, ability), q=q, ability=ability or "",
+                    abilities=ABILITIES)
 
     @app.get("/live", response_class=HTMLResponse, include_in_schema=False)
     def live_page(request: Request, run: str | None = None):
