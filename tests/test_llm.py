@@ -87,11 +87,32 @@ def test_timeouts_server_down_and_missing_key(fault: FaultServer, monkeypatch) -
         LLMClient(settings(fault.url, api_key_env="MY_KEY", require_key=True))
 
 
-@pytest.mark.slow
-def test_real_llama_cpp_server_answers_a_proposal() -> None:
+@pytest.fixture(scope="module")
+def llama_url():
+    """One llama.cpp server (SmolLM2-135M) for the module's tests: a start costs seconds of model loading."""
     with llama_server() as url:
-        proposer = LLMProposer(LLMSettings(base_url=url, max_tokens=600, temperature=0.0, timeout_s=240))
-        proposal = proposer.propose(context())
+        yield url
+
+
+@pytest.mark.slow
+def test_real_llama_cpp_server_answers_a_proposal(llama_url: str) -> None:
+    proposer = LLMProposer(LLMSettings(base_url=llama_url, max_tokens=400, temperature=0.0, timeout_s=240))
+    proposal = proposer.propose(context())
     assert proposal.name.startswith("delta_net_4layer_")
     assert proposal.tokens.prompt > 1000 and proposal.tokens.completion > 0  # the real prompt and reply, counted
     assert isinstance(proposal.code, str)
+    assert "Knowledge cards given to the model: [" in proposal.insights.reasoning
+
+
+@pytest.mark.slow
+def test_a_small_model_picks_design_choices_that_render_valid_code(llama_url: str) -> None:
+    from mixerlab.check.static import static_check
+    from mixerlab.propose import space
+
+    proposer = LLMProposer(LLMSettings(base_url=llama_url, max_tokens=300, temperature=0.0, timeout_s=240, format="choices"))
+    proposal = proposer.propose(context())
+    child = space.from_edits(proposal.edits)
+    assert child is not None and child != space.canonical({}), "the model changed at least one axis of DeltaNet"
+    assert proposal.code == space.render(child) and static_check(proposal.code)[0].passed
+    assert proposal.insights.reasoning.startswith("The model's reasoning:") and "Cards drawn on: [" in proposal.insights.reasoning
+    assert proposal.tokens.completion > 0
