@@ -64,7 +64,7 @@ def main() -> None:
         report = check_candidate(MixerSpec(proposal.name, proposal.code, f"{proposal.name}.py"))
         failed = next((c for c in report.checks if c.status == "fail"), None)
         rows.append({"name": proposal.name, "edits": proposal.edits, "passed": report.passed,
-                     "failed_check": failed.name if failed else None, "reason": failed.message[:200] if failed else "",
+                     "failed_check": failed.name if failed else None, "reason": failed.reason[:200] if failed else "",
                      "seconds": round(time.perf_counter() - t0, 1)})
         print(f"{i + 1}/{args.proposals} {proposal.name}: {'pass' if report.passed else 'FAIL ' + failed.name}", flush=True)
         history.append(ExperimentView(name=proposal.name, kind="candidate", parent=parent.name, edits=proposal.edits,

@@ -95,7 +95,7 @@ def main() -> None:
                     failed = next((c for c in report.checks if c.status == "fail"), None)
                     rows.append({"format": fmt, "parent": context(i).parent.name, "name": proposal.name,
                                  "edits": proposal.edits, "passed": report.passed, "stage": failed.name if failed else "",
-                                 "reason": failed.message[:200] if failed else "", "tokens": proposal.tokens.completion,
+                                 "reason": failed.reason[:200] if failed else "", "tokens": proposal.tokens.completion,
                                  "seconds": round(time.perf_counter() - start, 1)})
                 print(json.dumps(rows[-1])[:300], flush=True)
     finally:
