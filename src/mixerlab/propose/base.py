@@ -75,6 +75,14 @@ class ProposalContext:
     def evaluated(self) -> list[ExperimentView]:
         return [e for e in self.history if e.status == "done" and e.scores]
 
+    def weak_tasks(self, n: int = 2) -> list[str]:
+        """The parent's n tasks with most room to the best score of the run so far."""
+        from mixerlab.knowledge import weakest_tasks
+
+        scores = {t: self.parent.score(t) for t in TASK_NAMES if self.parent.score(t) is not None}
+        best = {t: max((e.score(t) or 0.0) for e in self.evaluated) for t in TASK_NAMES} if self.evaluated else None
+        return weakest_tasks(scores, best, n=n) if scores else []
+
     def baseline(self, name: str) -> ExperimentView | None:
         return next((e for e in self.history if e.name == name), None)
 

@@ -55,11 +55,9 @@ def retrieved_cards(ctx: ProposalContext, k: int) -> list:
     """The k knowledge cards most relevant to the parent's weakest tasks and its code."""
     if k <= 0:
         return []
-    from mixerlab.knowledge import Retriever, weakest_tasks
+    from mixerlab.knowledge import Retriever
 
-    scores = {t: ctx.parent.score(t) for t in TASK_NAMES if ctx.parent.score(t) is not None}
-    best = {t: max((e.score(t) or 0.0) for e in ctx.evaluated) for t in TASK_NAMES} if ctx.evaluated else None
-    weak = weakest_tasks(scores, best, n=2) if scores else []
+    weak = ctx.weak_tasks()
     return [h.card for h in Retriever(backend="lexical").for_weaknesses(weak, ctx.parent.code, k=k)] if weak else []
 
 

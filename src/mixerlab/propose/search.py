@@ -22,7 +22,7 @@ import statistics
 from dataclasses import dataclass
 
 from mixerlab.insights import Insights
-from mixerlab.knowledge import Retriever, card, weakest_tasks
+from mixerlab.knowledge import Retriever, card
 from mixerlab.noise import Z
 
 from . import space
@@ -161,9 +161,7 @@ class SearchProposer:
         if base is None:
             raise ProposerError(f"parent {parent.name!r} is not in the design space (no vector); choose a searched "
                                 "candidate or a baseline")
-        scores = {t: parent.score(t) for t in TASK_NAMES if parent.score(t) is not None}
-        best = {t: max((e.score(t) or 0.0) for e in ctx.evaluated) for t in TASK_NAMES} if ctx.evaluated else None
-        weak = weakest_tasks(scores, best, n=2) if scores else []
+        weak = ctx.weak_tasks()
         retrieved = [h.card.id for h in self.retriever.for_weaknesses(weak, parent.code, k=self.k)] if weak else []
         weights = self._weights(ctx, weak, retrieved)
         taken = self._taken(ctx) | refused
@@ -187,9 +185,7 @@ class SearchProposer:
     def proposal_for(self, ctx: ProposalContext, child: space.Choices, weak_cards: list[str] | None = None) -> Proposal:
         """The proposal (code, Insights, targets) for a vector chosen elsewhere, e.g. by a language model."""
         parent = ctx.parent
-        scores = {t: parent.score(t) for t in TASK_NAMES if parent.score(t) is not None}
-        best = {t: max((e.score(t) or 0.0) for e in ctx.evaluated) for t in TASK_NAMES} if ctx.evaluated else None
-        weak = weakest_tasks(scores, best, n=2) if scores else []
+        weak = ctx.weak_tasks()
         return self._write(ctx, _Plan(parent, None, space.canonical(child), weak_cards or [], weak))
 
     def _write(self, ctx: ProposalContext, plan: _Plan, repair_note: str = "") -> Proposal:
