@@ -6,6 +6,8 @@ returns a `MixerSpec`. The baseline files are the candidate templates (docs/cand
 
 from __future__ import annotations
 
+import ast
+from functools import lru_cache
 from pathlib import Path
 
 from .loading import MixerLoadError, MixerSpec, preflight, spec_from_file
@@ -25,6 +27,17 @@ BASELINES = ("delta_net", "gated_delta_net")
 def template_source(name: str = "delta_net") -> str:
     """Source of a baseline file, the starting point of every candidate."""
     return (_HERE / BUILTINS[name][0]).read_text()
+
+
+@lru_cache(maxsize=None)
+def template_definition(template: str, definition: str) -> str:
+    """The source text of one top-level function or class of a template (to copy into a candidate file,
+    which must be self-contained)."""
+    source = template_source(template)
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == definition:
+            return ast.get_source_segment(source, node)
+    raise KeyError(f"template {template!r} defines no {definition!r}")
 
 
 def builtin_spec(name: str) -> MixerSpec:

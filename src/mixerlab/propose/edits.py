@@ -9,10 +9,8 @@ catalog replaces them with what the history measured once an edit has been tried
 
 from __future__ import annotations
 
-import ast
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Callable
 
 
@@ -38,15 +36,10 @@ def _ensure_import(source: str, module: str) -> str:
     return _sub(source, r"^import torch$", f"import {module}\nimport torch", count=1)
 
 
-@lru_cache(maxsize=1)
 def _gated_chunk_function() -> str:
-    from mixerlab.mixers import template_source
-    from mixerlab.mixers.loading import parse_source
+    from mixerlab.mixers import template_definition
 
-    source = template_source("gated_delta_net")
-    tree = parse_source(source)
-    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "gated_delta_rule_chunkwise")
-    return ast.get_source_segment(source, node)
+    return template_definition("gated_delta_net", "gated_delta_rule_chunkwise")
 
 
 OUTPUT_LINE = r"^(\s*)o = self\.o_norm\(.*\)$"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from mixerlab.mixers import template_definition
 from mixerlab.tasks import TASK_ORDER
 
 TASKS = [t.value for t in TASK_ORDER]
@@ -227,20 +228,6 @@ def rotate_positions(x: torch.Tensor, fraction: float = 1.0, base: float = 10000
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half :]], -1)
 '''
 
-CONVOLUTION = '''
-
-class ShortConvolution(nn.Conv1d):
-    """Causal depthwise convolution over time, then SiLU: x [B, T, C] -> [B, T, C]."""
-
-    def __init__(self, channels: int, kernel_size: int = 4) -> None:
-        super().__init__(channels, channels, kernel_size, groups=channels, padding=kernel_size - 1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = super().forward(x.transpose(1, 2))[..., : x.shape[1]]
-        return F.silu(y).transpose(1, 2)
-'''
-
-
 def _chunk_function(c: Choices) -> str:
     gated = c["decay"] != "none"
     lines = [
@@ -440,7 +427,7 @@ def render(choices: Choices) -> str:
     if c["position"] != "none":
         body += ROTARY
     if c["conv"] != "0":
-        body += CONVOLUTION
+        body += "\n\n" + template_definition("delta_net", "ShortConvolution") + "\n"
     klass = [
         "",
         "",
