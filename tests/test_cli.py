@@ -1,4 +1,6 @@
-"""`mixerlab eval` end to end, through a real subprocess: output, JSON, cache reuse, and user errors."""
+"""`mixerlab` end to end, through a real subprocess: output, JSON, cache reuse. User errors in-process through
+typer's CliRunner (`invoke`): the same command, without a Python start per case; `check missing.py` keeps one
+subprocess to show the exit status a shell sees."""
 
 from __future__ import annotations
 
@@ -28,6 +30,22 @@ def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> Non
     assert "Traceback" not in proc.stderr
     for fragment in fragments:
         assert fragment in proc.stderr, proc.stderr
+
+
+def invoke(*args: str, env: dict | None = None):
+    from typer.testing import CliRunner
+
+    from mixerlab.cli import app
+
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    """Exit 2 with the message, and no exception escaping the command (a traceback would be one)."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    for fragment in fragments:
+        assert fragment in result.output, result.output
 
 
 def test_eval_prints_the_seed_table_writes_json_and_reuses_the_cache(tmp_path: Path) -> None:
@@ -64,7 +82,7 @@ def test_eval_prints_the_seed_table_writes_json_and_reuses_the_cache(tmp_path: P
             if len(cells := [c.strip() for c in line.strip().strip("│").split("│")]) == 6}
     assert rows["context_recall"][:3] == ["1/1", "1/1", f"{report3['tasks']['context_recall']['mean']:.4f}"]
     assert "`tiny` sweep, patience 2" in info.stdout
-    assert_user_error(mixerlab("cache", "info", "--patience", "2", env=env), "--patience", "give --profile too")
+    assert_one_line_error(invoke("cache", "info", "--patience", "2", env=env), "--patience", "give --profile too")
 
     # how far the `tiny` sweep got: two of its six tasks, each one training (a finished task has no range)
     info = mixerlab("cache", "info", "--profile", "tiny", env={**env, "COLUMNS": "160"})
@@ -77,7 +95,7 @@ def test_eval_prints_the_seed_table_writes_json_and_reuses_the_cache(tmp_path: P
     # not run yet: the score can still end anywhere
     assert rows["fuzzy_recall"] == ["0/1", "0/1", "-", "0.0000-1.0000", f"{steps * PROFILES['tiny'].train.batch_size * fuzzy.input_len:,}"]
     assert "CPU, fp32" in info.stdout and "`tiny` sweep" in info.stdout
-    assert_user_error(mixerlab("cache", "info", "--profile", "ful", env=env), "unknown profile 'ful'", "use one of")
+    assert_one_line_error(invoke("cache", "info", "--profile", "ful", env=env), "unknown profile 'ful'", "use one of")
 
 
 def test_seeds_give_mean_and_std(tmp_path: Path) -> None:
@@ -110,7 +128,7 @@ def test_seeds_give_mean_and_std(tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], fragments: list[str]) -> None:
-    assert_user_error(mixerlab("eval", *args), *fragments)
+    assert_one_line_error(invoke("eval", *args), *fragments)
 
 
 @pytest.mark.parametrize(
@@ -126,7 +144,7 @@ def test_bad_input_is_one_clear_line(args: list[str], fragments: list[str]) -> N
 def test_bad_mixer_files(tmp_path: Path, source: str, fragment: str) -> None:
     path = tmp_path / "candidate.py"
     path.write_text(source)
-    assert_user_error(mixerlab("eval", "--mixer", str(path), "--profile", "tiny"), fragment)
+    assert_one_line_error(invoke("eval", "--mixer", str(path), "--profile", "tiny"), fragment)
 
 
 def test_eval_of_a_file_runs_it_in_the_sandbox_unless_trusted(tmp_path: Path) -> None:
@@ -155,15 +173,15 @@ def test_check_exit_codes_and_json(tmp_path: Path) -> None:
     report = json.loads(good.stdout)
     assert [c["status"] for c in report["checks"]] == ["pass"] * len(CHECK_ORDER)
     assert_user_error(mixerlab("check", "missing.py"), "does not exist")
-    assert_user_error(mixerlab("check"), "Missing argument")
+    assert_one_line_error(invoke("check"), "Missing argument")
 
 
 def test_serve_history_and_report_bad_input(tmp_path: Path) -> None:
-    assert_user_error(mixerlab("serve", "--db", f"sqlite:///{tmp_path}/missing.db"), "no database at")
-    assert_user_error(mixerlab("serve"), "give --db URL or --run-dir DIR")
-    assert_user_error(mixerlab("report", "--out", str(tmp_path / "r"), "--run-dir", str(tmp_path)), "no database at")
-    assert_user_error(mixerlab("history", "--db", "mysql://x/y"), "unsupported database 'mysql'")
-    assert_user_error(mixerlab("history", "--run-dir", str(tmp_path), "--format", "xml"), "unknown format 'xml'")
+    assert_one_line_error(invoke("serve", "--db", f"sqlite:///{tmp_path}/missing.db"), "no database at")
+    assert_one_line_error(invoke("serve"), "give --db URL or --run-dir DIR")
+    assert_one_line_error(invoke("report", "--out", str(tmp_path / "r"), "--run-dir", str(tmp_path)), "no database at")
+    assert_one_line_error(invoke("history", "--db", "mysql://x/y"), "unsupported database 'mysql'")
+    assert_one_line_error(invoke("history", "--run-dir", str(tmp_path), "--format", "xml"), "unknown format 'xml'")
 
 
 def test_cache_import_export_round_trip_and_bad_file(tmp_path: Path) -> None:
@@ -183,7 +201,7 @@ def test_cache_import_export_round_trip_and_bad_file(tmp_path: Path) -> None:
 def test_cache_readers_refuse_a_missing_cache_instead_of_creating_one(tmp_path: Path) -> None:
     missing = tmp_path / "typo.sqlite"
     for args in (("export", str(tmp_path / "out.jsonl")), ("pack-checkpoints", str(tmp_path / "packed"))):
-        assert_user_error(mixerlab("cache", *args, "--cache", str(missing)), "no cache at", "pass --cache")
+        assert_one_line_error(invoke("cache", *args, "--cache", str(missing)), "no cache at", "pass --cache")
     assert not missing.exists() and not (tmp_path / "out.jsonl").exists() and not (tmp_path / "packed").exists()
 
 

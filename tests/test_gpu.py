@@ -208,6 +208,23 @@ def test_discover_runs_the_loop_on_cuda(tmp_path) -> None:
     assert devices == {"cuda:0"}, devices
 
 
+def test_compiled_training_inside_the_sandbox_on_cuda(tmp_path) -> None:
+    """Every GPU profile but tiny compiles its training step: torch.compile patches `nn.Module.__init__` as it
+    starts, so the worker must set that up before its integrity snapshot or the candidate is refused. Forcing
+    `--compile` on tiny runs that path end to end in minutes."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "mixerlab.cli", "discover", "--device", "cuda", "--profile", "tiny",
+                           "--compile", "--promote-to", "none", "--iterations", "1", "--run-dir", str(run_dir)],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = sqlite3.connect(run_dir / "mixerlab.db").execute("select kind, status, failure_reason from experiments").fetchall()
+    assert [(kind, status) for kind, status, _ in rows] == [("baseline", "done")] * 2 + [("candidate", "done")], rows
+
+
 def test_cuda_only_leaks_are_rejected_under_cuda_conditions() -> None:
     from pathlib import Path
 

@@ -99,7 +99,8 @@ def wait_for_status(proc: subprocess.Popen, db_url: str, status: str, timeout: f
 
 
 def kill_and_resume(run_dir: Path, db_url: str, status: str, cache: Path, extra: list[str]) -> str:
-    args = ["--run-dir", str(run_dir), "--iterations", "2", "--cache", str(cache), *extra]
+    """On the `smoke` profile (plumbing, seconds per mixer): the kill, the refusal and the resume are what is tested."""
+    args = ["--run-dir", str(run_dir), "--profile", "smoke", "--iterations", "2", "--cache", str(cache), *extra]
     proc = discover(*args, wait=False)
     interrupted = wait_for_status(proc, db_url, status)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -121,21 +122,21 @@ def kill_and_resume(run_dir: Path, db_url: str, status: str, cache: Path, extra:
     return interrupted
 
 
-def test_resume_after_kill_9_on_sqlite(tmp_path: Path, baseline_cache: Path) -> None:
-    run_dir = tmp_path / "run"
+def test_resume_after_kill_9_on_sqlite(tmp_path: Path) -> None:
+    run_dir, cache = tmp_path / "run", tmp_path / "cache.sqlite"
     db = f"sqlite:///{run_dir / 'mixerlab.db'}"
-    # the candidates are not in the cache: the kill lands in the middle of their real training
-    interrupted = kill_and_resume(run_dir, db, "evaluating", baseline_cache, [])
+    # nothing is in the cache: the kill lands in the middle of a candidate's real evaluation
+    interrupted = kill_and_resume(run_dir, db, "evaluating", cache, [])
     from mixerlab.evaluate import ResultCache
 
-    store = ResultCache(baseline_cache)
-    assert store.count() == 6 * 4, "every training exactly once: 2 baselines (cached) + 2 candidates x 6 tasks"
+    store = ResultCache(cache)
+    assert store.count() == 6 * 4, "every training exactly once: 2 baselines + 2 candidates x 6 tasks"
     assert {name: n for _, name, n in store.mixers()}[interrupted] == 6
 
 
-def test_resume_after_kill_9_on_postgresql(tmp_path: Path, shared_cache: Path) -> None:
+def test_resume_after_kill_9_on_postgresql(tmp_path: Path) -> None:
     with postgres_server() as url:
-        kill_and_resume(tmp_path / "run", url, "checking", shared_cache, ["--db", url])
+        kill_and_resume(tmp_path / "run", url, "checking", tmp_path / "cache.sqlite", ["--db", url])
 
 
 def test_llm_loop_on_a_real_server_records_failures_with_reasons(tmp_path: Path, shared_cache: Path) -> None:
@@ -178,9 +179,14 @@ def test_llm_loop_on_a_real_server_records_failures_with_reasons(tmp_path: Path,
     ],
 )
 def test_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
+    """In-process through typer's CliRunner: the same command and exit status without a Python start per case."""
+    from typer.testing import CliRunner
+
+    from mixerlab.cli import app
+
     args = [a.replace("{port}", str(free_port())) for a in args]
-    proc = discover("--run-dir", str(tmp_path / "run"), *args)
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    result = CliRunner().invoke(app, ["discover", "--device", "cpu", "--run-dir", str(tmp_path / "run"), *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
     assert not (tmp_path / "run" / "mixerlab.db").exists() or not Store(f"sqlite:///{tmp_path / 'run' / 'mixerlab.db'}").runs()
 
 
@@ -191,14 +197,16 @@ def test_unwritable_run_dir(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "is not writable" in proc.stderr and "--run-dir" in proc.stderr
 
 
-def test_proposal_threads_hand_out_each_iteration_once(tmp_path: Path, tiny_run, shared_cache: Path) -> None:
+def test_proposal_threads_hand_out_each_iteration_once(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = discover("--run-dir", str(run_dir), "--iterations", "3", "--proposal-threads", "3", "--proposals-ahead", "2",
-                    "--cache", str(shared_cache))
+    # two threads proposing two iterations at once (`smoke`: the plumbing, not the scores): each iteration
+    # handed out once, no edit claimed twice
+    proc = discover("--run-dir", str(run_dir), "--profile", "smoke", "--iterations", "2", "--proposal-threads", "2",
+                    "--proposals-ahead", "1", "--cache", str(tmp_path / "cache.sqlite"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     candidates = [e for e in Store(f"sqlite:///{run_dir / 'mixerlab.db'}").experiments() if e.kind == "candidate"]
-    assert sorted(e.iteration for e in candidates) == [1, 2, 3]
-    assert len({e.name for e in candidates}) == 3 and len({(e.parent_id, tuple(e.edits)) for e in candidates}) == 3
+    assert sorted(e.iteration for e in candidates) == [1, 2]
+    assert len({e.name for e in candidates}) == 2 and len({(e.parent_id, tuple(e.edits)) for e in candidates}) == 2
 
 
 def test_by_default_each_catalog_proposal_learns_from_every_result_before_it(tmp_path: Path, tiny_run,

@@ -21,8 +21,8 @@ from mixerlab.store import Store
 pytestmark = pytest.mark.slow
 
 
-def options(tasks: list[str]) -> EvaluationJob:
-    return EvaluationJob(profile="tiny", tasks=tasks, seeds=1, timeout_s=900)
+def options(tasks: list[str], profile: str = "smoke") -> EvaluationJob:
+    return EvaluationJob(profile=profile, tasks=tasks, seeds=1, timeout_s=900)
 
 
 def test_ray_and_local_executors_give_identical_results() -> None:

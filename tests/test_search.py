@@ -105,10 +105,11 @@ def test_repeated_proposals_never_repeat_a_vector_and_repairs_move_on() -> None:
 
 
 @pytest.mark.slow
-def test_discover_with_the_search_proposer_end_to_end(tmp_path: Path, baseline_cache: Path) -> None:
-    run_dir = tmp_path / "run"
+def test_discover_with_the_search_proposer_end_to_end(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"  # `smoke`: the loop's plumbing with this proposer, not its scores
     proc = subprocess.run([sys.executable, "-m", "mixerlab.cli", "discover", "--proposer", "search", "--search-seed", "3",
-                           "--device", "cpu", "--iterations", "1", "--run-dir", str(run_dir), "--cache", str(baseline_cache)],
+                           "--device", "cpu", "--profile", "smoke", "--iterations", "1", "--run-dir", str(run_dir),
+                           "--cache", str(tmp_path / "cache.sqlite")],
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = Store(f"sqlite:///{run_dir / 'mixerlab.db'}", read_only=True).experiments()

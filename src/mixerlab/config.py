@@ -1,5 +1,5 @@
 """All configuration in one typed place: how one training runs (`TrainConfig`), what a sweep covers
-(`Profile`), and the named profiles `tiny`, `quick`, `baseline` and `full` (docs/protocol.md explains them).
+(`Profile`), and the named profiles `smoke`, `tiny`, `quick`, `baseline` and `full` (docs/protocol.md explains them).
 """
 
 from __future__ import annotations
@@ -129,6 +129,12 @@ def _tiny_settings() -> dict[Task, tuple[TaskSetting, ...]]:
     return {task: (TaskSetting(task=task, **small[task]),) for task in TASK_ORDER}
 
 
+def _smoke_settings() -> dict[Task, tuple[TaskSetting, ...]]:
+    # tiny's settings on a quarter of the data: every path runs, nothing is learnt to speak of
+    return {task: tuple(TaskSetting(**{**s.model_dump(), "num_train": min(s.num_train, 256), "num_test": min(s.num_test, 128)})
+                        for s in settings) for task, settings in _tiny_settings().items()}
+
+
 def _quick_settings() -> dict[Task, tuple[TaskSetting, ...]]:
     # The full sweep without its most expensive corner (sequences of 512 and 1024 tokens).
     return {task: tuple(s for s in sweep_settings(task) if s.seq_len <= 256) for task in TASK_ORDER}
@@ -140,6 +146,15 @@ PROFILES: dict[str, Profile] = {
         description="CPU smoke profile: one shrunken setting per task, width 64, a few epochs; for tests and the first run",
         train=TrainConfig(d_model=64, batch_size=64, max_epochs=8, eval_batch_size=128),
         settings=_tiny_settings(),
+        lrs=(3e-3,),
+        weight_decays=(0.0,),
+        preferred_device="cpu",
+    ),
+    "smoke": Profile(
+        name="smoke",
+        description="plumbing check, not a measurement: tiny's settings on 256 examples for 2 epochs; seconds on a CPU",
+        train=TrainConfig(d_model=64, batch_size=64, max_epochs=2, eval_batch_size=128),
+        settings=_smoke_settings(),
         lrs=(3e-3,),
         weight_decays=(0.0,),
         preferred_device="cpu",
@@ -240,9 +255,9 @@ class LoopConfig(BaseModel):
     def compiles(self, profile: str) -> bool:
         if not self.device.startswith("cuda"):
             return False
-        return self.compile if self.compile is not None else profile != "tiny"
+        return self.compile if self.compile is not None else profile not in ("tiny", "smoke")
 
     def evaluation_timeout(self, profile: str) -> float:
         if self.eval_timeout_s:
             return self.eval_timeout_s
-        return {"tiny": 1800.0, "baseline": 6 * 3600.0, "quick": 12 * 3600.0}.get(profile, 48 * 3600.0)
+        return {"smoke": 600.0, "tiny": 1800.0, "baseline": 6 * 3600.0, "quick": 12 * 3600.0}.get(profile, 48 * 3600.0)

@@ -34,7 +34,7 @@ def _open_cache(path: Optional[Path], must_exist: bool = False):
 def cache_info(
     cache: Optional[Path] = typer.Option(None, help="cache file (default ~/.cache/mixerlab/results.sqlite)"),
     profile: Optional[str] = typer.Option(None, help="also show how far this profile's sweep has got, per mixer "
-                                          "and task: tiny | quick | baseline | full"),
+                                          "and task: smoke | tiny | quick | baseline | full"),
     seeds: int = typer.Option(1, min=1, help="seeds per training of that sweep (as `eval --seeds`)"),
     patience: Optional[int] = typer.Option(None, min=1, help="that sweep with `eval --patience` (its trainings are "
                                            "read off those without it)"),

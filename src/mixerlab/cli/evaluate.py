@@ -77,7 +77,7 @@ class EvalArgs(BaseModel):
 @app.command("eval")
 def eval_command(
     mixer: str = typer.Option("delta_net", help="delta_net | gated_delta_net | delta_net_fla | gated_delta_net_fla | PATH.py"),
-    profile: str = typer.Option("tiny", help="tiny | quick | baseline | full"),
+    profile: str = typer.Option("tiny", help="smoke | tiny | quick | baseline | full"),
     tasks: Optional[str] = typer.Option(None, help="comma-separated tasks (default: all six), e.g. memorize,compress"),
     seeds: int = typer.Option(1, help="seeds per training (1-100); scores are mean and std over seeds"),
     device: str = typer.Option("auto", help="cpu | cuda | auto"),
