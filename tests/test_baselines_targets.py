@@ -1,4 +1,4 @@
-"""benchmarks/baselines.py's verdicts on the reproduction targets (within 0.05 of the seed rows, the seeds'
+"""benchmarks/reproduction/baselines.py's verdicts on the reproduction targets (within 0.05 of the seed rows, the seeds'
 order between the two models, recall/copy near 1.0), on made-up cells and on the committed results."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-spec = importlib.util.spec_from_file_location("baselines_script", BENCHMARKS / "baselines.py")
+spec = importlib.util.spec_from_file_location("baselines_script", BENCHMARKS / "reproduction" / "baselines.py")
 baselines = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(baselines)
 

@@ -168,7 +168,7 @@ def test_baselines_pass(spec: MixerSpec) -> None:
 
 @pytest.mark.parametrize("make", [tanh_on_error, layernorm_on_qk], ids=lambda f: f.__name__)
 def test_seed_described_variants_pass(make) -> None:
-    report = check_candidate(make(), limits=LIMITS)  # its speed (goal: 30 s) is benchmarks/check_speed.py's
+    report = check_candidate(make(), limits=LIMITS)  # its speed (goal: 30 s) is benchmarks/speed/check_speed.py's
     assert report.passed, report.summary()
 
 

@@ -35,7 +35,7 @@ def test_committed_memorize_sweeps_are_found_under_the_current_code(tmp_path) ->
 
 
 def test_sweep_coverage_agrees_with_the_written_baselines(tmp_path) -> None:
-    """`mixerlab cache info --profile` and benchmarks/baselines.py count and score the same trainings, and give
+    """`mixerlab cache info --profile` and benchmarks/reproduction/baselines.py count and score the same trainings, and give
     partial cells the same range."""
     written = json.loads((COMMITTED.parents[1] / "baselines.json").read_text())
     cache = ResultCache(tmp_path / "c.sqlite")

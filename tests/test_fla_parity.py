@@ -1,4 +1,4 @@
-"""benchmarks/fla_parity.py: DeltaNet on fla's kernels against the PyTorch form, from the committed results."""
+"""benchmarks/reproduction/fla_parity.py: DeltaNet on fla's kernels against the PyTorch form, from the committed results."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 COMMITTED = BENCHMARKS / "results" / "cache" / "gpu_results.jsonl.gz"
-spec = importlib.util.spec_from_file_location("fla_parity_script", BENCHMARKS / "fla_parity.py")
+spec = importlib.util.spec_from_file_location("fla_parity_script", BENCHMARKS / "reproduction" / "fla_parity.py")
 fla_parity = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(fla_parity)
 

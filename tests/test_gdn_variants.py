@@ -1,4 +1,4 @@
-"""benchmarks/gdn_variants.py: the Gated DeltaNet probes are the baseline with exactly one part switched off or swapped."""
+"""benchmarks/probes/gdn_variants.py: the Gated DeltaNet probes are the baseline with exactly one part switched off or swapped."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from mixerlab.mixers import builtin_spec, resolve_mixer
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-spec = importlib.util.spec_from_file_location("gdn_variants_script", BENCHMARKS / "gdn_variants.py")
+spec = importlib.util.spec_from_file_location("gdn_variants_script", BENCHMARKS / "probes" / "gdn_variants.py")
 variants = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(variants)
 

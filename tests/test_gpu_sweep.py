@@ -1,4 +1,4 @@
-"""benchmarks/gpu_sweep.sh: the commands that continue a `full` sweep on a lent GPU refuse what would lose work."""
+"""benchmarks/tools/gpu_sweep.sh: the commands that continue a `full` sweep on a lent GPU refuse what would lose work."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_sweep.sh"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "tools" / "gpu_sweep.sh"
 
 
 def sweep(*args: str, tmp_path: Path, timeout: float = 60, **settings: str) -> subprocess.CompletedProcess[str]:
@@ -36,7 +36,7 @@ def test_unknown_command_prints_usage_and_exits_2(tmp_path: Path) -> None:
     assert "gpu_sweep.sh poll SECONDS" in result.stdout
 
 
-COMMITTED = SCRIPT.parents[1] / "benchmarks" / "results" / "cache" / "gpu_results.jsonl.gz"
+COMMITTED = SCRIPT.parents[2] / "benchmarks" / "results" / "cache" / "gpu_results.jsonl.gz"
 
 
 def write_records(path: Path, lines: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""benchmarks/probe_setting.py: one job of one `full` setting for a few epochs, its history printed and saved."""
+"""benchmarks/probes/probe_setting.py: one job of one `full` setting for a few epochs, its history printed and saved."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "probe_setting.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "probes" / "probe_setting.py"
 
 
 def probe(*args: str) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""benchmarks/step_anatomy.py's profile summary (kernels grouped by kind, shares of the CUDA time) and its
+"""benchmarks/speed/step_anatomy.py's profile summary (kernels grouped by kind, shares of the CUDA time) and its
 markdown, which must be what the committed JSON renders to. The measurements themselves need a GPU."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-spec = importlib.util.spec_from_file_location("step_anatomy_script", BENCHMARKS / "step_anatomy.py")
+spec = importlib.util.spec_from_file_location("step_anatomy_script", BENCHMARKS / "speed" / "step_anatomy.py")
 step_anatomy = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(step_anatomy)
 

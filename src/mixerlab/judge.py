@@ -64,7 +64,7 @@ def compare(scores: dict[str, dict], other: dict[str, dict], noise: NoiseModel |
 def judge(scores: dict[str, dict], parent: dict[str, dict] | None, baselines: dict[str, dict[str, dict]],
           expected: dict[str, float], noise: NoiseModel | None) -> dict[str, Any]:
     result: dict[str, Any] = {"noise": noise.source if noise else "unknown: this profile's seed noise was never "
-                              "measured (benchmarks/noise.py measures it)"}
+                              "measured (benchmarks/reproduction/noise.py measures it)"}
     if parent:
         result["vs_parent"] = compare(scores, parent, noise)
     result["vs_baselines"] = {name: compare(scores, base, noise) for name, base in baselines.items() if base}

@@ -1,6 +1,6 @@
 """How much a score moves from seed to seed, measured per profile: the yardstick of every verdict.
 
-`benchmarks/noise.py` trains both baselines on a profile with several seeds (each seed draws its own data,
+`benchmarks/reproduction/noise.py` trains both baselines on a profile with several seeds (each seed draws its own data,
 shuffles and initial weights) and writes `mixerlab/data/noise.json`. For each profile and numerics (fp32 on
 the CPU, bf16 on CUDA) it holds every baseline's per-seed task scores; from them `NoiseModel` takes the
 per-task seed-to-seed standard deviation, pooled over the baselines (the root of the mean variance), and the

@@ -3,7 +3,7 @@ causal convolutions that DeltaNet-style mixers put on q, k and v.
 
 Under the batched trainer's vmap, `nn.Conv1d(groups=channels)` becomes a depthwise conv over members x
 channels, for which PyTorch runs its generic depthwise kernel: 16% of a compiled DeltaNet training step
-on the H100 (benchmarks/profile_step.py). With a kernel of 4 taps the same convolution is 4 shifted
+on the H100 (a torch.profiler trace, now benchmarks/speed/step_anatomy.py --profile). With a kernel of 4 taps the same convolution is 4 shifted
 products and a sum, which torch.compile fuses into the neighbouring elementwise work. `nn.Conv1d` is the
 reference; tests/test_ops.py holds the two together (outputs and gradients).
 """

@@ -29,7 +29,7 @@ from .members import members_first
 
 BLOCK = 16  # rows of a diagonal block (tl.dot needs at least 16)
 MAX_ROWS = 128
-# Launch settings, chosen on an H200 by `benchmarks/step_anatomy.py --solve` (results/step_anatomy.md): warps
+# Launch settings, chosen on an H200 by `benchmarks/speed/step_anatomy.py --solve` (results/step_anatomy.md): warps
 # per program, right-hand-side columns per tile, and the precision of the in-kernel products. "tf32x3" (three
 # TF32 tensor-core products that recover float32's mantissa) was fastest at every size and as accurate as
 # float32 there (3e-7 relative to the library, "ieee" 2e-7).

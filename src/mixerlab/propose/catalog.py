@@ -149,9 +149,9 @@ class _Writer:
     def _noise_text(self) -> str:
         noise = self.ctx.noise
         if noise is None:
-            return self.t("seed noise of this profile: unknown (never measured; `python benchmarks/noise.py` measures "
+            return self.t("seed noise of this profile: unknown (never measured; `python benchmarks/reproduction/noise.py` measures "
                           "it), so no difference is called beyond noise",
-                          "本配置的种子噪声：未知（从未测量；`python benchmarks/noise.py` 可测量），因此任何差异都不判定为超出噪声")
+                          "本配置的种子噪声：未知（从未测量；`python benchmarks/reproduction/noise.py` 可测量），因此任何差异都不判定为超出噪声")
         return self.t(f"noise: {noise.describe()}", f"噪声：{noise.describe()}")
 
     def _beyond_noise(self, delta: float) -> str:
@@ -244,8 +244,8 @@ class _Writer:
                            f"小于实测种子噪声 {Z:g} 个标准差（每个任务 {Z:g} x sqrt(2) x std，{self.ctx.noise.source}）的变化不算改进。")
         else:
             noise = self.t("This profile's seed noise was never measured: no change will be called an improvement "
-                           "(`python benchmarks/noise.py` measures it).",
-                           "本配置的种子噪声从未测量：任何变化都不算改进（`python benchmarks/noise.py` 可测量）。")
+                           "(`python benchmarks/reproduction/noise.py` measures it).",
+                           "本配置的种子噪声从未测量：任何变化都不算改进（`python benchmarks/reproduction/noise.py` 可测量）。")
         return "\n".join(lines + [f"• {basis}", f"• {noise}"])
 
     def lessons(self) -> str:

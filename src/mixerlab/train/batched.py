@@ -89,7 +89,7 @@ def _dataset_rows(jobs: list[TrainJob], device: torch.device, test_source: TestS
 
 def compile_static(fn: Callable, mode: str | None = None) -> Callable:
     """torch.compile with static shapes and room in dynamo's cache for every group shape of a sweep; `mode` is
-    torch.compile's (None: its default, which benchmarks/step_anatomy.py found as fast as max-autotune here)."""
+    torch.compile's (None: its default, which benchmarks/speed/step_anatomy.py found as fast as max-autotune here)."""
     from torch import _dynamo
 
     _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 256)

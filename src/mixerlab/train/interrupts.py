@@ -3,7 +3,7 @@
 - SIGUSR1: checkpoint the unfinished group now, at the trainer's next sync point, and go on training. A
   machine that must ship its state out at a moment of its choosing (a lent GPU whose call ends) asks for a
   fresh checkpoint instead of taking one up to `--checkpoint-every` seconds old, or none at all when a new
-  group has not reached its first save (`benchmarks/gpu_sweep.sh poll` sends it).
+  group has not reached its first save (`benchmarks/tools/gpu_sweep.sh poll` sends it).
 - SIGTERM, SIGINT (Ctrl-C): checkpoint and stop at the next sync point; finished trainings are already in the
   cache, so running the same command again continues where this one stopped. A second Ctrl-C stops at once.
 

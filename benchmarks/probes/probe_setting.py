@@ -1,12 +1,12 @@
 """Train one job of one MAD setting for a few epochs and print its per-epoch history: a cheap probe of why a
 mixer fails a setting (compare variants' first epochs on the CPU before spending GPU time on full runs).
 
-    python benchmarks/probe_setting.py --mixer gated_delta_net --setting "selective_copy[vocab_size=128]" \
+    python benchmarks/probes/probe_setting.py --mixer gated_delta_net --setting "selective_copy[vocab_size=128]" \
         --lr 1e-3 --epochs 3 [--init-seed run] [--threads 1] [--json out.json]
 
 The reference trainer (`train_single`) runs it, with the `full` profile's training settings except
 `--epochs`; on the CPU it is float32, and its first epochs follow the GPU's bf16 runs closely
-(baselines_notes.md, sixteenth session).
+(docs/reproduction.md).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # benchmarks/
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 from mixerlab.config import get_profile  # noqa: E402

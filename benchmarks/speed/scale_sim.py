@@ -1,5 +1,5 @@
 """Where does a large run hit its first bottleneck? Measures the driver-side costs that do not shrink when
-GPUs are added, and turns them into a ceiling on cluster size: `python benchmarks/scale_sim.py`.
+GPUs are added, and turns them into a ceiling on cluster size: `python benchmarks/speed/scale_sim.py`.
 
 Measured here: experiment-record writes/s and training-result writes/s (SQLite, and PostgreSQL when its
 server binaries are installed), and data generation time for all of `full`'s datasets. Taken from our
@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # benchmarks/
 sys.path.insert(0, str(ROOT.parent / "src"))
 sys.path.insert(0, str(ROOT.parent / "tests"))
 

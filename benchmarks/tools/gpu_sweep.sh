@@ -2,14 +2,14 @@
 # Continue the baselines' `full` sweep on a GPU machine reached by short commands (a lent or remote GPU):
 # the sweep runs detached in the background, and each call returns the results so far.
 #
-#   bash benchmarks/gpu_sweep.sh wheels         # here, once: wheels of what the GPU image lacks -> .whl/
-#   bash benchmarks/gpu_sweep.sh cycle SECONDS [JOB...]
+#   bash benchmarks/tools/gpu_sweep.sh wheels         # here, once: wheels of what the GPU image lacks -> .whl/
+#   bash benchmarks/tools/gpu_sweep.sh cycle SECONDS [JOB...]
 #                                               # there, every call: start the sweep unless it runs, then poll
-#   bash benchmarks/gpu_sweep.sh start [JOB...] # there: start (or find running) the sweep; JOB = mixer:task[:flags]
+#   bash benchmarks/tools/gpu_sweep.sh start [JOB...] # there: start (or find running) the sweep; JOB = mixer:task[:flags]
 #                                               # flags comma-separated, e.g. delta_net:memorize:--init-seed=run;
-#                                               # mixer variant/NAME: a probe from benchmarks/gdn_variants.py
-#   bash benchmarks/gpu_sweep.sh poll SECONDS   # there: wait, copy results to $OUT, return within ~SECONDS
-#   bash benchmarks/gpu_sweep.sh home DIR       # here: merge DIR's results into the committed file, DIR -> .carry
+#                                               # mixer variant/NAME: a probe from benchmarks/probes/gdn_variants.py
+#   bash benchmarks/tools/gpu_sweep.sh poll SECONDS   # there: wait, copy results to $OUT, return within ~SECONDS
+#   bash benchmarks/tools/gpu_sweep.sh home DIR       # here: merge DIR's results into the committed file, DIR -> .carry
 #
 # Every finished training is written to the cache the moment it finishes, and unfinished groups are
 # checkpointed every 60 s: `start` on a fresh machine imports the committed results (and
@@ -25,12 +25,12 @@
 # cuda) are settings. `home DIR` also merges DIR/results.jsonl.gz into
 # benchmarks/results/cache/gpu_results.jsonl.gz (COMMITTED) and prints where the sweeps of HOME_MIXERS (default the
 # two baselines; HOME_MIXERS="delta_net gated_delta_net gdn_no_gate" adds the probe being swept) stand and what
-# .carry's checkpoints hold (`mixerlab cache info --checkpoints --mixer`); then `python benchmarks/baselines.py` and
+# .carry's checkpoints hold (`mixerlab cache info --checkpoints --mixer`); then `python benchmarks/reproduction/baselines.py` and
 # commit it.
 # Run `home` after every call, before the next, also when sending calls back to back: a warm machine keeps its sweep
 # running, but one that went cold in between starts from .carry, and a stale .carry repeats the last call's work.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 WORK=${SWEEP_DIR:-/tmp/mixerlab-sweep}
 CACHE=$WORK/cache.sqlite
 OUT=${OUT:-$WORK/out}
@@ -44,8 +44,7 @@ SAVE_WAIT=${SAVE_WAIT:-45}  # seconds `poll` waits for the fresh checkpoint it a
 POLL_RESERVE=${POLL_RESERVE:-$(( SAVE_WAIT + 30 ))}
 # The two baselines' `full` sweeps are complete (DeltaNet's in the twenty-fourth session, Gated DeltaNet's in the
 # thirty-third), 792 trainings. What is left is `full` Fuzzy Recall of the gate-off probe: on the baseline setting it
-# scores 0.5775 where Gated DeltaNet scores 0.1698, and it leads on all four training-set sizes too (thirty-third
-# session, baselines_notes.md); does it reach the seed row? The settings up to 256 tokens run in groups of 6, as Gated
+# scores 0.5775 where Gated DeltaNet scores 0.1698, and it leads on all four training-set sizes too (docs/reproduction.md); does it reach the seed row? The settings up to 256 tokens run in groups of 6, as Gated
 # DeltaNet's ran (six vocabulary trainings were packed into the thirty-third session's .carry); the 512- and 1,024-token
 # ones run in pairs, about 1.0 and 1.9 s per member-epoch, so 400 and 750 s a pair. .carry is not committed and a new
 # checkout may not keep it (the twenty-eighth and thirty-fifth sessions' did not, the others since did), so a group
@@ -74,7 +73,7 @@ start_sweep() {  # JOB...: start the sweep in the background unless it runs
             mkdir -p "$CACHE.checkpoints"; cp "$CARRY"/checkpoints/*.pt "$CACHE.checkpoints/"
         fi
     fi
-    python3 benchmarks/gdn_variants.py "$WORK/variants" >/dev/null
+    python3 benchmarks/probes/gdn_variants.py "$WORK/variants" >/dev/null
     jobs="${*:-$DEFAULT_JOBS}"
     # the runner's name is in its command line, so a second `start` finds it
     compile=""; [ "$DEVICE" = cuda ] && compile="--compile"

@@ -1,4 +1,4 @@
-"""Does DeltaNet on fla's kernels score what the PyTorch form scores? `python benchmarks/fla_parity.py`.
+"""Does DeltaNet on fla's kernels score what the PyTorch form scores? `python benchmarks/reproduction/fla_parity.py`.
 
 `delta_net_fla` (mixers/fla_kernels.py) is the same layer and parameters as `delta_net`, with fla's bf16
 chunkwise kernels in place of mixerlab's float32 chunk math; it trains about 1.5x faster per step
@@ -6,7 +6,7 @@ chunkwise kernels in place of mixerlab's float32 chunk math; it trains about 1.5
 `full` trainings (evaluate/prefix.py: same jobs, init and data, first 100 epochs). Only settings with all
 their `quick` trainings in on both sides are compared. Writes benchmarks/results/fla_parity.{md,json}.
 
-    python benchmarks/fla_parity.py [--import FILE.jsonl.gz ...]
+    python benchmarks/reproduction/fla_parity.py [--import FILE.jsonl.gz ...]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # benchmarks/
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 from mixerlab.config import PROFILES  # noqa: E402
@@ -71,7 +71,7 @@ def compare(cache: ResultCache) -> dict:
 
 def markdown(report: dict) -> str:
     lines = ["# DeltaNet on fla's kernels against the PyTorch form (`quick`)", "",
-             "Written by `python benchmarks/fla_parity.py` from the committed GPU results. `fla` is "
+             "Written by `python benchmarks/reproduction/fla_parity.py` from the committed GPU results. `fla` is "
              "`delta_net_fla` trained with `quick` on an H200 (fla-core 0.6, bf16 kernels); `pytorch` is "
              "`delta_net`'s `quick` read off its `full` trainings (float32 chunk math). Same jobs, "
              "initialisation and data; only settings with both of their `quick` trainings in on both sides "

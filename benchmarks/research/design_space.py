@@ -1,7 +1,7 @@
 """The offline proposer's design space: how many candidates it reaches, and what share of the candidates the
 search proposer generates pass the full checker (the loop's own checks, sandboxed, at the tiny profile).
 
-    python benchmarks/design_space.py [--proposals 20] [--seed 0]   -> benchmarks/results/design_space.{json,md}
+    python benchmarks/research/design_space.py [--proposals 20] [--seed 0]   -> benchmarks/results/design_space.{json,md}
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections import Counter
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # benchmarks/
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 from mixerlab.check import check_candidate  # noqa: E402
@@ -77,7 +77,7 @@ def main() -> None:
               "failures": Counter(r["failed_check"] for r in rows if not r["passed"]), "rows": rows}
     (ROOT / "results" / "design_space.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = ["# The design space of the search proposer", "",
-             f"{result['date']}, `python benchmarks/design_space.py --proposals {args.proposals} --seed {args.seed}` on a "
+             f"{result['date']}, `python benchmarks/research/design_space.py --proposals {args.proposals} --seed {args.seed}` on a "
              "2-core CPU (checks at the tiny profile, sandboxed as in the loop).", "",
              "| figure | value |", "| --- | --- |",
              f"| axes / options | {result['axes']} / {result['options']} |",

@@ -1,8 +1,8 @@
 """Write the Gated DeltaNet probe variants: the baseline's file with one part switched off or swapped, to find which
-part keeps it from learning Selective Copy at vocab 128 and Fuzzy Recall (baselines_notes.md, sixteenth and
-twenty-fifth sessions).
+part keeps it from learning Selective Copy at vocab 128 and Fuzzy Recall (docs/reproduction.md,
+"Gated DeltaNet's trap").
 
-    python benchmarks/gdn_variants.py OUTDIR   # -> OUTDIR/gdn_no_decay.py, gdn_no_gate.py, gdn_v1.py, ...
+    python benchmarks/probes/gdn_variants.py OUTDIR   # -> OUTDIR/gdn_no_decay.py, gdn_no_gate.py, gdn_v1.py, ...
 
 Each variant is generated from `src/mixerlab/mixers/gated_delta_net.py` by exact text edits (an edit that no
 longer matches the template fails loudly), so the same template always gives the same file and the same code
@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "src" / "mixerlab" / "mixers" / "gated_delta_net.py"
+TEMPLATE = Path(__file__).resolve().parents[2] / "src" / "mixerlab" / "mixers" / "gated_delta_net.py"
 
 MIX = "        o = self.mix(q, k, v, beta, g)\n"
 GATE = "        o = self.o_norm(o, self.split_heads(self.g_proj(x)))\n"
@@ -46,14 +46,14 @@ def variant_source(name: str, template: str) -> str:
     for old, new in VARIANTS[name][1]:
         if source.count(old) != 1:
             raise SystemExit(f"{TEMPLATE}: the line {old.strip()!r} for variant {name} is no longer there once; "
-                             "update benchmarks/gdn_variants.py to the template")
+                             "update benchmarks/probes/gdn_variants.py to the template")
         source = source.replace(old, new)
     return source
 
 
 def main() -> None:
     if len(sys.argv) != 2:
-        raise SystemExit("usage: python benchmarks/gdn_variants.py OUTDIR")
+        raise SystemExit("usage: python benchmarks/probes/gdn_variants.py OUTDIR")
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     template = TEMPLATE.read_text()

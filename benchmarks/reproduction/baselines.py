@@ -6,7 +6,7 @@ row, the difference, and how many of the protocol's trainings are done (a partia
 and the cheaper variants read off the `full` trainings without training (`quick`, `--patience P`), with
 their score differences from `full` and their share of its training tokens.
 
-    python benchmarks/baselines.py [--cache FILE.sqlite] [--import FILE.jsonl.gz ...]
+    python benchmarks/reproduction/baselines.py [--cache FILE.sqlite] [--import FILE.jsonl.gz ...]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # benchmarks/
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 from mixerlab.config import PROFILES, Profile  # noqa: E402
@@ -259,10 +259,10 @@ def markdown(results: dict, cosine: dict, normal_init: dict, run_init: dict, qui
     lines = [
         "# Baselines against the seed rows",
         "",
-        "Written by `python benchmarks/baselines.py` from the result cache (committed trainings:",
+        "Written by `python benchmarks/reproduction/baselines.py` from the result cache (committed trainings:",
         "`benchmarks/results/cache/gpu_results.jsonl.gz`, import with `mixerlab cache import`).",
-        "GPUs: NVIDIA H100 80GB HBM3 (sessions 1-8) and NVIDIA H200 (from the tenth session; which trainings ran where:",
-        "baselines_notes.md), both lent by the `device` tool; torch 2.11 + CUDA 13, bf16 autocast, TF32 matmuls.",
+        "GPUs: NVIDIA H100 80GB HBM3 (23-25 Nov 2026) and NVIDIA H200 (1-4 Dec 2026), lent 30 minutes at a time;",
+        "torch 2.11 + CUDA 13, bf16 autocast, TF32 matmuls. How the sweeps were run and what they taught: docs/reproduction.md.",
         "",
         "Protocol (docs/protocol.md): `full` = MAD's sweep, 66 settings x lr {1e-4, 5e-4, 1e-3} x weight decay",
         "{0, 0.1}, 200 epochs, stop above 0.999 test accuracy, score = macro accuracy at the lowest-perplexity",
@@ -332,7 +332,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cache", default=None)
     parser.add_argument("--import", dest="imports", nargs="*", default=[str(ROOT / "results" / "cache" / "gpu_results.jsonl.gz")])
-    parser.add_argument("--notes", default=str(ROOT / "results" / "baselines_notes.md"))
     args = parser.parse_args()
     cache = ResultCache(args.cache or Path(tempfile.mkdtemp()) / "cache.sqlite")
     for path in args.imports:
@@ -350,9 +349,6 @@ def main() -> None:
     (ROOT / "results" / "baselines.json").write_text(json.dumps(report, indent=2))
     (ROOT / "results" / "baselines_settings.svg").write_text(settings_chart(results["full"]))
     text = markdown(results, cosine, normal_init, run_init, quick, patience)
-    notes = Path(args.notes)
-    if notes.exists():
-        text += "\n" + notes.read_text()
     (ROOT / "results" / "baselines.md").write_text(text)
     print(text)
 

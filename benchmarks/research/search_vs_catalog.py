@@ -1,6 +1,6 @@
 """The searching offline proposer against the fixed-order catalog, with the same budget of iterations.
 
-    python benchmarks/search_vs_catalog.py [--iterations 20] [--seeds 0 1 2] [--profile tiny]
+    python benchmarks/research/search_vs_catalog.py [--iterations 20] [--seeds 0 1 2] [--profile tiny]
         -> benchmarks/results/search_vs_catalog.{json,md}
 
 Runs `mixerlab discover` once with `--proposer catalog` (deterministic: one run) and once per search seed with
@@ -18,7 +18,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # benchmarks/
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 from mixerlab.store import Store  # noqa: E402
@@ -64,7 +64,7 @@ def main() -> None:
     (ROOT / "results" / "search_vs_catalog.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = ["# Search proposer against the fixed-order catalog", "",
              f"Profile `{args.profile}` on a 2-core CPU, {args.iterations} iterations per run, {summary['date']}; "
-             f"`python benchmarks/search_vs_catalog.py --iterations {args.iterations} --seeds {' '.join(map(str, args.seeds))}`. "
+             f"`python benchmarks/research/search_vs_catalog.py --iterations {args.iterations} --seeds {' '.join(map(str, args.seeds))}`. "
              "One seed per training, so differences within the profile's seed noise (data/noise.json: six-task mean "
              "std 0.015 on tiny) are not differences.", "",
              "| run | exit | best candidate mean | best baseline mean | done / inert / failed | minutes | best after each iteration |",

@@ -1,7 +1,7 @@
 """Can a small local model drive the loop? SmolLM2-135M (llama.cpp's OpenAI-compatible server, CPU) proposes
 with both LLM formats; every proposal goes through the full checker.
 
-    python benchmarks/small_model.py [--proposals 5]   -> benchmarks/results/small_model.{json,md}
+    python benchmarks/research/small_model.py [--proposals 5]   -> benchmarks/results/small_model.{json,md}
 
 code:    the model writes the whole candidate file (the default format, for capable models)
 choices: the model picks design-space options by schema-constrained JSON; mixerlab renders the file
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # benchmarks/
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 from mixerlab.check import check_candidate  # noqa: E402
@@ -108,7 +108,7 @@ def main() -> None:
     (ROOT / "results" / "small_model.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = ["# A small local model as the proposer: code format against choices format", "",
              f"{result['model']}, temperature {args.temperature}, {result['date']}; "
-             f"`python benchmarks/small_model.py --proposals {args.proposals}` on a 2-core CPU; full checker at tiny.", "",
+             f"`python benchmarks/research/small_model.py --proposals {args.proposals}` on a 2-core CPU; full checker at tiny.", "",
              "| format | proposals | pass the checker |", "| --- | --- | --- |"]
     lines += [f"| {fmt} | {s['proposals']} | {s['passed']} ({s['passed'] / max(1, s['proposals']):.0%}) |" for fmt, s in summary.items()]
     lines += ["", "| format | parent | outcome | seconds |", "| --- | --- | --- | --- |"]

@@ -1,6 +1,6 @@
 """Retrieval quality of the knowledge base on the team's labelled set (mixerlab/knowledge/labelled_queries.yaml).
 
-    python benchmarks/retrieval.py   -> benchmarks/results/retrieval.{json,md}
+    python benchmarks/research/retrieval.py   -> benchmarks/results/retrieval.{json,md}
 
 Top-k recall (the share of a query's relevant cards among the first k, averaged over queries) for the lexical
 backend (BM25, the default) and, where `mixerlab[knowledge]` is installed, MiniLM sentence embeddings.
@@ -14,7 +14,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # benchmarks/
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 from mixerlab.knowledge import Retriever, embedding_available, load_cards  # noqa: E402
@@ -38,7 +38,7 @@ def main() -> None:
     lines = [f"# Knowledge retrieval: top-k recall on the labelled set",
              "",
              f"{result['cards']} cards, {result['queries']} labelled queries (weak tasks + code, or a need in words), "
-             f"{result['date']}, `python benchmarks/retrieval.py` on a CPU.",
+             f"{result['date']}, `python benchmarks/research/retrieval.py` on a CPU.",
              "",
              "| backend | " + " | ".join(f"recall@{k}" for k in KS) + " | seconds |",
              "| --- | " + " | ".join("---" for _ in KS) + " | --- |"]

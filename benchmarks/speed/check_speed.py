@@ -1,7 +1,7 @@
 """How long `mixerlab check` takes end to end (process start included) on typical candidates, where the time
 goes check by check, and how the team's hostile corpus fares (tests/candidates/hostile: one attack a file).
 
-    python benchmarks/check_speed.py   ->  benchmarks/results/check_speed.{json,md}   (goal: <= 30 s each)
+    python benchmarks/speed/check_speed.py   ->  benchmarks/results/check_speed.{json,md}   (goal: <= 30 s each)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # benchmarks/
 sys.path.insert(0, str(ROOT.parent / "src"))
 sys.path.insert(0, str(ROOT.parent / "tests"))
 
@@ -60,7 +60,7 @@ def main() -> None:
     (ROOT / "results" / "check_speed.json").write_text(json.dumps(summary, indent=2))
     names = list(good[0]["checks"])
     lines = ["# `mixerlab check` speed and the hostile corpus", "",
-             f"Measured on {machine} with `python benchmarks/check_speed.py` (goal: at most 30 s per candidate; "
+             f"Measured on {machine} with `python benchmarks/speed/check_speed.py` (goal: at most 30 s per candidate; "
              "checks under the `tiny` profile's conditions on the CPU).", "",
              "| candidate | seconds (end to end) | exit | " + " | ".join(names) + " |",
              "|---|---|---|" + "---|" * len(names)]

@@ -1,4 +1,4 @@
-"""Where the time of a batched training step goes, by leaving parts out: `python benchmarks/step_anatomy.py`.
+"""Where the time of a batched training step goes, by leaving parts out: `python benchmarks/speed/step_anatomy.py`.
 
 Times the compiled, CUDA-graphed step of the batched trainer (what `eval --compile` runs) for a few group
 shapes and mixer variants in one process, so the ratios are comparable: the DeltaNet baseline with the
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from mixerlab.config import TrainConfig  # noqa: E402
 from mixerlab.mixers import resolve_mixer  # noqa: E402
@@ -237,7 +237,7 @@ def best_config(rows: list[dict]) -> tuple[int, int, str]:
     return min((k for k in totals if worst[k] <= FLOAT32_ERROR), key=totals.get)
 
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def solve_table(solve: list[dict]) -> list[str]:
@@ -266,7 +266,7 @@ def steps_table(steps: list[dict]) -> list[str]:
 
 def write_markdown(results: dict, path: Path) -> None:
     lines = ["# Where a training step's time goes", "",
-             "Written by `python benchmarks/step_anatomy.py` (GPU). Every row times the compiled, CUDA-graphed batched "
+             "Written by `python benchmarks/speed/step_anatomy.py` (GPU). Every row times the compiled, CUDA-graphed batched "
              "step that `eval --compile` runs; rows of one run share a process and a GPU, so their ratios compare. "
              "Variants that leave a part out compute something else: they measure that part's cost.", ""]
     for device, entry in results.items():

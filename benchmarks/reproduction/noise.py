@@ -1,6 +1,6 @@
 """Measure a profile's seed-to-seed noise, the yardstick of the loop's verdicts (mixerlab/noise.py, judge.py).
 
-    python benchmarks/noise.py --profile tiny --device cpu --seeds 3
+    python benchmarks/reproduction/noise.py --profile tiny --device cpu --seeds 3
         -> src/mixerlab/data/noise.json (the measurement, merged with the other profiles')
         -> benchmarks/results/noise.md (per task and of the six-task mean, with each baseline's seeds)
 
@@ -18,7 +18,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # benchmarks/
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 from mixerlab.config import get_profile  # noqa: E402
@@ -41,19 +41,29 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=None)
+    parser.add_argument("--cached-only", metavar="HARDWARE", default=None,
+                        help="train nothing: read every training from --cache (e.g. the committed GPU trainings, "
+                        "imported with `mixerlab cache import`) and record HARDWARE as where they ran")
     args = parser.parse_args()
+    if args.cached_only and not args.cache:
+        parser.error("--cached-only reads the trainings from a cache: give --cache FILE.sqlite")
     profile = get_profile(args.profile)
     cache = ResultCache(args.cache) if args.cache else None
     numerics = "bf16" if args.device.startswith("cuda") else "fp32"
     scores = {}
     for name in ("delta_net", "gated_delta_net"):
-        report = evaluate_mixer(builtin_spec(name), profile, EvalOptions(seeds=args.seeds, device=args.device), cache=cache)
+        options = EvalOptions(seeds=args.seeds, device=args.device, train=not args.cached_only)
+        report = evaluate_mixer(builtin_spec(name), profile, options, cache=cache)
         if report.incomplete:
-            raise SystemExit(f"{name}: {report.incomplete} trainings did not finish; run again")
+            raise SystemExit(f"{name}: {report.incomplete} trainings are missing"
+                             + (" from the cache" if args.cached_only else " (did not finish); run again"))
         scores[report.mixer] = {task: score.seeds for task, score in report.tasks.items()}
         print(f"{report.mixer}: " + ", ".join(f"{t} {s.mean:.4f}+-{s.std:.4f}" for t, s in report.tasks.items()))
-    command = f"python benchmarks/noise.py --profile {args.profile} --device {args.device} --seeds {args.seeds}"
-    measurement = Measurement(profile=args.profile, numerics=numerics, hardware=hardware(args.device), command=command,
+    command = f"python benchmarks/reproduction/noise.py --profile {args.profile} --device {args.device} --seeds {args.seeds}"
+    if args.cached_only:
+        command += f" --cache CACHE --cached-only '{args.cached_only}'"
+    measurement = Measurement(profile=args.profile, numerics=numerics, hardware=args.cached_only or hardware(args.device),
+                              command=command,
                               date=date.today().isoformat(), seeds=args.seeds, scores=scores)
     stored = json.loads(DATA.read_text()) if DATA.is_file() else {"measurements": []}
     stored["measurements"] = [m for m in stored["measurements"]

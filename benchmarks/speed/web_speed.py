@@ -1,4 +1,4 @@
-"""Dashboard server time on a database of 5,000 experiments: `python benchmarks/web_speed.py`.
+"""Dashboard server time on a database of 5,000 experiments: `python benchmarks/speed/web_speed.py`.
 
 Fills a SQLite database with experiments shaped like real ones (code, diff, insights, per-task scores with
 seeds, judgement, curves, check report, attempts), then times each page and API call in-process (server
@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # benchmarks/
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 from fastapi.testclient import TestClient  # noqa: E402
