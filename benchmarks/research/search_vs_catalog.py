@@ -45,6 +45,31 @@ def run(label: str, out: Path, iterations: int, profile: str, cache: Path, extra
             "inert": sum(r.status == "inert" for r in rows), "failed": sum(r.status == "failed" for r in rows)}
 
 
+def write(results: list[dict], planned: list[str], args: argparse.Namespace) -> None:
+    """The results so far (each run's JSON and row as it finishes: a long comparison can stop and resume)."""
+    summary = {"date": str(date.today()), "profile": args.profile, "iterations": args.iterations,
+               "planned_runs": planned, "runs": results}
+    (ROOT / "results" / "search_vs_catalog.json").write_text(json.dumps(summary, indent=1) + "\n")
+    missing = [label for label in planned if label not in {r["label"] for r in results}]
+    lines = ["# Search proposer against the fixed-order catalog", "",
+             f"Profile `{args.profile}` on a 2-core CPU, {args.iterations} iterations per run, {summary['date']}; "
+             f"`python benchmarks/research/search_vs_catalog.py --iterations {args.iterations} --seeds {' '.join(map(str, args.seeds))}`. "
+             "One seed per training, so differences within the profile's seed noise (data/noise.json: six-task mean "
+             "std 0.015 on tiny) are not differences.", ""]
+    if missing:
+        lines += [f"**Partial:** {len(results)} of {len(planned)} runs finished; not yet run: {', '.join(missing)} "
+                  "(the same command resumes: finished runs and cached trainings are not repeated).", ""]
+    lines += ["| run | exit | best candidate mean | best baseline mean | done / inert / failed | minutes | best after each iteration |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        best = f"{r['best_candidate_mean']:.4f}" if r["best_candidate_mean"] is not None else "n/a"
+        base = f"{r['best_baseline_mean']:.4f}" if r["best_baseline_mean"] is not None else "n/a"
+        lines.append(f"| {r['label']} | {r['exit']} | {best} | {base} | {r['done']} / {r['inert']} / {r['failed']} | "
+                     f"{r['minutes']} | {' '.join('-' if v is None else f'{v:.3f}' for v in r['curve'])} |")
+    (ROOT / "results" / "search_vs_catalog.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=20)
@@ -54,28 +79,12 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.out / "cache.sqlite"
-    results = [run("catalog", args.out, args.iterations, args.profile, cache, ["--proposer", "catalog"])]
-    print(results[-1], flush=True)
-    for seed in args.seeds:
-        results.append(run(f"search_seed{seed}", args.out, args.iterations, args.profile, cache,
-                           ["--proposer", "search", "--search-seed", str(seed)]))
-        print(results[-1], flush=True)
-    summary = {"date": str(date.today()), "profile": args.profile, "iterations": args.iterations, "runs": results}
-    (ROOT / "results" / "search_vs_catalog.json").write_text(json.dumps(summary, indent=1) + "\n")
-    lines = ["# Search proposer against the fixed-order catalog", "",
-             f"Profile `{args.profile}` on a 2-core CPU, {args.iterations} iterations per run, {summary['date']}; "
-             f"`python benchmarks/research/search_vs_catalog.py --iterations {args.iterations} --seeds {' '.join(map(str, args.seeds))}`. "
-             "One seed per training, so differences within the profile's seed noise (data/noise.json: six-task mean "
-             "std 0.015 on tiny) are not differences.", "",
-             "| run | exit | best candidate mean | best baseline mean | done / inert / failed | minutes | best after each iteration |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in results:
-        best = f"{r['best_candidate_mean']:.4f}" if r["best_candidate_mean"] is not None else "n/a"
-        base = f"{r['best_baseline_mean']:.4f}" if r["best_baseline_mean"] is not None else "n/a"
-        lines.append(f"| {r['label']} | {r['exit']} | {best} | {base} | {r['done']} / {r['inert']} / {r['failed']} | "
-                     f"{r['minutes']} | {' '.join('-' if v is None else f'{v:.3f}' for v in r['curve'])} |")
-    (ROOT / "results" / "search_vs_catalog.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    runs = [("catalog", ["--proposer", "catalog"])] + [
+        (f"search_seed{seed}", ["--proposer", "search", "--search-seed", str(seed)]) for seed in args.seeds]
+    results: list[dict] = []
+    for label, extra in runs:
+        results.append(run(label, args.out, args.iterations, args.profile, cache, extra))
+        write(results, [label for label, _ in runs], args)
 
 
 if __name__ == "__main__":
