@@ -129,36 +129,36 @@ def _tiny_settings() -> dict[Task, tuple[TaskSetting, ...]]:
     return {task: (TaskSetting(task=task, **small[task]),) for task in TASK_ORDER}
 
 
-def _smoke_settings() -> dict[Task, tuple[TaskSetting, ...]]:
-    # tiny's settings on a quarter of the data: every path runs, nothing is learnt to speak of
-    return {task: tuple(TaskSetting(**{**s.model_dump(), "num_train": min(s.num_train, 256), "num_test": min(s.num_test, 128)})
-                        for s in settings) for task, settings in _tiny_settings().items()}
-
-
 def _quick_settings() -> dict[Task, tuple[TaskSetting, ...]]:
     # The full sweep without its most expensive corner (sequences of 512 and 1024 tokens).
     return {task: tuple(s for s in sweep_settings(task) if s.seq_len <= 256) for task in TASK_ORDER}
 
 
+_TINY = Profile(
+    name="tiny",
+    description="CPU smoke profile: one shrunken setting per task, width 64, a few epochs; for tests and the first run",
+    train=TrainConfig(d_model=64, batch_size=64, max_epochs=8, eval_batch_size=128),
+    settings=_tiny_settings(),
+    lrs=(3e-3,),
+    weight_decays=(0.0,),
+    preferred_device="cpu",
+)
+
+
+def _smoke(tiny: Profile) -> Profile:
+    """tiny on at most 256 training and 128 test examples for 2 epochs: every path runs, nothing is learnt to
+    speak of (plumbing tests, a first look at a new machine)."""
+    settings = {task: tuple(TaskSetting(**{**s.model_dump(), "num_train": min(s.num_train, 256),
+                                           "num_test": min(s.num_test, 128)}) for s in group)
+                for task, group in tiny.settings.items()}
+    return tiny.model_copy(update={
+        "name": "smoke", "settings": settings, "train": tiny.train.model_copy(update={"max_epochs": 2}),
+        "description": "plumbing check, not a measurement: tiny's settings on 256 examples for 2 epochs; seconds on a CPU"})
+
+
 PROFILES: dict[str, Profile] = {
-    "tiny": Profile(
-        name="tiny",
-        description="CPU smoke profile: one shrunken setting per task, width 64, a few epochs; for tests and the first run",
-        train=TrainConfig(d_model=64, batch_size=64, max_epochs=8, eval_batch_size=128),
-        settings=_tiny_settings(),
-        lrs=(3e-3,),
-        weight_decays=(0.0,),
-        preferred_device="cpu",
-    ),
-    "smoke": Profile(
-        name="smoke",
-        description="plumbing check, not a measurement: tiny's settings on 256 examples for 2 epochs; seconds on a CPU",
-        train=TrainConfig(d_model=64, batch_size=64, max_epochs=2, eval_batch_size=128),
-        settings=_smoke_settings(),
-        lrs=(3e-3,),
-        weight_decays=(0.0,),
-        preferred_device="cpu",
-    ),
+    "tiny": _TINY,
+    "smoke": _smoke(_TINY),
     "baseline": Profile(
         name="baseline",
         description="MAD's baseline setting of each task, lr 5e-4, weight decay 0: six trainings",
