@@ -4,6 +4,7 @@ checks were not run on), the integrity snapshot, and the worker's errors reachin
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -80,6 +81,19 @@ def test_the_worker_imports_what_the_parent_can(tmp_path: Path, monkeypatch: pyt
     outcome = run_sandboxed({"kind": "run", "source": "import only_on_the_parents_path as m\nsend({'type': 'v', 'v': m.VALUE})"},
                             LIMITS)
     assert {"type": "v", "v": 42} in outcome.messages, outcome.output_tail
+
+
+def test_the_worker_never_runs_more_threads_than_the_callers_cpus() -> None:
+    """A caller pinned to one CPU (a test worker, a `taskset`) gets a one-thread worker, whatever the limit asks."""
+    source = "import torch\nsend({'type': 'threads', 'v': torch.get_num_threads()})"
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})
+        pinned = run_sandboxed({"kind": "run", "source": source}, replace(LIMITS, cpu_threads=4))
+    finally:
+        os.sched_setaffinity(0, before)
+    assert {"type": "threads", "v": 1} in pinned.messages, pinned.output_tail
+    assert replace(LIMITS, cpu_threads=4).threads == min(4, len(before))
 
 
 def test_sandboxed_scores_equal_in_process_scores_exactly() -> None:

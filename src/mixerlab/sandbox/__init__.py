@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..config import available_cpus
 from .channel import FrameReader, ProtocolError, encode
 from .confine import Confinement
 
@@ -49,11 +50,17 @@ class SandboxLimits:
     timeout_s: float = 300.0  # a backstop for endless loops, with room for a busy machine
     memory_gb: float = 8.0
     output_bytes: int = 1_000_000
-    cpu_threads: int = 2
+    cpu_threads: int = 2  # at most; never more than the CPUs the caller may run on (see `threads`)
     gpu_memory_fraction: float | None = None  # on CUDA: share of the GPU the worker may allocate
     cuda_device: int | None = None  # which GPU the worker sees (None: no GPU)
     isolate_network: bool = True
     confine: bool = True  # Landlock + seccomp (sandbox/confine.py); off only to test the layers one by one
+
+    @property
+    def threads(self) -> int:
+        """The worker's torch/OpenMP threads: `cpu_threads`, capped by the CPUs this process may run on (its
+        affinity mask). OpenMP threads busy-wait: two of them on one CPU made a check's forwards 15x slower."""
+        return max(1, min(self.cpu_threads, available_cpus()))
 
 
 @dataclass
@@ -108,7 +115,7 @@ def _preexec(limits: SandboxLimits, confinement: Confinement) -> Callable[[], No
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except Exception:  # noqa: BLE001 - not Linux
             pass
-        cpu = int(limits.timeout_s * max(1, limits.cpu_threads) + 30)
+        cpu = int(limits.timeout_s * limits.threads + 30)
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 20, 256 << 20))
@@ -172,8 +179,8 @@ def run_sandboxed(
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
         "PYTHONNOUSERSITE": "1",
-        "OMP_NUM_THREADS": str(limits.cpu_threads),
-        "MKL_NUM_THREADS": str(limits.cpu_threads),
+        "OMP_NUM_THREADS": str(limits.threads),
+        "MKL_NUM_THREADS": str(limits.threads),
         "MIXERLAB_SANDBOX_FD": str(write_fd),
         "MIXERLAB_SANDBOX_REPLY_FD": str(reply_read),
         "MIXERLAB_SANDBOX_SCRATCH": str(scratch),
