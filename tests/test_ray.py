@@ -52,24 +52,26 @@ def ray_task_pids() -> list[int]:
     return [int(line.split()[0]) for line in out.splitlines() if "ray::_evaluation_task" in line]
 
 
-def test_a_killed_worker_is_retried_and_nothing_is_lost(tmp_path: Path, baseline_cache: Path) -> None:
-    run_dir, cache = tmp_path / "run", baseline_cache  # the candidate is not in it: its trainings run on Ray
+def test_a_killed_worker_is_retried_and_nothing_is_lost(tmp_path: Path) -> None:
+    run_dir, cache = tmp_path / "run", tmp_path / "cache.sqlite"  # empty: every training runs on Ray
     killed: list[int] = []
 
-    def killer() -> None:  # kill the first Ray worker seen training, once
+    def killer() -> None:  # kill the first Ray worker seen evaluating, once, while it still is
         deadline = time.time() + 600
         while time.time() < deadline and not killed:
             pids = ray_task_pids()
             if pids:
-                time.sleep(3)  # well inside its training
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append(pids[0])
-            time.sleep(0.2)
+                time.sleep(1)  # inside its sandbox's start or its training (smoke: about 3 s in all)
+                if pids[0] in ray_task_pids():
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+            time.sleep(0.1)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     proc = subprocess.run([sys.executable, "-m", "mixerlab.cli", "discover", "--device", "cpu", "--executor", "ray",
-                           "--run-dir", str(run_dir), "--iterations", "1", "--cache", str(cache), "--threads", "1"],
+                           "--profile", "smoke", "--run-dir", str(run_dir), "--iterations", "1", "--cache", str(cache),
+                           "--threads", "1"],
                           capture_output=True, text=True, timeout=1800)
     thread.join(timeout=5)
     assert killed, "a Ray worker was killed during training"
