@@ -1,27 +1,25 @@
-"""benchmarks/reproduction/baselines.py's verdicts on the reproduction targets (within 0.05 of the seed rows, the seeds'
+"""mixerlab.reproduction's verdicts on the reproduction targets (within 0.05 of the seed rows, the seeds'
 order between the two models, recall/copy near 1.0), on made-up cells and on the committed results."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
+from mixerlab.reproduction import SEED_ROWS, target_checks, target_lines
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-spec = importlib.util.spec_from_file_location("baselines_script", BENCHMARKS / "reproduction" / "baselines.py")
-baselines = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(baselines)
 
 DN, GDN = "delta_net_4layer", "gated_delta_net_4layer"
 
 
 def cell(model: str, task: str, mean: float, complete: bool = True) -> dict:
-    seed = baselines.SEED_ROWS[model][task]
+    seed = SEED_ROWS[model][task]
     return {"mean": mean, "complete": complete, "seed_row": seed, "difference": mean - seed}
 
 
 def verdicts(full: dict) -> dict[str, str]:
-    return {c["target"]: c["verdict"] for c in baselines.target_checks(full)}
+    return {c["target"]: c["verdict"] for c in target_checks(full)}
 
 
 def test_each_target_is_met_missed_or_pending_by_the_numbers() -> None:
@@ -48,7 +46,7 @@ def test_each_target_is_met_missed_or_pending_by_the_numbers() -> None:
 
 def test_the_committed_targets_are_the_committed_numbers_judged() -> None:
     written = json.loads((BENCHMARKS / "results" / "baselines.json").read_text())
-    assert written["targets"] == baselines.target_checks(written["full"])
+    assert written["targets"] == target_checks(written["full"])
     text = (BENCHMARKS / "results" / "baselines.md").read_text()
     met = sum(c["verdict"] == "met" for c in written["targets"])
     assert f"Of {len(written['targets'])} targets: {met} met" in text
@@ -67,7 +65,7 @@ def test_a_partial_cell_decides_a_target_only_when_its_whole_range_agrees() -> N
              "fuzzy_recall": partial(DN, "fuzzy_recall", 0.19, 0.10, 0.25),  # spans the 0.1397 edge: undecided
              "memorize": cell(DN, "memorize", 0.2670)},
     }
-    checks = {c["target"]: c for c in baselines.target_checks(full)}
+    checks = {c["target"]: c for c in target_checks(full)}
     copy = checks[f"{GDN} selective_copy within 0.05 of the seed row"]
     assert copy["verdict"] == "missed" and copy["decided_by_range"] == {f"{GDN} selective_copy": [0.64, 0.939]}
     assert checks[f"{GDN} selective_copy near 1.0 (at least 0.95)"]["verdict"] == "missed"
@@ -76,7 +74,7 @@ def test_a_partial_cell_decides_a_target_only_when_its_whole_range_agrees() -> N
     assert checks[f"{DN} fuzzy_recall within 0.05 of the seed row"]["verdict"] == "pending"
     assert checks[f"{GDN} ahead of {DN} on fuzzy_recall"]["verdict"] == "met"  # 0.29 > 0.25
     assert checks[f"{GDN} ahead of {DN} on memorize"]["verdict"] == "pending"
-    lines = "\n".join(baselines.target_lines(list(checks.values())))
+    lines = "\n".join(target_lines(list(checks.values())))
     assert f"{GDN} selective_copy can only end in 0.6400-0.9390" in lines
 
 

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.probes import gdn_variants as variants
 from mixerlab.mixers import builtin_spec, resolve_mixer
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-spec = importlib.util.spec_from_file_location("gdn_variants_script", BENCHMARKS / "probes" / "gdn_variants.py")
-variants = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(variants)
-
 
 def build(path_or_name: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)

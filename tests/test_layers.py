@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("mixerlab.check", "mixerlab.evaluate", "mixerlab.sandbox.scoring"),
     ("mixerlab.sandbox.tasks", "mixerlab.sandbox.worker", "mixerlab.evaluate.sandboxed"),
     ("mixerlab.executor", "mixerlab.propose", "mixerlab.select", "mixerlab.judge", "mixerlab.insights",
-     "mixerlab.table", "mixerlab.store", "mixerlab.progress", "mixerlab.noise"),
+     "mixerlab.table", "mixerlab.store", "mixerlab.progress", "mixerlab.noise", "mixerlab.reproduction"),
     ("mixerlab.loop",),
     ("mixerlab.web", "mixerlab.cli"),
 ]

@@ -3,16 +3,14 @@ markdown, which must be what the committed JSON renders to. The measurements the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from benchmarks.speed import step_anatomy
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-spec = importlib.util.spec_from_file_location("step_anatomy_script", BENCHMARKS / "speed" / "step_anatomy.py")
-step_anatomy = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(step_anatomy)
 
 
 def test_kernels_are_grouped_by_what_they_compute() -> None:

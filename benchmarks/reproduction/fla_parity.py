@@ -13,60 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # benchmarks/
 sys.path.insert(0, str(ROOT.parent / "src"))
 
-from mixerlab.config import PROFILES  # noqa: E402
-from mixerlab.evaluate import ResultCache, aggregate  # noqa: E402
-from mixerlab.evaluate.plan import plan_jobs  # noqa: E402
-from mixerlab.evaluate.prefix import find_finished  # noqa: E402
-from mixerlab.mixers import resolve_mixer  # noqa: E402
-from mixerlab.tasks import TASK_ORDER  # noqa: E402
-from mixerlab.train.result import TrainResult  # noqa: E402
-
-PROFILE = PROFILES["quick"]
-
-
-def complete_settings(results: dict[str, TrainResult], per_setting: int) -> set[str]:
-    counts = Counter(r.setting for r in results.values())
-    return {setting for setting, n in counts.items() if n == per_setting}
-
-
-def compare(cache: ResultCache) -> dict:
-    """Per task: both `quick` scores over the settings complete on both sides, and per setting."""
-    fla, ref = resolve_mixer("delta_net_fla"), resolve_mixer("delta_net")
-    per_setting = len(PROFILE.lrs) * len(PROFILE.weight_decays)
-    out: dict = {"profile": PROFILE.name, "fla_code_hash": fla.code_hash, "tasks": {}}
-    for task in TASK_ORDER:
-        jobs = plan_jobs(PROFILE, (task,), 1)
-        fla_got = find_finished(cache, jobs, fla.code_hash, PROFILE.train, "bf16")
-        ref_got = find_finished(cache, jobs, ref.code_hash, PROFILE.train, "bf16")
-        both = complete_settings(fla_got, per_setting) & complete_settings(ref_got, per_setting)
-        if not both:
-            continue
-        fla_runs = [r for r in fla_got.values() if r.setting in both]
-        ref_runs = [r for r in ref_got.values() if r.setting in both]
-        fla_score, ref_score = aggregate(fla_runs)[task.value], aggregate(ref_runs)[task.value]
-        ref_by_setting = {s.setting: s.score for s in ref_score.settings}
-        settings = [{"setting": s.setting, "fla": s.score, "pytorch": ref_by_setting[s.setting],
-                     "difference": s.score - ref_by_setting[s.setting]} for s in fla_score.settings]
-        inputs = {j.setting.label: j.setting.input_len for j in jobs}
-        tokens = sum(r.steps * PROFILE.train.batch_size * inputs[r.setting] for r in fla_runs)
-        seconds = sum(r.seconds for r in fla_runs)  # each training's share of its group's wall time
-        out["tasks"][task.value] = {
-            "fla": fla_score.mean, "pytorch": ref_score.mean, "difference": fla_score.mean - ref_score.mean,
-            "settings_compared": len(both), "settings_planned": len({j.setting.label for j in jobs}),
-            "mean_abs_setting_difference": statistics.fmean(abs(s["difference"]) for s in settings),
-            "settings": settings, "fla_tokens": tokens, "fla_seconds": seconds,
-            "fla_tokens_per_s": tokens / seconds if seconds else None,
-        }
-    return out
+from mixerlab.evaluate import ResultCache  # noqa: E402
+from mixerlab.reproduction import fla_parity  # noqa: E402
 
 
 def markdown(report: dict) -> str:
@@ -101,7 +56,7 @@ def main() -> None:
     cache = ResultCache(Path(tempfile.mkdtemp()) / "cache.sqlite")
     for path in args.imports:
         cache.import_file(path)
-    report = compare(cache)
+    report = fla_parity(cache)
     notes = ROOT / "results" / "fla_parity_notes.md"  # what the runs were and what the figures mean
     text = markdown(report) + ("\n" + notes.read_text() if notes.exists() else "")
     args.out.mkdir(parents=True, exist_ok=True)
