@@ -10,6 +10,8 @@ RUN_DIR ?= runs/demo
 # pytest-xdist workers for `make test`: most tests wait on a subprocess (the sandbox, a discovery run, a server)
 # or train on one thread, so two workers keep both cores of a CI machine busy. TEST_WORKERS=0 runs in-process.
 TEST_WORKERS ?= 2
+# extra pytest arguments (e.g. PYTEST_ARGS="-k sandbox"); the slowest tests are listed at the end of a run
+PYTEST_ARGS ?= --durations=25
 
 .PHONY: setup run test test-gpu bench clean
 
@@ -37,7 +39,7 @@ run: setup
 		--run-dir $(RUN_DIR) $(if $(wildcard $(RUN_DIR)/mixerlab.db),--resume,)
 
 test: setup $(TEST_STAMP)
-	$(PY) -m pytest -m "not gpu" -q -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -m "not gpu" -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-gpu: setup
 	$(PY) -m pytest -m gpu -q
