@@ -79,8 +79,9 @@ def test_eval_devices_rejects_bad_input(args: list[str], fragment: str, tmp_path
 
 @pytest.mark.slow
 def test_two_workers_train_each_setting_once_and_match_one_process(tmp_path: Path) -> None:
+    """Plumbing, on `smoke`: the split of the settings over the workers, and the same numbers as one process."""
     tasks = "context_recall,memorize,selective_copy"
-    spread = mixerlab("eval", "--profile", "tiny", "--tasks", tasks, "--devices", "cpu,cpu",
+    spread = mixerlab("eval", "--profile", "smoke", "--tasks", tasks, "--devices", "cpu,cpu",
                       "--cache", str(tmp_path / "spread.sqlite"))
     assert spread.returncode == 0, spread.stderr
     logs = sorted((tmp_path / "spread.sqlite.logs").glob("*.log"))
@@ -88,10 +89,10 @@ def test_two_workers_train_each_setting_once_and_match_one_process(tmp_path: Pat
     assert ResultCache(tmp_path / "spread.sqlite").count() == 3, "each training once"
 
     # one process with the workers' thread count (1 of 2 cores each) trains the same numbers
-    alone = mixerlab("eval", "--profile", "tiny", "--tasks", tasks, "--device", "cpu",
+    alone = mixerlab("eval", "--profile", "smoke", "--tasks", tasks, "--device", "cpu",
                      "--cache", str(tmp_path / "alone.sqlite"), env={"OMP_NUM_THREADS": "1"})
     assert alone.returncode == 0, alone.stderr
-    row = lambda out: parse_table(out.split("\ntiny profile")[0]).iloc[0]  # noqa: E731
+    row = lambda out: parse_table(out.split("\nsmoke profile")[0]).iloc[0]  # noqa: E731
     for column in ("Context Recall", "Memorize", "Selective Copy"):
         assert row(spread.stdout)[column] == pytest.approx(row(alone.stdout)[column], abs=1e-6), column
 

@@ -209,11 +209,12 @@ def test_proposal_threads_hand_out_each_iteration_once(tmp_path: Path) -> None:
     assert len({e.name for e in candidates}) == 2 and len({(e.parent_id, tuple(e.edits)) for e in candidates}) == 2
 
 
-def test_by_default_each_catalog_proposal_learns_from_every_result_before_it(tmp_path: Path, tiny_run,
-                                                                             shared_cache: Path) -> None:
-    """The catalog proposes instantly, so nothing is proposed ahead: iteration 2 sees iteration 1's scores."""
+def test_by_default_each_catalog_proposal_learns_from_every_result_before_it(tmp_path: Path) -> None:
+    """The catalog proposes instantly, so nothing is proposed ahead: iteration 2 sees iteration 1's scores
+    (plumbing: on `smoke`)."""
     run_dir = tmp_path / "run"
-    proc = discover("--run-dir", str(run_dir), "--iterations", "2", "--cache", str(shared_cache))
+    proc = discover("--run-dir", str(run_dir), "--profile", "smoke", "--iterations", "2",
+                    "--cache", str(tmp_path / "cache.sqlite"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     first, second = sorted((e for e in Store(f"sqlite:///{run_dir / 'mixerlab.db'}").experiments() if e.kind == "candidate"),
                            key=lambda e: e.iteration)
