@@ -14,7 +14,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -30,8 +29,13 @@ def run(label: str, out: Path, iterations: int, profile: str, cache: Path, extra
             "--iterations", str(iterations), "--run-dir", str(run_dir), "--cache", str(cache), *extra]
     if (run_dir / "mixerlab.db").exists():
         args.append("--resume")
-    start = time.perf_counter()
     proc = subprocess.run(args, capture_output=True, text=True)
+    return summarise(label, run_dir, proc.returncode)
+
+
+def summarise(label: str, run_dir: Path, exit_code: int | None) -> dict:
+    """A run's figures from its database: the best candidate mean after each iteration, and the compute its
+    experiments recorded (check and training seconds; a run stopped and resumed counts each part once)."""
     rows = Store(f"sqlite:///{run_dir / 'mixerlab.db'}", read_only=True).experiments()
     best, curve = None, []
     for row in sorted((r for r in rows if r.kind == "candidate"), key=lambda r: r.iteration):
@@ -39,7 +43,8 @@ def run(label: str, out: Path, iterations: int, profile: str, cache: Path, extra
             best = row.mean_score if best is None else max(best, row.mean_score)
         curve.append(None if best is None else round(best, 4))
     baseline = max((r.mean_score for r in rows if r.kind == "baseline" and r.mean_score is not None), default=None)
-    return {"label": label, "exit": proc.returncode, "minutes": round((time.perf_counter() - start) / 60, 1),
+    seconds = sum(v for r in rows if r.kind == "candidate" for k, v in (r.timings or {}).items() if k.endswith("_s"))
+    return {"label": label, "exit": exit_code, "minutes": round(seconds / 60, 1),
             "best_candidate_mean": best, "best_baseline_mean": baseline, "curve": curve,
             "done": sum(r.status == "done" for r in rows if r.kind == "candidate"),
             "inert": sum(r.status == "inert" for r in rows), "failed": sum(r.status == "failed" for r in rows)}
@@ -55,16 +60,17 @@ def write(results: list[dict], planned: list[str], args: argparse.Namespace) -> 
              f"Profile `{args.profile}` on a 2-core CPU, {args.iterations} iterations per run, {summary['date']}; "
              f"`python benchmarks/research/search_vs_catalog.py --iterations {args.iterations} --seeds {' '.join(map(str, args.seeds))}`. "
              "One seed per training, so differences within the profile's seed noise (data/noise.json: six-task mean "
-             "std 0.015 on tiny) are not differences.", ""]
+             "std 0.015 on tiny) are not differences. Candidate minutes: the check and training time the run's candidates "
+             "recorded (cache hits cost none).", ""]
     if missing:
         lines += [f"**Partial:** {len(results)} of {len(planned)} runs finished; not yet run: {', '.join(missing)} "
                   "(the same command resumes: finished runs and cached trainings are not repeated).", ""]
-    lines += ["| run | exit | best candidate mean | best baseline mean | done / inert / failed | minutes | best after each iteration |",
+    lines += ["| run | exit | best candidate mean | best baseline mean | done / inert / failed | candidate minutes | best after each iteration |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         best = f"{r['best_candidate_mean']:.4f}" if r["best_candidate_mean"] is not None else "n/a"
         base = f"{r['best_baseline_mean']:.4f}" if r["best_baseline_mean"] is not None else "n/a"
-        lines.append(f"| {r['label']} | {r['exit']} | {best} | {base} | {r['done']} / {r['inert']} / {r['failed']} | "
+        lines.append(f"| {r['label']} | {'-' if r['exit'] is None else r['exit']} | {best} | {base} | {r['done']} / {r['inert']} / {r['failed']} | "
                      f"{r['minutes']} | {' '.join('-' if v is None else f'{v:.3f}' for v in r['curve'])} |")
     (ROOT / "results" / "search_vs_catalog.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
@@ -76,6 +82,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--out", type=Path, default=Path("runs/search_vs_catalog"))
+    parser.add_argument("--report-only", action="store_true", help="write the tables from the runs so far, train nothing")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.out / "cache.sqlite"
@@ -83,7 +90,13 @@ def main() -> None:
         (f"search_seed{seed}", ["--proposer", "search", "--search-seed", str(seed)]) for seed in args.seeds]
     results: list[dict] = []
     for label, extra in runs:
+        if args.report_only:
+            if (args.out / label / "mixerlab.db").exists():
+                results.append(summarise(label, args.out / label, None))
+            continue
         results.append(run(label, args.out, args.iterations, args.profile, cache, extra))
+        write(results, [label for label, _ in runs], args)
+    if args.report_only:
         write(results, [label for label, _ in runs], args)
 
 
