@@ -88,16 +88,15 @@ def main() -> None:
     cache = args.out / "cache.sqlite"
     runs = [("catalog", ["--proposer", "catalog"])] + [
         (f"search_seed{seed}", ["--proposer", "search", "--search-seed", str(seed)]) for seed in args.seeds]
+    planned = [label for label, _ in runs]
+    if args.report_only:
+        write([summarise(label, args.out / label, None) for label in planned
+               if (args.out / label / "mixerlab.db").exists()], planned, args)
+        return
     results: list[dict] = []
     for label, extra in runs:
-        if args.report_only:
-            if (args.out / label / "mixerlab.db").exists():
-                results.append(summarise(label, args.out / label, None))
-            continue
         results.append(run(label, args.out, args.iterations, args.profile, cache, extra))
-        write(results, [label for label, _ in runs], args)
-    if args.report_only:
-        write(results, [label for label, _ in runs], args)
+        write(results, planned, args)
 
 
 if __name__ == "__main__":
