@@ -24,6 +24,7 @@ from mixerlab.train.job import TrainJob
 from mixerlab.train.result import TrainResult
 from mixerlab.train.scoring import LOCAL_SCORING, Scoring
 from mixerlab.train.schedule import batches_per_epoch
+from mixerlab.train.timing import NoClock, PartClock
 
 from .aggregate import TaskScore, aggregate, score_range
 from .cache import ResultCache
@@ -71,6 +72,7 @@ class EvalReport(BaseModel):
     from_longer: int = 0  # of from_cache: read off the first epochs of a cached longer training (evaluate/prefix.py)
     stopped_by: str | None = None  # the signal that stopped the run early (SIGTERM, SIGINT), its groups checkpointed
     unfinished: dict[str, TaskProgress] = {}  # the tasks with trainings still missing, by task
+    parts: dict[str, float] = {}  # seconds by part of the training (EvalOptions.time_parts; train/timing.py)
 
     def row(self) -> dict[str, float]:
         return {task: score.mean for task, score in self.tasks.items()}
@@ -96,6 +98,7 @@ class EvalOptions:
     train: bool = True  # False: report what the cache holds, train nothing (after workers trained it: devices.py)
     only_keys: frozenset[str] | None = None  # train only the trainings of these cache keys (a worker's share)
     scoring: Scoring = LOCAL_SCORING  # where test sets come from and who scores them (the sandbox: its parent)
+    time_parts: bool = False  # measure seconds by part (syncs the device at each change of part: a profile)
 
 
 def group_capacity(train: TrainConfig, factory, device: str, max_tokens: int | None,
@@ -201,6 +204,7 @@ def evaluate_mixer(
             progress.advance_steps(n)
 
     deadline = time.monotonic() + options.time_limit if options.time_limit else None
+    clock = PartClock(options.device) if options.time_parts else NoClock()
     if todo:
         factory = spec.factory()
         fast_solves = False if options.library_solves else None  # None: the kernel where it runs (CUDA)
@@ -213,11 +217,12 @@ def evaluate_mixer(
                 train_group(group, [keys[j] for j in group], train, factory, options.device, on_result=record,
                             on_steps=count_steps, deadline=deadline, compile_step=options.compile_step,
                             checkpoints=checkpoints, resume=(ident, state), fast_solves=fast_solves,
-                            scoring=options.scoring)
+                            scoring=options.scoring, clock=clock)
                 claimed.update(group)
             except ValueError as err:  # e.g. written by another mixerlab version: train these from the start
                 log.warning("cannot resume checkpoint %s (%s); training its jobs from the start", ident, err)
         fresh = [j for j in todo if j not in claimed and keys[j] not in results]
+        clock.switch("setup")  # the memory probe of group_capacity runs on the first group it sizes
         capacity = group_capacity(train, factory, options.device, options.max_group_tokens,
                                   options.max_group_members, options.scoring) if fresh else None
         # cheapest groups first: a time-limited run finishes as many trainings as it can
@@ -227,11 +232,12 @@ def evaluate_mixer(
             log.info("training %d jobs of %s (T=%d)", len(group), group[0].setting.task.value, group[0].setting.input_len)
             train_group(group, [keys[j] for j in group], train, factory, options.device,
                         on_result=record, on_steps=count_steps, deadline=deadline, compile_step=options.compile_step,
-                        checkpoints=checkpoints, fast_solves=fast_solves, scoring=options.scoring)
+                        checkpoints=checkpoints, fast_solves=fast_solves, scoring=options.scoring, clock=clock)
+    clock.switch(None)
     if progress:
         progress.stop()
-
-    return build_report(spec, profile, options, plan, results, time.perf_counter() - start, member_steps, resumed)
+    report = build_report(spec, profile, options, plan, results, time.perf_counter() - start, member_steps, resumed)
+    return report.model_copy(update={"parts": dict(clock.seconds)}) if options.time_parts else report
 
 
 def build_report(spec: MixerSpec, profile: Profile, options: EvalOptions, plan: EvalPlan, results: dict[str, TrainResult],

@@ -38,6 +38,9 @@ class SandboxedEvaluation:
     error: str = ""
     outcome: SandboxOutcome | None = None
     audit: dict[str, float] = field(default_factory=dict)  # probes checked, largest relative change seen
+    # seconds by part (options.time_parts): the worker's parts (train/timing.py), and this side's "worker start"
+    # (launch to the worker's first frame) and "parent scoring" (reading and scoring frames, beside the worker's work)
+    parts: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -85,22 +88,38 @@ def evaluate_sandboxed(
         profile=profile.name, tasks=[t.value for t in options.tasks], seeds=options.seeds, device=options.device,
         train_overrides=dict(options.train_overrides), keys=[plan.keys[j] for j in plan.todo],
         time_limit=options.time_limit, compile_step=options.compile_step, library_solves=options.library_solves,
-        max_group_tokens=options.max_group_tokens, max_group_members=options.max_group_members)
+        max_group_tokens=options.max_group_tokens, max_group_members=options.max_group_members,
+        time_parts=options.time_parts)
     buffer = io.BytesIO()
     torch.save({ident: {"inputs": s.inputs, "scored": s.scored} for ident, s in served.items()}, buffer)
     payload = {"kind": "evaluate", "device": options.device, "options": request.model_dump(mode="json"),
                "spec": {"name": spec.name, "source": spec.source, "filename": spec.filename, "class_name": spec.class_name}}
-    outcome = run_sandboxed(payload, limits, scorer.handle, files={TEST_SETS_FILE: buffer.getvalue()})
+    parent = {"worker start": 0.0, "parent scoring": 0.0}
+    launched = time.perf_counter()
+
+    def handle(message: dict, payload: bytes):
+        began = time.perf_counter()
+        if not parent["worker start"]:
+            parent["worker start"] = began - launched
+        try:
+            return scorer.handle(message, payload)
+        finally:
+            parent["parent scoring"] += time.perf_counter() - began
+
+    outcome = run_sandboxed(payload, limits, handle, files={TEST_SETS_FILE: buffer.getvalue()})
     if progress:
         progress.stop()
     audit = {"probes_checked": scorer.probes_checked, "largest_probe_change": scorer.largest_leak}
+    parts = {**scorer.worker_parts, **parent} if options.time_parts else {}
     trainings = list(scorer.results.values())
     if scorer.failure:
-        return SandboxedEvaluation(None, trainings, scorer.failure, outcome, audit)
+        return SandboxedEvaluation(None, trainings, scorer.failure, outcome, audit, parts)
     if outcome.status != "ok":
         reason = outcome.reason(limits)
         tail = outcome.traceback_tail
         error = f"{reason}" + (f"\n{tail}" if tail and tail not in reason else "")
-        return SandboxedEvaluation(None, trainings, error, outcome, audit)
+        return SandboxedEvaluation(None, trainings, error, outcome, audit, parts)
     report = build_report(spec, profile, options, plan, results, time.perf_counter() - start, scorer.member_steps)
-    return SandboxedEvaluation(report, trainings, "", outcome, audit)
+    if parts:
+        report = report.model_copy(update={"parts": parts})
+    return SandboxedEvaluation(report, trainings, "", outcome, audit, parts)

@@ -28,6 +28,7 @@ class EvaluationJob(BaseModel):
     timeout_s: float = Field(gt=0)
     known: list[TrainResult] = Field(default_factory=list)  # its finished trainings already in the loop's cache
     compile_step: bool = False
+    time_parts: bool = False  # a profile: seconds by part of the training in the report (train/timing.py)
 
 
 @dataclass
@@ -82,7 +83,8 @@ def run_evaluation(spec: MixerSpec, job: EvaluationJob, device: str, limits, on_
 
     start = time.monotonic()
     options = EvalOptions(tasks=tuple(parse_task(t) for t in job.tasks), seeds=job.seeds, device=device,
-                          train_overrides=job.train_overrides, compile_step=job.compile_step)
+                          train_overrides=job.train_overrides, compile_step=job.compile_step,
+                          time_parts=job.time_parts)
     result = evaluate_sandboxed(spec, get_profile(job.profile), options, limits, cache=KnownResults(job.known),
                                 progress=progress, on_result=on_training, cuda_device=cuda_device)
     seconds = time.monotonic() - start

@@ -98,6 +98,11 @@ class TrainedMessage(_Message):
     device: str = Field(pattern=r"^(cpu|cuda(:\d{1,2})?)$")
 
 
+class PartsMessage(_Message):
+    type: Literal["parts"]
+    seconds: dict[str, float] = Field(max_length=32)
+
+
 class StepsMessage(_Message):
     type: Literal["steps"]
     member_steps: int = Field(ge=0, le=10**12)
@@ -133,6 +138,7 @@ class TrustedScorer:
         self.max_vocab = max(job.setting.vocab_size for job in jobs.values()) if jobs else 0
         self.largest_leak = 0.0
         self.probes_checked = 0
+        self.worker_parts: dict[str, float] = {}  # the worker's own timing of its parts (a profile, not a score)
 
     def _served(self, key: str) -> ServedTestSet:
         job = self.jobs[key]
@@ -152,6 +158,9 @@ class TrustedScorer:
                 if self.on_steps and steps > self.member_steps:
                     self.on_steps(steps - self.member_steps)
                 self.member_steps = max(self.member_steps, steps)
+            elif kind == "parts":
+                self.worker_parts = {name[:40]: seconds for name, seconds in
+                                     PartsMessage.model_validate(message).seconds.items()}
             elif kind not in ("error", "done", "log"):
                 raise ProtocolError(f"unexpected message {kind!r}")
         except ValidationError as err:

@@ -37,6 +37,7 @@ class EvaluationRequest(BaseModel):
     library_solves: bool = False
     max_group_tokens: int | None = None
     max_group_members: int | None = None
+    time_parts: bool = False  # send the seconds by part of the training at the end (train/timing.py)
 
 
 def run_checks(spec: MixerSpec, options: dict[str, Any], send: Send, integrity: Integrity) -> None:
@@ -147,12 +148,16 @@ def run_evaluation(spec: MixerSpec, options: dict[str, Any], channel: WorkerChan
         tasks=tuple(parse_task(t) for t in request.tasks), seeds=request.seeds, device=request.device,
         time_limit=request.time_limit, train_overrides=request.train_overrides, compile_step=request.compile_step,
         library_solves=request.library_solves, max_group_tokens=request.max_group_tokens,
-        max_group_members=request.max_group_members, only_keys=frozenset(request.keys), scoring=scoring)
+        max_group_members=request.max_group_members, only_keys=frozenset(request.keys), scoring=scoring,
+        time_parts=request.time_parts)
 
     def trained(result) -> None:
         integrity.verify("during training")
         channel.send({"type": "trained", "key": result.key, "train_losses": [h.train_loss for h in result.history],
                       "seconds": result.seconds, "trainer": result.trainer, "device": result.device})
 
-    evaluate_mixer(spec, get_profile(request.profile), eval_options, cache=None, progress=_StepReporter(channel),
-                   on_result=trained)
+    channel.send({"type": "log", "event": "ready"})  # the parent times the worker's start up to here
+    report = evaluate_mixer(spec, get_profile(request.profile), eval_options, cache=None,
+                            progress=_StepReporter(channel), on_result=trained)
+    if request.time_parts:
+        channel.send({"type": "parts", "seconds": report.parts})

@@ -43,6 +43,7 @@ from .job import TrainJob
 from .result import EpochRecord, TrainResult, select_epochs
 from .scoring import LOCAL_SCORING, LocalScorer, Scorer, Scoring, TestSet, TestSource
 from .schedule import batches_per_epoch, epoch_order, lr_for_epoch
+from .timing import NoClock, PartClock
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,12 @@ class BatchedTrainer:
         checkpoints: CheckpointStore | None = None,
         fast_solves: bool | None = None,
         scoring: Scoring = LOCAL_SCORING,
+        clock: PartClock | None = None,
     ) -> None:
         if not jobs:
             raise ValueError("no jobs to train")
+        self.clock = clock or NoClock()
+        self.clock.switch("setup")
         shapes = {(j.setting.task.backbone, j.setting.input_len, j.setting.num_test) for j in jobs}
         if len(shapes) != 1:
             raise ValueError(f"a group needs one backbone, input length and test size; got {sorted(shapes)}")
@@ -274,6 +278,9 @@ class BatchedTrainer:
             self.step_counter += 1
 
     def _run_step(self) -> None:
+        # compiling, the eager steps before a capture and the capture itself are warm-up; replays are steps
+        warm = self.graph is None and (self.cuda_graph or self.compiled_logits is not None)
+        self.clock.switch("warm-up" if warm else "steps")
         if self.graph is not None:
             self.graph.replay()
             return
@@ -370,12 +377,15 @@ class BatchedTrainer:
             for start in range(0, self.num_test, eval_batch * batches):
                 stop = min(self.num_test, start + eval_batch * batches)
                 test_rows = offsets[:, None] + torch.arange(start, stop, device=self.device)
+                self.clock.switch("test forward")
                 with fast_triangular_solves(self.fast_solves):
                     logits = self._logits(flat, buffers, self.x_test[test_rows], mask)
+                self.clock.switch("ship logits")
                 self.scorer.add(start, stop, logits)
                 del logits
         finally:
             self.base.train()
+        self.clock.switch("scores")
         return self.scorer.end()
 
     # --- the loop --------------------------------------------------------------------------------
@@ -416,8 +426,10 @@ class BatchedTrainer:
                         self.lr_now[row] = lr_for_epoch(self.train, member.job.lr, epoch + 1)
             if pending and (finishing or since_sync >= self.sync_every or self.steps_done >= max_steps):
                 since_sync = 0
+                self.clock.switch("host sync")
                 self._absorb(pending, results, on_result, start_time)
                 pending = []
+                self.clock.switch("rebuild")
                 self._maybe_shrink()
                 # stop: the time limit or a signal (SIGTERM, Ctrl-C); save: a stop, SIGUSR1 or the save interval
                 stop = should_stop(deadline)
@@ -429,6 +441,7 @@ class BatchedTrainer:
                     break
         if self.checkpoints and not self.active:
             self.checkpoints.remove(self.ident)
+        self.clock.switch(None)
         return [results[i] for i in range(len(self.members)) if i in results]
 
     def _absorb(self, pending, results, on_result, start_time) -> None:
@@ -487,6 +500,7 @@ def train_group(
     resume: tuple[str, dict] | None = None,
     fast_solves: bool | None = None,
     scoring: Scoring = LOCAL_SCORING,
+    clock: PartClock | None = None,
 ) -> list[TrainResult]:
     """Train jobs batched; if the mixer does not run under vmap, train them one by one on the same path.
     `resume` = (checkpoint id, state) continues a group a checkpoint saved; `jobs` are its unfinished members.
@@ -495,21 +509,21 @@ def train_group(
         ident, state = resume
         trainer = BatchedTrainer(jobs, keys, train, mixer_factory, device, vectorize=state["vectorize"],
                                  compile_step=compile_step, vocab_size=state["vocab"], checkpoints=checkpoints,
-                                 fast_solves=fast_solves, scoring=scoring)
+                                 fast_solves=fast_solves, scoring=scoring, clock=clock)
         trainer.restore(state, ident)
         return trainer.run(on_result, on_steps, deadline)
     if vectorize is None:
         vectorize = len(jobs) > 1 and supports_vmap(jobs[0], train, mixer_factory)
     if vectorize:
         trainer = BatchedTrainer(jobs, keys, train, mixer_factory, device, compile_step=compile_step,
-                                 checkpoints=checkpoints, fast_solves=fast_solves, scoring=scoring)
+                                 checkpoints=checkpoints, fast_solves=fast_solves, scoring=scoring, clock=clock)
         return trainer.run(on_result, on_steps, deadline)
     results = []
     for job, key in zip(jobs, keys):
         if should_stop(deadline):
             break
         trainer = BatchedTrainer([job], [key], train, mixer_factory, device, vectorize=False, compile_step=compile_step,
-                                 checkpoints=checkpoints, fast_solves=fast_solves, scoring=scoring)
+                                 checkpoints=checkpoints, fast_solves=fast_solves, scoring=scoring, clock=clock)
         results += trainer.run(on_result, on_steps, deadline)
     return results
 

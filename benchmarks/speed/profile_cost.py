@@ -1,0 +1,171 @@
+"""What a candidate's evaluation on a profile costs, and where the time goes: the loop's own path (a .py file,
+checked, trained in the sandbox, scored here), one task at a time, with the trainer's parts timed
+(train/timing.py: the device is synchronised at each change of part, so each part holds its own GPU time).
+
+    python benchmarks/speed/profile_cost.py --profile quick --tasks memorize --label before
+    python benchmarks/speed/profile_cost.py --profile quick --label after          # every task, then the total
+
+Each run appends to benchmarks/results/profile_cost.json (keyed by device, profile, mixer, task and label) and
+rewrites profile_cost.md from all runs: per task, seconds, training tokens per second, the share of each part,
+and how close the training tokens came to the arithmetic and memory floors of the device (see `floors`).
+A run labelled `after` shows the `before` run of the same device, profile, mixer and task beside it.
+
+The parts (seconds of the worker's wall clock): setup (data, model init, stacking, the memory probe), warm-up
+(compiling, the eager steps before a CUDA graph is captured, the capture), steps (graph replays: the training
+itself), test forward (the per-epoch test set), ship logits (the scored positions' logits to the parent),
+scores (waiting for the parent's metrics), host sync (epoch metrics to the host), rebuild (a group shrinking).
+Beside them: worker start (launch to the worker's first frame, in the parent) and parent scoring (the parent
+reading and scoring frames, concurrent with the worker), and check (the nine checks, in their own sandbox).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mixerlab.check import Conditions
+from mixerlab.config import get_profile
+from mixerlab.evaluate.plan import plan_jobs
+from mixerlab.executor.base import EvaluationJob
+from mixerlab.executor.local import LocalExecutor
+from mixerlab.mixers import resolve_mixer, template_source
+from mixerlab.propose.edits import EDITS_BY_NAME
+from mixerlab.tasks import TASK_ORDER, parse_task
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+PARTS = ("setup", "warm-up", "steps", "test forward", "ship logits", "scores", "host sync", "rebuild")
+# the device's measured ceilings (docs of the lent machines: a bf16 8192^3 product, a device-to-device copy)
+CEILINGS = {"H200": (790e12, 4.3e12), "H100": (790e12, 3.0e12)}
+
+
+def candidate_file(edit: str, folder: Path) -> Path:
+    """A catalog edit of the DeltaNet template, written as the loop writes a candidate."""
+    path = folder / f"delta_net_4layer_{edit}.py"
+    path.write_text(EDITS_BY_NAME[edit].apply(template_source("delta_net")))
+    return path
+
+
+def training_tokens(report: dict, profile: str, task: str) -> int:
+    """Tokens the trainings stepped through: each result's steps x batch x input length."""
+    prof = get_profile(profile)
+    lengths = {job.setting.label: job.setting.input_len for job in plan_jobs(prof, (parse_task(task),), 1)}
+    return sum(r["steps"] * prof.train.batch_size * lengths[r["setting"]] for r in report["_trainings"])
+
+
+def floors(tokens: int, d_model: int, device_name: str) -> dict[str, float]:
+    """Seconds the training tokens need at the device's ceilings, for a 4-layer width-d model: arithmetic at
+    6 x (4 layers x ~16 d^2 weights: mixer projections and a 4x MLP) FLOPs per token, bf16; memory at reading
+    and writing each layer's activations (~40 d bf16 values per token per layer, forward and backward) once.
+    Rough by design: they say how far the step is from the hardware, not what it could reach."""
+    flops = 6 * 4 * 16 * d_model * d_model * tokens
+    bytes_moved = 4 * 40 * d_model * 2 * tokens
+    peak, bandwidth = next((v for k, v in CEILINGS.items() if k in device_name), (None, None))
+    if peak is None:
+        return {}
+    return {"arithmetic_floor_s": flops / peak, "memory_floor_s": bytes_moved / bandwidth}
+
+
+def run_task(executor: LocalExecutor, spec, profile: str, task: str, compile_step: bool) -> dict:
+    prof = get_profile(profile)
+    conditions = Conditions.for_profile(prof, executor.device)
+    began = time.perf_counter()
+    check = executor.check(spec, known={}, slot=0, conditions=conditions)
+    check_s = time.perf_counter() - began
+    if not check.passed:
+        raise SystemExit(f"{spec.filename} failed its checks: {check.summary()}")
+    trainings = []
+    job = EvaluationJob(profile=profile, tasks=[task], timeout_s=3 * 3600, compile_step=compile_step, time_parts=True)
+    began = time.perf_counter()
+    outcome = executor.evaluate(spec, job, trainings.append, slot=0)
+    seconds = time.perf_counter() - began
+    if not outcome.ok:
+        raise SystemExit(f"the evaluation failed: {outcome.error}")
+    report = dict(outcome.report)
+    report["_trainings"] = [{"setting": t.setting, "steps": t.steps} for t in trainings]
+    tokens = training_tokens(report, profile, task)
+    return {"task": task, "seconds": seconds, "check_s": check_s, "score": report["tasks"][task]["mean"],
+            "trainings": len(trainings), "training_tokens": tokens, "tokens_per_s": tokens / seconds,
+            "parts": report.get("parts", {}), **floors(tokens, prof.train.d_model, device_name(executor.device))}
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name(0) if device.startswith("cuda") else f"cpu ({platform.machine()})"
+
+
+def write_tables(runs: list[dict]) -> str:
+    lines = ["# A candidate's evaluation: cost by part", "",
+             "Written by `python benchmarks/speed/profile_cost.py` (its docstring defines the parts). Each row is one",
+             "task of one candidate evaluated on the loop's path: checked, trained in the sandbox, scored outside it.",
+             "Parts are seconds of the worker's clock with the device synchronised at each change of part; worker",
+             "start and parent scoring are the parent's (the latter concurrent with the worker).", ""]
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["device"], run["profile"], run["mixer"], run["compile"]), []).append(run)
+    for (device, profile, mixer, compiled), rows in groups.items():
+        lines += [f"## {device}: `{profile}`, {mixer}" + (" (compiled)" if compiled else ""), "",
+                  "| task | label | date | seconds | before | check s | score | trainings | Mtokens/s | "
+                  + " | ".join(PARTS) + " | worker start | parent scoring | floors (arith / memory s) |",
+                  "|---|---|---|---|---|---|---|---|---|" + "---|" * len(PARTS) + "---|---|---|"]
+        for r in sorted(rows, key=lambda r: (r["task"], r["label"] != "before", r["date"])):
+            parts = r["parts"]
+            worker = sum(parts.get(p, 0.0) for p in PARTS) or 1.0
+            share = " | ".join(f"{parts.get(p, 0.0):.1f} ({100 * parts.get(p, 0.0) / worker:.0f}%)" for p in PARTS)
+            before = r.get("seconds_before")
+            lines.append(
+                f"| {r['task']} | {r['label']} | {r['date']} | {r['seconds']:.1f} | "
+                f"{'' if before is None else f'{before:.1f}'} | {r['check_s']:.1f} | {r['score']:.4f} | "
+                f"{r['trainings']} | {r['tokens_per_s'] / 1e6:.2f} | {share} | {parts.get('worker start', 0):.1f} | "
+                f"{parts.get('parent scoring', 0):.1f} | "
+                f"{r.get('arithmetic_floor_s', float('nan')):.1f} / {r.get('memory_floor_s', float('nan')):.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--tasks", default=",".join(t.value for t in TASK_ORDER))
+    parser.add_argument("--edit", default="output_gate", help="the catalog edit the candidate file makes")
+    parser.add_argument("--mixer", help="a candidate .py file instead of a catalog edit")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="auto: as the loop does (compiled on CUDA for every profile but tiny and smoke)")
+    parser.add_argument("--label", default="after", help="before | after | any name")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="profile-cost-"))
+    path = Path(args.mixer) if args.mixer else candidate_file(args.edit, folder)
+    spec = resolve_mixer(str(path))
+    compile_step = args.device.startswith("cuda") and (args.compile == "on" or (
+        args.compile == "auto" and args.profile not in ("tiny", "smoke")))
+    executor = LocalExecutor(device=args.device, gpus=torch.cuda.device_count() if args.device.startswith("cuda") else 0)
+    json_path = args.out / "profile_cost.json"
+    data = json.loads(json_path.read_text()) if json_path.exists() else {"runs": []}
+    device = device_name(args.device)
+    for task in args.tasks.split(","):
+        row = run_task(executor, spec, args.profile, task, compile_step)
+        row.update(device=device, profile=args.profile, mixer=spec.name, compile=compile_step, label=args.label,
+                   date=dt.date.today().isoformat(), torch=torch.__version__)
+        before = [r for r in data["runs"] if r["label"] == "before" and all(
+            r[k] == row[k] for k in ("device", "profile", "mixer", "task", "compile"))]
+        if args.label != "before" and before:
+            row["seconds_before"] = before[-1]["seconds"]
+        data["runs"] = [r for r in data["runs"] if not all(
+            r[k] == row[k] for k in ("device", "profile", "mixer", "task", "compile", "label"))] + [row]
+        print(json.dumps({k: v for k, v in row.items() if k != "parts"}), json.dumps(row["parts"]), flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(data, indent=1))
+        (args.out / "profile_cost.md").write_text(write_tables(data["runs"]))
+    print((args.out / "profile_cost.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
