@@ -32,11 +32,13 @@ import torch
 
 from mixerlab.check import Conditions
 from mixerlab.config import get_profile
-from mixerlab.evaluate.plan import plan_jobs
-from mixerlab.executor.base import EvaluationJob
+from mixerlab.evaluate.runner import EvalOptions
+from mixerlab.evaluate.sandboxed import evaluate_sandboxed
+from mixerlab.executor.base import KnownResults
 from mixerlab.executor.local import LocalExecutor
 from mixerlab.mixers import resolve_mixer, template_source
 from mixerlab.propose.edits import EDITS_BY_NAME
+from mixerlab.sandbox import SandboxLimits
 from mixerlab.tasks import TASK_ORDER, parse_task
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -52,13 +54,6 @@ def candidate_file(edit: str, folder: Path) -> Path:
     return path
 
 
-def training_tokens(report: dict, profile: str, task: str) -> int:
-    """Tokens the trainings stepped through: each result's steps x batch x input length."""
-    prof = get_profile(profile)
-    lengths = {job.setting.label: job.setting.input_len for job in plan_jobs(prof, (parse_task(task),), 1)}
-    return sum(r["steps"] * prof.train.batch_size * lengths[r["setting"]] for r in report["_trainings"])
-
-
 def floors(tokens: int, d_model: int, device_name: str) -> dict[str, float]:
     """Seconds the training tokens need at the device's ceilings, for a 4-layer width-d model: arithmetic at
     6 x (4 layers x ~16 d^2 weights: mixer projections and a 4x MLP) FLOPs per token, bf16; memory at reading
@@ -72,7 +67,10 @@ def floors(tokens: int, d_model: int, device_name: str) -> dict[str, float]:
     return {"arithmetic_floor_s": flops / peak, "memory_floor_s": bytes_moved / bandwidth}
 
 
-def run_task(executor: LocalExecutor, spec, profile: str, task: str, compile_step: bool) -> dict:
+def run_task(executor: LocalExecutor, spec, profile: str, task: str, compile_step: bool,
+             time_limit: float | None) -> dict:
+    """Check the file, then evaluate it on one task as the loop's executor does (its sandbox limits), with the
+    parts timed; `time_limit` stops the evaluation cleanly (the row then says how many trainings finished)."""
     prof = get_profile(profile)
     conditions = Conditions.for_profile(prof, executor.device)
     began = time.perf_counter()
@@ -80,19 +78,28 @@ def run_task(executor: LocalExecutor, spec, profile: str, task: str, compile_ste
     check_s = time.perf_counter() - began
     if not check.passed:
         raise SystemExit(f"{spec.filename} failed its checks: {check.summary()}")
-    trainings = []
-    job = EvaluationJob(profile=profile, tasks=[task], timeout_s=3 * 3600, compile_step=compile_step, time_parts=True)
+    gpu = 0 if executor.device.startswith("cuda") else None
+    limits = SandboxLimits(timeout_s=(time_limit or 3 * 3600) + 600, memory_gb=executor.eval_memory_gb,
+                           output_bytes=20_000_000, cpu_threads=executor.cpu_threads, cuda_device=gpu,
+                           gpu_memory_fraction=0.9 if gpu is not None else None)  # as LocalExecutor.evaluate
+    options = EvalOptions(tasks=(parse_task(task),), device="cuda" if gpu is not None else "cpu",
+                          compile_step=compile_step, time_parts=True, time_limit=time_limit)
     began = time.perf_counter()
-    outcome = executor.evaluate(spec, job, trainings.append, slot=0)
+    result = evaluate_sandboxed(spec, prof, options, limits, cache=KnownResults([]), cuda_device=gpu)
     seconds = time.perf_counter() - began
-    if not outcome.ok:
-        raise SystemExit(f"the evaluation failed: {outcome.error}")
-    report = dict(outcome.report)
-    report["_trainings"] = [{"setting": t.setting, "steps": t.steps} for t in trainings]
-    tokens = training_tokens(report, profile, task)
-    return {"task": task, "seconds": seconds, "check_s": check_s, "score": report["tasks"][task]["mean"],
-            "trainings": len(trainings), "training_tokens": tokens, "tokens_per_s": tokens / seconds,
-            "parts": report.get("parts", {}), **floors(tokens, prof.train.d_model, device_name(executor.device))}
+    if not result.ok:
+        raise SystemExit(f"the evaluation failed: {result.error}")
+    report = result.report
+    tokens = sum(t.steps * prof.train.batch_size * _input_len(prof, task, t.setting) for t in result.trainings)
+    score = report.tasks[task].mean if task in report.tasks else None
+    return {"task": task, "seconds": seconds, "check_s": check_s, "score": score, "planned": report.trainings,
+            "trainings": len(result.trainings), "stopped_at_time_limit": bool(report.incomplete),
+            "training_tokens": tokens, "tokens_per_s": tokens / seconds, "parts": result.parts,
+            **floors(tokens, prof.train.d_model, device_name(executor.device))}
+
+
+def _input_len(prof, task: str, label: str) -> int:
+    return next(s.input_len for s in prof.settings[parse_task(task)] if s.label == label)
 
 
 def device_name(device: str) -> str:
@@ -118,10 +125,12 @@ def write_tables(runs: list[dict]) -> str:
             worker = sum(parts.get(p, 0.0) for p in PARTS) or 1.0
             share = " | ".join(f"{parts.get(p, 0.0):.1f} ({100 * parts.get(p, 0.0) / worker:.0f}%)" for p in PARTS)
             before = r.get("seconds_before")
+            score = "-" if r["score"] is None else f"{r['score']:.4f}"
+            done = f"{r['trainings']} of {r['planned']}" + (" (time limit)" if r["stopped_at_time_limit"] else "")
             lines.append(
                 f"| {r['task']} | {r['label']} | {r['date']} | {r['seconds']:.1f} | "
-                f"{'' if before is None else f'{before:.1f}'} | {r['check_s']:.1f} | {r['score']:.4f} | "
-                f"{r['trainings']} | {r['tokens_per_s'] / 1e6:.2f} | {share} | {parts.get('worker start', 0):.1f} | "
+                f"{'' if before is None else f'{before:.1f}'} | {r['check_s']:.1f} | {score} | {done} | "
+                f"{r['tokens_per_s'] / 1e6:.2f} | {share} | {parts.get('worker start', 0):.1f} | "
                 f"{parts.get('parent scoring', 0):.1f} | "
                 f"{r.get('arithmetic_floor_s', float('nan')):.1f} / {r.get('memory_floor_s', float('nan')):.1f} |")
         lines.append("")
@@ -138,6 +147,7 @@ def main() -> None:
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                         help="auto: as the loop does (compiled on CUDA for every profile but tiny and smoke)")
     parser.add_argument("--label", default="after", help="before | after | any name")
+    parser.add_argument("--time-limit", type=float, help="seconds per task; stop there (a partial row says so)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -151,7 +161,7 @@ def main() -> None:
     data = json.loads(json_path.read_text()) if json_path.exists() else {"runs": []}
     device = device_name(args.device)
     for task in args.tasks.split(","):
-        row = run_task(executor, spec, args.profile, task, compile_step)
+        row = run_task(executor, spec, args.profile, task, compile_step, args.time_limit)
         row.update(device=device, profile=args.profile, mixer=spec.name, compile=compile_step, label=args.label,
                    date=dt.date.today().isoformat(), torch=torch.__version__)
         before = [r for r in data["runs"] if r["label"] == "before" and all(

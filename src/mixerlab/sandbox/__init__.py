@@ -248,22 +248,32 @@ def run_sandboxed(
         if remaining <= 0:
             kill("timeout")
         for sel_key, _ in selector.select(timeout=min(0.05, max(remaining, 0.01))):
-            fd = sel_key.fileobj if sel_key.data == "msg" else sel_key.fileobj.fileno()
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                selector.unregister(sel_key.fileobj)
-                open_streams -= 1
-                continue
             if sel_key.data == "out":
+                chunk = os.read(sel_key.fileobj.fileno(), 1 << 20)
+                if not chunk:
+                    selector.unregister(sel_key.fileobj)
+                    open_streams -= 1
+                    continue
                 output += chunk
                 if len(output) > limits.output_bytes:
                     kill("output")
                     del output[: len(output) - limits.output_bytes]
                 continue
-            if killed_for:
+            fd = sel_key.fileobj
+            try:
+                # straight into the frame's buffer: a payload of logits is copied once (channel.FrameReader);
+                # after a kill the pipe is only drained
+                frames = reader.read_from(fd) if not killed_for else ([] if os.read(fd, 1 << 20) else None)
+            except ProtocolError as err:
+                outcome.protocol_error = str(err)[:500]
+                kill("protocol")
+                continue
+            if frames is None:
+                selector.unregister(fd)
+                open_streams -= 1
                 continue
             try:
-                for message, payload in reader.feed(chunk):
+                for message, payload in frames:
                     outcome.messages.append(message)
                     answer = on_message(message, payload) if on_message else None
                     if answer is not None:

@@ -42,39 +42,82 @@ def encode(key: bytes, message: dict[str, Any], payload: bytes = b"") -> bytes:
 
 
 class FrameReader:
-    """Incremental parser of frames from bytes as they arrive."""
+    """Incremental parser of frames from bytes as they arrive.
+
+    A header is verified (size limits, signature) before its payload is allocated; the payload then goes
+    straight into one buffer of its final size (`read_from` reads the pipe into it), so a frame of hundreds of
+    MB of logits is copied once, not re-buffered chunk by chunk. Payloads come out as writable `bytearray`s
+    (`torch.frombuffer` views them without a copy)."""
 
     def __init__(self, key: bytes) -> None:
         self.key = key
-        self.buffer = bytearray()
+        self.buffer = bytearray()  # the prefix and header of the next frame, as far as it has arrived
+        self._message: dict[str, Any] | None = None  # a verified header whose payload is still arriving
+        self._payload = bytearray()
+        self._filled = 0
 
     def feed(self, chunk: bytes) -> list[tuple[dict[str, Any], bytes]]:
-        self.buffer += chunk
-        frames = []
-        while len(self.buffer) >= HEADER.size:
-            header_len, payload_len, mac = HEADER.unpack_from(self.buffer)
-            if header_len > MAX_HEADER_BYTES or payload_len > MAX_PAYLOAD_BYTES:
-                raise ProtocolError(f"a frame of {header_len} + {payload_len} bytes exceeds the limits")
-            end = HEADER.size + header_len + payload_len
-            if len(self.buffer) < end:
-                break
-            header = bytes(self.buffer[HEADER.size : HEADER.size + header_len])
-            payload = bytes(self.buffer[HEADER.size + header_len : end])
-            del self.buffer[:end]
-            if not hmac.compare_digest(mac, _mac(self.key, header, payload_len)):
-                raise ProtocolError("a frame with a wrong signature (not written by mixerlab's worker code)")
-            try:
-                message = json.loads(header)
-            except ValueError as err:
-                raise ProtocolError(f"a frame header that is not JSON ({err})") from None
-            if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-                raise ProtocolError("a frame header without a message type")
-            frames.append((message, payload))
-        return frames
+        frames: list[tuple[dict[str, Any], bytes]] = []
+        data = memoryview(chunk)
+        while True:
+            if self._message is None:
+                self.buffer += data
+                data = memoryview(self._parse_header())
+                if self._message is None:
+                    return frames  # the header is not complete yet
+            take = min(len(data), len(self._payload) - self._filled)
+            self._payload[self._filled : self._filled + take] = data[:take]
+            self._filled += take
+            data = data[take:]
+            if self._filled < len(self._payload):
+                return frames
+            frames.append(self._finish())
+
+    def read_from(self, fd: int, limit: int = 1 << 20) -> list[tuple[dict[str, Any], bytes]] | None:
+        """Read what the pipe `fd` has (one read) and return the frames it completed; None at end of file."""
+        if self._message is not None and self._filled < len(self._payload):
+            read = os.readv(fd, [memoryview(self._payload)[self._filled :]])
+            if not read:
+                return None
+            self._filled += read
+            return [self._finish()] + self.feed(b"") if self._filled == len(self._payload) else []
+        chunk = os.read(fd, limit)
+        return self.feed(chunk) if chunk else None
+
+    def _finish(self) -> tuple[dict[str, Any], bytes]:
+        assert self._message is not None
+        frame = (self._message, self._payload)
+        self._message, self._payload, self._filled = None, bytearray(), 0
+        return frame
+
+    def _parse_header(self) -> bytes:
+        """If the buffer holds a whole prefix and header, verify it, start its payload and return the bytes
+        that followed it (they belong to the payload or to later frames)."""
+        if len(self.buffer) < HEADER.size:
+            return b""
+        header_len, payload_len, mac = HEADER.unpack_from(self.buffer)
+        if header_len > MAX_HEADER_BYTES or payload_len > MAX_PAYLOAD_BYTES:
+            raise ProtocolError(f"a frame of {header_len} + {payload_len} bytes exceeds the limits")
+        end = HEADER.size + header_len
+        if len(self.buffer) < end:
+            return b""
+        header = bytes(self.buffer[HEADER.size : end])
+        rest = bytes(self.buffer[end:])
+        self.buffer = bytearray()
+        if not hmac.compare_digest(mac, _mac(self.key, header, payload_len)):
+            raise ProtocolError("a frame with a wrong signature (not written by mixerlab's worker code)")
+        try:
+            message = json.loads(header)
+        except ValueError as err:
+            raise ProtocolError(f"a frame header that is not JSON ({err})") from None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise ProtocolError("a frame header without a message type")
+        self._message, self._payload, self._filled = message, bytearray(payload_len), 0
+        return rest
 
     @property
     def pending(self) -> int:
-        return len(self.buffer)
+        return len(self.buffer) + (len(self._payload) - self._filled if self._message is not None else 0)
 
 
 class WorkerChannel:
