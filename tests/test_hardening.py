@@ -34,7 +34,9 @@ def one_line_error(result, *fragments: str) -> None:
 
 
 def made_run_db(path: Path, run: str = "demo", experiments: int = 1) -> Path:
-    store = Store(f"sqlite:///{path}")
+    from mixerlab.config import sqlite_url
+
+    store = Store(sqlite_url(path))
     run_id = store.create_run(run, {}).id
     for i in range(experiments):
         store.add_experiment(run_id=run_id, name=f"exp{i}", kind="candidate", iteration=i + 1, code="x = 1\n",
@@ -132,7 +134,7 @@ def test_the_dashboard_shows_damaged_rows_and_bounds_ids(tmp_path: Path) -> None
 
     db = made_run_db(tmp_path / "run.db", experiments=3)
     garble(db)
-    client = TestClient(create_app(f"sqlite:///{db}"))
+    client = TestClient(create_app(f"sqlite:///{db}"), base_url="http://127.0.0.1")
     assert client.get("/").status_code == 200
     board = client.get("/api/experiments").json()
     assert [r["status"] for r in board["items"] if r["name"] == "exp0"] == ["damaged"]
@@ -290,3 +292,263 @@ def test_an_inert_candidate_is_recorded_as_such_and_not_trained(tmp_path: Path, 
     code_hash = MixerSpec(row.name, row.code).code_hash
     assert ResultCache(baseline_cache).count(code_hash) == 0  # six trainings saved
     assert len(list((tmp_path / "run" / "iterations").glob("001_*.txt"))) == 1  # its block, printed and saved
+
+
+# --- second round (each finding: what a user saw, now one line or the right behaviour) ---------------------------
+
+SMOKE = ["discover", "--profile", "smoke", "--device", "cpu", "--promote-to", "none"]
+
+
+def mixerlab(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mixerlab.cli", *args], capture_output=True, text=True, timeout=600,
+                          **kwargs)
+
+
+def smoke_run(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return mixerlab(*SMOKE, "--iterations", "0", "--run-dir", str(run_dir), *extra)
+
+
+@pytest.fixture(scope="module")
+def smoke_run_dir(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    done = smoke_run(run_dir)
+    assert done.returncode == 0, done.stderr
+    return run_dir
+
+
+# 1. a read-only command never writes over what it reads, nor over any SQLite database
+def test_exports_never_overwrite_a_database(smoke_run_dir: Path, tmp_path: Path) -> None:
+    db, cache = smoke_run_dir / "mixerlab.db", smoke_run_dir / "cache.sqlite"
+    before = db.read_bytes(), cache.read_bytes()
+    one_line_error(invoke("history", "--run-dir", str(smoke_run_dir), "--out", str(db)), "the file this command reads")
+    one_line_error(invoke("history", "--run-dir", str(smoke_run_dir), "--out", str(cache)), "is a SQLite database")
+    one_line_error(invoke("cache", "export", str(cache), "--cache", str(cache)), "the file this command reads")
+    assert (db.read_bytes(), cache.read_bytes()) == before
+    out = tmp_path / "history.csv"
+    out.write_text("old\n")
+    assert invoke("history", "--run-dir", str(smoke_run_dir), "--out", str(out), "--format", "csv").exit_code == 0
+    assert "delta_net_4layer" in out.read_text() and not list(tmp_path.glob(".*.part"))  # renamed into place
+
+
+# 2. two discover runs started on a new folder: the loser removes nothing of the winner's
+def test_a_losing_discover_leaves_the_winners_run_alone(tmp_path: Path) -> None:
+    run_dir = tmp_path / "new"
+    command = [sys.executable, "-m", "mixerlab.cli", *SMOKE, "--iterations", "0", "--run-dir", str(run_dir)]
+    racers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = sorted((p.wait(timeout=600), p.stderr.read()) for p in racers)
+    assert [code for code, _ in outcomes] == [0, 2], outcomes
+    assert "is in use by process" in outcomes[1][1]
+    history = invoke("history", "--run-dir", str(run_dir))
+    assert history.exit_code == 0 and "gated_delta_net_4layer" in history.output
+
+
+# 3. no password is stored, printed or served; the dashboard answers only to its own names
+def test_a_postgresql_password_is_never_stored_printed_or_served(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mixerlab.web.app import create_app
+    from services import postgres_server
+
+    with postgres_server() as url:
+        secret = url.replace("postgres@", "postgres:s3cretpw@")  # trust authentication: any password is accepted
+        done = smoke_run(tmp_path / "pg", "--db", secret)
+        assert done.returncode == 0, done.stderr
+        assert "s3cretpw" not in done.stdout + done.stderr
+        runs = Store(url, read_only=True).runs()
+        assert runs and "s3cretpw" not in json.dumps([r.config for r in runs])
+        client = TestClient(create_app(url), base_url="http://127.0.0.1")
+        assert "s3cretpw" not in client.get("/api/runs").text
+        rebound = TestClient(create_app(url), base_url="http://evil.example")
+        assert rebound.get("/api/runs").status_code == 400  # DNS rebinding: a foreign Host is refused
+        # 6. the run's lock is in the database: another folder cannot attach to a run in use
+        from mixerlab.store.lock import RecordLock
+
+        holder = RecordLock(url, runs[0].id, runs[0].name, Store(url).engine).acquire()
+        try:
+            other = smoke_run(tmp_path / "other", "--db", secret, "--resume")
+            assert other.returncode == 2 and "in use" in other.stderr, other.stderr
+        finally:
+            holder.release()
+
+
+# 4. a resumed run keeps its options; the printed resume command is complete and quoted
+def test_resume_keeps_the_runs_options(smoke_run_dir: Path) -> None:
+    one_line_error(invoke(*SMOKE[:1], "--profile", "tiny", "--device", "cpu", "--run-dir", str(smoke_run_dir),
+                          "--resume"), "--profile 'tiny' differs from the run's 'smoke'")
+    from mixerlab.cli.discover import resume_command
+
+    command = resume_command(Path("runs/with space"), "postgresql://u:pw@h/db")
+    assert command == "mixerlab discover --run-dir 'runs/with space' --resume --db postgresql://u@h/db"
+
+
+# 5. a diverged training is a state: stored, read back, never a crash; imports validate every field
+def test_non_finite_metrics_round_trip_through_the_cache(tmp_path: Path) -> None:
+    import math
+
+    from mixerlab.evaluate import ResultCache
+    from mixerlab.train.result import EpochRecord, TrainResult
+
+    record = EpochRecord(epoch=0, train_loss=math.nan, test_loss=math.inf, test_acc=0.1, test_token_acc=0.1,
+                         test_ppl=math.nan)
+    result = TrainResult(key="k", task="memorize", setting="memorize[baseline]", lr=1e-3, weight_decay=0.0, seed=0,
+                         score=0.1, score_last=0.1, token_acc=0.1, best_epoch=0, epochs_trained=1, stopped_early=False,
+                         steps=2, seconds=1.0, trainer="batched", device="cpu", history=[record])
+    cache = ResultCache(tmp_path / "c.sqlite")
+    cache.put(result, "hash", "mixer")
+    back = cache.get_many(["k"])["k"]
+    assert back.diverged and math.isnan(back.history[0].train_loss) and math.isinf(back.history[0].test_loss)
+    assert invoke("cache", "info", "--cache", str(tmp_path / "c.sqlite")).exit_code == 0
+    exported = tmp_path / "e.jsonl"
+    assert invoke("cache", "export", str(exported), "--cache", str(tmp_path / "c.sqlite")).exit_code == 0
+    line = json.loads(exported.read_text())
+    line["result"]["score"] = math.nan
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(line) + "\n")
+    one_line_error(invoke("cache", "import", str(bad), "--cache", str(tmp_path / "d.sqlite")),
+                   "score must be an accuracy between 0 and 1")
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ('{"mixer_name": "x", "result": {}}\n', "mixer_hash: Field required"),
+    ('{"mixer_hash": {"a": 1}, "mixer_name": "x", "result": {}}\n', "mixer_hash: Input should be a valid string"),
+    ("[" * 100_000 + "]" * 100_000 + "\n", "recursion limit"),
+])
+def test_cache_import_validates_every_field_and_depth(tmp_path: Path, content: str, fragment: str) -> None:
+    path = tmp_path / "lines.jsonl"
+    path.write_text(content)
+    one_line_error(invoke("cache", "import", str(path), "--cache", str(tmp_path / "c.sqlite")), fragment)
+
+
+def test_cache_import_bounds_a_line_and_refuses_damaged_gzip(tmp_path: Path) -> None:
+    import gzip
+
+    bomb = tmp_path / "bomb.jsonl.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as fh:  # 256 MB of one line in well under 1 MB
+        for _ in range(16):
+            fh.write(b"a" * (16 << 20))
+    one_line_error(invoke("cache", "import", str(bomb), "--cache", str(tmp_path / "c.sqlite")), "a line of more than")
+    data = gzip.compress(b'{"a": 1}\n' * 1000)
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(data[:20] + bytes(12) + data[32:])
+    one_line_error(invoke("cache", "import", str(broken), "--cache", str(tmp_path / "c.sqlite")), "not a JSON lines file")
+
+
+# 7. a path with ?, # or % is a path, not a URL's query, fragment or escape
+@pytest.mark.parametrize("name", ["q?x", "h#x", "p%41x"])
+def test_run_dirs_with_url_characters_open_their_own_database(tmp_path: Path, name: str) -> None:
+    from mixerlab.config import LoopConfig
+
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    made_run_db(run_dir / "mixerlab.db")
+    url = LoopConfig(run_dir=str(run_dir)).database_url
+    assert [r.name for r in Store(url, read_only=True).runs()] == ["demo"]
+    result = invoke("history", "--run-dir", str(run_dir))
+    assert result.exit_code == 0 and "exp0" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # nothing opened or created beside it
+
+
+# 8. read-only means read-only: no -wal/-shm files, no table added to a database that is not a cache
+def test_read_only_opens_create_no_files_and_no_tables(smoke_run_dir: Path, tmp_path: Path) -> None:
+    db = made_run_db(tmp_path / "mixerlab.db")
+    assert invoke("history", "--db", f"sqlite:///{db}").exit_code == 0
+    assert invoke("report", "--db", f"sqlite:///{db}", "--out", str(tmp_path / "r")).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mixerlab.db", "r"]
+    one_line_error(invoke("cache", "info", "--cache", str(db)), "is not a mixerlab result cache")
+    tables = {row[0] for row in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "results" not in tables
+
+
+# 9. a run stopped during its baselines: the report shows the unscored rows empty
+def test_report_of_a_run_with_an_unscored_baseline(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'mixerlab.db'}")
+    run_id = store.create_run("r", {}).id
+    store.add_experiment(run_id=run_id, name="delta_net_4layer", kind="baseline", iteration=0, code="x = 1\n",
+                         code_hash="h", novelty_hash="n", status="evaluating")
+    store.engine.dispose()
+    result = invoke("report", "--db", f"sqlite:///{tmp_path / 'mixerlab.db'}", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    assert "delta_net_4layer" in (tmp_path / "r" / "report.md").read_text()
+
+
+# 10. faults of the machine or of a file: one line with the fix, exit 2
+def test_faults_are_one_line(tmp_path: Path) -> None:
+    db = made_run_db(tmp_path / "mixerlab.db")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "mixerlab.cli", "history", "--db", f"sqlite:///{db}"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 2 and "no space left" in done.stderr and "Traceback" not in done.stderr
+    old = sqlite3.connect(db)
+    old.execute("ALTER TABLE experiments DROP COLUMN summary")  # a database from another schema
+    old.commit()
+    old.close()
+    done = mixerlab("history", "--db", f"sqlite:///{db}")
+    assert done.returncode == 2 and "different mixerlab version" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_write_locked_database_is_one_line(tmp_path: Path) -> None:
+    from mixerlab.cli import explain_fault
+
+    db = made_run_db(tmp_path / "mixerlab.db")
+    holder = sqlite3.connect(db, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        other = sqlite3.connect(db, timeout=0)
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            other.execute("INSERT INTO events (run_id, stage, message, iteration, experiment) VALUES (1, 'x', '', 0, '')")
+    finally:
+        holder.rollback()
+    message = explain_fault(caught.value, ["discover", "--run-dir", "r", "--resume"])
+    assert "locked by another process" in message and "mixerlab discover --run-dir r --resume" in message
+
+
+# 11. SIGHUP (a closed terminal) stops a run as SIGTERM does: marked stopped, with the resume command
+def test_sighup_stops_the_run_cleanly(tmp_path: Path) -> None:
+    import signal
+
+    run_dir = tmp_path / "hup"
+    proc = subprocess.Popen([sys.executable, "-m", "mixerlab.cli", *SMOKE, "--iterations", "50", "--run-dir",
+                             str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (run_dir / "mixerlab.db").exists():
+        time.sleep(0.2)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGHUP, err
+    assert "stopped by SIGHUP" in err and f"--run-dir {run_dir} --resume" in err
+    assert [r.status for r in Store(f"sqlite:///{run_dir / 'mixerlab.db'}", read_only=True).runs()] == ["stopped"]
+
+
+# 12. the minor ones
+def test_the_dashboard_takes_any_token_text_and_answers_head(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mixerlab.web.app import create_app
+
+    db = made_run_db(tmp_path / "mixerlab.db")
+    client = TestClient(create_app(f"sqlite:///{db}", token="s3cret"), base_url="http://127.0.0.1")
+    assert client.get("/api/runs", headers={"authorization": "Bearer caf\u00e9".encode()}).status_code == 401
+    assert client.get("/api/runs?token=\u00e9t\u00e9", follow_redirects=False).status_code == 401
+    open_client = TestClient(create_app(f"sqlite:///{db}"), base_url="http://127.0.0.1")
+    head = open_client.head("/api/runs")
+    assert head.status_code == 200 and head.content == b""
+
+
+def test_candidate_files_the_way_python_reads_them(tmp_path: Path) -> None:
+    import os
+
+    from mixerlab.mixers import template_source
+
+    bom = tmp_path / "bom.py"
+    bom.write_bytes(b"\xef\xbb\xbf" + template_source("delta_net").replace("self.", "self .", 1).encode())
+    checked = invoke("check", str(bom), "--device", "cpu")
+    assert "parses; only allowed imports" in checked.output, checked.output
+    fifo = tmp_path / "pipe.py"
+    os.mkfifo(fifo)
+    one_line_error(invoke("check", str(fifo)), "is not a regular file")
+    one_line_error(invoke("check", "/dev/zero"), "is not a regular file")
+    huge = tmp_path / "huge.py"
+    huge.write_text(template_source("delta_net") + "# padding\n" * 40_000)
+    one_line_error(invoke("check", str(huge)), "more than one mixer needs")

@@ -8,12 +8,13 @@ from fastapi.testclient import TestClient
 from mixerlab.web.app import create_app
 
 pytestmark = pytest.mark.slow
+LOCAL = "http://127.0.0.1"  # the dashboard answers only to the names it serves (web/app.py allowed_hosts)
 
 
 @pytest.fixture(scope="module")
 def client(tiny_run) -> TestClient:
     run_dir, _ = tiny_run
-    return TestClient(create_app(f"sqlite:///{run_dir / 'mixerlab.db'}"))
+    return TestClient(create_app(f"sqlite:///{run_dir / 'mixerlab.db'}"), base_url=LOCAL)
 
 
 def test_runs_and_leaderboard(client: TestClient) -> None:
@@ -95,14 +96,14 @@ def test_read_only_and_openapi(client: TestClient) -> None:
 def test_token_is_required_when_set(tiny_run) -> None:
     run_dir, _ = tiny_run
     app = create_app(f"sqlite:///{run_dir / 'mixerlab.db'}", token="s3cret")
-    guarded = TestClient(app, follow_redirects=False)
+    guarded = TestClient(app, follow_redirects=False, base_url=LOCAL)
     assert guarded.get("/api/runs").status_code == 401
     assert guarded.get("/api/runs", headers={"authorization": "Bearer wrong"}).status_code == 401
     assert guarded.get("/api/runs", headers={"authorization": "Bearer s3cret"}).status_code == 200
     login = guarded.get("/?token=s3cret")
     assert login.status_code == 303 and "mixerlab_token" in login.headers["set-cookie"]
-    assert TestClient(app, cookies={"mixerlab_token": "s3cret"}).get("/api/runs").status_code == 200
-    assert TestClient(app, cookies={"mixerlab_token": "wrong"}).get("/api/runs").status_code == 401
+    assert TestClient(app, cookies={"mixerlab_token": "s3cret"}, base_url=LOCAL).get("/api/runs").status_code == 200
+    assert TestClient(app, cookies={"mixerlab_token": "wrong"}, base_url=LOCAL).get("/api/runs").status_code == 401
     assert guarded.get("/healthz").status_code == 200
 
 
@@ -111,7 +112,7 @@ def test_the_knowledge_cards_are_browsable(tmp_path) -> None:
 
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     Store(url)  # a new, empty run database: the cards need no experiments
-    web = TestClient(create_app(url))
+    web = TestClient(create_app(url), base_url=LOCAL)
     cards = web.get("/api/knowledge").json()
     assert len(cards) >= 40 and all({"id", "mechanism", "equation", "helps", "citation", "options"} <= set(c) for c in cards)
     noisy = web.get("/api/knowledge", params={"ability": "noisy_recall"}).json()

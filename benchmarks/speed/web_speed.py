@@ -81,7 +81,7 @@ def main(n: int = 5000) -> None:
     start = time.perf_counter()
     fill(url, n)
     print(f"filled {n} experiments in {time.perf_counter() - start:.1f} s")
-    client = TestClient(create_app(url))
+    client = TestClient(create_app(url), base_url="http://127.0.0.1")
     paths = {
         "leaderboard page (/)": "/",
         "leaderboard sorted by a task": "/?sort=fuzzy_recall&order=asc",

@@ -27,6 +27,16 @@ Iterations = Annotated[int, Field(ge=0, le=100_000, description="candidates in a
 Workers = Annotated[int, Field(ge=1, le=512, description="evaluations at once (also capped by the CPUs and GPUs)")]
 
 
+def sqlite_url(path: str | os.PathLike) -> str:
+    """The URL of a SQLite file, built by the URL library: `?`, `#` and `%` in a path are escaped, never read as
+    the URL's query, fragment or an escape (a run folder named `q?x` once opened `q/`'s database)."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import URL
+
+    return URL.create("sqlite", database=str(Path(path).resolve())).render_as_string(hide_password=False)
+
+
 def available_cpus() -> int:
     """The CPUs this process may run on: its affinity mask where the OS has one (a cpuset, `taskset`, a test
     worker's share), which `os.cpu_count()` ignores; sizing threads by the whole machine oversubscribes."""
@@ -245,7 +255,7 @@ class LoopConfig(BaseModel):
     def database_url(self) -> str:
         from pathlib import Path
 
-        return self.db_url or f"sqlite:///{(Path(self.run_dir) / 'mixerlab.db').resolve()}"
+        return self.db_url or sqlite_url(Path(self.run_dir) / "mixerlab.db")
 
     def promotion_profile(self) -> str | None:
         if self.promote_to == "auto":

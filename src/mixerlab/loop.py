@@ -22,6 +22,7 @@ continues the iteration count from the database, so nothing is lost or done twic
 from __future__ import annotations
 
 import difflib
+from contextlib import nullcontext
 import queue
 import statistics
 import threading
@@ -50,7 +51,8 @@ from mixerlab.propose import ExperimentView, Proposal, ProposalContext, Proposer
 from mixerlab.propose.base import unique_name
 from mixerlab.select import references, select_parent
 from mixerlab.store import Experiment, Store
-from mixerlab.store.lock import RunLock
+from mixerlab.store.db import without_password
+from mixerlab.store.lock import RecordLock, RunLock
 from mixerlab.store.repository import UNFINISHED
 from mixerlab.table import accuracies_df
 from mixerlab.tasks import TASK_ORDER
@@ -110,6 +112,7 @@ class ResearchLoop:
         self.print_lock = threading.Lock()
         self.propose_lock = threading.RLock()
         self.run_id: int | None = None
+        self.record_lock: RecordLock | None = None
         self.stop_at = time.monotonic() + config.budget_minutes * 60 if config.budget_minutes else None
         self.progress: LoopProgress | None = None
         numerics = "bf16" if config.device.startswith("cuda") else "fp32"
@@ -138,11 +141,19 @@ class ResearchLoop:
                                 "drop --resume to start it, or give the --run-dir (or --db) of the run to continue")
             existing = runs[0]
         if existing:
+            self._lock_record(existing.id)  # before any write: another process may hold this run by another folder
             self.run_id = existing.id
             self.store.set_run_status(existing.id, "running")
         else:
-            self.run_id = self.store.create_run(self.run_name, self.config.model_dump(mode="json")).id
+            recorded = self.config.model_copy(update={"db_url": without_password(self.config.db_url)}
+                                              if self.config.db_url else {})
+            created = self.store.create_run(self.run_name, recorded.model_dump(mode="json"))
+            self._lock_record(created.id)
+            self.run_id = created.id
         (self.run_dir / "iterations").mkdir(parents=True, exist_ok=True)
+
+    def _lock_record(self, run_id: int) -> None:
+        self.record_lock = RecordLock(self.config.database_url, run_id, self.run_name, self.store.engine).acquire()
 
     def history(self) -> list[ExperimentView]:
         rows = self.store.experiments(self.run_id)
@@ -157,25 +168,35 @@ class ResearchLoop:
             where = f"iteration {iteration} · " if iteration else ""
             self.progress.stage(f"{where}{stage} {experiment}{suffix}".replace("  ", " "))
 
-    def run(self, resume: bool = False) -> None:
-        with RunLock(self.run_dir):  # one process per run directory (released however the process ends)
-            self.open_run(resume)
-            with LoopProgress(Console(stderr=True, soft_wrap=True)) as progress:  # logs on stderr, blocks on stdout
-                self.progress = progress
-                try:
-                    self.ensure_baselines()
-                    self.resume_unfinished()
-                    self.pipeline()
-                    self.fail_if_nothing_worked()
-                    self.store.set_run_status(self.run_id, "finished")
-                except RunFailed:
-                    self.store.set_run_status(self.run_id, "failed")
-                    raise
-                except BaseException:
-                    self.store.set_run_status(self.run_id, "interrupted")
-                    raise
-                finally:
-                    self.progress = None
+    def run(self, resume: bool = False, directory_locked: bool = False) -> None:
+        """`directory_locked`: the caller holds the run directory's lock already (`discover` takes it as it
+        creates the folder, so that nothing can come between)."""
+        with nullcontext() if directory_locked else RunLock(self.run_dir):  # one process per run directory
+            try:
+                self._run(resume)
+            finally:
+                if self.record_lock is not None:
+                    self.record_lock.release()
+                    self.record_lock = None
+
+    def _run(self, resume: bool) -> None:
+        self.open_run(resume)
+        with LoopProgress(Console(stderr=True, soft_wrap=True)) as progress:  # logs on stderr, blocks on stdout
+            self.progress = progress
+            try:
+                self.ensure_baselines()
+                self.resume_unfinished()
+                self.pipeline()
+                self.fail_if_nothing_worked()
+                self.store.set_run_status(self.run_id, "finished")
+            except RunFailed:
+                self.store.set_run_status(self.run_id, "failed")
+                raise
+            except BaseException:
+                self.store.set_run_status(self.run_id, "interrupted")
+                raise
+            finally:
+                self.progress = None
 
     def mark_stopped(self, why: str) -> None:
         """The run was stopped from outside (SIGTERM, Ctrl-C): record it, so the dashboard stops showing it live."""

@@ -73,6 +73,42 @@ def writable_file(path: Optional[Path], option: str) -> None:
         raise UserError(f"cannot write {option} {str(path)!r}: folder {str(path.parent)!r} does not exist")
 
 
+def output_file(path: Optional[Path], option: str, reads: list[Optional[Path]] = ()) -> None:
+    """`writable_file`, and never a file this command reads (or one of its SQLite companions), nor any existing
+    SQLite database (a run's record or a cache): an export is written beside them, never over them."""
+    writable_file(path, option)
+    if path is None or not path.exists():
+        return
+    for source in filter(None, reads):
+        for companion in (source, *(source.with_name(source.name + end) for end in ("-wal", "-shm", "-journal"))):
+            if companion.exists() and path.samefile(companion):
+                raise UserError(f"{option} {str(path)!r} is the file this command reads; give another file")
+    try:
+        with open(path, "rb") as fh:  # not open in this process: reading its header drops no lock of ours
+            header = fh.read(16)
+    except OSError:
+        return
+    if header == b"SQLite format 3\x00":
+        raise UserError(f"{option} {str(path)!r} is a SQLite database (a run's record or a cache); exports never "
+                        "overwrite one: give another file")
+
+
+def write_atomically(path: Path, write) -> None:
+    """`write(temporary_path)`, then rename it onto `path`: a reader sees the old file or the whole new one, and a
+    failed or interrupted write leaves the old file as it was."""
+    import os
+    import tempfile
+
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def writable_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -92,4 +128,6 @@ def db_from(db: Optional[str], run_dir: Optional[Path]) -> str:
     path = run_dir / "mixerlab.db"
     if not path.is_file():
         fail(f"no database at {str(path)!r}; pass the --run-dir of a discover run or --db")
-    return f"sqlite:///{path.resolve()}"
+    from mixerlab.config import sqlite_url
+
+    return sqlite_url(path)

@@ -7,16 +7,17 @@ from typing import Optional
 
 import typer
 
-from .base import UserError, app, console, fail, writable_file
+from .base import UserError, app, console, fail, output_file, write_atomically
 
 
 cache_app = typer.Typer(no_args_is_help=True, help="The result cache of finished trainings.")
 app.add_typer(cache_app, name="cache")
 
 
-def _open_cache(path: Optional[Path], must_exist: bool = False):
+def _open_cache(path: Optional[Path], must_exist: bool = False, read_only: bool = False):
     """The cache at `path` (default location when None); readers pass must_exist, so that a mistyped path fails
-    instead of silently creating an empty cache there (which a later import-if-missing step would then trust)."""
+    instead of silently creating an empty cache there (which a later import-if-missing step would then trust),
+    and read_only, so that they write nothing (not even a table into a file that is not a cache)."""
     from mixerlab.evaluate import ResultCache
     from mixerlab.evaluate.cache import default_cache_path
 
@@ -25,7 +26,7 @@ def _open_cache(path: Optional[Path], must_exist: bool = False):
         fail(f"no cache at {str(path)!r}; pass --cache with the path of an existing cache "
              "(`mixerlab cache import FILE --cache PATH` creates one)")
     try:
-        return ResultCache(path)
+        return ResultCache(path, read_only=read_only)
     except ValueError as err:
         fail(str(err))
 
@@ -51,7 +52,7 @@ def cache_info(
     if checkpoints is not None and not checkpoints.is_dir():
         fail(f"no folder {str(checkpoints)!r}; pass --checkpoints with a folder of checkpoints "
              "(e.g. what `mixerlab cache pack-checkpoints` wrote)")
-    store = _open_cache(cache, must_exist=True)  # info only reads: a mistyped path must not create a cache
+    store = _open_cache(cache, must_exist=True, read_only=True)  # info only reads: it creates and writes nothing
     try:
         prof = get_profile(profile) if profile else None
     except ValueError as err:
@@ -181,17 +182,20 @@ def cache_export(
     """Write cached trainings to a file, to share them or carry them between machines."""
     from mixerlab.mixers import MixerLoadError, resolve_mixer
 
-    store = _open_cache(cache, must_exist=True)
+    store = _open_cache(cache, must_exist=True, read_only=True)
     try:
         mixer_hash = resolve_mixer(mixer).code_hash if mixer else None
     except MixerLoadError as err:
         fail(str(err))
     try:
-        writable_file(out, "the export file")
+        output_file(out, "the export file", [store.path])
     except UserError as err:
         fail(str(err))
+    exported = []
     try:
-        typer.echo(f"exported {store.export_jsonl(out, mixer_hash)} trainings to {out}")
+        write_atomically(out, lambda temporary: exported.append(store.export_jsonl(temporary, mixer_hash,
+                                                                                   gzipped=out.name.endswith(".gz"))))
+        typer.echo(f"exported {exported[0]} trainings to {out}")
     except OSError as err:
         fail(f"cannot write {str(out)!r} ({err.strerror}); choose another path")
 

@@ -30,8 +30,59 @@ def _llm_preflight(settings) -> None:
                         f"set a valid key in ${settings.api_key_env}")
 
 
+# Options a resumed run keeps from its record: a different value would score its new candidates under other
+# conditions than the rest of its table. CLI parameter -> LoopConfig field. Others (--iterations, --workers, the
+# model endpoint, ...) may change on resume.
+RECORDED = {"proposer": "proposer", "search_seed": "search_seed", "profile": "profile", "seeds": "seeds",
+            "patience": "patience", "device": "device", "language": "language", "promote_to": "promote_to",
+            "cache": "cache_path", "compile_step": "compile"}
+
+
+def _claim_run_dir(run_dir: Path) -> bool:
+    """Create the run folder if it is missing, atomically: True only for the process whose mkdir made it (two
+    commands started on a new folder at once: one makes it, the other finds it)."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()
+        return True
+    except FileExistsError:
+        return False
+
+
+def _recorded_options(url: str, run_dir: Path) -> dict:
+    """The options the run to resume was started with (its record's config), {} if it has none recorded."""
+    from mixerlab.store import Store
+
+    store = Store(url, read_only=True)
+    try:
+        runs = store.runs()
+        run = next((r for r in runs if r.name == run_dir.resolve().name), runs[0] if len(runs) == 1 else None)
+        return dict(run.config or {}) if run else {}
+    finally:
+        store.engine.dispose()
+
+
+def _resumed_options(ctx: typer.Context, given: dict, recorded: dict) -> dict:
+    """`given` with every recorded option taken from the record; an option given on the command line that
+    differs from the record is a UserError naming both values."""
+    chosen = dict(given)
+    for param, field in RECORDED.items():
+        if field not in recorded:
+            continue
+        was = recorded[field]
+        source = ctx.get_parameter_source(param)  # typer's own click: compared by name
+        if getattr(source, "name", "") == "COMMANDLINE" and given[param] != was \
+                and not (param == "cache" and given[param] is not None and str(given[param]) == str(was)):
+            flag = "--" + ("compile" if param == "compile_step" else param.replace("_", "-"))
+            raise UserError(f"{flag} {given[param]!r} differs from the run's {was!r}: a resumed run keeps the options "
+                            f"it was started with; drop {flag}, or start a new run with another --run-dir")
+        chosen[param] = Path(was) if param == "cache" and was is not None else was
+    return chosen
+
+
 @app.command("discover")
 def discover_command(
+    ctx: typer.Context,
     proposer: str = typer.Option("catalog", help="catalog (offline, fixed edits) | search (offline, design-space "
                                  "search with a quality-diversity archive) | llm (any OpenAI-compatible endpoint)"),
     search_seed: int = typer.Option(0, min=0, help="random seed of the search proposer"),
@@ -84,12 +135,30 @@ def discover_command(
     from mixerlab.store import DatabaseError
     from mixerlab.store.lock import RunDirectoryInUse
 
-    created = not run_dir.exists()  # a folder this command made is removed again if it fails before the run starts
-    loop = None
+    from mixerlab.store.lock import RunLock
+
+    if resume and db is None and not (run_dir / "mixerlab.db").is_file():
+        fail(f"nothing to resume in {str(run_dir)!r}: it holds no mixerlab.db; drop --resume to start a "
+             "run there, or give the --run-dir of the run to continue")
+    loop, lock, created = None, None, False
     try:
-        if resume and db is None and not (run_dir / "mixerlab.db").is_file():
-            raise UserError(f"nothing to resume in {str(run_dir)!r}: it holds no mixerlab.db; drop --resume to start a "
-                            "run there, or give the --run-dir of the run to continue")
+        try:
+            created = _claim_run_dir(run_dir)  # removed again only by this process, under its lock, if nothing ran
+            lock = RunLock(run_dir).acquire()
+        except OSError as err:
+            raise UserError(f"run directory {str(run_dir)!r} is not writable ({err.strerror}); choose another "
+                            "--run-dir") from None
+        if resume:
+            from mixerlab.config import sqlite_url
+
+            recorded = _recorded_options(db or sqlite_url(run_dir / "mixerlab.db"), run_dir)
+            here = dict(locals())
+            given = {param: here[param] for param in RECORDED}
+            taken = _resumed_options(ctx, given, recorded)
+            proposer, search_seed, profile, seeds, patience = (taken[k] for k in ("proposer", "search_seed", "profile",
+                                                                                  "seeds", "patience"))
+            device, language, promote_to, cache, compile_step = (
+                taken[k] for k in ("device", "language", "promote_to", "cache", "compile_step"))
         _check_url(base_url)
         if proposer not in ("catalog", "search", "llm"):
             raise UserError(f"unknown proposer {proposer!r}; use catalog, search or llm")
@@ -145,8 +214,8 @@ def discover_command(
             runner.cpu_threads = threads
         loop = ResearchLoop(config, chosen, runner, console)
         try:
-            with _stops_cleanly(loop, run_dir):
-                loop.run(resume=resume)
+            with _stops_cleanly(loop, run_dir, db):
+                loop.run(resume=resume, directory_locked=True)
         except RunFailed as err:
             from rich.markup import escape
 
@@ -156,11 +225,14 @@ def discover_command(
         finally:
             runner.close()
     except (UserError, RunExists, RunDirectoryInUse, DatabaseError, ValueError) as err:
-        if created and run_dir.exists() and (loop is None or loop.run_id is None):
+        if created and lock is not None and (loop is None or loop.run_id is None):
             import shutil
 
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing was recorded: leave no empty run folder behind
+            shutil.rmtree(run_dir, ignore_errors=True)  # made by this process, nothing recorded: leave no empty folder
         fail(str(err))
+    finally:
+        if lock is not None:
+            lock.release()
     _print_where(run_dir, config)
 
 
@@ -183,13 +255,14 @@ class _stops_cleanly:
     the process (its sandbox workers die with it). Finished experiments are recorded; unfinished ones are
     checked or evaluated again by --resume."""
 
-    def __init__(self, loop, run_dir: Path) -> None:
-        self.loop, self.run_dir = loop, run_dir
+    def __init__(self, loop, run_dir: Path, db: str | None = None) -> None:
+        self.loop, self.run_dir, self.db = loop, run_dir, db
 
     def __enter__(self) -> "_stops_cleanly":
         import signal
 
-        self.previous = {sig: signal.signal(sig, self.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        # SIGHUP: a closed terminal or a dropped SSH connection stops the run as SIGTERM does
+        self.previous = {sig: signal.signal(sig, self.stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         return self
 
     def __exit__(self, *exc) -> None:
@@ -208,15 +281,39 @@ class _stops_cleanly:
         finally:
             done = sum(1 for e in self.loop.store.experiments(self.loop.run_id) if e.status in ("done", "failed")) \
                 if self.loop.run_id is not None else 0
+            from rich.markup import escape
+
             err_console.print(f"\n[yellow]stopped by {name}: {done} experiments are recorded; continue with "
-                              f"`mixerlab discover --run-dir {self.run_dir} --resume` (unfinished candidates are checked "
-                              "or evaluated again, finished trainings come from the cache)[/]", highlight=False)
+                              f"`{escape(resume_command(self.run_dir, self.db))}` (the run keeps its recorded options; "
+                              "unfinished candidates are checked or evaluated again, finished trainings come from "
+                              "the cache)[/]", highlight=False)
             os._exit(128 + signum)
 
 
+def resume_command(run_dir: Path, db: str | None) -> str:
+    """The command that continues a run, shell-quoted; complete, since a resumed run reads its options from its
+    record (only where the record is, --db, is needed; without its password)."""
+    import shlex
+
+    from mixerlab.store.db import without_password
+
+    words = ["mixerlab", "discover", "--run-dir", str(run_dir), "--resume"]
+    if db:
+        words += ["--db", without_password(db)]
+    return shlex.join(words)
+
+
 def _print_where(run_dir: Path, config) -> None:
-    url = config.database_url
-    console.print(f"\n[bold]results[/]: {url}  (iteration blocks in {run_dir / 'iterations'})", highlight=False)
-    console.print(f"  history table:  mixerlab history --db {url}", highlight=False)
-    console.print(f"  dashboard:      mixerlab serve --db {url}   then open http://127.0.0.1:8000", highlight=False)
-    console.print(f"  report:         mixerlab report --db {url} --out {run_dir / 'report'}", highlight=False)
+    import shlex
+
+    from rich.markup import escape
+
+    from mixerlab.store.db import without_password
+
+    url = without_password(config.database_url)
+    console.print(f"\n[bold]results[/]: {escape(url)}  (iteration blocks in {escape(str(run_dir / 'iterations'))})",
+                  highlight=False)
+    quoted, report = shlex.quote(url), shlex.quote(str(run_dir / "report"))
+    console.print(escape(f"  history table:  mixerlab history --db {quoted}"), highlight=False)
+    console.print(escape(f"  dashboard:      mixerlab serve --db {quoted}   then open http://127.0.0.1:8000"), highlight=False)
+    console.print(escape(f"  report:         mixerlab report --db {quoted} --out {report}"), highlight=False)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .base import UserError, app, console, db_from, err_console, fail, writable_file
+from .base import UserError, app, console, db_from, err_console, fail, output_file, write_atomically
 
 
 @app.command("history")
@@ -22,15 +22,16 @@ def history_command(
     import json as _json
 
     from mixerlab.store import DatabaseError, Store
+    from mixerlab.store.db import sqlite_path
     from mixerlab.table import accuracies_df, format_table, to_csv
 
     if fmt not in ("table", "csv", "json", "markdown"):
         fail(f"unknown format {fmt!r}; use table, csv, json or markdown")
+    db = db_from(db, run_dir)
     try:
-        writable_file(out, "--out")
+        output_file(out, "--out", [sqlite_path(db)])
     except UserError as err:
         fail(str(err))
-    db = db_from(db, run_dir)
     try:
         store = Store(db, read_only=True)
     except DatabaseError as err:
@@ -63,7 +64,7 @@ def history_command(
                           highlight=False)
     if out:
         try:
-            out.write_text(text + "\n")
+            write_atomically(out, lambda temporary: temporary.write_text(text + "\n"))
         except OSError as err:
             fail(f"cannot write --out {str(out)!r} ({err.strerror}); choose another file")
         console.print(f"wrote {out}")
@@ -88,7 +89,7 @@ def serve_command(
     url = db_from(db, run_dir)
     token = default_token(host, token)
     try:
-        application = create_app(url, token)
+        application = create_app(url, token, host)
     except DatabaseError as err:
         fail(str(err))
     _port_free(host, port)

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import random
 import sqlite3
 import threading
 import time
 from pathlib import Path
+import zlib
 from typing import Iterable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mixerlab.train.result import TrainResult
 
@@ -39,14 +43,39 @@ def default_cache_path() -> Path:
 
 
 class ResultCache:
-    def __init__(self, path: str | Path | None = None) -> None:
+    """`read_only`: open an existing cache without writing a byte (mode=ro, and immutable when no writer has it
+    open or its folder is read-only); a file that is not a cache is refused, not given a table."""
+
+    def __init__(self, path: str | Path | None = None, read_only: bool = False) -> None:
         self.path = Path(path) if path else default_cache_path()
+        self.read_only = read_only
         self._lock = threading.Lock()  # one connection shared by the loop's worker threads
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = self._connect()
+            if read_only:
+                self._db = self._connect_read_only()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = self._connect()
         except (OSError, sqlite3.Error) as err:
+            if "not a database" in str(err):
+                raise ValueError(f"{str(self.path)!r} is not a SQLite database; pass --cache with a mixerlab result "
+                                 "cache") from None
             raise ValueError(f"cannot open the result cache {str(self.path)!r} ({err}); pass a writable --cache path") from None
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        from urllib.parse import quote
+
+        path = self.path.resolve()
+        wal = path.with_name(path.name + "-wal")
+        immutable = not os.access(path.parent, os.W_OK) or not wal.exists()
+        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else ""), uri=True,
+                             timeout=30, check_same_thread=False)
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "results" not in tables:
+            db.close()
+            raise ValueError(f"{str(self.path)!r} is not a mixerlab result cache (it has no results table; a run's "
+                             "mixerlab.db is not a cache: its cache is cache.sqlite beside it)")
+        return db
 
     def _connect(self, attempts: int = 8) -> sqlite3.Connection:
         """Open the file in WAL mode with its table. Several processes opening a new file at once (Ray workers,
@@ -101,12 +130,13 @@ class ResultCache:
         return self._db.execute("SELECT mixer_hash, mixer_name, COUNT(*) FROM results "
                                 "GROUP BY mixer_hash, mixer_name ORDER BY mixer_name, mixer_hash").fetchall()
 
-    def export_jsonl(self, path: str | Path, mixer_hash: str | None = None) -> int:
+    def export_jsonl(self, path: str | Path, mixer_hash: str | None = None, gzipped: bool | None = None) -> int:
+        """Write JSON lines (gzip-compressed if `gzipped`, by default when the name ends in .gz)."""
         query, args = "SELECT mixer_hash, mixer_name, payload FROM results", ()
         if mixer_hash:
             query, args = query + " WHERE mixer_hash = ?", (mixer_hash,)
         rows = self._db.execute(query + " ORDER BY key", args).fetchall()
-        with _open(path, "w") as fh:
+        with _open(path, "w", gzipped) as fh:
             for h, name, payload in rows:
                 fh.write(json.dumps({"mixer_hash": h, "mixer_name": name, "result": json.loads(payload)}) + "\n")
         return len(rows)
@@ -118,20 +148,20 @@ class ResultCache:
         return self.import_sqlite(path) if is_sqlite else self.import_jsonl(path)
 
     def import_jsonl(self, path: str | Path) -> int:
-        """Every line is checked before any is written: a bad file imports nothing."""
+        """Every line is checked before any is written: a bad file imports nothing. Lines are bounded in size
+        (MAX_LINE_BYTES, read as such, so a huge line inside a small .gz never reaches memory) and in depth."""
         rows: list[tuple[TrainResult, str, str]] = []
         try:
             with _open(path, "r") as fh:
-                for line_no, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                        result = TrainResult.model_validate(row["result"])
-                    except (ValueError, KeyError, TypeError) as err:
-                        raise ValueError(f"{path}:{line_no}: not a mixerlab result line ({err})") from None
-                    rows.append((result, row["mixer_hash"], row["mixer_name"]))
-        except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as err:
+                line_no = 0
+                while line := fh.readline(MAX_LINE_BYTES + 1):
+                    line_no += 1
+                    if len(line) > MAX_LINE_BYTES:
+                        raise ValueError(f"{path}:{line_no}: a line of more than {MAX_LINE_BYTES >> 20} MB; not a "
+                                         "mixerlab result line")
+                    if line.strip():
+                        rows.append(_import_row(line, f"{path}:{line_no}"))
+        except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as err:
             raise ValueError(
                 f"{path}: not a JSON lines file ({err}); pass a file written by `mixerlab cache export` or a cache's .sqlite"
             ) from None
@@ -148,10 +178,8 @@ class ResultCache:
                 other.close()
         except sqlite3.Error as err:
             raise ValueError(f"{path}: not a mixerlab result cache ({err}); pass a .sqlite written by `mixerlab eval --cache`") from None
-        try:
-            results = [(TrainResult.model_validate_json(payload), h, name) for h, name, payload in rows]
-        except ValueError as err:
-            raise ValueError(f"{path}: a row is not a mixerlab training result ({err})") from None
+        results = [_import_row(json.dumps({"mixer_hash": h, "mixer_name": name, "result": json.loads(payload)}),
+                               f"{path}: row {i + 1}") for i, (h, name, payload) in enumerate(rows)]
         self.put_many(results)
         return len(results)
 
@@ -159,8 +187,39 @@ class ResultCache:
         self._db.close()
 
 
-def _open(path: str | Path, mode: str):
-    """Plain or gzip-compressed JSON lines, by file name."""
-    if str(path).endswith(".gz"):
+MAX_LINE_BYTES = 8 << 20  # one exported training is ~10-50 kB
+
+
+class ImportedRow(BaseModel):
+    """One exported training, as `cache import` accepts it: every field typed and bounded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mixer_hash: str = Field(min_length=1, max_length=128, pattern=r"^[0-9a-zA-Z_-]+$")
+    mixer_name: str = Field(min_length=1, max_length=300)
+    result: TrainResult
+
+
+def _import_row(line: str, where: str) -> tuple[TrainResult, str, str]:
+    try:
+        row = ImportedRow.model_validate_json(line)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"{where}: not a mixerlab result line ({field or 'line'}: {first['msg']})") from None
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{where}: not a mixerlab result line ({type(err).__name__})") from None
+    r = row.result
+    scores = {"score": r.score, "score_last": r.score_last, "token_acc": r.token_acc}
+    bad = [name for name, value in scores.items() if not (math.isfinite(value) and 0.0 <= value <= 1.0)]
+    if bad:
+        raise ValueError(f"{where}: {', '.join(bad)} must be an accuracy between 0 and 1 (got "
+                         f"{', '.join(repr(scores[b]) for b in bad)}); not a result mixerlab wrote")
+    return r, row.mixer_hash, row.mixer_name
+
+
+def _open(path: str | Path, mode: str, gzipped: bool | None = None):
+    """Plain or gzip-compressed JSON lines, by file name unless `gzipped` says."""
+    if gzipped if gzipped is not None else str(path).endswith(".gz"):
         return gzip.open(path, mode + "t")
     return open(path, mode)

@@ -131,16 +131,26 @@ def find_mixer_class(module: types.ModuleType, class_name: str | None, filename:
     return candidates[-1]  # the last one defined: helpers come first in a file
 
 
+MAX_SOURCE_BYTES = 256 * 1024  # the templates are ~6 kB; an 11.7 MB file once took 115 s and 3 GB to check
+
+
 def spec_from_file(path: str | Path, name: str | None = None) -> MixerSpec:
     path = Path(path)
     if path.is_dir():
         raise MixerLoadError(f"mixer file {str(path)!r} is a folder; pass a .py file")
-    if not path.is_file():
+    if not path.exists():
         raise MixerLoadError(f"mixer file {str(path)!r} does not exist; pass an existing .py file or a builtin name")
+    if not path.is_file():
+        raise MixerLoadError(f"mixer file {str(path)!r} is not a regular file (a device, a FIFO or a socket); pass "
+                             "a .py file")
     if path.suffix != ".py":
         raise MixerLoadError(f"mixer file {str(path)!r} is not a .py file; pass a Python file")
+    size = path.stat().st_size
+    if size > MAX_SOURCE_BYTES:
+        raise MixerLoadError(f"mixer file {str(path)!r} has {size:,} bytes, more than one mixer needs (at most "
+                             f"{MAX_SOURCE_BYTES:,}); pass the mixer's own code")
     try:
-        source = path.read_text(encoding="utf-8")
+        source = path.read_text(encoding="utf-8-sig")  # a UTF-8 byte-order mark, as Python itself accepts
     except UnicodeDecodeError:
         raise MixerLoadError(f"mixer file {str(path)!r} is not UTF-8 text; pass a Python source file") from None
     except OSError as err:

@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, inspect
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+
+from mixerlab.config import sqlite_url  # noqa: F401 - re-exported: the store's callers build URLs here
 
 from .models import Base
 
@@ -18,8 +20,48 @@ class DatabaseError(ValueError):
     """The database cannot be used; the message says what to fix."""
 
 
-def sqlite_url(path: str | Path) -> str:
-    return f"sqlite:///{Path(path).resolve()}"
+def without_password(url: str) -> str:
+    """The URL as it may be stored and shown: no password (it comes back from the environment, PGPASSWORD, or
+    ~/.pgpass when the URL is used again). Not a URL: returned as it is."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url
+    if not parsed.password:
+        return url
+    bare = URL.create(parsed.drivername, username=parsed.username, host=parsed.host, port=parsed.port,
+                      database=parsed.database, query=parsed.query)  # URL.set(password=None) keeps the password
+    return bare.render_as_string(hide_password=False)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a sqlite:/// URL (None for other databases or a bad URL)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).resolve()
+
+
+def _read_only_connect(path: Path, follow_writers: bool):
+    """A connection that never writes a byte: mode=ro, and `immutable` when no writer has the file open in WAL
+    mode (no -wal file beside it) or when the folder cannot be written (a read-only medium), so SQLite creates no
+    -wal/-shm files either. `follow_writers` (the dashboard of a live run): keep following a run that may start
+    writing later where the folder is writable."""
+    import os
+    import sqlite3
+    from urllib.parse import quote
+
+    wal = path.with_name(path.name + "-wal")
+    immutable = not os.access(path.parent, os.W_OK) or (not wal.exists() and not follow_writers)
+    uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
+
+    def connect():
+        return sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
+
+    return connect
 
 
 def reason(err: SQLAlchemyError) -> str:
@@ -28,7 +70,7 @@ def reason(err: SQLAlchemyError) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def open_engine(url: str, read_only: bool = False) -> Engine:
+def open_engine(url: str, read_only: bool = False, follow_writers: bool = False) -> Engine:
     """Create the engine (and the tables, unless `read_only`); raise DatabaseError with a fix for bad URLs,
     unreachable servers, in-memory databases and files that are not a database. A read-only open never writes:
     a SQLite file must exist and is opened with mode=ro."""
@@ -48,11 +90,14 @@ def open_engine(url: str, read_only: bool = False) -> Engine:
         path = Path(parsed.database).resolve()
         if read_only:
             _readable_sqlite(path)
-            parsed = make_url(f"sqlite:///file:{path}?mode=ro&uri=true")
         elif not path.parent.exists():
             raise DatabaseError(f"folder {str(path.parent)!r} for the database does not exist; create it or use --run-dir")
     try:
-        engine = create_engine(parsed, pool_pre_ping=True, future=True)
+        if backend == "sqlite" and read_only:
+            engine = create_engine("sqlite://", creator=_read_only_connect(path, follow_writers), pool_pre_ping=True,
+                                   future=True)
+        else:
+            engine = create_engine(parsed, pool_pre_ping=True, future=True)
     except (ArgumentError, ModuleNotFoundError) as err:
         raise DatabaseError(f"cannot use {url!r}: {err}; for PostgreSQL install psycopg (pip install 'psycopg[binary]')") from None
     if backend == "sqlite":

@@ -17,10 +17,10 @@ UNFINISHED = ("proposed", "checking", "evaluating")
 class Store:
     """The research record. `read_only=True` (history, serve, report) never writes, not even a missing file."""
 
-    def __init__(self, url: str, read_only: bool = False) -> None:
+    def __init__(self, url: str, read_only: bool = False, follow_writers: bool = False) -> None:
         self.url = url
         self.read_only = read_only
-        self.engine = open_engine(url, read_only=read_only)
+        self.engine = open_engine(url, read_only=read_only, follow_writers=follow_writers)
         self.session = session_factory(self.engine)
         self.damaged: dict[int, str] = {}  # experiment id -> name, of rows skipped because a column does not parse
 

@@ -4,7 +4,7 @@
   machine that must ship its state out at a moment of its choosing (a lent GPU whose call ends) asks for a
   fresh checkpoint instead of taking one up to `--checkpoint-every` seconds old, or none at all when a new
   group has not reached its first save (`benchmarks/tools/gpu_sweep.sh poll` sends it).
-- SIGTERM, SIGINT (Ctrl-C): checkpoint and stop at the next sync point; finished trainings are already in the
+- SIGTERM, SIGINT (Ctrl-C), SIGHUP (a closed terminal): checkpoint and stop at the next sync point; finished trainings are already in the
   cache, so running the same command again continues where this one stopped. A second Ctrl-C stops at once.
 
 The handlers only set flags (the one thing a Python signal handler should do); the trainer reads them at
@@ -68,7 +68,7 @@ def answering_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    handlers = {signal.SIGUSR1: _on_save, signal.SIGTERM: _on_stop, signal.SIGINT: _on_stop}
+    handlers = {signal.SIGUSR1: _on_save, signal.SIGTERM: _on_stop, signal.SIGINT: _on_stop, signal.SIGHUP: _on_stop}
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     _requests.save, _requests.stop = False, None
     try:

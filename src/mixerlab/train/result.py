@@ -10,22 +10,36 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+
+def _nan_if_null(value):
+    """A metric a diverged training left as NaN, stored by older versions as JSON null: read back as NaN."""
+    return math.nan if value is None else value
+
+
+Metric = Annotated[float, BeforeValidator(_nan_if_null)]
+
+# NaN and infinities are written as JSON's NaN/Infinity constants (Python's json and pydantic read them back), not
+# as null: a diverged training is a state to record, and a null once made every later read of the cache fail.
+RECORD_CONFIG = ConfigDict(frozen=True, ser_json_inf_nan="constants")
 
 
 class EpochRecord(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = RECORD_CONFIG
 
     epoch: int
-    train_loss: float
-    test_loss: float
-    test_acc: float  # macro accuracy (MAD's metric)
-    test_token_acc: float
-    test_ppl: float
+    train_loss: Metric
+    test_loss: Metric
+    test_acc: Metric  # macro accuracy (MAD's metric)
+    test_token_acc: Metric
+    test_ppl: Metric
 
 
 class TrainResult(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = RECORD_CONFIG
 
     key: str
     task: str
@@ -46,6 +60,11 @@ class TrainResult(BaseModel):
     history: list[EpochRecord]
     # the key of the longer training whose first epochs this is (read off its history, not trained again)
     derived_from: str | None = None
+
+    @property
+    def diverged(self) -> bool:
+        """Whether a loss went to NaN or infinity at some epoch (the training's score is still its best epoch's)."""
+        return any(not math.isfinite(v) for r in self.history for v in (r.train_loss, r.test_loss))
 
 
 def select_epochs(

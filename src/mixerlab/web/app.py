@@ -68,8 +68,25 @@ def parse_ids(ids: str) -> list[int]:
     return parsed
 
 
-def create_app(db_url: str, token: str | None = None) -> FastAPI:
-    store = Store(db_url, read_only=True)
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def allowed_hosts(host: str) -> list[str]:
+    """The Host headers the dashboard answers: its own name and loopback's when bound to loopback (a page on
+    another site that points its own name at 127.0.0.1, DNS rebinding, is refused); any name when bound to all
+    interfaces, where the token guards it."""
+    if host in ("0.0.0.0", "::", ""):
+        return ["*"]
+    return sorted({host, f"[{host}]" if ":" in host else host, *LOOPBACK_NAMES})
+
+
+def same_secret(given: str, token: str) -> bool:
+    """A constant-time comparison that takes any text (compare_digest raises on non-ASCII str)."""
+    return secrets.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass"))
+
+
+def create_app(db_url: str, token: str | None = None, host: str = "127.0.0.1") -> FastAPI:
+    store = Store(db_url, read_only=True, follow_writers=True)  # a live run's dashboard follows its writes
     queries = Queries(store)
     app = FastAPI(title="mixerlab", description="Read-only view of a mixerlab research record.", version="1")
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -85,17 +102,34 @@ def create_app(db_url: str, token: str | None = None) -> FastAPI:
         response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - start) * 1000:.1f}"
         return response
 
+    hosts = allowed_hosts(host)
+
+    @app.middleware("http")
+    async def check_host(request: Request, call_next):
+        name = request.headers.get("host", "").strip().lower()
+        bare = name[: name.find("]") + 1] if name.startswith("[") else name.split(":", 1)[0]
+        if "*" not in hosts and bare not in hosts:
+            return JSONResponse({"detail": f"this dashboard answers only to {', '.join(hosts)} (Host header "
+                                 f"{name[:80]!r}); open it by one of those names"}, status_code=400)
+        if request.method == "HEAD":  # every page answers HEAD as its GET, without the body
+            request.scope["method"] = "GET"
+            response = await call_next(request)
+            async for _ in response.body_iterator:
+                pass
+            return Response(status_code=response.status_code, headers=dict(response.headers))
+        return await call_next(request)
+
     @app.middleware("http")
     async def require_token(request: Request, call_next):
         if token is None or request.url.path in ("/healthz",):
             return await call_next(request)
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or request.cookies.get("mixerlab_token")
         query = request.query_params.get("token")
-        if query and secrets.compare_digest(query, token):
+        if query and same_secret(query, token):
             response = RedirectResponse(request.url.remove_query_params("token"), status_code=303)
             response.set_cookie("mixerlab_token", token, httponly=True, samesite="strict")
             return response
-        if not given or not secrets.compare_digest(given, token):
+        if not given or not same_secret(given, token):
             return JSONResponse({"detail": "a token is required: open the URL printed by `mixerlab serve` (?token=...)"},
                                 status_code=401)
         return await call_next(request)

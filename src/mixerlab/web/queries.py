@@ -67,7 +67,7 @@ class Queries:
 
     def runs(self) -> list[dict[str, Any]]:
         with self.store.session() as s:
-            return [{"id": r.id, "name": r.name, "status": r.status, "created": r.created.isoformat(), "config": r.config}
+            return [{"id": r.id, "name": r.name, "status": r.status, "created": r.created.isoformat(), "config": public_config(r.config)}
                     for r in s.scalars(select(Run).order_by(Run.id))]
 
     def rows(self, run: str | None = None) -> list[Row]:
@@ -204,3 +204,14 @@ def _neg(value: Any) -> Any:
     if isinstance(value, str):
         return tuple(-ord(c) for c in value)
     return value
+
+
+def public_config(config: dict | None) -> dict:
+    """A run's config as served: a database URL without its password (runs recorded before URLs were stored
+    without one still hold it)."""
+    from mixerlab.store.db import without_password
+
+    config = dict(config or {})
+    if isinstance(config.get("db_url"), str):
+        config["db_url"] = without_password(config["db_url"])
+    return config

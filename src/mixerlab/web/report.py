@@ -17,6 +17,11 @@ from .charts import bar_chart, lineage_tree, scatter_by_iteration, score_color
 from .queries import COLUMNS, TASKS, Queries
 
 
+def score_text(score: float | None) -> str:
+    """A mean score as shown; empty for an experiment not scored (a run stopped during its baselines)."""
+    return "" if score is None else f"{score:.4f}"
+
+
 def write_report(db_url: str, out: Path, run: str | None = None, top: int = 5) -> tuple[Path, Path]:
     queries = Queries(Store(db_url, read_only=True))
     rows = queries.rows(run)
@@ -40,7 +45,7 @@ def write_report(db_url: str, out: Path, run: str | None = None, top: int = 5) -
     table = "".join(
         f'<tr class="{r.kind}"><td class="name"><a href="#exp-{r.id}">{escape(r.name)}</a></td>'
         + "".join(cell(r, t) for t in TASKS)
-        + f"<td>{r.mean_score:.4f}</td><td>{escape(r.status)}</td></tr>" for r in baselines + [x for x in ranked if x.kind != "baseline"]
+        + f"<td>{score_text(r.mean_score)}</td><td>{escape(r.status)}</td></tr>" for r in baselines + [x for x in ranked if x.kind != "baseline"]
     )
     failed = [r for r in rows if r.status == "failed"]
     sections = []
@@ -70,7 +75,7 @@ def write_report(db_url: str, out: Path, run: str | None = None, top: int = 5) -
           "|" + "---|" * (len(TASKS) + 3)]
     for r in baselines + [x for x in ranked if x.kind != "baseline"]:
         md.append(f"| {r.name} | " + " | ".join(f"{r.score(t):.4f}" if r.score(t) is not None else "" for t in TASKS)
-                  + f" | {r.mean_score:.4f} | {r.status} |")
+                  + f" | {score_text(r.mean_score)} | {r.status} |")
     for e in details:
         md += ["", f"## {e['name']} ({e['mean_score']:.4f})", "", f"parent: {(e['parent'] or {}).get('name', '-')}", ""]
         for key, title_ in SECTIONS.items():
