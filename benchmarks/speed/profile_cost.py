@@ -137,6 +137,16 @@ def write_tables(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def rewrite(out: Path) -> None:
+    """The markdown again from the JSON (after a change to the table's layout)."""
+    data = json.loads((out / "profile_cost.json").read_text())
+    for row in data["runs"]:
+        if row.get("stopped_at_time_limit"):
+            row.pop("seconds_before", None)
+    (out / "profile_cost.json").write_text(json.dumps(data, indent=1))
+    (out / "profile_cost.md").write_text(write_tables(data["runs"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="quick")
@@ -149,7 +159,10 @@ def main() -> None:
     parser.add_argument("--label", default="after", help="before | after | any name")
     parser.add_argument("--time-limit", type=float, help="seconds per task; stop there (a partial row says so)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--tables-only", action="store_true", help="rewrite profile_cost.md from the JSON, run nothing")
     args = parser.parse_args()
+    if args.tables_only:
+        return rewrite(args.out)
 
     folder = Path(tempfile.mkdtemp(prefix="profile-cost-"))
     path = Path(args.mixer) if args.mixer else candidate_file(args.edit, folder)
@@ -166,7 +179,8 @@ def main() -> None:
                    date=dt.date.today().isoformat(), torch=torch.__version__)
         before = [r for r in data["runs"] if r["label"] == "before" and all(
             r[k] == row[k] for k in ("device", "profile", "mixer", "task", "compile"))]
-        if args.label != "before" and before:
+        # a before figure only where both runs finished: a time-limited run's seconds are its limit, not its cost
+        if args.label != "before" and before and not (before[-1]["stopped_at_time_limit"] or row["stopped_at_time_limit"]):
             row["seconds_before"] = before[-1]["seconds"]
         data["runs"] = [r for r in data["runs"] if not all(
             r[k] == row[k] for k in ("device", "profile", "mixer", "task", "compile", "label"))] + [row]

@@ -83,7 +83,8 @@ def evaluate_sandboxed(
             on_result(result)
 
     scorer = TrustedScorer({plan.keys[j]: j for j in plan.todo}, plan.train, served, numerics, on_result=record,
-                           on_steps=progress.advance_steps if progress else None)
+                           on_steps=progress.advance_steps if progress else None,
+                           device=_scoring_device(options.device, cuda_device))
     request = EvaluationRequest(
         profile=profile.name, tasks=[t.value for t in options.tasks], seeds=options.seeds, device=options.device,
         train_overrides=dict(options.train_overrides), keys=[plan.keys[j] for j in plan.todo],
@@ -123,3 +124,11 @@ def evaluate_sandboxed(
     if parts:
         report = report.model_copy(update={"parts": parts})
     return SandboxedEvaluation(report, trainings, "", outcome, audit, parts)
+
+
+def _scoring_device(device: str, cuda_device: int | None) -> str:
+    """Where this process reduces the worker's logits: the evaluation's own GPU where this process sees it."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return "cpu"
+    index = cuda_device if cuda_device is not None else (int(device.split(":")[1]) if ":" in device else 0)
+    return f"cuda:{index}" if index < torch.cuda.device_count() else "cpu"

@@ -139,8 +139,11 @@ class TrustedScorer:
 
     def __init__(self, jobs: dict[str, TrainJob], train: TrainConfig, served: dict[str, ServedTestSet],
                  numerics: str, on_result: Callable[[TrainResult], None] | None = None,
-                 on_steps: Callable[[int], None] | None = None) -> None:
+                 on_steps: Callable[[int], None] | None = None, device: str = "cpu") -> None:
         self.jobs, self.train, self.served = jobs, train, served
+        # where the shipped logits are reduced: the evaluation's GPU where there is one (a memorize epoch ships
+        # ~600M logits; on the CPU their softmax was most of the evaluation), else here on the CPU
+        self.device = torch.device(device)
         self.tolerance = AUDIT_TOLERANCE[numerics]
         self.on_result, self.on_steps = on_result, on_steps
         self.history: dict[str, list[list[float]]] = {key: [] for key in jobs}
@@ -202,21 +205,22 @@ class TrustedScorer:
             raise ProtocolError(f"{len(payload)} bytes of {m.dtype} logits for {len(rows)} scored positions x "
                                 f"{m.vocab} classes")
         buffer = payload if isinstance(payload, bytearray) else bytearray(payload)  # frombuffer wants it writable
-        logits = torch.frombuffer(buffer, dtype=dtype).view(len(rows), m.vocab).float() if rows.numel() else \
-            torch.zeros(0, m.vocab)
+        logits = torch.frombuffer(buffer, dtype=dtype).view(len(rows), m.vocab).to(self.device).float() \
+            if rows.numel() else torch.zeros(0, m.vocab, device=self.device)
         origin = served.origin[rows]
         real = origin >= 0
-        nll, preds = position_stats(logits[real], served.targets[origin[real], positions[real]])
-        state.nll[origin[real], positions[real]] = nll
-        state.preds[origin[real], positions[real]] = preds
+        targets = served.targets[origin[real], positions[real]].to(self.device)
+        nll, preds = position_stats(logits[real.to(self.device)], targets)
+        state.nll[origin[real], positions[real]] = nll.cpu()
+        state.preds[origin[real], positions[real]] = preds.cpu()
         for k, probe in enumerate(served.probes):
             shared = positions <= probe.cut
             here = (rows == probe.served) & shared
             if here.any():
-                state.probe_rows[k] = logits[here]
+                state.probe_rows[k] = logits[here.to(self.device)].cpu()
             here = (origin == probe.original) & shared
             if here.any():
-                state.original_rows[k] = logits[here]
+                state.original_rows[k] = logits[here.to(self.device)].cpu()
         state.received = m.stop
 
     def _score(self, m: ScoreMessage) -> list[list[float]]:
