@@ -211,7 +211,8 @@ def _import_row(line: str, where: str) -> tuple[TrainResult, str, str]:
         raise ValueError(f"{where}: not a mixerlab result line ({type(err).__name__})") from None
     r = row.result
     scores = {"score": r.score, "score_last": r.score_last, "token_acc": r.token_acc}
-    bad = [name for name, value in scores.items() if not (math.isfinite(value) and 0.0 <= value <= 1.0)]
+    # an accuracy, up to float32 rounding (a perfect score is stored as 1.0000001 by some trainings)
+    bad = [name for name, value in scores.items() if not (math.isfinite(value) and -1e-6 <= value <= 1.0 + 1e-5)]
     if bad:
         raise ValueError(f"{where}: {', '.join(bad)} must be an accuracy between 0 and 1 (got "
                          f"{', '.join(repr(scores[b]) for b in bad)}); not a result mixerlab wrote")
