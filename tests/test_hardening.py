@@ -552,3 +552,10 @@ def test_candidate_files_the_way_python_reads_them(tmp_path: Path) -> None:
     huge = tmp_path / "huge.py"
     huge.write_text(template_source("delta_net") + "# padding\n" * 40_000)
     one_line_error(invoke("check", str(huge)), "more than one mixer needs")
+
+
+def test_an_option_out_of_range_is_one_line() -> None:
+    done = mixerlab("discover", "--workers", "-3")
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "--workers" in lines[0] and "greater than or equal to 1" in lines[0] and "--help" in lines[0]

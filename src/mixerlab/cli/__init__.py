@@ -8,6 +8,7 @@ import logging
 import sys
 
 import typer
+from rich.markup import escape
 
 from . import cache, check, discover, evaluate, results  # noqa: F401 - each registers its commands on `app`
 from .base import UserError, app, console, err_console, fail
@@ -21,8 +22,19 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="log what 
 
 
 def main() -> None:
+    from typer.core import _click
+
     try:
-        app(standalone_mode=True)
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except _click.exceptions.ClickException as err:  # a bad option: one line, not a box
+        if type(err).__name__ == "NoArgsIsHelpError" or err.exit_code == 0:
+            err.show()
+            sys.exit(err.exit_code)
+        command = err.ctx.command_path if getattr(err, "ctx", None) else "mixerlab"
+        err_console.print(f"[bold red]error:[/] {escape(err.format_message())} (`{escape(command)} --help` lists "
+                          "the options)", highlight=False)
+        sys.exit(err.exit_code)
     except KeyboardInterrupt:  # pragma: no cover - interactive
         err_console.print("interrupted; finished trainings are in the cache and will not be repeated")
         sys.exit(130)
