@@ -331,14 +331,20 @@ class ResearchLoop:
             spec = MixerSpec(name=row.name, source=row.code, filename=f"{row.name}.py")
             parent = self.store.experiment(row.parent_id) if row.parent_id else None
             if row.status in ("proposed", "checking"):
+                # checked again as a new candidate is (the inert check, the check time); not repaired: the context
+                # its proposal was made in is gone, and a repair from another context is another proposal
+                start = time.perf_counter()
                 report = self.executor.check(spec, self.store.known_novelty(), 0, self.conditions)
                 number = len(self.store.attempts(row.id))
                 self.store.add_attempt(row.id, number=number, code=row.code, passed=report.passed,
                                        reason=report.summary(), check_report=report.model_dump(mode="json"))
+                timings = {**(row.timings or {}), "check_s": time.perf_counter() - start}
                 if not report.passed:
-                    self.fail(row, f"checks failed: {report.summary()}", report)
+                    self.fail(row, f"checks failed: {report.summary()}", report, timings=timings)
                     continue
-                row = self.store.update_experiment(row.id, status="evaluating", check_report=report.model_dump(mode="json"))
+                row = self.after_checks(row, report, timings, {})
+                if row is None:
+                    continue
             self.evaluate(row, spec, parent=parent, slot=0)
 
     # one iteration -------------------------------------------------------------------------------
@@ -440,10 +446,16 @@ class ResearchLoop:
                 edits=proposal.edits, tokens=tokens.model_dump(),
             )
         timings = {**(row.timings or {}), "check_s": time.perf_counter() - start}
+        row = self.after_checks(row, report, timings, {"tokens": tokens.model_dump()})
+        return (row, self.store.experiment(row.parent_id)) if row is not None else None
+
+    def after_checks(self, row: Experiment, report: CheckReport, timings: dict, fields: dict) -> Experiment | None:
+        """A candidate that passed its checks: recorded as inert (and not trained) if it behaves exactly as an
+        earlier experiment, else marked for evaluation; the row to evaluate, or None."""
         if twin := self.behaves_like(report, row):
             name, change = twin
             self.store.update_experiment(row.id, status="inert", success=False, check_report=report.model_dump(mode="json"),
-                                         timings=timings, tokens=tokens.model_dump(), failure_reason=(
+                                         timings=timings, **fields, failure_reason=(
                 f"inert at {self.config.profile_label}: it behaves exactly as `{name}` (outputs and input gradients at the "
                 f"profile's lengths, from the same initial weights, differ by {change:.1e} relative, within "
                 f"{FINGERPRINT_TOLERANCE:g}); not trained, its {name} scores would repeat"))
@@ -451,9 +463,8 @@ class ResearchLoop:
             self.event("inert", f"behaves as {name}", row.iteration, row.name)
             self.print_block(row)
             return None
-        row = self.store.update_experiment(row.id, status="evaluating", check_report=report.model_dump(mode="json"),
-                                           timings=timings, tokens=tokens.model_dump())
-        return row, self.store.experiment(row.parent_id)
+        return self.store.update_experiment(row.id, status="evaluating", check_report=report.model_dump(mode="json"),
+                                            timings=timings, **fields)
 
     def behaves_like(self, report: CheckReport, row: Experiment) -> tuple[str, float] | None:
         """An earlier experiment of the run (its parent first) whose fingerprint this candidate's matches."""
