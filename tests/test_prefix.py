@@ -87,7 +87,7 @@ def test_which_trainings_contain_a_patience_training() -> None:
 
 
 def test_only_a_constant_learning_rate_shares_a_prefix() -> None:
-    quick = PROFILES["quick"].train
+    quick = PROFILES["quick"].train.model_copy(update={"patience": None})  # 100 epochs, MAD's rule alone
     assert [t.max_epochs for t in containing_trainings(quick)] == [200]
     assert containing_trainings(quick.model_copy(update={"lr_schedule": "cosine"})) == []
     assert containing_trainings(PROFILES["full"].train) == []

@@ -124,9 +124,12 @@ def quick_lines(quick: dict) -> list[str]:
     if not rows:
         return []
     lines = ["## `quick` against `full`", "",
-             "`quick` (settings up to 256 tokens, lr {5e-4, 1e-3}, wd 0, 100 epochs) read off the `full` trainings",
-             "above: with a constant learning rate a 100-epoch training is the first 100 epochs of the 200-epoch one",
-             "(same init, data and steps), so these are exact, not re-trained (`src/mixerlab/evaluate/prefix.py`).",
+             "`quick` (settings up to 256 tokens, lr {5e-4, 1e-3}, wd 0, 100 epochs, patience 20) read off the `full`",
+             "trainings above: with a constant learning rate a 100-epoch training is the first 100 epochs of the",
+             "200-epoch one (same init, data and steps), and the patience ends it where its epoch history says, so",
+             "these are exact, not re-trained (`src/mixerlab/evaluate/prefix.py`). The patience was chosen here: 20",
+             "keeps every cell within 0.05 of `full` (15 does not: gated selective copy -0.054) for 69% of the tokens",
+             "of `quick` without it.",
              "Cost is what the trainings actually ran (early stops included): optimiser steps summed over trainings,",
              "and training tokens (steps x batch x length), the better proxy for GPU time. Where `full` is partial,",
              "both sides cover only its settings whose six trainings are in (so named).", "",
