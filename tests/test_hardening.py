@@ -559,3 +559,16 @@ def test_an_option_out_of_range_is_one_line() -> None:
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert "--workers" in lines[0] and "greater than or equal to 1" in lines[0] and "--help" in lines[0]
+
+
+def test_check_shows_candidate_text_literally(tmp_path: Path) -> None:
+    """A reason quotes the candidate's own error message: Rich markup in it is text (it crashed `check` once)."""
+    candidate = tmp_path / "markup.py"
+    candidate.write_text(
+        "from torch import nn\n\n\nclass DeltaNet(nn.Module):\n"
+        "    def __init__(self, d_model: int = 128, **kwargs):\n        super().__init__()\n"
+        "        self.proj = nn.Linear(d_model, 4 * d_model)\n\n"
+        "    def forward(self, x, **kwargs):\n        raise ValueError('[/bold] closing tag [red]not markup[/red]')\n")
+    result = invoke("check", str(candidate))
+    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "[/bold] closing tag [red]not markup[/red]" in result.output

@@ -21,6 +21,8 @@ def check_command(
     device: str = typer.Option("cpu", help="cpu | cuda: where the candidate will be trained (cuda: bf16 autocast)"),
 ) -> None:
     """Check a candidate mixer: contract, causality, sub-quadratic cost, numerics, novelty. Exit 0 pass, 1 fail."""
+    from rich.markup import escape
+
     from mixerlab.check import CHECK_TITLES, Conditions, check_candidate
     from mixerlab.config import get_profile
     from mixerlab.mixers import BUILTINS, MixerLoadError, resolve_mixer
@@ -40,11 +42,12 @@ def check_command(
         typer.echo(report.model_dump_json(indent=2))
     else:
         marks = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "not run": "[dim]skip[/]"}
-        console.print(f"[bold]{spec.name}[/] ({spec.code_hash})")
+        console.print(f"[bold]{escape(spec.name)}[/] ({spec.code_hash})")
         for c in report.checks:
             console.print(f"  {marks[c.status]}  {CHECK_TITLES[c.name]:<48} [dim]{c.seconds:5.2f}s[/]", highlight=False)
             if c.status == "fail":
-                console.print(f"        {c.reason}", highlight=False, soft_wrap=True)
+                # a reason quotes candidate text (its error messages, names): shown literally, never as markup
+                console.print(f"        {escape(c.reason)}", highlight=False, soft_wrap=True)
         verdict = "[green]accepted[/]" if report.passed else "[bold red]rejected[/]"
         console.print(f"{verdict} in {report.seconds:.1f}s")
     raise typer.Exit(0 if report.passed else 1)
