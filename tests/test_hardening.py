@@ -572,3 +572,22 @@ def test_check_shows_candidate_text_literally(tmp_path: Path) -> None:
     result = invoke("check", str(candidate))
     assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
     assert "[/bold] closing tag [red]not markup[/red]" in result.output
+
+
+def test_another_folder_cannot_attach_to_a_sqlite_run_in_use(smoke_run_dir: Path, tmp_path: Path) -> None:
+    """6. The lock is the run's, not the folder's: `--db R/mixerlab.db --resume` from another folder is refused
+    while R's run is held (it once attached and marked R's run finished)."""
+    from mixerlab.config import sqlite_url
+    from mixerlab.store.lock import RecordLock
+
+    url = sqlite_url(smoke_run_dir / "mixerlab.db")
+    store = Store(url)
+    run = store.runs()[0]
+    holder = RecordLock(url, run.id, run.name, store.engine).acquire()
+    try:
+        other = smoke_run(tmp_path / "other", "--db", url, "--resume")
+        assert other.returncode == 2 and "is in use by process" in other.stderr, other.stderr
+        assert not (tmp_path / "other").exists()  # the folder it made, nothing recorded: removed under its lock
+    finally:
+        holder.release()
+    assert [r.status for r in Store(url, read_only=True).runs()] == [run.status]
