@@ -308,73 +308,93 @@ def smoke_run(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     return mixerlab(*SMOKE, "--iterations", "0", "--run-dir", str(run_dir), *extra)
 
 
-@pytest.fixture(scope="module")
-def smoke_run_dir(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    done = smoke_run(run_dir)
-    assert done.returncode == 0, done.stderr
+@pytest.fixture
+def run_copy(tiny_run, shared_cache: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's tiny run (its record, and its cache as the folder's cache.sqlite), for
+    tests that lock it or compare its bytes; copied with SQLite's backup API, read-only on the source."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for source, target in ((tiny_run[0] / "mixerlab.db", run_dir / "mixerlab.db"), (shared_cache, run_dir / "cache.sqlite")):
+        reader, writer = sqlite3.connect(f"file:{source}?mode=ro", uri=True), sqlite3.connect(target)
+        reader.backup(writer)
+        reader.close(), writer.close()
     return run_dir
 
 
 # 1. a read-only command never writes over what it reads, nor over any SQLite database
-def test_exports_never_overwrite_a_database(smoke_run_dir: Path, tmp_path: Path) -> None:
-    db, cache = smoke_run_dir / "mixerlab.db", smoke_run_dir / "cache.sqlite"
+def test_exports_never_overwrite_a_database(run_copy: Path, tmp_path: Path) -> None:
+    db, cache = run_copy / "mixerlab.db", run_copy / "cache.sqlite"
     before = db.read_bytes(), cache.read_bytes()
-    one_line_error(invoke("history", "--run-dir", str(smoke_run_dir), "--out", str(db)), "the file this command reads")
-    one_line_error(invoke("history", "--run-dir", str(smoke_run_dir), "--out", str(cache)), "is a SQLite database")
+    one_line_error(invoke("history", "--run-dir", str(run_copy), "--out", str(db)), "the file this command reads")
+    one_line_error(invoke("history", "--run-dir", str(run_copy), "--out", str(cache)), "is a SQLite database")
     one_line_error(invoke("cache", "export", str(cache), "--cache", str(cache)), "the file this command reads")
     assert (db.read_bytes(), cache.read_bytes()) == before
     out = tmp_path / "history.csv"
     out.write_text("old\n")
-    assert invoke("history", "--run-dir", str(smoke_run_dir), "--out", str(out), "--format", "csv").exit_code == 0
+    assert invoke("history", "--run-dir", str(run_copy), "--out", str(out), "--format", "csv").exit_code == 0
     assert "delta_net_4layer" in out.read_text() and not list(tmp_path.glob(".*.part"))  # renamed into place
 
 
 # 2. two discover runs started on a new folder: the loser removes nothing of the winner's
 def test_a_losing_discover_leaves_the_winners_run_alone(tmp_path: Path) -> None:
+    import signal
+
     run_dir = tmp_path / "new"
-    command = [sys.executable, "-m", "mixerlab.cli", *SMOKE, "--iterations", "0", "--run-dir", str(run_dir)]
+    command = [sys.executable, "-m", "mixerlab.cli", *SMOKE, "--iterations", "5", "--run-dir", str(run_dir)]
     racers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outcomes = sorted((p.wait(timeout=600), p.stderr.read()) for p in racers)
-    assert [code for code, _ in outcomes] == [0, 2], outcomes
-    assert "is in use by process" in outcomes[1][1]
-    history = invoke("history", "--run-dir", str(run_dir))
-    assert history.exit_code == 0 and "gated_delta_net_4layer" in history.output
+    deadline = time.monotonic() + 300
+    while all(p.poll() is None for p in racers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    loser = next(p for p in racers if p.poll() is not None)
+    winner = next(p for p in racers if p is not loser)
+    assert loser.returncode == 2 and "is in use by" in loser.stderr.read()
+    while not (run_dir / "mixerlab.db").exists() and winner.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert winner.poll() is None and (run_dir / "mixerlab.db").is_file()  # the old loser removed it here
+    winner.send_signal(signal.SIGTERM)  # enough: the folder and its record outlived the loser
+    assert winner.wait(timeout=120) == 128 + signal.SIGTERM
+    assert [r.status for r in Store(f"sqlite:///{run_dir / 'mixerlab.db'}", read_only=True).runs()] == ["stopped"]
 
 
 # 3. no password is stored, printed or served; the dashboard answers only to its own names
-def test_a_postgresql_password_is_never_stored_printed_or_served(tmp_path: Path) -> None:
+def test_a_postgresql_password_is_never_stored_printed_or_served(tmp_path: Path, capsys) -> None:
+    """In process, on the real server (no training: what is stored, printed and served is the point)."""
     from fastapi.testclient import TestClient
 
+    from mixerlab.cli.discover import _print_where
+    from mixerlab.config import LoopConfig
+    from mixerlab.loop import ResearchLoop
+    from mixerlab.propose import CatalogProposer
+    from mixerlab.store.lock import RecordLock, RunDirectoryInUse
     from mixerlab.web.app import create_app
     from services import postgres_server
 
     with postgres_server() as url:
         secret = url.replace("postgres@", "postgres:s3cretpw@")  # trust authentication: any password is accepted
-        done = smoke_run(tmp_path / "pg", "--db", secret)
-        assert done.returncode == 0, done.stderr
-        assert "s3cretpw" not in done.stdout + done.stderr
-        runs = Store(url, read_only=True).runs()
-        assert runs and "s3cretpw" not in json.dumps([r.config for r in runs])
-        client = TestClient(create_app(url), base_url="http://127.0.0.1")
-        assert "s3cretpw" not in client.get("/api/runs").text
-        rebound = TestClient(create_app(url), base_url="http://evil.example")
-        assert rebound.get("/api/runs").status_code == 400  # DNS rebinding: a foreign Host is refused
-        # 6. the run's lock is in the database: another folder cannot attach to a run in use
-        from mixerlab.store.lock import RecordLock
-
-        holder = RecordLock(url, runs[0].id, runs[0].name, Store(url).engine).acquire()
+        config = LoopConfig(run_dir=str(tmp_path / "pg"), db_url=secret)
+        loop = ResearchLoop(config, CatalogProposer(), executor=None)
+        loop.open_run(resume=False)
         try:
-            other = smoke_run(tmp_path / "other", "--db", secret, "--resume")
-            assert other.returncode == 2 and "in use" in other.stderr, other.stderr
+            runs = Store(url, read_only=True).runs()
+            assert runs and "s3cretpw" not in json.dumps([r.config for r in runs])
+            _print_where(tmp_path / "pg", config)
+            assert "s3cretpw" not in capsys.readouterr().out
+            client = TestClient(create_app(url), base_url="http://127.0.0.1")
+            assert "s3cretpw" not in client.get("/api/runs").text
+            rebound = TestClient(create_app(url), base_url="http://evil.example")
+            assert rebound.get("/api/runs").status_code == 400  # DNS rebinding: a foreign Host is refused
+            # 6. the run's lock is in the database: a second holder, by any folder, is refused
+            with pytest.raises(RunDirectoryInUse, match="is in use by another process"):
+                RecordLock(secret, loop.run_id, loop.run_name, Store(url).engine).acquire()
         finally:
-            holder.release()
+            loop.record_lock.release()
+        RecordLock(url, loop.run_id, loop.run_name, Store(url).engine).acquire().release()  # released: free again
 
 
 # 4. a resumed run keeps its options; the printed resume command is complete and quoted
-def test_resume_keeps_the_runs_options(smoke_run_dir: Path) -> None:
-    one_line_error(invoke(*SMOKE[:1], "--profile", "tiny", "--device", "cpu", "--run-dir", str(smoke_run_dir),
-                          "--resume"), "--profile 'tiny' differs from the run's 'smoke'")
+def test_resume_keeps_the_runs_options(run_copy: Path) -> None:
+    one_line_error(invoke("discover", "--profile", "smoke", "--device", "cpu", "--run-dir", str(run_copy),
+                          "--resume"), "--profile 'smoke' differs from the run's 'tiny'")
     from mixerlab.cli.discover import resume_command
 
     command = resume_command(Path("runs/with space"), "postgresql://u:pw@h/db")
@@ -449,7 +469,7 @@ def test_run_dirs_with_url_characters_open_their_own_database(tmp_path: Path, na
 
 
 # 8. read-only means read-only: no -wal/-shm files, no table added to a database that is not a cache
-def test_read_only_opens_create_no_files_and_no_tables(smoke_run_dir: Path, tmp_path: Path) -> None:
+def test_read_only_opens_create_no_files_and_no_tables(tmp_path: Path) -> None:
     db = made_run_db(tmp_path / "mixerlab.db")
     assert invoke("history", "--db", f"sqlite:///{db}").exit_code == 0
     assert invoke("report", "--db", f"sqlite:///{db}", "--out", str(tmp_path / "r")).exit_code == 0
@@ -574,18 +594,18 @@ def test_check_shows_candidate_text_literally(tmp_path: Path) -> None:
     assert "[/bold] closing tag [red]not markup[/red]" in result.output
 
 
-def test_another_folder_cannot_attach_to_a_sqlite_run_in_use(smoke_run_dir: Path, tmp_path: Path) -> None:
+def test_another_folder_cannot_attach_to_a_sqlite_run_in_use(run_copy: Path, tmp_path: Path) -> None:
     """6. The lock is the run's, not the folder's: `--db R/mixerlab.db --resume` from another folder is refused
     while R's run is held (it once attached and marked R's run finished)."""
     from mixerlab.config import sqlite_url
     from mixerlab.store.lock import RecordLock
 
-    url = sqlite_url(smoke_run_dir / "mixerlab.db")
+    url = sqlite_url(run_copy / "mixerlab.db")
     store = Store(url)
     run = store.runs()[0]
     holder = RecordLock(url, run.id, run.name, store.engine).acquire()
     try:
-        other = smoke_run(tmp_path / "other", "--db", url, "--resume")
+        other = mixerlab("discover", "--run-dir", str(tmp_path / "other"), "--db", url, "--resume")  # its options
         assert other.returncode == 2 and "is in use by process" in other.stderr, other.stderr
         assert not (tmp_path / "other").exists()  # the folder it made, nothing recorded: removed under its lock
     finally:
