@@ -116,7 +116,9 @@ def create_app(db_url: str, token: str | None = None, host: str = "127.0.0.1") -
             response = await call_next(request)
             async for _ in response.body_iterator:
                 pass
-            return Response(status_code=response.status_code, headers=dict(response.headers))
+            head = Response(status_code=response.status_code)
+            head.raw_headers = response.raw_headers  # every header as sent, repeated ones (Set-Cookie) too
+            return head
         return await call_next(request)
 
     @app.middleware("http")
