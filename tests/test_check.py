@@ -204,6 +204,7 @@ HOSTILE_EXPECTED = {
     "forged_verdict.py": ("static", ["`torch.os` reaches the module 'os'"], None),
     "module_attribute_escape.py": ("static", ["`torch.sys` reaches the module 'sys'"], None),
     "file_write_through_torch.py": ("static", ["'from_file'"], None),
+    "getattr_as_a_value.py": ("static", ["passes the builtin 'getattr' as a value"], None),
     "quadratic_in_train_mode.py": ("cost", ["length x length", "train mode"], None),
 }
 GPU_ONLY = {"leak_on_cuda.py"}  # harmless on the CPU; tests/test_gpu.py checks it under CUDA conditions

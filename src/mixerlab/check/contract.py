@@ -37,6 +37,11 @@ ALLOWED_BUILTINS = frozenset({
     "RuntimeError", "StopIteration", "TypeError", "ValueError", "ZeroDivisionError",
 })
 
+# builtins that take an attribute's name: only ever called directly, with a literal name (which the static rules
+# then judge like an attribute chain); passed as a value (`reduce(getattr, [name built at run time], torch)`, an
+# alias) they would reach any attribute the rules refuse by name
+NAME_TAKING_BUILTINS = frozenset({"getattr", "hasattr"})
+
 # attribute names of frames, code objects, generators and tracebacks: the way from a value to the caller's state
 FRAME_ATTRIBUTES = frozenset({
     "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "f_trace", "f_lasti", "gi_frame", "gi_code",

@@ -25,6 +25,7 @@ from typing import Any
 from ..mixers.loading import MAX_SOURCE_BYTES, parse_source
 from .contract import (
     ALLOWED_BUILTINS,
+    NAME_TAKING_BUILTINS,
     ALLOWED_DUNDERS,
     ALLOWED_FROM_IMPORTS,
     ALLOWED_MODULES,
@@ -114,6 +115,7 @@ class _Visitor(ast.NodeVisitor):
                             self.module_level.add(name.id)
         self.scope = _Scope(None, None, None)
         self.class_depth = 0
+        self.called: set[int] = set()  # ids of the nodes that are the function of a call (the rest are values)
 
     def flag(self, node: ast.AST, message: str) -> None:
         self.problems.append(f"line {getattr(node, 'lineno', '?')}: {message}")
@@ -163,6 +165,10 @@ class _Visitor(ast.NodeVisitor):
         if isinstance(node.ctx, ast.Load) and hasattr(builtins, node.id) and node.id not in ALLOWED_BUILTINS \
                 and not self._bound(node.id):
             self.flag(node, f"uses the builtin {node.id!r}; a mixer may use only {_builtins_hint()}")
+        elif isinstance(node.ctx, ast.Load) and node.id in NAME_TAKING_BUILTINS and id(node) not in self.called \
+                and not self._bound(node.id):
+            self.flag(node, f"passes the builtin {node.id!r} as a value; call {node.id}(obj, 'name') directly with a "
+                      "literal name")
         elif node.id.startswith("__") and node.id not in ALLOWED_DUNDERS:
             self.flag(node, f"uses {node.id!r}; interpreter internals are off limits")
 
@@ -223,12 +229,14 @@ class _Visitor(ast.NodeVisitor):
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
-        if isinstance(func, ast.Name) and func.id == "getattr":
+        self.called.add(id(func))
+        if isinstance(func, ast.Name) and func.id in NAME_TAKING_BUILTINS and not self._bound(func.id):
             name = node.args[1] if len(node.args) > 1 else None
-            if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
-                self.flag(node, "calls getattr() with a computed name; use the attribute directly")
+            if not (isinstance(name, ast.Constant) and isinstance(name.value, str)) or node.keywords or \
+                    any(isinstance(a, ast.Starred) for a in node.args):
+                self.flag(node, f"calls {func.id}() with a computed name; use the attribute directly")
             elif name.value in FORBIDDEN_ATTRIBUTES or name.value in FRAME_ATTRIBUTES or name.value.startswith("_"):
-                self.flag(node, f"calls getattr(..., {name.value!r}); not allowed")
+                self.flag(node, f"calls {func.id}(..., {name.value!r}); not allowed")
         if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and self._shared(func.value.id) \
                 and (func.attr in MUTATING_METHODS or (func.attr.endswith("_") and not func.attr.startswith("_"))):
             self.flag(node, f"`{func.value.id}.{func.attr}(...)` changes a module-level object: a mixer keeps no state "
