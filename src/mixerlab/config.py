@@ -37,6 +37,29 @@ def sqlite_url(path: str | os.PathLike) -> str:
     return URL.create("sqlite", database=str(Path(path).resolve())).render_as_string(hide_password=False)
 
 
+def read_only_sqlite(path: str | os.PathLike, follow_writers: bool = False):
+    """A sqlite3 connection to an existing file that never writes a byte: mode=ro, and `immutable` when no writer has
+    the file open in WAL mode (no -wal file beside it) or the folder cannot be written (a read-only medium), so SQLite
+    creates no -wal/-shm files either. `follow_writers` (the dashboard of a live run): keep following a file that
+    may start being written later, where its folder is writable. The path is quoted into SQLite's URI form."""
+    import sqlite3
+    from pathlib import Path
+    from urllib.parse import quote
+
+    path = Path(path).resolve()
+    wal = path.with_name(path.name + "-wal")
+    immutable = not os.access(path.parent, os.W_OK) or (not wal.exists() and not follow_writers)
+    return sqlite3.connect(f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else ""), uri=True,
+                           check_same_thread=False, timeout=30)
+
+
+def is_sqlite_file(path: str | os.PathLike) -> bool:
+    """Whether the file starts with SQLite's header. Never call it on a database this process has open: closing
+    the descriptor would drop the process's POSIX locks on it."""
+    with open(path, "rb") as fh:
+        return fh.read(16) == b"SQLite format 3\x00"
+
+
 def available_cpus() -> int:
     """The CPUs this process may run on: its affinity mask where the OS has one (a cpuset, `taskset`, a test
     worker's share), which `os.cpu_count()` ignores; sizing threads by the whole machine oversubscribes."""

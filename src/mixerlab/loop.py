@@ -22,12 +22,12 @@ continues the iteration count from the database, so nothing is lost or done twic
 from __future__ import annotations
 
 import difflib
-from contextlib import nullcontext
 import queue
 import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any

@@ -76,6 +76,8 @@ def writable_file(path: Optional[Path], option: str) -> None:
 def output_file(path: Optional[Path], option: str, reads: list[Optional[Path]] = ()) -> None:
     """`writable_file`, and never a file this command reads (or one of its SQLite companions), nor any existing
     SQLite database (a run's record or a cache): an export is written beside them, never over them."""
+    from mixerlab.config import is_sqlite_file
+
     writable_file(path, option)
     if path is None or not path.exists():
         return
@@ -84,11 +86,10 @@ def output_file(path: Optional[Path], option: str, reads: list[Optional[Path]] =
             if companion.exists() and path.samefile(companion):
                 raise UserError(f"{option} {str(path)!r} is the file this command reads; give another file")
     try:
-        with open(path, "rb") as fh:  # not open in this process: reading its header drops no lock of ours
-            header = fh.read(16)
+        sqlite = is_sqlite_file(path)  # not open in this process (checked above): no lock of ours is dropped
     except OSError:
         return
-    if header == b"SQLite format 3\x00":
+    if sqlite:
         raise UserError(f"{option} {str(path)!r} is a SQLite database (a run's record or a cache); exports never "
                         "overwrite one: give another file")
 

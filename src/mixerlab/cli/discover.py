@@ -133,9 +133,7 @@ def discover_command(
     from mixerlab.sandbox import SandboxLimits
     from mixerlab.config import available_cpus
     from mixerlab.store import DatabaseError
-    from mixerlab.store.lock import RunDirectoryInUse
-
-    from mixerlab.store.lock import RunLock
+    from mixerlab.store.lock import RunDirectoryInUse, RunLock
 
     if resume and db is None and not (run_dir / "mixerlab.db").is_file():
         fail(f"nothing to resume in {str(run_dir)!r}: it holds no mixerlab.db; drop --resume to start a "

@@ -21,6 +21,7 @@ from typing import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mixerlab.config import is_sqlite_file, read_only_sqlite
 from mixerlab.train.result import TrainResult
 
 SCHEMA = """
@@ -63,13 +64,7 @@ class ResultCache:
             raise ValueError(f"cannot open the result cache {str(self.path)!r} ({err}); pass a writable --cache path") from None
 
     def _connect_read_only(self) -> sqlite3.Connection:
-        from urllib.parse import quote
-
-        path = self.path.resolve()
-        wal = path.with_name(path.name + "-wal")
-        immutable = not os.access(path.parent, os.W_OK) or not wal.exists()
-        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else ""), uri=True,
-                             timeout=30, check_same_thread=False)
+        db = read_only_sqlite(self.path)
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "results" not in tables:
             db.close()
@@ -143,9 +138,7 @@ class ResultCache:
 
     def import_file(self, path: str | Path) -> int:
         """Add the trainings of an exported JSON lines file or of another cache's SQLite file."""
-        with open(path, "rb") as fh:
-            is_sqlite = fh.read(16) == b"SQLite format 3\x00"
-        return self.import_sqlite(path) if is_sqlite else self.import_jsonl(path)
+        return self.import_sqlite(path) if is_sqlite_file(path) else self.import_jsonl(path)
 
     def import_jsonl(self, path: str | Path) -> int:
         """Every line is checked before any is written: a bad file imports nothing. Lines are bounded in size

@@ -11,7 +11,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mixerlab.config import sqlite_url  # noqa: F401 - re-exported: the store's callers build URLs here
+from mixerlab.config import read_only_sqlite, sqlite_url  # noqa: F401 - sqlite_url re-exported for the store's callers
 
 from .models import Base
 
@@ -45,25 +45,6 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database).resolve()
 
 
-def _read_only_connect(path: Path, follow_writers: bool):
-    """A connection that never writes a byte: mode=ro, and `immutable` when no writer has the file open in WAL
-    mode (no -wal file beside it) or when the folder cannot be written (a read-only medium), so SQLite creates no
-    -wal/-shm files either. `follow_writers` (the dashboard of a live run): keep following a run that may start
-    writing later where the folder is writable."""
-    import os
-    import sqlite3
-    from urllib.parse import quote
-
-    wal = path.with_name(path.name + "-wal")
-    immutable = not os.access(path.parent, os.W_OK) or (not wal.exists() and not follow_writers)
-    uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
-
-    def connect():
-        return sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
-
-    return connect
-
-
 def reason(err: SQLAlchemyError) -> str:
     """The database's own first line of an error, without SQLAlchemy's "Background on this error" link."""
     text = str(getattr(err, "orig", None) or err).strip()
@@ -94,8 +75,8 @@ def open_engine(url: str, read_only: bool = False, follow_writers: bool = False)
             raise DatabaseError(f"folder {str(path.parent)!r} for the database does not exist; create it or use --run-dir")
     try:
         if backend == "sqlite" and read_only:
-            engine = create_engine("sqlite://", creator=_read_only_connect(path, follow_writers), pool_pre_ping=True,
-                                   future=True)
+            engine = create_engine("sqlite://", creator=lambda: read_only_sqlite(path, follow_writers),
+                                   pool_pre_ping=True, future=True)
         else:
             engine = create_engine(parsed, pool_pre_ping=True, future=True)
     except (ArgumentError, ModuleNotFoundError) as err:
