@@ -66,3 +66,53 @@ def test_logits_go_as_bf16_only_where_that_is_exact() -> None:
     fp32_model = torch.randn(64, 100)
     same, dtype = lossless_half(fp32_model)
     assert dtype == "float32" and same is fp32_model
+
+
+class Loopback:
+    """The worker's channel wired straight to a trusted scorer in this process: the same messages and payload
+    bytes the pipe would carry, without a sandbox around them."""
+
+    def __init__(self, scorer) -> None:
+        self.scorer, self.sent = scorer, []
+
+    def send(self, message: dict, payload: bytes = b"") -> None:
+        self.sent.append(message)
+        self.scorer.handle(dict(message), bytearray(payload))
+
+    def request(self, message: dict, payload: bytes = b"") -> dict:
+        return self.scorer.handle(dict(message), bytearray(payload))[0]
+
+
+def test_a_member_padded_to_its_groups_vocabulary_ships_and_scores_its_own_classes_only() -> None:
+    """A group pads vocabularies 256 and 512 to 512; the padded member's frames carry 256 classes, and both
+    members score exactly as when each is evaluated alone at its own vocabulary."""
+    from mixerlab.config import TrainConfig
+    from mixerlab.evaluate.audit import serve
+    from mixerlab.sandbox.scoring import RemoteScorer, TrustedScorer, test_set_id
+    from mixerlab.tasks import Task, TaskSetting
+    from mixerlab.train.job import TrainJob
+    from mixerlab.train.scoring import TestSet
+
+    settings = [TaskSetting(task=Task.memorize, vocab_size=v, seq_len=32, num_train=256, num_test=128) for v in (256, 512)]
+    jobs = {f"k{v.vocab_size}": TrainJob(setting=v, lr=1e-3, weight_decay=0.0) for v in settings}
+    served = {test_set_id(s, 0): serve(s, 0, torch.Generator().manual_seed(1)) for s in settings}
+    generator = torch.Generator().manual_seed(0)
+    tables = [torch.randn(512, 512, generator=generator) for _ in settings]  # logits of a token: causal
+    tables[0][:, 256:] = float("-inf")  # the padding of the 256-class member
+
+    def evaluate(members: list[int], width: int) -> tuple[list[list[float]], list[int]]:
+        keys = [f"k{settings[m].vocab_size}" for m in members]
+        scorer = TrustedScorer({k: jobs[k] for k in keys}, TrainConfig(), served, "fp32")
+        tests = [served[test_set_id(settings[m], 0)] for m in members]
+        channel = Loopback(scorer)
+        remote = RemoteScorer(channel, [TestSet(t.inputs, t.scored, vocab_size=settings[m].vocab_size)
+                                        for m, t in zip(members, tests)])
+        remote.begin(keys, [0] * len(members), list(range(len(members))))
+        logits = torch.stack([tables[m][t.inputs][..., :width] for m, t in zip(members, tests)])
+        metrics = remote.end() if remote.add(0, len(tests[0].inputs), logits) is None else None
+        return metrics.tolist(), [m["vocab"] for m in channel.sent if m["type"] == "logits"]
+
+    together, vocabs = evaluate([0, 1], 512)
+    assert vocabs == [256, 512]  # the padding never crosses
+    assert together == evaluate([0], 256)[0] + evaluate([1], 512)[0]
+    assert 0.0 < together[0][2] < 1.0  # token accuracy of random logits: a real score, not a constant

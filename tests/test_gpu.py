@@ -100,7 +100,8 @@ def test_compiled_batched_training_with_fla_tracks_the_pytorch_layer() -> None:
     runs = []
     for name in ("delta_net", "delta_net_fla"):
         torch._dynamo.reset()
-        trainer = BatchedTrainer(jobs, ["k"] * 2, train, resolve_mixer(name).factory(), "cuda", compile_step=True)
+        trainer = BatchedTrainer(jobs, ["k"] * 2, train, resolve_mixer(name).factory(), "cuda", compile_step=True,
+                                 compile_after_tokens=0)
         runs.append(trainer.run())
         assert trainer.compiled_logits is not None, f"{name}: the step fell back to eager"
     for a, b in zip(*runs):
@@ -133,7 +134,7 @@ def test_compiled_step_trains_like_the_eager_step() -> None:
     train = TrainConfig(d_model=64, batch_size=64, max_epochs=4)
     jobs = [TrainJob(setting=setting, lr=lr, weight_decay=wd) for lr in (1e-3, 3e-3) for wd in (0.0, 0.1)]
     factory = resolve_mixer("delta_net").factory()
-    compiled_trainer = BatchedTrainer(jobs, ["k"] * 4, train, factory, "cuda", compile_step=True)
+    compiled_trainer = BatchedTrainer(jobs, ["k"] * 4, train, factory, "cuda", compile_step=True, compile_after_tokens=0)
     compiled = compiled_trainer.run()
     assert compiled_trainer.compiled_logits is not None, "the compiled step did not fall back to eager"
     eager = BatchedTrainer(jobs, ["k"] * 4, train, factory, "cuda", cuda_graph=False).run()
@@ -152,7 +153,7 @@ def test_compiled_groups_of_different_lengths_in_one_process() -> None:
     for task, length in ((Task.fuzzy_recall, 64), (Task.compress, 16)):
         setting = TaskSetting(task=task, vocab_size=16, seq_len=length, num_train=64, num_test=32)
         jobs = [TrainJob(setting=setting, lr=1e-3, weight_decay=0.0, seed=s) for s in range(3)]
-        trainer = BatchedTrainer(jobs, ["k"] * 3, train, factory, "cuda", compile_step=True)
+        trainer = BatchedTrainer(jobs, ["k"] * 3, train, factory, "cuda", compile_step=True, compile_after_tokens=0)
         assert len(trainer.run()) == 3
         assert trainer.compiled_logits is not None, f"{task.value}: the compiled step fell back to eager"
 

@@ -218,3 +218,37 @@ def test_init_seed_per_setting_or_per_run() -> None:
     # the default leaves every cached key as it was; the other value makes new ones
     assert a.cache_key("m", shared) == a.cache_key("m", TrainConfig(d_model=32, batch_size=32, max_epochs=3))
     assert a.cache_key("m", per_run) != a.cache_key("m", shared)
+
+
+def test_a_group_compiles_only_once_it_has_trained_long_enough_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ski-rental rule of `--compile`: a shape trains eagerly until it has trained `compile_after_tokens`
+    tokens, then switches to the compiled step at the next sync and trains on to the same result (same math).
+    Run on the CPU with the compiler replaced by the identity, so the switch itself is what is tested."""
+    from mixerlab.train import batched
+
+    compiled_at: list[int] = []
+    compiled_steps: list[int] = []
+
+    def fake_compile(fn, mode=None):
+        compiled_at.append(trainer.tokens_since_build)
+
+        def compiled(*args):
+            compiled_steps.append(trainer.steps_done)
+            return fn(*args)
+        return compiled
+
+    monkeypatch.setattr(batched, "compile_static", fake_compile)
+    jobs = [TrainJob(setting=recall(96), lr=lr, weight_decay=0.0) for lr in (1e-3, 3e-3)]
+    per_step = 2 * TRAIN.batch_size * jobs[0].setting.input_len
+    reference = BatchedTrainer(jobs, ["k"] * 2, TRAIN, FACTORY).run()
+    for after, switches in ((4 * per_step, 1), (10**12, 0)):
+        compiled_at.clear(), compiled_steps.clear()
+        trainer = BatchedTrainer(jobs, ["k"] * 2, TRAIN, FACTORY, compile_after_tokens=after, sync_every=1)
+        trainer.compile_wanted = True  # CUDA only in use; forced here
+        results = trainer.run()
+        assert len(compiled_at) == switches
+        assert all(tokens >= after for tokens in compiled_at)  # not before it has earned it
+        assert len(compiled_steps) == (3 if switches else 0)  # the last epoch's 3 steps (an epoch: 3 steps)
+        assert (trainer.compiled_logits is not None) == bool(switches)
+        for a, b in zip(results, reference):
+            assert_same_training(a, b, tol=1e-4)

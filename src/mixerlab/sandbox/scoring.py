@@ -47,6 +47,7 @@ class RemoteScorer:
     def __init__(self, channel: WorkerChannel, tests: list[TestSet], verify: Callable[[str], None] | None = None) -> None:
         self.channel, self.verify = channel, verify
         self.scored = [t.scored for t in tests]
+        self.vocab = [t.vocab_size for t in tests]  # each member's own classes: a group's padding is not shipped
 
     def begin(self, keys: list[str], epochs: list[int], members: list[int]) -> None:
         self.keys, self.epochs, self.members = keys, epochs, members
@@ -54,7 +55,10 @@ class RemoteScorer:
     def add(self, start: int, stop: int, logits: torch.Tensor) -> None:
         for m, member in enumerate(self.members):
             scored = self.scored[member][start:stop].to(logits.device)
-            rows, dtype = lossless_half(logits[m][scored].float())
+            # a member padded to the group's vocabulary ships its own classes only: the padding is -inf, which
+            # changes no softmax, argmax or macro accuracy (up to 3x fewer bytes in a memorize group)
+            own = logits[m][..., : self.vocab[member] or logits.shape[-1]]
+            rows, dtype = lossless_half(own[scored].float())
             data = rows.contiguous().cpu()
             self.channel.send({"type": "logits", "key": self.keys[m], "epoch": self.epochs[m], "start": start,
                                "stop": stop, "vocab": rows.shape[-1], "dtype": dtype},
@@ -151,7 +155,6 @@ class TrustedScorer:
         self.results: dict[str, TrainResult] = {}
         self.failure: str | None = None  # why the candidate failed the audit (a reason for its record)
         self.member_steps = 0
-        self.max_vocab = max(job.setting.vocab_size for job in jobs.values()) if jobs else 0
         self.largest_leak = 0.0
         self.probes_checked = 0
         self.worker_parts: dict[str, float] = {}  # the worker's own timing of its parts (a profile, not a score)
@@ -191,7 +194,7 @@ class TrustedScorer:
         if state is None:
             if m.epoch != len(self.history[m.key]):
                 raise ProtocolError(f"logits for epoch {m.epoch} of {m.key[:12]}, expected {len(self.history[m.key])}")
-            if not self.jobs[m.key].setting.vocab_size <= m.vocab <= self.max_vocab:
+            if m.vocab != self.jobs[m.key].setting.vocab_size:  # the worker ships a member's own classes only
                 raise ProtocolError(f"logits over {m.vocab} classes for a {self.jobs[m.key].setting.vocab_size}-token task")
             state = self.current[m.key] = _Epoch(m.epoch, nll=torch.zeros(served.targets.shape),
                                                  preds=torch.zeros(served.targets.shape, dtype=torch.long), vocab=m.vocab)

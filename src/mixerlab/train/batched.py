@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 
 EVAL_TOKENS = 2_000_000  # tokens per evaluation forward (members x examples x length)
 EVAL_LOGITS = 400_000_000  # logits elements per evaluation forward
+# A group shape compiles only once it has trained this many tokens eagerly (a ski-rental rule): a compile costs
+# 35-50 s on an H200 (step_anatomy.md), about what the eager CUDA-graph step trains in 150M tokens (fuzzy recall
+# T=128 x24: 109.6 ms eager, 3.6M tokens/s; eval_speed.md). A group that ends sooner (most recall trainings stop
+# within a few epochs) never pays a compile; one that runs longer pays at most twice the better choice.
+COMPILE_AFTER_TOKENS = 150_000_000
 
 ResultCallback = Callable[[TrainResult], None]
 StepCallback = Callable[[int], None]  # called with the number of member-steps just done
@@ -114,6 +119,7 @@ class BatchedTrainer:
         shrink_below: float = 0.75,
         compile_step: bool = False,
         compile_mode: str | None = None,
+        compile_after_tokens: int = COMPILE_AFTER_TOKENS,
         vocab_size: int | None = None,
         checkpoints: CheckpointStore | None = None,
         fast_solves: bool | None = None,
@@ -134,12 +140,14 @@ class BatchedTrainer:
         self.cuda_graph = (self.device.type == "cuda") if cuda_graph is None else cuda_graph
         self.sync_every, self.shrink_below = sync_every, shrink_below
         # torch.compile fuses the many small elementwise kernels of the step (CUDA only; compiling costs about
-        # half a minute per shape, so it pays on long groups). Shapes are static: dynamo's automatic dynamic
-        # shapes, triggered when a later group of another length reused the cached code, made the sequence
-        # length symbolic, which vmap'd linear layers cannot trace. Every group shape compiles once instead.
+        # half a minute per shape, so it pays on long groups only: COMPILE_AFTER_TOKENS). Shapes are static:
+        # dynamo's automatic dynamic shapes, triggered when a later group of another length reused the cached
+        # code, made the sequence length symbolic, which vmap'd linear layers cannot trace. Every group shape
+        # (a group that shrinks is a new one) compiles once, if it trains long enough eagerly.
         self.compiled_logits = None
-        if compile_step and self.device.type == "cuda":
-            self.compiled_logits = compile_static(self._logits, compile_mode)
+        self.compile_wanted = compile_step and self.device.type == "cuda"
+        self.compile_mode = compile_mode
+        self.compile_after_tokens = compile_after_tokens  # 0: compile every shape at once
         self.autocast = train.autocast_dtype(self.device.type)
         # unit-lower-triangular solves (the chunkwise WY step) on the Triton kernel: ops/tril_solve.py
         self.fast_solves = kernel_available(self.device) if fast_solves is None else fast_solves
@@ -159,13 +167,13 @@ class BatchedTrainer:
             self.members.append(_Member(i, job, key, tr_off, te_off, n, batches_per_epoch(n, train.batch_size)))
         # who turns test logits into metrics: here, from the targets; or the trusted side of the sandbox
         test_offsets = [m.test_offset for m in self.members]
-        self.scorer: Scorer = scoring.remote([TestSet(test.inputs[o : o + self.num_test], test.scored[o : o + self.num_test])
-                                             for o in test_offsets]) if scoring.remote else \
+        self.scorer: Scorer = scoring.remote([TestSet(test.inputs[m.test_offset : m.test_offset + self.num_test],
+                                                      test.scored[m.test_offset : m.test_offset + self.num_test],
+                                                      vocab_size=m.job.setting.vocab_size)
+                                              for m in self.members]) if scoring.remote else \
             LocalScorer(test.targets, test_offsets, self.num_test, self.vocab, train.eval_batch_size)
         models = [init_model(j, train, mixer_factory, vocab_size=self.vocab) for j in jobs]
         self.base = copy.deepcopy(models[0]).to("meta")
-        if self.compiled_logits is not None:  # same math; pays only when compiled (fused), slower eagerly
-            use_shifted_depthwise_convs(self.base)
         params, buffers = stack_module_state(models)
         self.names = list(params)
         self.shapes = [tuple(params[n].shape[1:]) for n in self.names]
@@ -212,6 +220,30 @@ class BatchedTrainer:
         self.loss_sum = loss_sum.to(dev).clone()
         self.graph: torch.cuda.CUDAGraph | None = None
         self.eager_steps_since_build = 0
+        self.tokens_since_build = 0  # training tokens of this shape (members x batch x length per step)
+        self._use_compiled(False)  # a new shape trains eagerly until it has earned a compile
+        self._maybe_compile()
+
+    def _use_compiled(self, compiled: bool) -> None:
+        """Switch the step between eager and torch.compile'd (at a sync point: the graph is captured again)."""
+        if compiled == (self.compiled_logits is not None):
+            return
+        self.graph, self.eager_steps_since_build = None, 0  # captured again on the next steps
+        self.flat.grad = None
+        if compiled:
+            self.compiled_logits = compile_static(self._logits, self.compile_mode)
+            use_shifted_depthwise_convs(self.base)  # same math; pays only when compiled (fused), slower eagerly
+        else:
+            self.compiled_logits = None
+            use_library_depthwise_convs(self.base)
+
+    def _maybe_compile(self) -> None:
+        if self.compile_wanted and self.compiled_logits is None and self.active \
+                and self.tokens_since_build >= self.compile_after_tokens:
+            if self.tokens_since_build:
+                log.info("compiling the step of %d members after %.0fM eager tokens", len(self.active),
+                         self.tokens_since_build / 1e6)
+            self._use_compiled(True)
 
     def steps_epoch(self, member: _Member) -> int:
         """The epoch a member is in (or about to start) after `steps_done` steps."""
@@ -243,8 +275,8 @@ class BatchedTrainer:
                 except Exception as err:  # a mixer the compiler cannot handle still trains, eagerly
                     log.warning("torch.compile failed for this group (%s: %s); training eagerly",
                                 type(err).__name__, err)
-                    self.compiled_logits = None
-                    use_library_depthwise_convs(self.base)  # shifted convs pay only when fused
+                    self._use_compiled(False)
+                    self.compile_wanted = False
             return self._logits(self.flat, self.buffers, x, self.vocab_mask)
 
     # --- one optimisation step (graph-capturable: no host syncs, static shapes) --------------------
@@ -407,6 +439,7 @@ class BatchedTrainer:
             self.steps_done += 1
             since_sync += 1
             self.member_steps += len(self.active)
+            self.tokens_since_build += len(self.active) * self.train.batch_size * self.x_train.shape[1]
             if on_steps:
                 on_steps(len(self.active))
             due = [row for row, i in enumerate(self.active)
@@ -431,6 +464,7 @@ class BatchedTrainer:
                 pending = []
                 self.clock.switch("rebuild")
                 self._maybe_shrink()
+                self._maybe_compile()
                 # stop: the time limit or a signal (SIGTERM, Ctrl-C); save: a stop, SIGUSR1 or the save interval
                 stop = should_stop(deadline)
                 if self.checkpoints and self.active and (stop or time.monotonic() - last_save > self.checkpoints.every

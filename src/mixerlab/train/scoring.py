@@ -30,11 +30,13 @@ METRIC_NAMES = ("nll", "macro_acc", "token_acc", "ppl")
 @dataclass(frozen=True)
 class TestSet:
     """A test set as a trainer sees it: inputs [N, L] and the positions that are scored [N, L] (bool).
-    `targets` [N, L] is there only where the scorer runs in the same process (trusted code)."""
+    `targets` [N, L] is there only where the scorer runs in the same process (trusted code). `vocab_size`: the
+    classes of its task, where a group pads vocabularies to its largest (a remote scorer ships only these)."""
 
     inputs: torch.Tensor
     scored: torch.Tensor
     targets: torch.Tensor | None = None
+    vocab_size: int | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)
