@@ -140,3 +140,17 @@ def test_library_solves_reach_every_group_trainer(tmp_path: Path, monkeypatch, l
     report = evaluate_mixer(resolve_mixer("delta_net"), PROFILE, EvalOptions(tasks=TASKS, library_solves=library_solves),
                             ResultCache(tmp_path / "c.sqlite"))
     assert report.trained_now == 2 and seen and set(seen) == {expected}
+
+
+def test_small_vocabularies_share_a_group_large_ones_pad_at_most_fourfold() -> None:
+    """quick's selective copy (vocabularies 16-128 at one length) trains as one group; memorize (256-8192) as two."""
+    from mixerlab.config import get_profile
+    from mixerlab.evaluate.plan import group_jobs
+
+    quick = get_profile("quick")
+    vocabs = lambda groups: [sorted({j.setting.vocab_size for j in g}) for g in groups]  # noqa: E731
+    copy = group_jobs(plan_jobs(quick, (Task.selective_copy,), 1), lambda job: 512)
+    assert vocabs(copy) == [[16, 32, 64, 128]] and len(copy[0]) == 22
+    memorize = group_jobs(plan_jobs(quick, (Task.memorize,), 1), lambda job: 512)
+    assert vocabs(memorize) == [[256, 512, 1024], [2048, 4096, 8192]]
+    assert len(group_jobs(plan_jobs(quick, Task.__members__.values(), 1), lambda job: 512)) == 13  # was 18

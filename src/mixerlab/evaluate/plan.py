@@ -38,8 +38,13 @@ def select_settings(profile: Profile, tasks: tuple[Task, ...], names: list[str])
     return frozenset(chosen)
 
 
+# a vocabulary up to this size is padded into any group of its shape: at width 128 its head and loss are a few
+# percent of a member's step, while a group of its own pays its own compile and an under-filled step
+SMALL_VOCAB = 256
+
+
 def group_jobs(
-    jobs: list[TrainJob], capacity: Callable[[TrainJob], int], max_vocab_ratio: int = 4
+    jobs: list[TrainJob], capacity: Callable[[TrainJob], int], max_vocab_ratio: int = 4, small_vocab: int = SMALL_VOCAB
 ) -> list[list[TrainJob]]:
     """Split jobs into groups of one task and shape (backbone, input length, test size) that fit in memory.
 
@@ -47,8 +52,9 @@ def group_jobs(
     cluster task) trains exactly the same groups, member for member, as evaluating them together.
 
     `capacity(job)` is how many members like `job` fit in one group (the group is sized by its largest
-    vocabulary, its last member). A group never pads a vocabulary more than `max_vocab_ratio` times, and
-    similar jobs (vocabulary, data size) stay together. Largest sequence lengths come first.
+    vocabulary, its last member). A group never pads a vocabulary more than `max_vocab_ratio` times, except
+    up to `small_vocab` classes (quick's selective copy: vocabularies 16-128 train as one group of 22, not two),
+    and similar jobs (vocabulary, data size) stay together. Largest sequence lengths come first.
     """
     def shape(job: TrainJob) -> tuple:
         s = job.setting
@@ -62,7 +68,7 @@ def group_jobs(
         if (
             group is not None
             and shape(group[0]) == shape(job)
-            and job.setting.vocab_size <= max_vocab_ratio * group[0].setting.vocab_size
+            and job.setting.vocab_size <= max(max_vocab_ratio * group[0].setting.vocab_size, small_vocab)
             and len(group) < capacity(job)
         ):
             group.append(job)
