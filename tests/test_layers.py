@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "mixerlab"
 
 # lowest first; a module belongs to the longest prefix listed (docs/architecture.md draws the same table)
 LAYERS: list[tuple[str, ...]] = [
-    ("mixerlab.config", "mixerlab.tasks"),
+    ("mixerlab.config", "mixerlab.tasks", "mixerlab.text"),
     ("mixerlab.ops", "mixerlab.mixers", "mixerlab.model", "mixerlab.knowledge"),
     ("mixerlab.train",),
     ("mixerlab.sandbox", "mixerlab.sandbox.confine", "mixerlab.sandbox.channel", "mixerlab.sandbox.integrity"),

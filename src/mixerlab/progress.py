@@ -1,4 +1,5 @@
-"""Progress display for long work (rich): trainings done, optimiser steps, ETA."""
+"""Progress display for long work (rich): trainings done, optimiser steps, ETA. Descriptions carry candidate
+names and reasons, so they are shown as plain text, never as Rich markup."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ class EvalProgress:
         self.console = console or Console(stderr=True)
         self.label = label
         self._bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("eta"), TimeRemainingColumn(), console=self.console, transient=False,
         )
 
@@ -52,7 +53,7 @@ class LoopProgress:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.live = console.is_terminal
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        self._bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                              TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True) if self.live else None
         self._status = self._bar.add_task("starting", total=None) if self._bar else None
 

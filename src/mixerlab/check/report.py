@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from mixerlab.text import shown
 
 # cheapest first: the first failure stops the chain
 CHECK_ORDER = ("static", "novelty", "instantiate", "forward", "backward", "state", "causality", "determinism", "cost")
@@ -28,6 +30,11 @@ class CheckResult(BaseModel):
     reason: str
     seconds: float = 0.0
     details: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("reason")
+    @classmethod
+    def _shown(cls, reason: str) -> str:  # it quotes the candidate's own messages: no control characters, bounded
+        return shown(reason)
 
     @property
     def passed(self) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import ClassVar, Optional
 
 import typer
+from rich.markup import escape
 from pydantic import BaseModel, ConfigDict, Field
 
 from mixerlab.config import GroupMembers, GroupTokens, Patience, Seconds, Seeds, SequenceLength
@@ -233,7 +234,7 @@ def sandboxed(spec, prof, options, store, progress):
     device = "cuda" if options.device.startswith("cuda") else "cpu"
     gpu = (int(options.device.split(":")[1]) if ":" in options.device else 0) if device == "cuda" else None
     limits = SandboxLimits(cuda_device=gpu, gpu_memory_fraction=0.2 if gpu is not None else None)
-    err_console.print(f"[dim]checking {spec.filename} in the sandbox (an untrusted file; --trusted skips this)[/]",
+    err_console.print(f"[dim]checking {escape(spec.filename)} in the sandbox (an untrusted file; --trusted skips this)[/]",
                       highlight=False)
     report = check_candidate(spec, limits=limits, check_novelty=False, conditions=Conditions.for_profile(prof, device))
     if not report.passed:
@@ -245,8 +246,6 @@ def sandboxed(spec, prof, options, store, progress):
     result = evaluate_sandboxed(spec, prof, dataclasses.replace(options, device=device), limits, cache=store,
                                 progress=progress, cuda_device=gpu)
     if not result.ok:
-        from rich.markup import escape
-
         err_console.print(f"[bold red]the evaluation failed:[/] {escape(result.error)}", highlight=False)
         raise typer.Exit(1)
     return result.report

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import available_cpus
+from ..text import shown
 from .channel import FrameReader, ProtocolError, encode
 from .confine import Confinement
 
@@ -77,14 +78,14 @@ class SandboxOutcome:
     @property
     def error(self) -> str:
         """The worker's own error message (its exception, as the worker reported it), if any."""
-        return next((str(m.get("error", ""))[:2000] for m in self.messages if m.get("type") == "error"), "")
+        return shown(next((str(m.get("error", "")) for m in self.messages if m.get("type") == "error"), ""))
 
     @property
     def traceback_tail(self) -> str:
         """The last lines of the worker's traceback, or of its output: what a user needs to see why it failed."""
         text = next((str(m.get("traceback", "")) for m in self.messages if m.get("type") == "error"), "") or self.output_tail
         lines = [line for line in text.strip().splitlines() if line.strip()]
-        return "\n".join(lines[-6:])[-1500:]
+        return shown("\n".join(lines[-6:])[-1500:])
 
     def reason(self, limits: SandboxLimits) -> str:
         """Why the worker stopped, in words a repair step can act on."""
@@ -287,7 +288,7 @@ def run_sandboxed(
     returncode = proc.wait()
     outcome.returncode = returncode
     outcome.seconds = time.monotonic() - start
-    outcome.output_tail = output[-4000:].decode(errors="replace")
+    outcome.output_tail = shown(output[-4000:].decode(errors="replace"), 4000)  # the candidate's prints: no controls
     if killed_for:
         outcome.status = killed_for
     elif returncode != 0:
