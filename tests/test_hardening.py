@@ -611,3 +611,40 @@ def test_another_folder_cannot_attach_to_a_sqlite_run_in_use(run_copy: Path, tmp
     finally:
         holder.release()
     assert [r.status for r in Store(url, read_only=True).runs()] == [run.status]
+
+
+def test_progress_bars_show_candidate_text_literally() -> None:
+    """The live bars of `eval` and `discover` name candidates and quote reasons: Rich markup in them is text
+    (a reason with `[/bold]` in the loop's status line raised MarkupError in the display)."""
+    import io
+
+    from rich.console import Console
+
+    from mixerlab.progress import EvalProgress, LoopProgress
+
+    text = "delta_net_4layer_[/bold]x [red]not markup[/red]"
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=200, color_system=None)
+    with LoopProgress(console) as loop:
+        loop.stage(f"checking {text}")
+        loop._bar.refresh()
+    bar = EvalProgress(console, text)
+    bar.start(2, 0, 10)
+    bar._bar.refresh()
+    bar.stop()
+    assert out.getvalue().count("[/bold]x [red]not markup[/red]") >= 2
+
+
+def test_candidate_text_loses_its_control_characters_and_is_bounded() -> None:
+    """ANSI escapes in a candidate's error would reach the terminal through every printer: they are shown as
+    `\\xNN` where the text enters (a check's reason, the worker's error and output), and a megabyte is cut."""
+    from mixerlab.check.report import CheckResult
+    from mixerlab.sandbox import SandboxOutcome
+
+    hostile = "\x1b[2J\x1b]0;owned\x07[/bold]<b>x</b>\u009b" + "y" * 1_000_000
+    reason = CheckResult.fail("forward", hostile).reason
+    assert reason.startswith("\\x1b[2J\\x1b]0;owned\\x07[/bold]<b>x</b>\\x9b") and len(reason) <= 2000
+    outcome = SandboxOutcome(status="crash", messages=[{"type": "error", "error": hostile, "traceback": hostile}])
+    for text in (outcome.error, outcome.traceback_tail):
+        assert "\x1b" not in text and "\x07" not in text and len(text) <= 2000
+    assert CheckResult.fail("x", "line one\n\tline two").reason == "line one\n\tline two"  # layout kept
