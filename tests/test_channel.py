@@ -116,3 +116,33 @@ def test_a_member_padded_to_its_groups_vocabulary_ships_and_scores_its_own_class
     assert vocabs == [256, 512]  # the padding never crosses
     assert together == evaluate([0], 256)[0] + evaluate([1], 512)[0]
     assert 0.0 < together[0][2] < 1.0  # token accuracy of random logits: a real score, not a constant
+
+
+@pytest.mark.parametrize("num_test, eval_batch", [(128, 128), (1280, 128), (64, 16), (40, 128)])
+def test_no_forward_call_holds_a_probe_and_its_example(num_test: int, eval_batch: int) -> None:
+    """The trainer evaluates blocks of `forward_rows` served rows per call; every probe is served in another
+    block than its example, so a mixer comparing the rows of its batch cannot pair them."""
+    from mixerlab.evaluate.audit import serve
+    from mixerlab.tasks import Task, TaskSetting
+    from mixerlab.train.scoring import forward_rows
+
+    setting = TaskSetting(task=Task.context_recall, vocab_size=16, seq_len=32, num_train=64, num_test=num_test)
+    for seed in range(3):
+        served = serve(setting, 0, torch.Generator().manual_seed(seed), eval_batch=eval_batch)
+        block = forward_rows(len(served.inputs), setting.input_len, eval_batch)
+        row_of = {int(o): r for r, o in enumerate(served.origin.tolist()) if o >= 0}
+        assert len(served.probes) >= 8 and len(served.inputs) > block  # two blocks at least
+        for probe in served.probes:
+            assert probe.served // block != row_of[probe.original] // block
+            assert torch.equal(served.inputs[probe.served, : probe.cut + 1],
+                               served.inputs[row_of[probe.original], : probe.cut + 1])
+        assert sorted(served.origin[served.origin >= 0].tolist()) == list(range(num_test))  # still a permutation
+
+
+def test_forward_calls_cover_every_row_once_and_never_cross_a_block() -> None:
+    from mixerlab.train.batched import forward_calls
+
+    for rows, block, call in [(1300, 650, 200), (1300, 650, 1000), (136, 68, 68), (7, 4, 3), (5, 3, 1)]:
+        calls = forward_calls(rows, block, call)
+        assert [r for start, stop in calls for r in range(start, stop)] == list(range(rows))
+        assert all(stop - start <= call and start // block == (stop - 1) // block for start, stop in calls)

@@ -208,10 +208,13 @@ HOSTILE_EXPECTED = {
     "quadratic_in_train_mode.py": ("cost", ["length x length", "train mode"], None),
 }
 GPU_ONLY = {"leak_on_cuda.py"}  # harmless on the CPU; tests/test_gpu.py checks it under CUDA conditions
+# they pass every check by design (their leak waits for trained weights); the scored evaluation's audit stops
+# them (tests/test_sandbox.py)
+SCORED_AUDIT = {"batch_aware_leak.py"}
 
 
 def test_the_hostile_corpus_is_covered() -> None:
-    assert {p.name for p in HOSTILE.glob("*.py")} == set(HOSTILE_EXPECTED) | GPU_ONLY
+    assert {p.name for p in HOSTILE.glob("*.py")} == set(HOSTILE_EXPECTED) | GPU_ONLY | SCORED_AUDIT
 
 
 def conditions_for(kind: str | None) -> Conditions:

@@ -107,8 +107,11 @@ def test_sandboxed_scores_equal_in_process_scores_exactly() -> None:
     assert {t.device for t in there.trainings} == {"cpu"}
 
 
-def test_the_scored_evaluation_catches_a_leak_the_checks_never_saw() -> None:
-    result = evaluate_sandboxed(spec_from_file(HOSTILE / "leak_in_eval_mode.py"), get_profile("tiny"), RECALL, EVAL_LIMITS)
+@pytest.mark.parametrize("filename", ["leak_in_eval_mode.py", "batch_aware_leak.py"])
+def test_the_scored_evaluation_catches_a_leak_the_checks_never_saw(filename: str) -> None:
+    """batch_aware_leak.py looks ahead only on rows no other row of its forward call shares a prefix with, once
+    trained: it passed the audit while probes were scored beside their examples (its score was recorded)."""
+    result = evaluate_sandboxed(spec_from_file(HOSTILE / filename), get_profile("tiny"), RECALL, EVAL_LIMITS)
     assert not result.ok and "causality audit failed during the scored evaluation" in result.error
     assert result.trainings == []
 

@@ -7,8 +7,11 @@ would pass them. So the scored evaluation audits itself. For the language-model 
 and continues with the tokens of another example after t. In a causal model the probe's logits at positions
 <= t equal the example's; a model that reads token t+1 at position t (the next-token leak that would turn
 in-context recall into copying) changes them. The worker cannot tell probes from test examples: rows are
-shuffled with a secret permutation and it never sees a target. The trusted scorer compares every probe with
-its example at every epoch, and scores only the real examples, in their original order.
+shuffled with a secret permutation and it never sees a target, and a probe is never evaluated in the same
+forward call as its example (`train.scoring.forward_rows`): a mixer that compares the rows of its batch, and
+looks ahead only on rows that share no prefix with another, leaks on both and is caught. The trusted scorer
+compares every probe with its example at every epoch, and scores only the real examples, in their original
+order.
 
 Compress is exempt: its auto-encoder reads the whole sequence at the last position by design.
 """
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from mixerlab.tasks import IGNORE_INDEX, TaskSetting, generate
+from mixerlab.train.scoring import forward_rows
 
 PROBES_PER_EXAMPLES = 64  # one probe per this many test examples, at least MIN_PROBES
 MIN_PROBES = 8
@@ -55,9 +59,9 @@ class ServedTestSet:
         return {p.served: k for k, p in enumerate(self.probes)}
 
 
-def serve(setting: TaskSetting, seed: int, rng: torch.Generator | None = None) -> ServedTestSet:
+def serve(setting: TaskSetting, seed: int, rng: torch.Generator | None = None, eval_batch: int = 128) -> ServedTestSet:
     """The served form of a setting's test set (its targets kept here); `rng` (default: a secret seed) picks
-    the probes and the permutation."""
+    the probes and the permutation; `eval_batch`: the trainer's, which sets its forward calls (`forward_rows`)."""
     rng = rng or torch.Generator().manual_seed(secrets.randbits(63))
     data = generate(setting, "test", seed)
     inputs, targets = data.inputs, data.targets
@@ -83,11 +87,33 @@ def serve(setting: TaskSetting, seed: int, rng: torch.Generator | None = None) -
     all_inputs = torch.cat([inputs, *[r[None] for r in rows]]) if rows else inputs
     all_scored = torch.cat([scored, *[m[None] for m in masks]]) if masks else scored
     origin = torch.cat([torch.arange(n), torch.full((len(rows),), -1, dtype=torch.long)])
-    order = torch.randperm(len(all_inputs), generator=rng)
+    order = _apart(torch.randperm(len(all_inputs), generator=rng), n, [a for a, _ in cuts],
+                   forward_rows(len(all_inputs), length, eval_batch), rng)
     served_row = torch.empty_like(order)
     served_row[order] = torch.arange(len(order))  # where each stacked row ends up
     probes = tuple(Probe(int(served_row[n + k]), a, cut) for k, (a, cut) in enumerate(cuts))
     return ServedTestSet(all_inputs[order].contiguous(), all_scored[order].contiguous(), origin[order], targets, probes)
+
+
+def _apart(order: torch.Tensor, n: int, originals: list[int], block: int, rng: torch.Generator) -> torch.Tensor:
+    """`order` (served position -> stacked row; probes are stacked rows n, n+1, ...) changed by swaps until no
+    probe shares a block of `block` served rows with its example. Swaps go to random positions, so the served
+    order stays a secret random permutation."""
+    order = order.clone()
+    blocks = (len(order) + block - 1) // block
+    if blocks < 2:
+        return order
+    for _ in range(100 * max(1, len(originals))):
+        position = torch.empty_like(order)
+        position[order] = torch.arange(len(order))
+        clash = [k for k, a in enumerate(originals) if position[n + k] // block == position[a] // block]
+        if not clash:
+            return order
+        here = int(position[n + clash[0]])
+        other = int(torch.randint(len(order), (1,), generator=rng))
+        if other // block != here // block:
+            order[here], order[other] = order[other].clone(), order[here].clone()
+    raise RuntimeError("could not serve every probe apart from its example")  # not reached: a swap fixes one clash
 
 
 def leak(probe_logits: torch.Tensor, original_logits: torch.Tensor) -> float:

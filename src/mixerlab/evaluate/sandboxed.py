@@ -67,7 +67,8 @@ def evaluate_sandboxed(
             progress.stop()
         return SandboxedEvaluation(build_report(spec, profile, options, plan, results, time.perf_counter() - start, 0))
 
-    served = {test_set_id(job.setting, job.seed): serve(job.setting, job.seed) for job in plan.todo}
+    served = {test_set_id(job.setting, job.seed): serve(job.setting, job.seed, eval_batch=plan.train.eval_batch_size)
+              for job in plan.todo}
     numerics = "bf16" if plan.train.autocast_dtype(torch.device(options.device).type) else "fp32"
     device_label = f"cuda:{cuda_device}" if cuda_device is not None else None
 

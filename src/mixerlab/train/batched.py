@@ -41,19 +41,20 @@ from .common import init_model, make_result, token_losses
 from .interrupts import should_stop, take_save_request
 from .job import TrainJob
 from .result import EpochRecord, TrainResult, select_epochs
-from .scoring import LOCAL_SCORING, LocalScorer, Scorer, Scoring, TestSet, TestSource
+from .scoring import LOCAL_SCORING, LocalScorer, Scorer, Scoring, TestSet, TestSource, forward_rows
 from .schedule import batches_per_epoch, epoch_order, lr_for_epoch
 from .timing import NoClock, PartClock
 
 log = logging.getLogger(__name__)
 
-EVAL_TOKENS = 2_000_000  # tokens per evaluation forward (members x examples x length)
-EVAL_LOGITS = 400_000_000  # logits elements per evaluation forward
 # A group shape compiles only once it has trained this many tokens eagerly (a ski-rental rule): a compile costs
 # 35-50 s on an H200 (step_anatomy.md), about what the eager CUDA-graph step trains in 150M tokens (fuzzy recall
 # T=128 x24: 109.6 ms eager, 3.6M tokens/s; eval_speed.md). A group that ends sooner (most recall trainings stop
 # within a few epochs) never pays a compile; one that runs longer pays at most twice the better choice.
 COMPILE_AFTER_TOKENS = 150_000_000
+
+EVAL_TOKENS = 2_000_000  # tokens per evaluation forward (members x examples x length)
+EVAL_LOGITS = 400_000_000  # logits elements per evaluation forward
 
 ResultCallback = Callable[[TrainResult], None]
 StepCallback = Callable[[int], None]  # called with the number of member-steps just done
@@ -399,15 +400,16 @@ class BatchedTrainer:
         members = [self.members[self.active[row]] for row in rows]
         self.scorer.begin([m.key for m in members], [self.steps_done // m.steps_per_epoch - 1 for m in members],
                           [m.index for m in members])
-        eval_batch = self.train.eval_batch_size
+        # forward calls within blocks of `forward_rows` rows, never across: the trusted scorer serves each causality
+        # probe in another block than its example (evaluate/audit.py), so no call holds both; inside a block, as
+        # many rows per call as a budget of tokens and of logits allows
         length = self.x_test.shape[1]
-        # several test batches per forward, within a budget of tokens and of logits
-        per_batch = len(rows) * eval_batch * length
-        batches = max(1, min(EVAL_TOKENS // per_batch, EVAL_LOGITS // (per_batch * self.vocab)))
+        block = forward_rows(self.num_test, length, self.train.eval_batch_size)
+        per_row = len(rows) * length
+        call = max(1, min(block, EVAL_TOKENS // per_row, EVAL_LOGITS // (per_row * self.vocab)))
         self.base.eval()
         try:
-            for start in range(0, self.num_test, eval_batch * batches):
-                stop = min(self.num_test, start + eval_batch * batches)
+            for start, stop in forward_calls(self.num_test, block, call):
                 test_rows = offsets[:, None] + torch.arange(start, stop, device=self.device)
                 self.clock.switch("test forward")
                 with fast_triangular_solves(self.fast_solves):
@@ -517,6 +519,12 @@ class BatchedTrainer:
         buffers = {k: v[idx] for k, v in self.buffers.items()}
         self._state_from([self.active[row] for row in keep], self.flat.detach()[idx], self.exp_avg[idx],
                          self.exp_avg_sq[idx], buffers, self.loss_sum[idx])
+
+
+def forward_calls(rows: int, block: int, call: int) -> list[tuple[int, int]]:
+    """(start, stop) of each forward call over `rows` test rows: at most `call` rows, never across a block."""
+    return [(start, min(rows, begin + block, start + call))
+            for begin in range(0, rows, block) for start in range(begin, min(rows, begin + block), call)]
 
 
 def train_group(

@@ -27,6 +27,19 @@ from .metrics import metrics_from_positions, position_stats, scatter_positions
 METRIC_NAMES = ("nll", "macro_acc", "token_acc", "ppl")
 
 
+EVAL_BLOCK_TOKENS = 65_536  # test tokens per member in one block of forward calls (2-6 blocks at quick's lengths)
+
+
+def forward_rows(num_rows: int, length: int, eval_batch: int) -> int:
+    """The rows of a block when a trainer evaluates a test set of `num_rows` rows of `length` tokens: blocks
+    start at multiples of this, and a forward call never spans two (a trainer may split a block into smaller
+    calls for memory). The trusted scorer (evaluate/audit.py `serve`) puts every causality probe in another
+    block than its example, so no forward call holds both: a mixer that compares the rows of its batch, and
+    looks ahead only where no other row shares the row's prefix, cannot recognise a probe by its partner.
+    At least two blocks, whatever the size."""
+    return max(1, min((num_rows + 1) // 2, max(eval_batch, EVAL_BLOCK_TOKENS // max(1, length))))
+
+
 @dataclass(frozen=True)
 class TestSet:
     """A test set as a trainer sees it: inputs [N, L] and the positions that are scored [N, L] (bool).
