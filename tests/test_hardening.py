@@ -648,3 +648,27 @@ def test_candidate_text_loses_its_control_characters_and_is_bounded() -> None:
     for text in (outcome.error, outcome.traceback_tail):
         assert "\x1b" not in text and "\x07" not in text and len(text) <= 2000
     assert CheckResult.fail("x", "line one\n\tline two").reason == "line one\n\tline two"  # layout kept
+
+
+def test_an_improvement_is_checked_under_its_promotion_profile_before_it_trains(tmp_path: Path, monkeypatch) -> None:
+    """The run's checks reproduce the run's profile (tiny: batch 64); promotion trains on another (quick: batch
+    128). A candidate that breaks only at quick's batch is refused promotion, the conditions named, untrained."""
+    from mixerlab.config import LoopConfig
+    from mixerlab.executor.local import LocalExecutor
+    from mixerlab.loop import ResearchLoop
+    from mixerlab.mixers import template_source
+    from mixerlab.mixers.loading import MixerSpec
+
+    source = template_source("delta_net").replace(
+        "        batch, length, d_model = x.shape\n",
+        "        batch, length, d_model = x.shape\n        if batch > 100:\n"
+        "            raise RuntimeError(\"a batch this large was never checked\")\n", 1)
+    spec = MixerSpec("delta_net_4layer_big_batch", source, "delta_net_4layer_big_batch.py")
+    loop = ResearchLoop(LoopConfig(run_dir=str(tmp_path), promote_to="quick"), proposer=None, executor=LocalExecutor())
+    assert loop.conditions.batch_size == 64 and loop.conditions_for("quick").batch_size == 128
+    trained: list = []
+    monkeypatch.setattr(loop, "run_profile", lambda *args: trained.append(args))
+    promoted = loop.promote(None, spec, "quick", slot=0)
+    assert promoted["profile"] == "quick" and trained == []
+    assert "not trained on quick" in promoted["error"] and "the `quick` profile's conditions" in promoted["error"]
+    assert "batch 128" in promoted["error"] and "a batch this large was never checked" in promoted["error"]

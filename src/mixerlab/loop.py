@@ -118,7 +118,11 @@ class ResearchLoop:
         numerics = "bf16" if config.device.startswith("cuda") else "fp32"
         self.noise = noise_for(config.profile_label, numerics)  # the yardstick of every verdict (None: unmeasured)
         # how candidates will be trained: their fingerprints are taken at these widths and lengths
-        self.conditions = Conditions.for_profile(get_profile(config.profile), "cuda" if numerics == "bf16" else "cpu")
+        self.conditions = self.conditions_for(config.profile)
+
+    def conditions_for(self, profile: str) -> Conditions:
+        """How a profile trains candidates on this run's device: what their checks must reproduce."""
+        return Conditions.for_profile(get_profile(profile), "cuda" if self.config.device.startswith("cuda") else "cpu")
 
     # the run ------------------------------------------------------------------------------------
 
@@ -517,6 +521,18 @@ class ResearchLoop:
             return None, outcome.trainings, outcome.error
         return outcome.report, outcome.trainings + known, ""
 
+    def promote(self, row: Experiment, spec: MixerSpec, promotion: str, slot: int) -> dict[str, Any]:
+        """Train an improving candidate on the promotion profile, once it passes its checks under that profile's
+        conditions (its lengths and batch: the run's checks saw only the run profile's). The record's `promoted`."""
+        label = self.config.label(promotion)
+        conditions = self.conditions_for(promotion)
+        report = self.executor.check(spec, {}, slot, conditions)  # {}: it is recorded already; no novelty check
+        if not report.passed:
+            return {"profile": label, "error": f"not trained on {label}: it fails its checks under "
+                                              f"{conditions.describe()}: {report.summary()}"}
+        promoted, _, error = self.run_profile(row, spec, promotion, slot)
+        return {"profile": label, "scores": self.scores_of(promoted)} if promoted else {"profile": label, "error": error}
+
     def evaluate(self, row: Experiment, spec: MixerSpec, parent: Experiment | None, slot: int) -> None:
         self.event("evaluating", f"profile {self.config.profile_label}", row.iteration, row.name)
         start = time.perf_counter()
@@ -535,10 +551,7 @@ class ResearchLoop:
         if row.kind == "candidate" and promotion and improves(judgement):
             self.event("promoting", f"to {promotion}", row.iteration, row.name)
             t0 = time.perf_counter()
-            promoted, _, error = self.run_profile(row, spec, promotion, slot)
-            label = self.config.label(promotion)
-            fields["promoted"] = {"profile": label, "scores": self.scores_of(promoted)} if promoted else \
-                {"profile": label, "error": error}
+            fields["promoted"] = self.promote(row, spec, promotion, slot)
             fields["timings"] = {**timings, "promote_s": time.perf_counter() - t0}
         row = self.store.update_experiment(row.id, **fields)
         self.event("done", f"mean {mean:.4f}", row.iteration, row.name)

@@ -65,7 +65,7 @@ def check_candidate(
 
     def report() -> CheckReport:
         return CheckReport(candidate=spec.name, code_hash=spec.code_hash, checks=checks, seconds=time.perf_counter() - start,
-                           fingerprint=fingerprint or None).completed()
+                           fingerprint=fingerprint or None, conditions=(conditions or Conditions()).describe()).completed()
 
     t0 = time.perf_counter()
     result, _ = static_check(spec.source, spec.filename)

@@ -42,13 +42,21 @@ class Conditions(BaseModel):
     batch_size: int = Field(default=64, ge=1, le=4096)
     lengths: tuple[int, ...] = Field(default=(8, 32), min_length=1)  # the profile's input lengths
     seed: int = 0  # which random lengths and cut points (the caller draws it; a candidate cannot predict it)
+    profile: str = ""  # the profile these conditions are of ("": set by hand)
 
     @classmethod
     def for_profile(cls, profile, device: str = "cpu", seed: int = 0) -> "Conditions":
         lengths = sorted({s.input_len for settings in profile.settings.values() for s in settings})
         cuda = device.startswith("cuda")
         return cls(d_model=profile.train.d_model, device=device, autocast=cuda and profile.train.precision != "fp32",
-                   batch_size=profile.train.batch_size, lengths=tuple(lengths), seed=seed)
+                   batch_size=profile.train.batch_size, lengths=tuple(lengths), seed=seed, profile=profile.name)
+
+    def describe(self) -> str:
+        """What the checks ran under, in words (`mixerlab check` prints it; the report keeps it)."""
+        source = f"the `{self.profile}` profile's conditions" if self.profile else "these conditions"
+        lengths = ", ".join(map(str, self.lengths))
+        return (f"{source}: width {self.d_model}, batch {self.batch_size}, lengths {lengths}, "
+                f"{'bf16 autocast' if self.autocast else 'fp32'} on {self.device}")
 
     def amp(self):
         return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.autocast)

@@ -55,6 +55,7 @@ class CheckReport(BaseModel):
     checks: list[CheckResult]
     seconds: float = 0.0
     fingerprint: list[float] | None = None  # what it does (check.dynamic.fingerprint), once every check passed
+    conditions: str = ""  # what the checks reproduced (Conditions.describe): a pass holds for those only
 
     @property
     def passed(self) -> bool:

@@ -17,7 +17,7 @@ def check_command(
     timeout: float = typer.Option(SandboxLimits.timeout_s, min=1.0, help="seconds the sandboxed checks may take"),
     memory_gb: float = typer.Option(8.0, min=0.5, help="memory the sandbox may use"),
     profile: str = typer.Option("tiny", help="the profile the candidate will be trained on: causality, state and the "
-                                "forward are checked at its batch size and lengths"),
+                                "forward are checked at its width, batch size and lengths (full: the longest)"),
     device: str = typer.Option("cpu", help="cpu | cuda: where the candidate will be trained (cuda: bf16 autocast)"),
 ) -> None:
     """Check a candidate mixer: contract, causality, sub-quadratic cost, numerics, novelty. Exit 0 pass, 1 fail."""
@@ -42,7 +42,8 @@ def check_command(
         typer.echo(report.model_dump_json(indent=2))
     else:
         marks = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "not run": "[dim]skip[/]"}
-        console.print(f"[bold]{escape(spec.name)}[/] ({spec.code_hash})")
+        console.print(f"[bold]{escape(spec.name)}[/] ({spec.code_hash}), checked under {report.conditions}",
+                      highlight=False)
         for c in report.checks:
             console.print(f"  {marks[c.status]}  {CHECK_TITLES[c.name]:<48} [dim]{c.seconds:5.2f}s[/]", highlight=False)
             if c.status == "fail":
