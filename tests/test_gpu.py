@@ -209,21 +209,24 @@ def test_discover_runs_the_loop_on_cuda(tmp_path) -> None:
     assert devices == {"cuda:0"}, devices
 
 
-def test_compiled_training_inside_the_sandbox_on_cuda(tmp_path) -> None:
+def test_compiled_training_inside_the_sandbox_on_cuda() -> None:
     """Every GPU profile but tiny compiles its training step: torch.compile patches `nn.Module.__init__` as it
-    starts, so the worker must set that up before its integrity snapshot or the candidate is refused. Forcing
-    `--compile` on tiny runs that path end to end in minutes."""
-    import sqlite3
-    import subprocess
-    import sys
+    starts, so the worker must set that up before its integrity snapshot or the candidate is refused, and the
+    compilers it starts run confined. A tiny evaluation compiled at once (a threshold of 0 tokens; by default
+    tiny's groups are too short to earn a compile) runs that path end to end in minutes."""
+    from mixerlab.config import get_profile
+    from mixerlab.evaluate.runner import EvalOptions
+    from mixerlab.evaluate.sandboxed import evaluate_sandboxed
+    from mixerlab.mixers import builtin_spec
+    from mixerlab.sandbox import SandboxLimits
 
-    run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "mixerlab.cli", "discover", "--device", "cuda", "--profile", "tiny",
-                           "--compile", "--promote-to", "none", "--iterations", "1", "--run-dir", str(run_dir)],
-                          capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = sqlite3.connect(run_dir / "mixerlab.db").execute("select kind, status, failure_reason from experiments").fetchall()
-    assert [(kind, status) for kind, status, _ in rows] == [("baseline", "done")] * 2 + [("candidate", "done")], rows
+    options = EvalOptions(tasks=(Task.context_recall,), device="cuda", compile_step=True, time_parts=True,
+                          train_overrides={"compile_after_tokens": 0})
+    limits = SandboxLimits(timeout_s=1200, memory_gb=16.0, output_bytes=20_000_000, cuda_device=0, gpu_memory_fraction=0.5)
+    result = evaluate_sandboxed(builtin_spec("delta_net"), get_profile("tiny"), options, limits, cuda_device=0)
+    assert result.ok, result.error
+    assert result.report.incomplete == 0 and result.trainings and all(t.device == "cuda:0" for t in result.trainings)
+    assert result.parts["warm-up"] > 5.0, result.parts  # a compile (tens of seconds), not two eager steps
 
 
 def test_cuda_only_leaks_are_rejected_under_cuda_conditions() -> None:

@@ -92,6 +92,12 @@ class TrainConfig(BaseModel):
     )
     precision: Literal["auto", "bf16", "fp32"] = Field(default="auto", description="auto: bf16 on CUDA, fp32 on CPU")
     eval_batch_size: int = Field(default=128, ge=1, description="test batch size; MAD averages metrics per batch")
+    compile_after_tokens: int = Field(
+        default=150_000_000, ge=0,
+        description="with --compile (CUDA), a group shape compiles once it has trained this many tokens eagerly (0: at "
+        "once): a compile costs 35-50 s on an H200, what the eager step trains in ~150M tokens, so groups that stop "
+        "within a few epochs never pay one (a ski-rental rule); not part of a result's identity",
+    )
     init: Literal["mad-lab", "normal", "fla-xavier"] = Field(
         default="mad-lab",
         description="mad-lab: as released (language model keeps PyTorch's Linear init, biases zeroed); normal: every "
@@ -109,9 +115,12 @@ class TrainConfig(BaseModel):
     def autocast_dtype(self, device_type: str):
         import torch
 
-        if self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda"):
-            return torch.bfloat16
-        return None
+        return torch.bfloat16 if self.numerics(device_type) == "bf16" else None
+
+    def numerics(self, device: str) -> Literal["bf16", "fp32"]:
+        """How trainings on `device` (cpu, cuda, cuda:N) compute: part of every cache key and noise lookup."""
+        cuda = device.startswith("cuda")
+        return "bf16" if self.precision == "bf16" or (self.precision == "auto" and cuda) else "fp32"
 
 
 def train_choices(field: str) -> tuple[str, ...]:

@@ -47,11 +47,6 @@ from .timing import NoClock, PartClock
 
 log = logging.getLogger(__name__)
 
-# A group shape compiles only once it has trained this many tokens eagerly (a ski-rental rule): a compile costs
-# 35-50 s on an H200 (step_anatomy.md), about what the eager CUDA-graph step trains in 150M tokens (fuzzy recall
-# T=128 x24: 109.6 ms eager, 3.6M tokens/s; eval_speed.md). A group that ends sooner (most recall trainings stop
-# within a few epochs) never pays a compile; one that runs longer pays at most twice the better choice.
-COMPILE_AFTER_TOKENS = 150_000_000
 
 EVAL_TOKENS = 2_000_000  # tokens per evaluation forward (members x examples x length)
 EVAL_LOGITS = 400_000_000  # logits elements per evaluation forward
@@ -120,7 +115,7 @@ class BatchedTrainer:
         shrink_below: float = 0.75,
         compile_step: bool = False,
         compile_mode: str | None = None,
-        compile_after_tokens: int = COMPILE_AFTER_TOKENS,
+        compile_after_tokens: int | None = None,
         vocab_size: int | None = None,
         checkpoints: CheckpointStore | None = None,
         fast_solves: bool | None = None,
@@ -148,7 +143,10 @@ class BatchedTrainer:
         self.compiled_logits = None
         self.compile_wanted = compile_step and self.device.type == "cuda"
         self.compile_mode = compile_mode
-        self.compile_after_tokens = compile_after_tokens  # 0: compile every shape at once
+        # a ski-rental rule (TrainConfig.compile_after_tokens): a compile costs 35-50 s on an H200 (step_anatomy.md),
+        # about what the eager CUDA-graph step trains in 150M tokens (fuzzy recall T=128 x24: 109.6 ms eager, 3.6M
+        # tokens/s; eval_speed.md); a group that ends sooner never pays one, a longer one at most twice the optimum
+        self.compile_after_tokens = train.compile_after_tokens if compile_after_tokens is None else compile_after_tokens
         self.autocast = train.autocast_dtype(self.device.type)
         # unit-lower-triangular solves (the chunkwise WY step) on the Triton kernel: ops/tril_solve.py
         self.fast_solves = kernel_available(self.device) if fast_solves is None else fast_solves

@@ -18,8 +18,9 @@ _ADDED_LATER = {"init": "mad-lab", "init_seed": "setting", "patience": None}
 
 
 def train_identity(train: TrainConfig) -> dict:
-    """The part of a TrainConfig that changes a training's result (precision is covered by `numerics`)."""
-    fields = train.model_dump(mode="json", exclude={"precision"})
+    """The part of a TrainConfig that changes a training's result (precision is covered by `numerics`; when the
+    step compiles changes only its speed, as --compile itself)."""
+    fields = train.model_dump(mode="json", exclude={"precision", "compile_after_tokens"})
     for name, default in _ADDED_LATER.items():
         if fields.get(name) == default:
             del fields[name]
