@@ -24,9 +24,8 @@ from mixerlab.mixers import template_source  # noqa: E402
 from mixerlab.store import Attempt, Experiment, Run, Store  # noqa: E402
 from mixerlab.store.models import summarize  # noqa: E402
 from mixerlab.web.app import create_app  # noqa: E402
-from mixerlab.tasks import TASK_ORDER  # noqa: E402
+from mixerlab.tasks import TASK_NAMES  # noqa: E402
 
-TASKS = [t.value for t in TASK_ORDER]
 
 
 def fill(url: str, n: int) -> None:
@@ -41,17 +40,17 @@ def fill(url: str, n: int) -> None:
         s.flush()
         ids: list[int] = []
         for i in range(n):
-            scores = {t: {"mean": rng.random(), "std": 0.01, "seeds": [rng.random()] * 3} for t in TASKS}
-            verdicts = {t: {"delta": 0.01, "noise": 0.01, "verdict": rng.choice(["better", "worse", "within noise"])} for t in TASKS}
+            scores = {t: {"mean": rng.random(), "std": 0.01, "seeds": [rng.random()] * 3} for t in TASK_NAMES}
+            verdicts = {t: {"delta": 0.01, "noise": 0.01, "verdict": rng.choice(["better", "worse", "within noise"])} for t in TASK_NAMES}
             e = Experiment(
                 run_id=run.id, name=f"delta_net_4layer_change_{i}", kind="baseline" if i < 2 else "candidate", iteration=i,
                 parent_id=rng.choice(ids[-200:]) if ids else None, proposer="catalog", edits=["tanh_on_error"],
                 code=code, code_hash=f"{i:016x}", novelty_hash=f"{i:016x}", diff="--- parent.py\n+++ candidate.py\n" + "+x\n" * 20,
-                insights=insights, expected={t: 0.5 for t in TASKS}, status="done", success=True, scores=scores,
+                insights=insights, expected={t: 0.5 for t in TASK_NAMES}, status="done", success=True, scores=scores,
                 mean_score=sum(v["mean"] for v in scores.values()) / 6,
                 judgement={"vs_parent": {"tasks": verdicts}, "vs_baselines": {"delta_net_4layer": {"tasks": verdicts}}},
                 curves={t: {"setting": "x", "lr": 1e-3, "weight_decay": 0.0, "test_acc": [rng.random() for _ in range(8)],
-                            "train_loss": [rng.random() for _ in range(8)]} for t in TASKS},
+                            "train_loss": [rng.random() for _ in range(8)]} for t in TASK_NAMES},
                 check_report={"checks": [{"name": "static", "status": "pass", "reason": "ok", "seconds": 0.1}]},
                 timings={"eval_s": 40.0}, tokens={}, profile="tiny", timestamp="20261123_120000",
             )

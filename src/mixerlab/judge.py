@@ -13,9 +13,8 @@ import math
 from typing import Any
 
 from mixerlab.noise import Z, NoiseModel
-from mixerlab.tasks import TASK_ORDER
+from mixerlab.tasks import TASK_NAMES
 
-TASKS = [t.value for t in TASK_ORDER]
 VERDICTS = ("better", "worse", "within noise", "noise unknown")
 
 
@@ -41,7 +40,7 @@ def _verdict(delta: float, threshold: float | None) -> str:
 
 def compare(scores: dict[str, dict], other: dict[str, dict], noise: NoiseModel | None) -> dict[str, Any]:
     per_task = {}
-    for task in TASKS:
+    for task in TASK_NAMES:
         if task not in scores or task not in other:
             continue
         delta = scores[task]["mean"] - other[task]["mean"]
@@ -50,7 +49,7 @@ def compare(scores: dict[str, dict], other: dict[str, dict], noise: NoiseModel |
     if not per_task:
         return {"tasks": {}, "mean_delta": 0.0, "mean_noise": None, "verdict": "noise unknown"}
     mean_delta = sum(v["delta"] for v in per_task.values()) / len(per_task)
-    if noise is not None and len(per_task) == len(TASKS):
+    if noise is not None and len(per_task) == len(TASK_NAMES):
         first = next(iter(per_task))
         mean_noise = _threshold(scores[first], other[first], None, noise)
     elif all(v["noise"] is not None for v in per_task.values()):  # independent tasks: the noise of their mean

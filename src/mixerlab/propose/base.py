@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from mixerlab.noise import NoiseModel
 from mixerlab.insights import Insights
-from mixerlab.tasks import TASK_ORDER
+from mixerlab.tasks import TASK_NAMES
 
 Language = Literal["en", "zh"]
 
@@ -107,4 +107,3 @@ class Proposer(Protocol):
     def repair(self, context: ProposalContext, proposal: Proposal, report: str) -> Proposal: ...
 
 
-TASK_NAMES = [t.value for t in TASK_ORDER]

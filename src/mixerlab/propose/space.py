@@ -17,9 +17,8 @@ import random
 from dataclasses import dataclass
 
 from mixerlab.mixers import template_definition
-from mixerlab.tasks import TASK_ORDER
+from mixerlab.tasks import TASK_NAMES
 
-TASKS = [t.value for t in TASK_ORDER]
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from .sampling import generator, stable_seed
 from .selective_copy import generate_selective_copy
 from .settings import (
     IGNORE_INDEX,
+    TASK_NAMES,
     TASK_ORDER,
     Task,
     TaskSetting,
@@ -32,6 +33,7 @@ Split = Literal["train", "test"]
 
 __all__ = [
     "IGNORE_INDEX",
+    "TASK_NAMES",
     "TASK_ORDER",
     "Split",
     "Task",

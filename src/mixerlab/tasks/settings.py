@@ -43,6 +43,7 @@ COLUMNS: dict[Task, str] = {
     Task.selective_copy: "Selective Copy",
 }
 TASK_ORDER: tuple[Task, ...] = tuple(COLUMNS)
+TASK_NAMES: tuple[str, ...] = tuple(t.value for t in TASK_ORDER)  # the history table's columns, in order
 
 # MAD's own task names, accepted wherever a task name is.
 MAD_NAMES: dict[str, Task] = {

@@ -28,9 +28,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mixerlab.insights import SECTIONS
 from mixerlab.store import Store
+from mixerlab.tasks import TASK_NAMES
 
 from .charts import bar_chart, line_chart, lineage_tree, score_color
-from .queries import COLUMNS, SORT_KEYS, TASKS, Queries
+from .queries import COLUMNS, SORT_KEYS, Queries
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 100
@@ -90,7 +91,7 @@ def create_app(db_url: str, token: str | None = None, host: str = "127.0.0.1") -
     queries = Queries(store)
     app = FastAPI(title="mixerlab", description="Read-only view of a mixerlab research record.", version="1")
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.globals.update(COLUMNS=COLUMNS, TASKS=TASKS, SECTIONS=SECTIONS, score_color=score_color)
+    templates.env.globals.update(COLUMNS=COLUMNS, TASK_NAMES=TASK_NAMES, SECTIONS=SECTIONS, score_color=score_color)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     highlight_css = HtmlFormatter(cssclass="hl").get_style_defs(".hl")
 
@@ -270,13 +271,13 @@ def create_app(db_url: str, token: str | None = None, host: str = "127.0.0.1") -
         data = queries.experiment(experiment_id)
         if data is None:
             raise HTTPException(404, f"no experiment with id {experiment_id}; see the leaderboard at /")
-        series = {"this": [(data["scores"].get(t) or {}).get("mean") for t in TASKS]}
+        series = {"this": [(data["scores"].get(t) or {}).get("mean") for t in TASK_NAMES]}
         if data["parent"]:
-            series["parent"] = [(data["parent"]["scores"].get(t) or {}).get("mean") for t in TASKS]
+            series["parent"] = [(data["parent"]["scores"].get(t) or {}).get("mean") for t in TASK_NAMES]
         for name, scores in data["baselines"].items():
             if name != data["name"]:
-                series[name] = [(scores.get(t) or {}).get("mean") for t in TASKS]
-        bars = bar_chart([COLUMNS[t] for t in TASKS], series, "accuracy per task")
+                series[name] = [(scores.get(t) or {}).get("mean") for t in TASK_NAMES]
+        bars = bar_chart([COLUMNS[t] for t in TASK_NAMES], series, "accuracy per task")
         curves = {t: line_chart({"test acc": c["test_acc"], "train loss": [min(1.0, x / 5) for x in c["train_loss"]]},
                                 f"{COLUMNS[t]} ({c['setting']}, lr {c['lr']:g})", y_range=(0.0, 1.0))
                   for t, c in (data["curves"] or {}).items()}

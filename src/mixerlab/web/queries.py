@@ -11,11 +11,10 @@ from sqlalchemy import select
 
 from mixerlab.store import Attempt, Event, Experiment, Run, Store
 from mixerlab.store.models import is_damaged, summarize
-from mixerlab.tasks import TASK_ORDER
+from mixerlab.tasks import TASK_NAMES, TASK_ORDER
 
-TASKS = [t.value for t in TASK_ORDER]
 COLUMNS = {t.value: t.column for t in TASK_ORDER}
-SORT_KEYS = ("mean_score", "name", "iteration", "status", *TASKS)
+SORT_KEYS = ("mean_score", "name", "iteration", "status", *TASK_NAMES)
 BASELINE_NAME = "delta_net_4layer"
 CODES = {"b": "better", "w": "worse", "n": "within noise", "u": "noise unknown"}
 
@@ -125,7 +124,7 @@ class Queries:
         def key(r: Row):
             if sort == "mean_score":
                 value = r.mean_score
-            elif sort in TASKS:
+            elif sort in TASK_NAMES:
                 value = r.score(sort)
             else:
                 value = getattr(r, sort)

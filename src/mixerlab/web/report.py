@@ -12,9 +12,10 @@ from pygments.lexers import DiffLexer
 
 from mixerlab.insights import SECTIONS
 from mixerlab.store import Store
+from mixerlab.tasks import TASK_NAMES
 
 from .charts import bar_chart, lineage_tree, scatter_by_iteration, score_color
-from .queries import COLUMNS, TASKS, Queries
+from .queries import COLUMNS, Queries
 
 
 def score_text(score: float | None) -> str:
@@ -33,7 +34,7 @@ def write_report(db_url: str, out: Path, run: str | None = None, top: int = 5) -
 
     scatter = scatter_by_iteration([(r.iteration, r.mean_score, r.name) for r in done if r.kind == "candidate"],
                                    "mean MAD score by iteration (dashed: best so far)")
-    bars = bar_chart([COLUMNS[t] for t in TASKS], {r.name: [r.score(t) for t in TASKS] for r in baselines + best},
+    bars = bar_chart([COLUMNS[t] for t in TASK_NAMES], {r.name: [r.score(t) for t in TASK_NAMES] for r in baselines + best},
                      "per-task accuracy: baselines and top experiments")
     tree = lineage_tree(queries.lineage(run), href="#exp-{id}")
     css = (Path(__file__).parent / "static" / "style.css").read_text() + HtmlFormatter(cssclass="hl").get_style_defs(".hl")
@@ -44,7 +45,7 @@ def write_report(db_url: str, out: Path, run: str | None = None, top: int = 5) -
 
     table = "".join(
         f'<tr class="{r.kind}"><td class="name"><a href="#exp-{r.id}">{escape(r.name)}</a></td>'
-        + "".join(cell(r, t) for t in TASKS)
+        + "".join(cell(r, t) for t in TASK_NAMES)
         + f"<td>{score_text(r.mean_score)}</td><td>{escape(r.status)}</td></tr>" for r in baselines + [x for x in ranked if x.kind != "baseline"]
     )
     failed = [r for r in rows if r.status == "failed"]
@@ -60,7 +61,7 @@ def write_report(db_url: str, out: Path, run: str | None = None, top: int = 5) -
     html = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <style>{css}</style></head><body><header><span class="brand">{escape(title)}</span></header><main>
 <h1>Leaderboard</h1><p class="muted">{len(rows)} experiments, {len(done)} evaluated, {len(failed)} failed.</p>
-<table class="board" id="report-leaderboard"><thead><tr><th>Architecture</th>{''.join(f'<th>{COLUMNS[t]}</th>' for t in TASKS)}<th>Mean</th><th>Status</th></tr></thead>
+<table class="board" id="report-leaderboard"><thead><tr><th>Architecture</th>{''.join(f'<th>{COLUMNS[t]}</th>' for t in TASK_NAMES)}<th>Mean</th><th>Status</th></tr></thead>
 <tbody>{table}</tbody></table>
 <h1>Plots</h1><div class="charts">{scatter}{bars}</div>
 <h1>Lineage</h1>{tree}
@@ -71,10 +72,10 @@ def write_report(db_url: str, out: Path, run: str | None = None, top: int = 5) -
     html_path.write_text(html)
 
     md = [f"# {title}", "", f"{len(rows)} experiments, {len(done)} evaluated, {len(failed)} failed.", "",
-          "| Architecture | " + " | ".join(COLUMNS[t] for t in TASKS) + " | Mean | Status |",
-          "|" + "---|" * (len(TASKS) + 3)]
+          "| Architecture | " + " | ".join(COLUMNS[t] for t in TASK_NAMES) + " | Mean | Status |",
+          "|" + "---|" * (len(TASK_NAMES) + 3)]
     for r in baselines + [x for x in ranked if x.kind != "baseline"]:
-        md.append(f"| {r.name} | " + " | ".join(f"{r.score(t):.4f}" if r.score(t) is not None else "" for t in TASKS)
+        md.append(f"| {r.name} | " + " | ".join(f"{r.score(t):.4f}" if r.score(t) is not None else "" for t in TASK_NAMES)
                   + f" | {score_text(r.mean_score)} | {r.status} |")
     for e in details:
         md += ["", f"## {e['name']} ({e['mean_score']:.4f})", "", f"parent: {(e['parent'] or {}).get('name', '-')}", ""]
