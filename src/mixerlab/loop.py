@@ -42,7 +42,7 @@ from mixerlab.evaluate.plan import plan_jobs
 from mixerlab.evaluate.prefix import find_finished
 from mixerlab.executor import EvaluationJob, Executor
 from mixerlab.insights import Insights, render_block
-from mixerlab.judge import TASKS, improves, judge
+from mixerlab.judge import improves, judge
 from mixerlab.mixers import builtin_spec
 from mixerlab.mixers.loading import MixerSpec
 from mixerlab.noise import noise_for
@@ -55,7 +55,7 @@ from mixerlab.store.db import without_password
 from mixerlab.store.lock import RecordLock, RunLock
 from mixerlab.store.repository import UNFINISHED
 from mixerlab.table import accuracies_df
-from mixerlab.tasks import TASK_ORDER
+from mixerlab.tasks import TASK_NAMES, TASK_ORDER
 from mixerlab.train.result import TrainResult
 
 BASELINES = ("delta_net", "gated_delta_net")
@@ -89,7 +89,7 @@ def report_text(report: CheckReport) -> str:
 def curves(trainings: list[TrainResult]) -> dict[str, Any]:
     """Per task, the learning curve of its first setting's best training (seed 0)."""
     out: dict[str, Any] = {}
-    for task in TASKS:
+    for task in TASK_NAMES:
         runs = [t for t in trainings if t.task == task and t.seed == 0]
         if not runs:
             continue
@@ -115,7 +115,7 @@ class ResearchLoop:
         self.record_lock: RecordLock | None = None
         self.stop_at = time.monotonic() + config.budget_minutes * 60 if config.budget_minutes else None
         self.progress: LoopProgress | None = None
-        numerics = "bf16" if config.device.startswith("cuda") else "fp32"
+        numerics = get_profile(config.profile).train.numerics(config.device)
         self.noise = noise_for(config.profile_label, numerics)  # the yardstick of every verdict (None: unmeasured)
         # how candidates will be trained: their fingerprints are taken at these widths and lengths
         self.conditions = self.conditions_for(config.profile)
@@ -505,7 +505,7 @@ class ResearchLoop:
         profile = get_profile(profile_name)
         overrides = {"patience": self.config.patience} if self.config.patience else {}
         train = profile.train.model_copy(update=overrides)
-        numerics = "bf16" if train.autocast_dtype("cuda" if self.config.device.startswith("cuda") else "cpu") else "fp32"
+        numerics = train.numerics(self.config.device)
         jobs = plan_jobs(profile, TASK_ORDER, self.config.seeds)
         known = list(find_finished(self.cache, jobs, spec.code_hash, train, numerics).values())
         job = EvaluationJob(profile=profile_name, tasks=[t.value for t in TASK_ORDER], seeds=self.config.seeds,

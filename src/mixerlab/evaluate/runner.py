@@ -151,7 +151,7 @@ class EvalPlan:
 def plan_evaluation(spec: MixerSpec, profile: Profile, options: EvalOptions, cache: ResultCache | None) -> EvalPlan:
     train = profile.train.model_copy(update=options.train_overrides) if options.train_overrides else profile.train
     jobs = plan_jobs(profile, options.tasks, options.seeds)
-    numerics = "bf16" if train.autocast_dtype(torch.device(options.device).type) else "fp32"
+    numerics = train.numerics(options.device)
     keys = {job: job.cache_key(spec.code_hash, train, numerics) for job in jobs}
     done = find_finished(cache, jobs, spec.code_hash, train, numerics) if cache else {}
     todo = [job for job in jobs if keys[job] not in done and options.train

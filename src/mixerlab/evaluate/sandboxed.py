@@ -69,7 +69,7 @@ def evaluate_sandboxed(
 
     served = {test_set_id(job.setting, job.seed): serve(job.setting, job.seed, eval_batch=plan.train.eval_batch_size)
               for job in plan.todo}
-    numerics = "bf16" if plan.train.autocast_dtype(torch.device(options.device).type) else "fp32"
+    numerics = plan.train.numerics(options.device)
     device_label = f"cuda:{cuda_device}" if cuda_device is not None else None
 
     def record(result: TrainResult) -> None:
