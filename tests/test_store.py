@@ -5,8 +5,11 @@
 from __future__ import annotations
 
 import multiprocessing
+import re
 from pathlib import Path
 from typing import Callable
+
+import pytest
 
 from mixerlab.evaluate import ResultCache
 from mixerlab.store import Store
@@ -53,3 +56,18 @@ def test_processes_opening_a_new_result_cache_together_all_succeed(tmp_path: Pat
         path = tmp_path / f"cache-{round_}.sqlite"
         assert open_together(lambda: ResultCache(path).count()) == ["ok"] * OPENERS
         assert ResultCache(path).count() == 0
+
+
+def test_statuses_are_the_documented_ones(tmp_path) -> None:
+    """Every status the loop writes is one of the documented sets; anything else is refused with the choices."""
+    from mixerlab.store.models import EXPERIMENT_STATUSES, RUN_STATUSES
+
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    run = store.create_run("r", {})
+    for status in RUN_STATUSES:
+        store.set_run_status(run.id, status)
+    with pytest.raises(ValueError, match="unknown run status 'paused'; use one of running, finished"):
+        store.set_run_status(run.id, "paused")
+    loop_source = (Path(__file__).parents[1] / "src" / "mixerlab" / "loop.py").read_text()
+    written = set(re.findall(r'status="(\w+)"|"status": "(\w+)"|set_run_status\([^,]+, "(\w+)"\)', loop_source))
+    assert {w for group in written for w in group if w} <= set(EXPERIMENT_STATUSES) | set(RUN_STATUSES)

@@ -41,13 +41,18 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: SafeJSON, list[Any]: SafeJSON}
 
 
+# what a run's and an experiment's `status` may be (the repository refuses anything else)
+RUN_STATUSES = ("running", "finished", "failed", "interrupted", "stopped")  # stopped: by budget or a signal, resumable
+EXPERIMENT_STATUSES = ("proposed", "checking", "evaluating", "done", "failed", "inert")  # inert: the parent's behaviour
+
+
 class Run(Base):
     __tablename__ = "runs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     config: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)
-    status: Mapped[str] = mapped_column(String(20), default="running")  # running | finished | interrupted
+    status: Mapped[str] = mapped_column(String(20), default="running")  # one of RUN_STATUSES
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
 
@@ -74,7 +79,7 @@ class Experiment(Base):
     diff: Mapped[str] = mapped_column(Text, default="")  # unified diff against the parent's code
     insights: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)  # the five sections
     expected: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)  # task -> target accuracy
-    status: Mapped[str] = mapped_column(String(20), default="proposed")  # proposed|checking|evaluating|done|failed
+    status: Mapped[str] = mapped_column(String(20), default="proposed")  # one of EXPERIMENT_STATUSES
     success: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     failure_reason: Mapped[str] = mapped_column(Text, default="")
     check_report: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from .db import open_engine, session_factory
-from .models import Attempt, Event, Experiment, Run, is_damaged, summarize
+from .models import EXPERIMENT_STATUSES, RUN_STATUSES, Attempt, Event, Experiment, Run, is_damaged, summarize
 
 UNFINISHED = ("proposed", "checking", "evaluating")
 
@@ -41,12 +41,16 @@ class Store:
             return list(s.scalars(select(Run).order_by(Run.id)))
 
     def set_run_status(self, run_id: int, status: str) -> None:
+        if status not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {status!r}; use one of {', '.join(RUN_STATUSES)}")
         with self.session.begin() as s:
             s.get(Run, run_id).status = status
 
     # experiments ----------------------------------------------------------------------------
 
     def add_experiment(self, **fields: Any) -> Experiment:
+        if fields.get("status", "proposed") not in EXPERIMENT_STATUSES:
+            raise ValueError(f"unknown experiment status {fields['status']!r}; use one of {', '.join(EXPERIMENT_STATUSES)}")
         with self.session.begin() as s:
             experiment = Experiment(**fields)
             experiment.summary = summarize(fields.get("scores"), fields.get("judgement"))
@@ -54,6 +58,8 @@ class Store:
         return experiment
 
     def update_experiment(self, experiment_id: int, **fields: Any) -> Experiment:
+        if "status" in fields and fields["status"] not in EXPERIMENT_STATUSES:
+            raise ValueError(f"unknown experiment status {fields['status']!r}; use one of {', '.join(EXPERIMENT_STATUSES)}")
         with self.session.begin() as s:
             experiment = s.get(Experiment, experiment_id)
             for key, value in fields.items():
