@@ -102,7 +102,8 @@ def eval_command(
                                            "cached trainings without it; benchmarks/results/baselines.md measures "
                                            "what it changes)"),
     compile_step: bool = typer.Option(False, "--compile", help="CUDA: torch.compile each group's training step "
-                                      "(faster on long groups; tens of seconds to compile per shape)"),
+                                      "once the group has trained 150M tokens eagerly (faster on long groups; tens "
+                                      "of seconds to compile per shape)"),
     library_solves: bool = typer.Option(False, "--library-solves", help="CUDA: solve the chunkwise WY systems with "
                                         "torch.linalg.solve_triangular instead of mixerlab's Triton kernel (same "
                                         "results within float32 rounding; for comparisons)"),
