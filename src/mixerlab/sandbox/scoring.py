@@ -255,9 +255,11 @@ class TrustedScorer:
             if change > self.tolerance:
                 self.failure = (
                     f"causality audit failed during the scored evaluation of {self.jobs[key].setting.label} (epoch "
-                    f"{state.epoch}): changing the tokens after position {probe.cut} of a test sequence changed the "
-                    f"logits at positions <= {probe.cut} (relative change {change:.2e}, allowed {self.tolerance:g}); "
-                    "the mixer looks ahead when its test set is scored: make every output depend on earlier tokens only")
+                    f"{state.epoch}): a copy of a test sequence with other tokens after position {probe.cut}, "
+                    f"evaluated in another forward call, got other logits at positions <= {probe.cut} (relative "
+                    f"change {change:.2e}, allowed {self.tolerance:g}); the mixer looks ahead, or mixes the rows of "
+                    "its batch, when its test set is scored: make every output depend on its own row's earlier "
+                    "tokens only")
                 raise ProtocolError(self.failure)
 
     def _trained(self, m: TrainedMessage) -> None:
