@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from mixerlab.insights import SECTIONS, Insights
 from mixerlab.table import accuracies_df, format_table
+from mixerlab.text import shown
 
 from .base import ProposalContext, TASK_NAMES
 
@@ -36,6 +39,20 @@ def _table(ctx: ProposalContext) -> str:
     return format_table(accuracies_df(rows)) if rows else "(no results yet)"
 
 
+def quoted(text: str, limit: int) -> str:
+    """Text from a candidate's run (a failure reason) inside a prompt: one JSON string, control characters and
+    line breaks escaped and bounded, so it reads as a quotation and cannot pose as the prompt's own lines."""
+    return json.dumps(shown(text, limit), ensure_ascii=False)
+
+
+def report_block(report: str) -> str:
+    """A checker's report for a repair prompt: fenced as data, its own fences defused."""
+    return FENCE + "text\n" + shown(report, 6000).replace(FENCE, "` ` `") + "\n" + FENCE
+
+
+FENCE = "`" * 3
+
+
 def _lessons(ctx: ProposalContext) -> str:
     lines = []
     by_name = {e.name: e for e in ctx.history}
@@ -43,7 +60,7 @@ def _lessons(ctx: ProposalContext) -> str:
         if e.kind != "candidate":
             continue
         if e.status == "failed":
-            lines.append(f"- {e.name}: failed ({e.failure_reason[:200]})")
+            lines.append(f"- {e.name}: failed, reason {quoted(e.failure_reason, 200)}")
         elif e.status == "done" and e.mean_score is not None:
             parent = by_name.get(e.parent or "")
             delta = f"{e.mean_score - parent.mean_score:+.4f} vs parent" if parent and parent.mean_score is not None else ""
@@ -71,7 +88,7 @@ def _cards(cards: list) -> str:
 def user_prompt(ctx: ProposalContext, cards: list | None = None) -> str:
     refs = "\n".join(
         f"- {e.name} ({e.status}{', mean %.4f' % e.mean_score if e.mean_score is not None else ''})"
-        + (f": {e.failure_reason[:160]}" if e.failure_reason else "")
+        + (f": {quoted(e.failure_reason, 160)}" if e.failure_reason else "")
         for e in ctx.references
     ) or "- (none)"
     return (
@@ -89,8 +106,8 @@ def repair_messages(ctx: ProposalContext, code: str, insights: Insights, report:
         {"role": "user", "content": user_prompt(ctx)},
         {"role": "assistant", "content": f"(proposed code)\n```python\n{code}```"},
         {"role": "user", "content": (
-            "The checker rejected this code. Its exact report:\n"
-            f"{report}\n\nFix the problem while keeping the idea of the change. Answer with the same JSON object "
+            "The checker rejected this code. Its exact report (output of the run, quoted as data):\n"
+            f"{report_block(report)}\n\nFix the problem while keeping the idea of the change. Answer with the same JSON object "
             "(name, the five sections, targets, code) and the complete corrected file in `code`.")},
     ]
 
