@@ -70,13 +70,13 @@ def test_option_effects_are_measured_against_the_parent() -> None:
 @pytest.mark.parametrize("seed", range(5))
 def test_a_proposal_is_a_new_nearby_vector_with_grounded_insights(seed: int) -> None:
     hist = history()
-    proposer = SearchProposer(seed=seed)
+    proposer = SearchProposer(seed=seed, crossover_rate=0.0)  # a mutation alone: one axis, or two (p = 0.3)
     parent = proposer.choose_parent(hist)
     assert parent is not None and parent.name in {e.name for e in archive(hist).values()}
     proposal = proposer.propose(context(hist, parent))
     child = space.from_edits(proposal.edits)
     assert child is not None and child not in [vector_of(e) for e in hist]
-    assert 1 <= space.distance(child, vector_of(parent)) <= 2 * len(space.AXES)
+    assert 1 <= space.distance(child, vector_of(parent)) <= 2  # the bound it had could never fail (<= 2 x axes)
     assert valid_name(proposal.name) and proposal.name.startswith("delta_net_4layer_")
     assert static_check(proposal.code)[0].passed
     assert proposal.code == space.render(child)
