@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from mixerlab.tasks import Task
 from mixerlab.web.app import create_app
 
 pytestmark = pytest.mark.slow
@@ -57,6 +58,11 @@ def test_experiment_lineage_live_compare(client: TestClient) -> None:
         page = client.get(path, headers={"accept": "text/html"})
         assert page.status_code == 200 and "<html" in page.text, path
     assert child["name"] in client.get("/", headers={"accept": "text/html"}).text
+    # every page that tabulates scores has a column per task (a renamed template global once emptied them silently)
+    for path, marker in (("/", "data-sort='{task}'"), (f"/experiments/{child['id']}", "<th>{column}</th>"),
+                         (f"/compare?ids={ids}", "<th>{column}</th>")):
+        html = client.get(path, headers={"accept": "text/html"}).text.replace('"', "'")
+        assert all(marker.format(task=t.value, column=t.column) in html for t in Task), path
 
 
 @pytest.mark.parametrize(
