@@ -47,7 +47,6 @@ from .timing import NoClock, PartClock
 
 log = logging.getLogger(__name__)
 
-
 EVAL_TOKENS = 2_000_000  # tokens per evaluation forward (members x examples x length)
 EVAL_LOGITS = 400_000_000  # logits elements per evaluation forward
 
@@ -136,7 +135,7 @@ class BatchedTrainer:
         self.cuda_graph = (self.device.type == "cuda") if cuda_graph is None else cuda_graph
         self.sync_every, self.shrink_below = sync_every, shrink_below
         # torch.compile fuses the many small elementwise kernels of the step (CUDA only; compiling costs about
-        # half a minute per shape, so it pays on long groups only: COMPILE_AFTER_TOKENS). Shapes are static:
+        # half a minute per shape, so it pays on long groups only: compile_after_tokens). Shapes are static:
         # dynamo's automatic dynamic shapes, triggered when a later group of another length reused the cached
         # code, made the sequence length symbolic, which vmap'd linear layers cannot trace. Every group shape
         # (a group that shrinks is a new one) compiles once, if it trains long enough eagerly.
