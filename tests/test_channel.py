@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -72,8 +73,13 @@ class Loopback:
     """The worker's channel wired straight to a trusted scorer in this process: the same messages and payload
     bytes the pipe would carry, without a sandbox around them."""
 
-    def __init__(self, scorer) -> None:
+    def __init__(self, scorer, slot_bytes: int | None = None) -> None:
         self.scorer, self.sent = scorer, []
+        # with a slot size, RemoteScorer cuts its frames to fit shared slots (sandbox/shared.py) as it does in a worker
+        self.slots = SimpleNamespace(slot_bytes=slot_bytes) if slot_bytes else None
+
+    def send_bytes(self, message: dict, data: torch.Tensor) -> None:
+        self.send(message, data.cpu().numpy().tobytes())
 
     def send(self, message: dict, payload: bytes = b"") -> None:
         self.sent.append(message)
@@ -100,11 +106,11 @@ def test_a_member_padded_to_its_groups_vocabulary_ships_and_scores_its_own_class
     tables = [torch.randn(512, 512, generator=generator) for _ in settings]  # logits of a token: causal
     tables[0][:, 256:] = float("-inf")  # the padding of the 256-class member
 
-    def evaluate(members: list[int], width: int) -> tuple[list[list[float]], list[int]]:
+    def evaluate(members: list[int], width: int, slot_bytes: int | None = None) -> tuple[list[list[float]], list[int]]:
         keys = [f"k{settings[m].vocab_size}" for m in members]
         scorer = TrustedScorer({k: jobs[k] for k in keys}, TrainConfig(), served, "fp32")
         tests = [served[test_set_id(settings[m], 0)] for m in members]
-        channel = Loopback(scorer)
+        channel = Loopback(scorer, slot_bytes)
         remote = RemoteScorer(channel, [TestSet(t.inputs, t.scored, vocab_size=settings[m].vocab_size)
                                         for m, t in zip(members, tests)])
         remote.begin(keys, [0] * len(members), list(range(len(members))))
@@ -116,6 +122,9 @@ def test_a_member_padded_to_its_groups_vocabulary_ships_and_scores_its_own_class
     assert vocabs == [256, 512]  # the padding never crosses
     assert together == evaluate([0], 256)[0] + evaluate([1], 512)[0]
     assert 0.0 < together[0][2] < 1.0  # token accuracy of random logits: a real score, not a constant
+    # cut into frames that fit 64 kB slots (16 rows x 16 positions x 256 bf16/fp32 classes each at most)
+    cut, cut_vocabs = evaluate([0, 1], 512, slot_bytes=64 << 10)
+    assert cut == together and len(cut_vocabs) > 2 * len(vocabs)
 
 
 @pytest.mark.parametrize("num_test, eval_batch", [(128, 128), (1280, 128), (64, 16), (40, 128)])

@@ -20,6 +20,7 @@ from mixerlab.config import Profile
 from mixerlab.mixers.loading import MixerSpec
 from mixerlab.sandbox import SandboxLimits, SandboxOutcome, run_sandboxed
 from mixerlab.sandbox.scoring import TrustedScorer, test_set_id
+from mixerlab.sandbox.shared import SLOT_BYTES
 from mixerlab.sandbox.tasks import TEST_SETS_FILE, EvaluationRequest
 from mixerlab.train.result import TrainResult
 
@@ -108,7 +109,8 @@ def evaluate_sandboxed(
         finally:
             parent["parent scoring"] += time.perf_counter() - began
 
-    outcome = run_sandboxed(payload, limits, handle, files={TEST_SETS_FILE: buffer.getvalue()})
+    outcome = run_sandboxed(payload, limits, handle, files={TEST_SETS_FILE: buffer.getvalue()},
+                            shared_slot_bytes=SLOT_BYTES if options.shared_logits else 0)
     if progress:
         progress.stop()
     audit = {"probes_checked": scorer.probes_checked, "largest_probe_change": scorer.largest_leak}

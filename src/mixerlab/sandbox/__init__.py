@@ -39,6 +39,7 @@ from ..config import available_cpus
 from ..text import shown
 from .channel import FrameReader, ProtocolError, encode
 from .confine import Confinement
+from .shared import SharedSlots
 
 F_SETPIPE_SZ = 1031  # Linux: larger pipes move logits faster
 
@@ -157,10 +158,13 @@ def run_sandboxed(
     limits: SandboxLimits = SandboxLimits(),
     on_message: Handler | None = None,
     files: dict[str, bytes] | None = None,
+    shared_slot_bytes: int = 0,
 ) -> SandboxOutcome:
     """Run `request` in a worker. `on_message(header, payload)` sees every frame as it arrives (validated as
     frames; its contents are the handler's to validate) and may return a reply; raising `ProtocolError`
-    stops the worker. `files` are written into the scratch directory before the worker starts."""
+    stops the worker. `files` are written into the scratch directory before the worker starts.
+    `shared_slot_bytes`: payloads up to this size may come through shared memory (sandbox/shared.py; 0: only
+    the pipe); the handler sees them as payloads all the same."""
     scratch = Path(tempfile.mkdtemp(prefix="mixerlab-sandbox-"))
     for name, data in (files or {}).items():
         (scratch / name).write_bytes(data)
@@ -191,6 +195,10 @@ def run_sandboxed(
     }
     if limits.gpu_memory_fraction:
         env["MIXERLAB_GPU_FRACTION"] = str(limits.gpu_memory_fraction)
+    shared = SharedSlots.create(slot_bytes=shared_slot_bytes) if shared_slot_bytes else None
+    if shared:
+        env.update(shared.environment())
+    passed = (write_fd, reply_read) + ((shared.fd,) if shared else ())
     confinement = Confinement.prepare(scratch, isolate_network=limits.isolate_network,
                                       use_landlock=limits.confine, use_seccomp=limits.confine)
     start = time.monotonic()
@@ -200,11 +208,13 @@ def run_sandboxed(
         proc = subprocess.Popen(
             [sys.executable, "-m", "mixerlab.sandbox.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=scratch, env=env,
-            pass_fds=(write_fd, reply_read), preexec_fn=_preexec(limits, confinement), close_fds=True,
+            pass_fds=passed, preexec_fn=_preexec(limits, confinement), close_fds=True,
         )
     except (OSError, subprocess.SubprocessError) as err:
         for fd in (read_fd, write_fd, reply_read, reply_write):
             os.close(fd)
+        if shared:
+            shared.close()
         confinement.close()
         shutil.rmtree(scratch, ignore_errors=True)
         return SandboxOutcome(status="error", output_tail=f"cannot start the sandbox worker: {err}")
@@ -236,11 +246,15 @@ def run_sandboxed(
             except ProcessLookupError:
                 pass
 
+    os.set_blocking(reply_write, False)  # a worker that stops reading its replies must not stall this process
+
     def reply(message: dict[str, Any], payload: bytes) -> None:
         data = memoryview(encode(key, message, payload))
         try:
             while data:
                 data = data[os.write(reply_write, data):]
+        except BlockingIOError:
+            raise ProtocolError("the worker left a megabyte of the parent's replies unread") from None
         except OSError:  # the worker is gone; its exit status tells the rest
             pass
 
@@ -275,6 +289,11 @@ def run_sandboxed(
                 continue
             try:
                 for message, payload in frames:
+                    if shared and "slot" in message:  # copied out first: the worker may reuse the slot at once
+                        message, payload, slot = shared.take(message, len(payload))
+                        reply({"type": "freed", "slot": slot}, b"")
+                    elif "slot" in message:
+                        raise ProtocolError("a frame names a shared slot, and this worker was given none")
                     outcome.messages.append(message)
                     answer = on_message(message, payload) if on_message else None
                     if answer is not None:
@@ -285,6 +304,8 @@ def run_sandboxed(
         if killed_for is None and _rss_bytes(proc.pid) > limits.memory_gb * 2**30:
             kill("memory")
     os.close(read_fd), os.close(reply_write)
+    if shared:
+        shared.close()
     returncode = proc.wait()
     outcome.returncode = returncode
     outcome.seconds = time.monotonic() - start

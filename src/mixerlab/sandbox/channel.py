@@ -121,15 +121,36 @@ class FrameReader:
 
 
 class WorkerChannel:
-    """The worker's end: `send` frames to the parent, `request` a reply (scores) and wait for it."""
+    """The worker's end: `send` frames to the parent, `send_bytes` a payload through a shared slot where there
+    are slots (sandbox/shared.py), `request` a reply (scores) and wait for it."""
 
-    def __init__(self, out_fd: int, reply_fd: int | None, key: bytes) -> None:
+    def __init__(self, out_fd: int, reply_fd: int | None, key: bytes, slots: Any = None) -> None:
         self.out_fd, self.reply_fd, self.key = out_fd, reply_fd, key
+        self.slots = slots  # a shared.WorkerSlots, or None: payloads go through the pipe
         self._reader: FrameReader | None = None
+        self._replies: list[dict[str, Any]] = []
 
     def send(self, message: dict[str, Any], payload: bytes = b"") -> None:
         self._write(encode_header(self.key, message, len(payload)))
         self._write(payload)  # not copied into the header's buffer: logits can be hundreds of MB
+
+    def send_bytes(self, message: dict[str, Any], data: Any) -> None:
+        """Send `data` (a 1-D uint8 torch tensor, on any device) as the frame's payload: copied into a free
+        shared slot when it fits one, else through the pipe."""
+        slots = self.slots
+        size = int(data.numel())
+        if slots is None or size > slots.slot_bytes or self.reply_fd is None:
+            self.send(message, memoryview(data.cpu().numpy()))
+            return
+        if data.is_cuda and not slots.pinned:
+            slots.pin()
+        slot = slots.next
+        slots.next = (slot + 1) % slots.slots
+        while slot in slots.busy:
+            self._read_replies()  # the parent answers "freed" once it has its own copy of the slot
+        slots.views()[slot][:size].copy_(data)
+        slots.busy.add(slot)
+        self.send({**message, "slot": slot, "bytes": size})
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -137,16 +158,25 @@ class WorkerChannel:
             written = os.write(self.out_fd, view)
             view = view[written:]
 
+    def _read_replies(self) -> None:
+        """Read what the parent has answered (one blocking read): freed slots are noted, replies queued."""
+        if self.reply_fd is None:
+            raise RuntimeError("this worker has no reply channel")
+        if self._reader is None:
+            self._reader = FrameReader(self.key)
+        chunk = os.read(self.reply_fd, 1 << 16)
+        if not chunk:
+            raise EOFError("the parent closed the reply channel")
+        for message, _ in self._reader.feed(chunk):
+            if message.get("type") == "freed" and self.slots is not None:
+                self.slots.busy.discard(message.get("slot"))
+            else:
+                self._replies.append(message)
+
     def request(self, message: dict[str, Any], payload: bytes = b"") -> dict[str, Any]:
         if self.reply_fd is None:
             raise RuntimeError("this worker has no reply channel")
         self.send(message, payload)
-        if self._reader is None:
-            self._reader = FrameReader(self.key)
-        while True:
-            chunk = os.read(self.reply_fd, 1 << 16)
-            if not chunk:
-                raise EOFError("the parent closed the reply channel")
-            frames = self._reader.feed(chunk)
-            if frames:
-                return frames[0][0]
+        while not self._replies:
+            self._read_replies()
+        return self._replies.pop(0)

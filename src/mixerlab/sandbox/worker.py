@@ -17,11 +17,12 @@ import sys
 import traceback
 
 from mixerlab.sandbox.channel import WorkerChannel
+from mixerlab.sandbox.shared import WorkerSlots
 
 SCRATCH = os.environ.get("MIXERLAB_SANDBOX_SCRATCH", os.getcwd())
 CHANNEL = WorkerChannel(int(os.environ.get("MIXERLAB_SANDBOX_FD", "1")),
                         int(os.environ["MIXERLAB_SANDBOX_REPLY_FD"]) if "MIXERLAB_SANDBOX_REPLY_FD" in os.environ else None,
-                        b"")
+                        b"", WorkerSlots(os.environ["MIXERLAB_SANDBOX_SLOTS"]) if "MIXERLAB_SANDBOX_SLOTS" in os.environ else None)
 
 # programs that trusted code starts after the lock-down: Triton finds libcuda with ldconfig and `file`, and
 # compiles kernels (a new shape of the solve kernel, torch.compile's kernels) with its ptxas and a C compiler
@@ -145,7 +146,8 @@ def main() -> None:
     kind = request["kind"]
     if kind == "run":  # for the sandbox's own tests: raw code, no static checks
         lock_down() if request.get("lock_down", True) else None
-        exec(compile(request["source"], "<sandbox-test>", "exec"), {"__name__": "__sandbox__", "send": send})
+        exec(compile(request["source"], "<sandbox-test>", "exec"),
+             {"__name__": "__sandbox__", "send": send, "channel": CHANNEL})
         send({"type": "done"})
         return
     warm_up(request.get("device", "cpu"))
