@@ -697,3 +697,96 @@ def test_candidate_text_in_the_llm_prompt_is_quoted_data() -> None:
     insights = Insights(observations="o", code_issues="c", reasoning="r", expected="e", lessons="l")
     repair = repair_messages(ctx, "code", insights, hostile)[-1]["content"]
     assert repair.count("```") == 2 and "\x1b" not in repair  # one fenced block: the report cannot close it
+
+
+# issue 49, item 3: text from a candidate is data in every place it reaches, end to end
+HOSTILE_TEXT = "[/bold] [red]not markup[/red] <script>alert('x')</script> ``` \x1b[2J\x1b]0;owned\x07"
+
+
+def test_candidate_text_is_shown_literally_and_bounded_everywhere_it_reaches(tmp_path: Path, baseline_cache: Path) -> None:
+    """A candidate whose error is markup, HTML, a Markdown fence, terminal escapes and a megabyte, with insights
+    and code comments alike, goes through the loop (checked in the sandbox, repair refused, recorded), `check` and
+    `eval`; the loop's console, the database, the dashboard and the report show it literally and bounded."""
+    import io
+
+    from fastapi.testclient import TestClient
+    from rich.console import Console
+
+    from mixerlab.config import LoopConfig, sqlite_url
+    from mixerlab.executor import LocalExecutor
+    from mixerlab.insights import Insights
+    from mixerlab.loop import ResearchLoop
+    from mixerlab.mixers import template_source
+    from mixerlab.propose import Proposal, ProposerError
+    from mixerlab.web.app import create_app
+    from mixerlab.web.report import write_report
+
+    code = template_source("delta_net").replace(
+        "        batch, length, d_model = x.shape\n",
+        f"        # {HOSTILE_TEXT[:-12]}\n        batch, length, d_model = x.shape\n"
+        f"        raise ValueError({HOSTILE_TEXT!r} + 'y' * 1_000_000)\n", 1)
+    said = Insights(observations=HOSTILE_TEXT, code_issues="```\n<img src=x onerror=alert(1)>\n```", reasoning="r",
+                    expected="e", lessons="l")
+
+    class Hostile:
+        name = "fixed"
+
+        def propose(self, context):
+            return Proposal(name="delta_net_4layer_hostile_text", edits=[], code=code, insights=said)
+
+        def repair(self, context, proposal, report):
+            raise ProposerError("no repair for this one")
+
+    screen = io.StringIO()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    loop = ResearchLoop(LoopConfig(run_dir=str(run_dir), iterations=1, cache_path=str(baseline_cache)), Hostile(),
+                        LocalExecutor(), Console(file=screen, force_terminal=True, width=160))
+    loop.run()
+    shown_on_screen = screen.getvalue()
+    assert "[/bold] [red]not markup[/red]" in shown_on_screen and "\\x1b[2J" in shown_on_screen
+    assert "\x1b[2J" not in shown_on_screen and "\x1b]0;owned" not in shown_on_screen
+    assert len(shown_on_screen) < 200_000  # the megabyte did not reach the terminal
+
+    row = next(e for e in loop.store.experiments() if e.kind == "candidate")
+    assert row.status == "failed" and "[/bold] [red]not markup[/red] <script>" in row.failure_reason
+    assert "\x1b" not in row.failure_reason and len(row.failure_reason) < 10_000
+    # shown as if it had been evaluated, to reach the report's top experiments with its insights and diff
+    baseline = next(e for e in loop.store.experiments() if e.name == "delta_net_4layer")
+    loop.store.update_experiment(row.id, status="done", success=True, scores=baseline.scores, mean_score=baseline.mean_score)
+    url = sqlite_url(run_dir / "mixerlab.db")
+
+    client = TestClient(create_app(url), base_url="http://127.0.0.1")
+    for page in (f"/experiments/{row.id}", "/", "/live", f"/compare?ids={baseline.id},{row.id}"):
+        response = client.get(page)
+        assert response.status_code == 200 and len(response.text) < 500_000, page
+        assert "<script>alert" not in response.text and "<img src=x" not in response.text, page
+    api = client.get(f"/api/experiments/{row.id}")  # JSON is data: the text as recorded, never HTML
+    assert api.headers["content-type"] == "application/json" and api.headers["x-content-type-options"] == "nosniff"
+    assert api.json()["insights"]["observations"] == HOSTILE_TEXT.replace("\x1b", "\\x1b").replace("\x07", "\\x07")
+    page = client.get(f"/experiments/{row.id}").text
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page and "[/bold] [red]not markup[/red]" in page
+
+    html_path, md_path = write_report(url, tmp_path / "report")
+    html, md = html_path.read_text(), md_path.read_text()
+    assert "<script>alert" not in html and "<img src=x" not in html and "&lt;script&gt;alert" in html
+    outside, fence = [], None  # the Markdown a renderer would interpret: every line outside fenced blocks
+    for line in md.splitlines():
+        if fence is None and line.startswith("```"):
+            fence = line[: len(line) - len(line.lstrip("`"))]
+        elif fence is not None and line == fence:
+            fence = None
+        elif fence is None:
+            outside.append(line)
+    assert fence is None and "&lt;script&gt;alert" in "\n".join(outside)
+    assert not any("<script>" in line or "<img" in line for line in outside)
+    assert "```` diff" not in md and "````diff" in md  # the diff holds a ``` line: its fence is longer
+
+    candidate = tmp_path / "delta_net_4layer_hostile_text.py"
+    candidate.write_text(code)
+    for command, code in ((["check", str(candidate)], 1),  # a rejection; `eval`: a failed check is a usage error
+                          (["eval", "--mixer", str(candidate), "--profile", "smoke", "--device", "cpu", "--no-cache"], 2)):
+        result = invoke(*command)
+        assert result.exit_code == code and "Traceback" not in result.output, result.output
+        assert "[/bold] [red]not markup[/red]" in result.output and "\x1b[2J" not in result.output, command
+        assert len(result.output) < 100_000, command

@@ -25,6 +25,7 @@ import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
 from mixerlab.table import format_table, parse_table
+from mixerlab.text import shown
 
 SECTIONS: dict[str, str] = {
     "observations": "Key Observations from Experiment Results",
@@ -33,6 +34,7 @@ SECTIONS: dict[str, str] = {
     "expected": "Expected Improvements",
     "lessons": "Lessons from Historical Attempts",
 }
+SECTION_CHARS = 20_000  # a section longer than this is cut (a seed's whole block is about 2,000)
 NAME_PATTERN = re.compile(r"^delta_net_4layer_[a-z0-9]+(_[a-z0-9]+)*$")
 
 
@@ -46,7 +48,8 @@ class Insights(BaseModel):
     @field_validator("*")
     @classmethod
     def _strip(cls, value: str) -> str:
-        return value.strip()
+        # an LLM writes these and quotes candidates in them: data for the terminal like any candidate text
+        return shown(value.strip(), SECTION_CHARS)
 
     def render(self) -> str:
         return "\n\n".join(f"{SECTIONS[key]}\n{getattr(self, key)}" for key in SECTIONS)

@@ -101,6 +101,8 @@ def create_app(db_url: str, token: str | None = None, host: str = "127.0.0.1") -
         start = time.perf_counter()
         response = await call_next(request)
         response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - start) * 1000:.1f}"
+        # recorded text (candidate errors, LLM insights) is served as JSON or escaped HTML: never sniffed as HTML
+        response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
     hosts = allowed_hosts(host)

@@ -3,6 +3,7 @@ file with the leaderboard, the plots and each top experiment's insights and diff
 
 from __future__ import annotations
 
+import re
 from html import escape
 from pathlib import Path
 
@@ -16,6 +17,19 @@ from mixerlab.tasks import TASK_NAMES
 
 from .charts import bar_chart, lineage_tree, scatter_by_iteration, score_color
 from .queries import COLUMNS, Queries
+
+
+def md_prose(text: str) -> str:
+    """Recorded prose (insights an LLM wrote, quoting candidates) for Markdown: HTML characters escaped, so a
+    renderer shows them as written instead of running them."""
+    return escape(text, quote=False)
+
+
+def md_fenced(text: str, info: str = "") -> list[str]:
+    """`text` as one fenced block whose fence is longer than any run of backticks in it: a line of backticks in a
+    candidate's code cannot close the block early and turn the rest into Markdown."""
+    fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return [fence + info, text, fence]
 
 
 def score_text(score: float | None) -> str:
@@ -80,8 +94,8 @@ def write_report(db_url: str, out: Path, run: str | None = None, top: int = 5) -
     for e in details:
         md += ["", f"## {e['name']} ({e['mean_score']:.4f})", "", f"parent: {(e['parent'] or {}).get('name', '-')}", ""]
         for key, title_ in SECTIONS.items():
-            md += [f"### {title_}", "", e["insights"].get(key, ""), ""]
-        md += ["```diff", e["diff"] or "", "```"]
+            md += [f"### {title_}", "", md_prose(e["insights"].get(key, "")), ""]
+        md += md_fenced(e["diff"] or "", "diff")
     if failed:
         md += ["", "## Failed", ""] + [f"- {r.name}: {r.status}" for r in failed]
     md_path.write_text("\n".join(md) + "\n")
