@@ -136,3 +136,30 @@ def test_a_worker_exiting_early_is_no_success() -> None:
     outcome = raw("import os\nos._exit(0)")
     assert outcome.status == "crash" and "before it finished" in outcome.error
 
+
+
+def test_a_spare_worker_serves_the_next_run_once_and_fresh() -> None:
+    """With `spare`, a run leaves a started worker waiting for the next run of the same limits: that run gets it
+    (another process than the first, in its own scratch folder, confined), it is never reused, and
+    `close_spares` stops the one left waiting."""
+    from mixerlab.sandbox import _SPARES, close_spares
+
+    source = ("import os, pathlib\nleft = sorted(p.name for p in pathlib.Path('.').iterdir())\n"
+              "pathlib.Path('mine.txt').write_text('x')\n"
+              "try:\n    open('/tmp/outside-the-scratch.txt', 'w')\n    wrote = True\nexcept OSError:\n    wrote = False\n"
+              "send({'type': 'me', 'pid': os.getpid(), 'left': left, 'wrote_outside': wrote})")
+    limits = replace(LIMITS, spare=True, timeout_s=100)
+    close_spares()
+    try:
+        first = run_sandboxed({"kind": "run", "source": source}, limits)
+        waiting = next(iter(_SPARES.values())).proc.pid
+        second = run_sandboxed({"kind": "run", "source": source}, replace(limits, timeout_s=200))  # same kind of limits
+        me = [next(m for m in o.messages if m["type"] == "me") for o in (first, second)]
+        assert first.status == second.status == "ok"
+        assert me[1]["pid"] == waiting != me[0]["pid"]
+        assert "mine.txt" not in me[1]["left"] and not me[1]["wrote_outside"]  # nothing of the first run; confined
+        assert len(_SPARES) == 1 and next(iter(_SPARES.values())).proc.pid not in (me[0]["pid"], me[1]["pid"])
+        spare = next(iter(_SPARES.values())).proc
+    finally:
+        close_spares()
+    assert not _SPARES and spare.poll() is not None

@@ -9,7 +9,7 @@ from dataclasses import replace
 from mixerlab.check import CheckReport, Conditions, check_candidate
 from mixerlab.config import available_cpus
 from mixerlab.mixers.loading import MixerSpec
-from mixerlab.sandbox import SandboxLimits
+from mixerlab.sandbox import SandboxLimits, close_spares
 
 from .base import EvalOutcome, EvaluationJob, TrainingCallback, run_evaluation
 
@@ -32,8 +32,8 @@ class LocalExecutor:
     def check(self, spec: MixerSpec, known: dict[str, str], slot: int, conditions: Conditions | None = None) -> CheckReport:
         gpu = self._gpu(slot)
         limits = self.check_limits
-        if gpu is not None:  # the checks run where the evaluation will: on the GPU
-            limits = replace(limits, cuda_device=gpu, gpu_memory_fraction=0.2 / self.workers_per_gpu)
+        if gpu is not None:  # the checks run where the evaluation will: on the GPU, on a worker started ahead
+            limits = replace(limits, cuda_device=gpu, gpu_memory_fraction=0.2 / self.workers_per_gpu, spare=True)
         conditions = (conditions or self.conditions).model_copy(update={"device": "cuda" if gpu is not None else "cpu"})
         return check_candidate(spec, known=known, limits=limits, conditions=conditions)
 
@@ -44,9 +44,10 @@ class LocalExecutor:
             timeout_s=job.timeout_s, memory_gb=self.eval_memory_gb, output_bytes=20_000_000,
             cpu_threads=self.cpu_threads, cuda_device=gpu,
             gpu_memory_fraction=(0.9 / self.workers_per_gpu) if gpu is not None else None,
+            spare=gpu is not None,  # the next candidate's worker starts (torch, CUDA: ~9 s) while this one trains
         )
         return run_evaluation(spec, job, "cuda" if gpu is not None else "cpu", limits, on_training, cuda_device=gpu,
                               progress=progress)
 
     def close(self) -> None:
-        pass
+        close_spares()

@@ -17,6 +17,7 @@ Whatever the candidate does, the caller gets a `SandboxOutcome` and carries on.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import fcntl
 import json
@@ -31,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -57,6 +58,7 @@ class SandboxLimits:
     cuda_device: int | None = None  # which GPU the worker sees (None: no GPU)
     isolate_network: bool = True
     confine: bool = True  # Landlock + seccomp (sandbox/confine.py); off only to test the layers one by one
+    spare: bool = False  # keep a started worker of these limits waiting for the next run (a GPU worker's start is ~9 s)
 
     @property
     def threads(self) -> int:
@@ -110,14 +112,14 @@ class SandboxOutcome:
         return "ok"
 
 
-def _preexec(limits: SandboxLimits, confinement: Confinement) -> Callable[[], None]:
+def _preexec(limits: SandboxLimits, confinement: Confinement, cpu_seconds: float) -> Callable[[], None]:
     def setup() -> None:
         os.setsid()  # own process group: the whole tree can be killed at once
         try:  # and die with the parent, even when the parent is killed with SIGKILL (Linux)
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except Exception:  # noqa: BLE001 - not Linux
             pass
-        cpu = int(limits.timeout_s * limits.threads + 30)
+        cpu = int(cpu_seconds)
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 20, 256 << 20))
@@ -153,22 +155,35 @@ def _rss_bytes(pid: int) -> int:
     return total
 
 
-def run_sandboxed(
-    request: dict[str, Any],
-    limits: SandboxLimits = SandboxLimits(),
-    on_message: Handler | None = None,
-    files: dict[str, bytes] | None = None,
-    shared_slot_bytes: int = 0,
-) -> SandboxOutcome:
-    """Run `request` in a worker. `on_message(header, payload)` sees every frame as it arrives (validated as
-    frames; its contents are the handler's to validate) and may return a reply; raising `ProtocolError`
-    stops the worker. `files` are written into the scratch directory before the worker starts.
-    `shared_slot_bytes`: payloads up to this size may come through shared memory (sandbox/shared.py; 0: only
-    the pipe); the handler sees them as payloads all the same."""
+@dataclass
+class _Worker:
+    """A started worker, waiting for its request on stdin (it imports torch and starts CUDA meanwhile)."""
+
+    proc: subprocess.Popen
+    scratch: Path
+    read_fd: int
+    reply_write: int
+    shared: SharedSlots | None
+    confinement: dict[str, Any]
+    network_isolated: bool
+
+    def discard(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            stream.close()
+        os.close(self.read_fd), os.close(self.reply_write)
+        if self.shared:
+            self.shared.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _launch(limits: SandboxLimits, shared_slot_bytes: int, cpu_seconds: float) -> _Worker | str:
+    """Start a confined worker in a fresh scratch folder; the worker, or why it could not start."""
     scratch = Path(tempfile.mkdtemp(prefix="mixerlab-sandbox-"))
-    for name, data in (files or {}).items():
-        (scratch / name).write_bytes(data)
-    key = secrets.token_bytes(32)
     read_fd, write_fd = os.pipe()
     reply_read, reply_write = os.pipe()
     for fd in (read_fd, reply_read):
@@ -201,14 +216,11 @@ def run_sandboxed(
     passed = (write_fd, reply_read) + ((shared.fd,) if shared else ())
     confinement = Confinement.prepare(scratch, isolate_network=limits.isolate_network,
                                       use_landlock=limits.confine, use_seccomp=limits.confine)
-    start = time.monotonic()
-    outcome = SandboxOutcome(status="ok", network_isolated=confinement.network_namespace,
-                             confinement=confinement.summary())
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mixerlab.sandbox.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=scratch, env=env,
-            pass_fds=passed, preexec_fn=_preexec(limits, confinement), close_fds=True,
+            pass_fds=passed, preexec_fn=_preexec(limits, confinement, cpu_seconds), close_fds=True,
         )
     except (OSError, subprocess.SubprocessError) as err:
         for fd in (read_fd, write_fd, reply_read, reply_write):
@@ -217,9 +229,84 @@ def run_sandboxed(
             shared.close()
         confinement.close()
         shutil.rmtree(scratch, ignore_errors=True)
-        return SandboxOutcome(status="error", output_tail=f"cannot start the sandbox worker: {err}")
+        return f"cannot start the sandbox worker: {err}"
     confinement.close()
     os.close(write_fd), os.close(reply_read)
+    return _Worker(proc, scratch, read_fd, reply_write, shared, confinement.summary(), confinement.network_namespace)
+
+
+# Spare workers (limits.spare): one started worker per kind of limits, waiting for the next request of that kind.
+# Each serves one request and is never reused, so no candidate sees another's process.
+_SPARES: dict[tuple, _Worker] = {}
+_SPARES_LOCK = threading.Lock()
+SPARE_CPU_SECONDS = 24 * 3600.0  # a spare's CPU-time limit until it is taken (then its request's, see `_take`)
+
+
+def _cpu_limit(limits: SandboxLimits) -> float:
+    return limits.timeout_s * limits.threads + 30
+
+
+def _take(limits: SandboxLimits, shared_slot_bytes: int) -> _Worker | str:
+    """A worker for one request: a waiting spare of these limits where there is one (then another spare is
+    started for the next request), else a fresh one."""
+    if not limits.spare:
+        return _launch(limits, shared_slot_bytes, _cpu_limit(limits))
+    key = (replace(limits, timeout_s=0.0), shared_slot_bytes)
+    with _SPARES_LOCK:
+        worker = _SPARES.pop(key, None)
+    if worker is not None and worker.proc.poll() is not None:  # it died waiting (killed from outside)
+        worker.discard()
+        worker = None
+    if worker is not None:
+        try:  # the request's CPU-time limit, with room for what the spare spent starting
+            cpu = int(_cpu_limit(limits) + 60)
+            resource.prlimit(worker.proc.pid, resource.RLIMIT_CPU, (cpu, cpu + 5))
+        except (OSError, AttributeError):  # the wall-clock limit still holds
+            pass
+    else:
+        worker = _launch(limits, shared_slot_bytes, _cpu_limit(limits))
+    spare = _launch(limits, shared_slot_bytes, SPARE_CPU_SECONDS)
+    if isinstance(spare, _Worker):
+        with _SPARES_LOCK:
+            spare, _SPARES[key] = _SPARES.get(key), spare
+        if spare is not None:
+            spare.discard()
+    return worker
+
+
+def close_spares() -> None:
+    """Stop every waiting spare worker (at exit, and when an executor closes)."""
+    with _SPARES_LOCK:
+        spares = list(_SPARES.values())
+        _SPARES.clear()
+    for worker in spares:
+        worker.discard()
+
+
+atexit.register(close_spares)
+
+
+def run_sandboxed(
+    request: dict[str, Any],
+    limits: SandboxLimits = SandboxLimits(),
+    on_message: Handler | None = None,
+    files: dict[str, bytes] | None = None,
+    shared_slot_bytes: int = 0,
+) -> SandboxOutcome:
+    """Run `request` in a worker. `on_message(header, payload)` sees every frame as it arrives (validated as
+    frames; its contents are the handler's to validate) and may return a reply; raising `ProtocolError`
+    stops the worker. `files` are written into the scratch directory before the worker reads its request.
+    `shared_slot_bytes`: payloads up to this size may come through shared memory (sandbox/shared.py; 0: only
+    the pipe); the handler sees them as payloads all the same."""
+    worker = _take(limits, shared_slot_bytes)
+    if isinstance(worker, str):
+        return SandboxOutcome(status="error", output_tail=worker)
+    proc, scratch, read_fd, reply_write, shared = worker.proc, worker.scratch, worker.read_fd, worker.reply_write, worker.shared
+    for name, data in (files or {}).items():
+        (scratch / name).write_bytes(data)
+    key = secrets.token_bytes(32)
+    start = time.monotonic()
+    outcome = SandboxOutcome(status="ok", network_isolated=worker.network_isolated, confinement=worker.confinement)
 
     def feed() -> None:
         try:

@@ -1,7 +1,7 @@
 """The sandbox worker: `python -m mixerlab.sandbox.worker`, started by `run_sandboxed`, never by hand.
 
-Reads one JSON request on stdin, imports and warms up everything trusted it needs (torch, Triton's driver),
-snapshots the torch functions that training and scoring rely on (sandbox/integrity.py), then locks itself
+Imports everything trusted it needs (torch; on a GPU also CUDA and Triton's driver, warmed up), then reads one
+JSON request on stdin (a spare worker waits there, warm, for the next candidate), snapshots the torch functions that training and scoring rely on (sandbox/integrity.py), then locks itself
 down (audit hook) before any candidate code runs. It talks to its parent in signed frames
 (sandbox/channel.py). Requests: {"kind": "check", ...} runs checks 2-7; {"kind": "evaluate", ...} trains the
 candidate and has the parent score every epoch; {"kind": "run", "source": ...} executes code (tests only).
@@ -125,8 +125,8 @@ def warm_up(device: str) -> None:
 
 
 def main() -> None:
-    request = json.loads(sys.stdin.read())
-    CHANNEL.key = bytes.fromhex(request.pop("channel_key", ""))
+    # everything up to the request is the same for every candidate: a spare worker (sandbox/__init__.py) does it
+    # while it waits, so a candidate's checks or evaluation start on a warm process
     import torch  # noqa: F401 - imported before the lock-down, with everything torch loads lazily
     import torch._dynamo  # noqa: F401 - it wraps torch.manual_seed & co. on first import: before the snapshot
     from torch._dynamo.mutation_guard import install_generation_tagging_init
@@ -143,6 +143,11 @@ def main() -> None:
     if os.environ.get("MIXERLAB_GPU_FRACTION") and torch.cuda.is_available():
         torch.cuda.init()
         torch.cuda.set_per_process_memory_fraction(float(os.environ["MIXERLAB_GPU_FRACTION"]))
+    on_gpu = bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if on_gpu:
+        warm_up("cuda")
+    request = json.loads(sys.stdin.read())
+    CHANNEL.key = bytes.fromhex(request.pop("channel_key", ""))
     kind = request["kind"]
     if kind == "run":  # for the sandbox's own tests: raw code, no static checks
         lock_down() if request.get("lock_down", True) else None
@@ -150,7 +155,8 @@ def main() -> None:
              {"__name__": "__sandbox__", "send": send, "channel": CHANNEL})
         send({"type": "done"})
         return
-    warm_up(request.get("device", "cpu"))
+    if not on_gpu:
+        warm_up(request.get("device", "cpu"))
     integrity = Integrity.snapshot()
     spec = MixerSpec(**request["spec"])
     if kind == "check":
