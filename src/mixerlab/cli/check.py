@@ -34,8 +34,7 @@ def check_command(
     except (MixerLoadError, UserError, ValueError) as err:
         fail(str(err))
     gpu = (int(dev.split(":")[1]) if ":" in dev else 0) if dev.startswith("cuda") else None
-    limits = SandboxLimits(timeout_s=timeout, memory_gb=memory_gb, cuda_device=gpu,
-                           gpu_memory_fraction=0.5 if gpu is not None else None)
+    limits = SandboxLimits.for_checks(SandboxLimits(timeout_s=timeout, memory_gb=memory_gb), gpu)
     report = check_candidate(spec, budget=budget, limits=limits, check_novelty=candidate not in BUILTINS,
                              conditions=conditions)
     if json_out:

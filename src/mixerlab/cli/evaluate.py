@@ -234,16 +234,14 @@ def sandboxed(spec, prof, options, store, progress):
 
     device = "cuda" if options.device.startswith("cuda") else "cpu"
     gpu = (int(options.device.split(":")[1]) if ":" in options.device else 0) if device == "cuda" else None
-    limits = SandboxLimits(cuda_device=gpu, gpu_memory_fraction=0.2 if gpu is not None else None)
+    limits = SandboxLimits.for_checks(cuda_device=gpu)
     err_console.print(f"[dim]checking {escape(spec.filename)} in the sandbox (an untrusted file; --trusted skips this)[/]",
                       highlight=False)
     report = check_candidate(spec, limits=limits, check_novelty=False, conditions=Conditions.for_profile(prof, device))
     if not report.passed:
         raise UserError(f"{spec.filename} failed its checks: {report.summary()}; `mixerlab check {spec.filename}` lists "
                         "them all (or pass --trusted to run your own file unchecked)")
-    limits = SandboxLimits(timeout_s=options.time_limit + 600 if options.time_limit else 7 * 24 * 3600.0,
-                           memory_gb=16.0, output_bytes=20_000_000, cuda_device=gpu,
-                           gpu_memory_fraction=0.9 if gpu is not None else None)
+    limits = SandboxLimits.for_evaluation(options.time_limit + 600 if options.time_limit else 7 * 24 * 3600.0, gpu)
     result = evaluate_sandboxed(spec, prof, dataclasses.replace(options, device=device), limits, cache=store,
                                 progress=progress, cuda_device=gpu)
     if not result.ok:

@@ -4,8 +4,6 @@ round-robin by worker slot."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from mixerlab.check import CheckReport, Conditions, check_candidate
 from mixerlab.config import available_cpus
 from mixerlab.mixers.loading import MixerSpec
@@ -31,21 +29,17 @@ class LocalExecutor:
 
     def check(self, spec: MixerSpec, known: dict[str, str], slot: int, conditions: Conditions | None = None) -> CheckReport:
         gpu = self._gpu(slot)
-        limits = self.check_limits
-        if gpu is not None:  # the checks run where the evaluation will: on the GPU, on a worker started ahead
-            limits = replace(limits, cuda_device=gpu, gpu_memory_fraction=0.2 / self.workers_per_gpu, spare=True)
+        # the checks run where the evaluation will: on the GPU, on a worker started ahead (SandboxLimits.spare)
+        limits = SandboxLimits.for_checks(self.check_limits, gpu, 1 / self.workers_per_gpu, spare=gpu is not None)
         conditions = (conditions or self.conditions).model_copy(update={"device": "cuda" if gpu is not None else "cpu"})
         return check_candidate(spec, known=known, limits=limits, conditions=conditions)
 
     def evaluate(self, spec: MixerSpec, job: EvaluationJob, on_training: TrainingCallback, slot: int,
                  progress=None) -> EvalOutcome:
         gpu = self._gpu(slot)
-        limits = SandboxLimits(
-            timeout_s=job.timeout_s, memory_gb=self.eval_memory_gb, output_bytes=20_000_000,
-            cpu_threads=self.cpu_threads, cuda_device=gpu,
-            gpu_memory_fraction=(0.9 / self.workers_per_gpu) if gpu is not None else None,
-            spare=gpu is not None,  # the next candidate's worker starts (torch, CUDA: ~9 s) while this one trains
-        )
+        # on a GPU the next candidate's worker starts (torch, CUDA: ~9 s) while this one trains
+        limits = SandboxLimits.for_evaluation(job.timeout_s, gpu, 1 / self.workers_per_gpu, self.eval_memory_gb,
+                                              self.cpu_threads, spare=gpu is not None)
         return run_evaluation(spec, job, "cuda" if gpu is not None else "cpu", limits, on_training, cuda_device=gpu,
                               progress=progress)
 

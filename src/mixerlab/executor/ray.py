@@ -92,8 +92,9 @@ class RayExecutor:
     def evaluate(self, spec: MixerSpec, job: EvaluationJob, on_training: TrainingCallback, slot: int,
                  progress=None) -> EvalOutcome:  # progress: trainings arrive per task, when the task ends
         cuda = self.gpus_per_task > 0
-        limits = SandboxLimits(timeout_s=job.timeout_s, memory_gb=self.eval_memory_gb, output_bytes=20_000_000,
-                               cpu_threads=self.threads, gpu_memory_fraction=(0.9 * min(1.0, self.gpus_per_task)) if cuda else None)
+        # cuda_device is the task's own GPU, set where Ray runs it (_evaluation_task); 0 here only marks "a GPU"
+        limits = SandboxLimits.for_evaluation(job.timeout_s, 0 if cuda else None, min(1.0, self.gpus_per_task),
+                                              self.eval_memory_gb, self.threads)
         pending = {}
         for task in job.tasks:
             part = job.model_copy(update={"tasks": [task], "known": [t for t in job.known if t.task == task]})

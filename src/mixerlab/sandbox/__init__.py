@@ -48,6 +48,14 @@ F_SETPIPE_SZ = 1031  # Linux: larger pipes move logits faster
 Handler = Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes] | None]
 
 
+# The limits every caller shares (executors, `mixerlab check`, `mixerlab eval FILE.py`): SandboxLimits.for_checks
+# and SandboxLimits.for_evaluation apply them
+CHECK_GPU_FRACTION = 0.2  # a check runs small forwards; the evaluation beside it gets the rest
+EVAL_GPU_FRACTION = 0.9
+EVAL_MEMORY_GB = 16.0
+EVAL_OUTPUT_BYTES = 20_000_000  # training logs of a long sweep
+
+
 @dataclass(frozen=True)
 class SandboxLimits:
     timeout_s: float = 300.0  # a backstop for endless loops, with room for a busy machine
@@ -59,6 +67,22 @@ class SandboxLimits:
     isolate_network: bool = True
     confine: bool = True  # Landlock + seccomp (sandbox/confine.py); off only to test the layers one by one
     spare: bool = False  # keep a started worker of these limits waiting for the next run (a GPU worker's start is ~9 s)
+
+    @classmethod
+    def for_checks(cls, base: "SandboxLimits | None" = None, cuda_device: int | None = None, gpu_share: float = 1.0,
+                   spare: bool = False) -> "SandboxLimits":
+        """The checks' limits (the time and memory of `base`): on a GPU, at most a fifth of it, divided among the
+        workers that share the GPU (`gpu_share`: this worker's share)."""
+        return replace(base or cls(), cuda_device=cuda_device, spare=spare,
+                       gpu_memory_fraction=CHECK_GPU_FRACTION * gpu_share if cuda_device is not None else None)
+
+    @classmethod
+    def for_evaluation(cls, timeout_s: float, cuda_device: int | None = None, gpu_share: float = 1.0,
+                       memory_gb: float = EVAL_MEMORY_GB, cpu_threads: int = 2, spare: bool = False) -> "SandboxLimits":
+        """An evaluation's limits: room for training's memory and logs; on a GPU, most of its share of it."""
+        return cls(timeout_s=timeout_s, memory_gb=memory_gb, output_bytes=EVAL_OUTPUT_BYTES, cpu_threads=cpu_threads,
+                   cuda_device=cuda_device, spare=spare,
+                   gpu_memory_fraction=EVAL_GPU_FRACTION * gpu_share if cuda_device is not None else None)
 
     @property
     def threads(self) -> int:
