@@ -268,10 +268,10 @@ def test_an_inert_candidate_is_recorded_as_such_and_not_trained(tmp_path: Path, 
     from mixerlab.loop import ResearchLoop
     from mixerlab.mixers import template_source
     from mixerlab.mixers.loading import MixerSpec
-    from mixerlab.propose import Proposal
+    from mixerlab.propose import BaseProposer, Proposal
     from mixerlab.propose.edits import EDITS_BY_NAME
 
-    class ClampOnce:  # proposes the norm clamp, which acts only between 64-token chunks: never at `tiny`'s 32 tokens
+    class ClampOnce(BaseProposer):  # proposes the norm clamp, which acts only between 64-token chunks: never at `tiny`'s 32 tokens
         name = "fixed"
 
         def propose(self, context):
@@ -717,7 +717,7 @@ def test_candidate_text_is_shown_literally_and_bounded_everywhere_it_reaches(tmp
     from mixerlab.insights import Insights
     from mixerlab.loop import ResearchLoop
     from mixerlab.mixers import template_source
-    from mixerlab.propose import Proposal, ProposerError
+    from mixerlab.propose import BaseProposer, Proposal, ProposerError
     from mixerlab.web.app import create_app
     from mixerlab.web.report import write_report
 
@@ -728,7 +728,7 @@ def test_candidate_text_is_shown_literally_and_bounded_everywhere_it_reaches(tmp
     said = Insights(observations=HOSTILE_TEXT, code_issues="```\n<img src=x onerror=alert(1)>\n```", reasoning="r",
                     expected="e", lessons="l")
 
-    class Hostile:
+    class Hostile(BaseProposer):
         name = "fixed"
 
         def propose(self, context):

@@ -49,7 +49,7 @@ from mixerlab.noise import noise_for
 from mixerlab.progress import LoopProgress
 from mixerlab.propose import ExperimentView, Proposal, ProposalContext, Proposer, ProposerError, TokenUse
 from mixerlab.propose.base import unique_name
-from mixerlab.select import references, select_parent
+from mixerlab.select import references
 from mixerlab.store import Experiment, Store
 from mixerlab.store.db import without_password
 from mixerlab.store.lock import RecordLock, RunLock
@@ -353,24 +353,16 @@ class ResearchLoop:
 
     # one iteration -------------------------------------------------------------------------------
 
-    def eligible(self, e: ExperimentView) -> bool:
-        if hasattr(self.proposer, "eligible"):  # a proposer that knows which experiments it can build on
-            return self.proposer.eligible(e)
-        if self.proposer.name == "catalog":  # catalog edits apply to DeltaNet-lineage code
-            return e.name == "delta_net_4layer" or (e.kind == "candidate" and bool(e.edits))
-        return True
-
     def propose(self, iteration: int):
         """(row, proposal, context) for a new candidate; None if the proposer failed (recorded); "stop" if no parent.
 
         Selection and recording are serialised across proposal threads; the proposer call itself runs
         concurrently only for proposers that are slow and stateless (a model endpoint), never for the catalog,
         whose instant choices must see each other."""
-        concurrent = self.proposer.name == "llm"
+        concurrent = self.proposer.concurrent
         with self.propose_lock:
             history = self.history()
-            chooser = getattr(self.proposer, "choose_parent", None)  # e.g. the search proposer's archive
-            parent = chooser(history) if chooser else select_parent(history, self.eligible, self.config.ucb_c)
+            parent = self.proposer.choose_parent(history, self.config.ucb_c)
             if parent is None:
                 self.event("stopped", "no eligible parent", iteration)
                 return "stop"

@@ -100,10 +100,40 @@ class ProposerError(RuntimeError):
 
 
 class Proposer(Protocol):
+    """Everything the loop asks of a proposer. `BaseProposer` gives the defaults of all but `propose`/`repair`."""
+
     name: str
+    concurrent: bool  # propose() may run in several threads at once (slow and stateless: a model endpoint)
 
     def propose(self, context: ProposalContext) -> Proposal: ...
 
     def repair(self, context: ProposalContext, proposal: Proposal, report: str) -> Proposal: ...
+
+    def eligible(self, experiment: ExperimentView) -> bool: ...
+
+    def choose_parent(self, history: list[ExperimentView], ucb_c: float) -> ExperimentView | None: ...
+
+
+class BaseProposer:
+    """The defaults of the `Proposer` interface: any experiment can be built on, the parent is chosen by UCB over
+    the eligible ones (select.py), and proposals are made one at a time."""
+
+    name = "base"
+    concurrent = False
+
+    def propose(self, context: ProposalContext) -> Proposal:
+        raise NotImplementedError
+
+    def repair(self, context: ProposalContext, proposal: Proposal, report: str) -> Proposal:
+        raise ProposerError(f"the {self.name} proposer does not repair candidates")
+
+    def eligible(self, experiment: ExperimentView) -> bool:
+        return True
+
+    def choose_parent(self, history: list[ExperimentView], ucb_c: float) -> ExperimentView | None:
+        """The experiment to build on next; None when none is eligible (the loop stops)."""
+        from mixerlab.select import select_parent
+
+        return select_parent(history, self.eligible, ucb_c)
 
 

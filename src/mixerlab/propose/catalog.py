@@ -17,7 +17,7 @@ from mixerlab.noise import Z
 from mixerlab.insights import Insights
 from mixerlab.tasks import TASK_ORDER
 
-from .base import ExperimentView, Proposal, ProposalContext, ProposerError, TASK_NAMES, unique_name
+from .base import BaseProposer, ExperimentView, Proposal, ProposalContext, ProposerError, TASK_NAMES, unique_name
 from .edits import EDITS, EDITS_BY_NAME, Edit, EditNotApplicable, compatible
 
 COLUMN = {t.value: t.column for t in TASK_ORDER}
@@ -60,8 +60,12 @@ def best_scores(history: list[ExperimentView]) -> dict[str, tuple[float, str]]:
     return best
 
 
-class CatalogProposer:
+class CatalogProposer(BaseProposer):
     name = "catalog"
+
+    def eligible(self, experiment: ExperimentView) -> bool:
+        """Catalog edits apply to DeltaNet-lineage code: the baseline and candidates made of edits."""
+        return experiment.name == "delta_net_4layer" or (experiment.kind == "candidate" and bool(experiment.edits))
 
     def __init__(self, exploration_bonus: float = 0.01) -> None:
         self.exploration_bonus = exploration_bonus

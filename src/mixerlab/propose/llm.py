@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from mixerlab.insights import SECTIONS, Insights, snake_case, valid_name
 
-from .base import Proposal, ProposalContext, ProposerError, TASK_NAMES, TokenUse, unique_name
+from .base import BaseProposer, Proposal, ProposalContext, ProposerError, TASK_NAMES, TokenUse, unique_name
 from . import space
 from .prompts import choices_system_prompt, choices_user_prompt, repair_messages, retrieved_cards, system_prompt, user_prompt
 
@@ -304,8 +304,9 @@ def parse_choices(text: str) -> tuple[str, dict[str, str], str]:
     return str(data.get("name") or ""), choices, str(data.get("reasoning") or "").strip()
 
 
-class LLMProposer:
+class LLMProposer(BaseProposer):
     name = "llm"
+    concurrent = True  # a model endpoint: slow, and nothing is kept between calls
 
     def __init__(self, settings: LLMSettings) -> None:
         self.settings = settings
@@ -370,7 +371,7 @@ class LLMProposer:
         return _note_cards(proposal, cards)
 
     def _propose_choices(self, ctx: ProposalContext, cards: list, refused: set[tuple] = frozenset()) -> Proposal:
-        from .search import SearchProposer, vector_of
+        from .search import SearchProposer, tried_designs, vector_of
 
         base = vector_of(ctx.parent)
         if base is None:
@@ -379,7 +380,7 @@ class LLMProposer:
         messages = [{"role": "system", "content": choices_system_prompt()},
                     {"role": "user", "content": choices_user_prompt(ctx, base, cards)}]
         used, problem = TokenUse(), ""
-        taken = SearchProposer()._taken(ctx) | set(refused)
+        taken = tried_designs(ctx.history) | set(refused)
         for _ in range(self.settings.format_retries + 1):
             reply = self.client.chat(messages, self.settings.use_json_schema, CHOICES_SCHEMA)
             used = used + reply.tokens

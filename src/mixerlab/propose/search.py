@@ -26,7 +26,7 @@ from mixerlab.knowledge import Retriever, card
 from mixerlab.noise import Z
 
 from . import space
-from .base import ExperimentView, Proposal, ProposalContext, ProposerError, TASK_NAMES, unique_name
+from .base import BaseProposer, ExperimentView, Proposal, ProposalContext, ProposerError, TASK_NAMES, unique_name
 
 
 def vector_of(e: ExperimentView) -> space.Choices | None:
@@ -98,7 +98,12 @@ class _Plan:
     weak: list[str]
 
 
-class SearchProposer:
+def tried_designs(history: list[ExperimentView]) -> set[tuple]:
+    """The design-space vectors already in the history (as sorted item tuples): never proposed again."""
+    return {tuple(sorted(v.items())) for e in history if (v := vector_of(e)) is not None}
+
+
+class SearchProposer(BaseProposer):
     name = "search"
 
     def __init__(self, seed: int = 0, crossover_rate: float = 0.25, cards_per_proposal: int = 4,
@@ -115,7 +120,8 @@ class SearchProposer:
     def eligible(e: ExperimentView) -> bool:
         return vector_of(e) is not None
 
-    def choose_parent(self, history: list[ExperimentView]) -> ExperimentView | None:
+    def choose_parent(self, history: list[ExperimentView], ucb_c: float = 0.0) -> ExperimentView | None:
+        """A random niche of the MAP-Elites archive (UCB is not used: the archive spreads the search)."""
         elites = archive(history)
         if not elites:
             return None
@@ -132,14 +138,6 @@ class SearchProposer:
         failed = space.from_edits(proposal.edits)
         refused = {tuple(sorted(failed.items()))} if failed else set()
         return self._proposal(ctx, refused=refused, repair_note=report)
-
-    def _taken(self, ctx: ProposalContext) -> set[tuple]:
-        taken = set()
-        for e in ctx.history:
-            v = vector_of(e)
-            if v is not None:
-                taken.add(tuple(sorted(v.items())))
-        return taken
 
     def _weights(self, ctx: ProposalContext, weak: list[str], retrieved: list[str]) -> dict[tuple[str, str], float]:
         effects = option_effects(ctx.history)
@@ -164,7 +162,7 @@ class SearchProposer:
         weak = ctx.weak_tasks()
         retrieved = [h.card.id for h in self.retriever.for_weaknesses(weak, parent.code, k=self.k)] if weak else []
         weights = self._weights(ctx, weak, retrieved)
-        taken = self._taken(ctx) | refused
+        taken = tried_designs(ctx.history) | refused
         elites = [e for e in archive(ctx.history).values() if e.name != parent.name]
         for _ in range(400):
             mate = None
