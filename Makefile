@@ -13,7 +13,7 @@ TEST_WORKERS ?= 2
 # extra pytest arguments (e.g. PYTEST_ARGS="-k sandbox"); the slowest tests are listed at the end of a run
 PYTEST_ARGS ?= --durations=25
 
-.PHONY: setup run test test-gpu bench clean
+.PHONY: setup run test test-fast test-gpu bench clean
 
 $(STAMP):
 	python3 -m venv $(VENV)
@@ -40,6 +40,11 @@ run: setup
 
 test: setup $(TEST_STAMP)
 	$(PY) -m pytest -m "not gpu" -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+
+# The unit tier: every test not marked slow (no sandboxed training, no discovery run, no server); for the edit-test
+# loop, about a minute on two cores. `make test` runs it too, with the rest.
+test-fast: setup
+	$(PY) -m pytest -m "not gpu and not slow" -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-gpu: setup
 	$(PY) -m pytest -m gpu -q
