@@ -44,7 +44,7 @@ def test_ray_and_local_executors_give_identical_results() -> None:
     by_key = {t.key: t for t in got_local}
     for t in got_ray:
         assert t.score == by_key[t.key].score and t.history == by_key[t.key].history  # bit for bit
-    assert first.report["tasks"] == second.report["tasks"]
+    assert first.report.tasks == second.report.tasks
 
 
 def ray_task_pids() -> list[int]:

@@ -40,6 +40,7 @@ from mixerlab.config import LoopConfig, get_profile
 from mixerlab.evaluate import ResultCache
 from mixerlab.evaluate.plan import plan_jobs
 from mixerlab.evaluate.prefix import find_finished
+from mixerlab.evaluate.runner import EvalReport
 from mixerlab.executor import EvaluationJob, Executor
 from mixerlab.insights import Insights, render_block
 from mixerlab.judge import improves, judge
@@ -490,10 +491,11 @@ class ResearchLoop:
 
     # evaluation ------------------------------------------------------------------------------------
 
-    def scores_of(self, report: dict[str, Any]) -> dict[str, dict]:
-        return {task: {"mean": s["mean"], "std": s["std"], "seeds": s["seeds"]} for task, s in report["tasks"].items()}
+    def scores_of(self, report: EvalReport) -> dict[str, dict]:
+        """The record's scores column: per task, the mean, std and per-seed scores (the settings stay in the cache)."""
+        return {task: {"mean": s.mean, "std": s.std, "seeds": s.seeds} for task, s in report.tasks.items()}
 
-    def run_profile(self, row: Experiment, spec: MixerSpec, profile_name: str, slot: int) -> tuple[dict | None, list, str]:
+    def run_profile(self, row: Experiment, spec: MixerSpec, profile_name: str, slot: int) -> tuple[EvalReport | None, list, str]:
         profile = get_profile(profile_name)
         overrides = {"patience": self.config.patience} if self.config.patience else {}
         train = profile.train.model_copy(update=overrides)

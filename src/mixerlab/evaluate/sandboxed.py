@@ -115,7 +115,7 @@ def evaluate_sandboxed(
         progress.stop()
     audit = {"probes_checked": scorer.probes_checked, "largest_probe_change": scorer.largest_leak}
     parts = {**scorer.worker_parts, **parent} if options.time_parts else {}
-    trainings = list(scorer.results.values())
+    trainings = [results[key] for key in scorer.results]  # as recorded: on the GPU this process named
     if scorer.failure:
         return SandboxedEvaluation(None, trainings, scorer.failure, outcome, audit, parts)
     if outcome.status != "ok":

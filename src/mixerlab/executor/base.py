@@ -10,6 +10,7 @@ from typing import Any, Callable, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from mixerlab.check import CheckReport, Conditions
+from mixerlab.evaluate.runner import EvalReport
 from mixerlab.mixers.loading import MixerSpec
 from mixerlab.train.result import TrainResult
 
@@ -34,7 +35,7 @@ class EvaluationJob(BaseModel):
 @dataclass
 class EvalOutcome:
     ok: bool
-    report: dict[str, Any] | None = None  # EvalReport as JSON (tasks -> scores), made on the trusted side
+    report: EvalReport | None = None  # made on the trusted side (JSON only across Ray: executor/ray.py)
     trainings: list[TrainResult] = field(default_factory=list)
     error: str = ""
     seconds: float = 0.0
@@ -90,7 +91,7 @@ def run_evaluation(spec: MixerSpec, job: EvaluationJob, device: str, limits, on_
     seconds = time.monotonic() - start
     if not result.ok:
         return EvalOutcome(ok=False, trainings=result.trainings, error=result.error, seconds=seconds, audit=result.audit)
-    return EvalOutcome(ok=True, report=result.report.model_dump(mode="json"), trainings=result.trainings,
+    return EvalOutcome(ok=True, report=result.report, trainings=result.trainings,
                        seconds=seconds, audit=result.audit)
 
 
@@ -103,11 +104,12 @@ def merge_outcomes(parts: list[EvalOutcome]) -> EvalOutcome:
              "largest_probe_change": max((p.audit.get("largest_probe_change", 0.0) for p in parts), default=0.0)}
     if failed:
         return EvalOutcome(ok=False, trainings=trainings, error=failed[0].error, seconds=seconds, audit=audit)
-    report = dict(parts[0].report)
-    report["tasks"] = {task: score for p in parts for task, score in p.report["tasks"].items()}
-    for key in ("trainings", "trained_now", "from_cache", "optimizer_steps", "incomplete"):
-        report[key] = sum(p.report.get(key, 0) for p in parts)
-    report["wall_seconds"] = seconds
+    reports = [p.report for p in parts if p.report is not None]
+    report = reports[0].model_copy(update={
+        "tasks": {task: score for r in reports for task, score in r.tasks.items()},
+        **{key: sum(getattr(r, key) for r in reports)
+           for key in ("trainings", "trained_now", "from_cache", "optimizer_steps", "incomplete")},
+        "wall_seconds": seconds})
     return EvalOutcome(ok=True, report=report, trainings=trainings, seconds=seconds, audit=audit)
 
 

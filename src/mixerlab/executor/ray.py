@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from mixerlab.check import CheckReport, Conditions
+from mixerlab.evaluate.runner import EvalReport
 from mixerlab.mixers.loading import MixerSpec
 from mixerlab.sandbox import SandboxLimits
 from mixerlab.train.result import TrainResult
@@ -42,7 +43,8 @@ def _evaluation_task(spec: dict[str, Any], job: dict[str, Any], device: str, lim
     limits = SandboxLimits(**{**limits, "cuda_device": gpu})
     outcome = run_evaluation(MixerSpec(**spec), EvaluationJob.model_validate(job), "cuda" if gpu is not None else "cpu",
                              limits, None, cuda_device=gpu)
-    return {"ok": outcome.ok, "report": outcome.report, "error": outcome.error, "seconds": outcome.seconds,
+    return {"ok": outcome.ok, "report": outcome.report.model_dump(mode="json") if outcome.report else None,
+            "error": outcome.error, "seconds": outcome.seconds,
             "audit": outcome.audit, "trainings": [t.model_dump(mode="json") for t in outcome.trainings]}
 
 
@@ -116,7 +118,8 @@ class RayExecutor:
             trainings = [TrainResult.model_validate(t) for t in result["trainings"]]
             for training in trainings:  # scored on the trusted side of the task; the driver alone writes results
                 on_training(training)
-            parts.append(EvalOutcome(ok=result["ok"], report=result["report"], trainings=trainings, error=result["error"],
+            report = EvalReport.model_validate(result["report"]) if result["report"] else None
+            parts.append(EvalOutcome(ok=result["ok"], report=report, trainings=trainings, error=result["error"],
                                      seconds=result["seconds"], audit=result["audit"]))
         merged = merge_outcomes(parts)
         merged.seconds = time.monotonic() - start
