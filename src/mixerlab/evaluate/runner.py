@@ -99,7 +99,7 @@ class EvalOptions:
     only_keys: frozenset[str] | None = None  # train only the trainings of these cache keys (a worker's share)
     scoring: Scoring = LOCAL_SCORING  # where test sets come from and who scores them (the sandbox: its parent)
     time_parts: bool = False  # measure seconds by part (syncs the device at each change of part: a profile)
-    shared_logits: bool = True  # sandboxed: test logits through shared memory where the system has it (sandbox/shared.py)
+    shared_logits: bool = True  # sandboxed on CUDA: test logits through shared memory where the system has it (sandbox/shared.py)
 
 
 def group_capacity(train: TrainConfig, factory, device: str, max_tokens: int | None,

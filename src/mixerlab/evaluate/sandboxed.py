@@ -110,7 +110,7 @@ def evaluate_sandboxed(
             parent["parent scoring"] += time.perf_counter() - began
 
     outcome = run_sandboxed(payload, limits, handle, files={TEST_SETS_FILE: buffer.getvalue()},
-                            shared_slot_bytes=SLOT_BYTES if options.shared_logits else 0)
+                            shared_slot_bytes=SLOT_BYTES if options.shared_logits and options.device.startswith("cuda") else 0)
     if progress:
         progress.stop()
     audit = {"probes_checked": scorer.probes_checked, "largest_probe_change": scorer.largest_leak}
