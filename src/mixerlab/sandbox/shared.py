@@ -1,5 +1,7 @@
-"""Shared-memory slots for the worker's test logits: the pipe moved them at about 1 GB/s, and a memorize epoch
-of `quick` ships 1.3 GB, so most of that task's evaluation was spent in the pipe.
+"""Shared-memory slots for the worker's test logits, on CUDA: a memorize epoch of `quick` ships 1.3 GB, and
+through the pipe (about 1 GB/s) the worker moved at the pipe's pace. Measured on an H100 the slots freed the
+worker from it but finished no more trainings: the parent's handling of each frame bounds that task
+(benchmarks/results/profile_cost_notes.md).
 
 The parent creates one sealed memory file (Linux `memfd`) of `slots x slot_bytes` and hands it to the worker.
 The worker copies a payload into a free slot (straight from the GPU, into page-locked memory where CUDA can

@@ -1,7 +1,8 @@
 """The sandbox worker: `python -m mixerlab.sandbox.worker`, started by `run_sandboxed`, never by hand.
 
 Imports everything trusted it needs (torch; on a GPU also CUDA and Triton's driver, warmed up), then reads one
-JSON request on stdin (a spare worker waits there, warm, for the next candidate), snapshots the torch functions that training and scoring rely on (sandbox/integrity.py), then locks itself
+JSON request on stdin (a spare worker waits there, warm, for the next candidate), snapshots the torch functions
+that training and scoring rely on (sandbox/integrity.py), then locks itself
 down (audit hook) before any candidate code runs. It talks to its parent in signed frames
 (sandbox/channel.py). Requests: {"kind": "check", ...} runs checks 2-7; {"kind": "evaluate", ...} trains the
 candidate and has the parent score every epoch; {"kind": "run", "source": ...} executes code (tests only).
@@ -143,8 +144,7 @@ def main() -> None:
     if os.environ.get("MIXERLAB_GPU_FRACTION") and torch.cuda.is_available():
         torch.cuda.init()
         torch.cuda.set_per_process_memory_fraction(float(os.environ["MIXERLAB_GPU_FRACTION"]))
-    on_gpu = bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
-    if on_gpu:
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):  # a worker that sees no GPU has nothing to warm up
         warm_up("cuda")
     request = json.loads(sys.stdin.read())
     CHANNEL.key = bytes.fromhex(request.pop("channel_key", ""))
@@ -155,8 +155,6 @@ def main() -> None:
              {"__name__": "__sandbox__", "send": send, "channel": CHANNEL})
         send({"type": "done"})
         return
-    if not on_gpu:
-        warm_up(request.get("device", "cpu"))
     integrity = Integrity.snapshot()
     spec = MixerSpec(**request["spec"])
     if kind == "check":
