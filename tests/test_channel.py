@@ -155,3 +155,78 @@ def test_forward_calls_cover_every_row_once_and_never_cross_a_block() -> None:
         calls = forward_calls(rows, block, call)
         assert [r for start, stop in calls for r in range(start, stop)] == list(range(rows))
         assert all(stop - start <= call and start // block == (stop - 1) // block for start, stop in calls)
+
+
+def test_a_vocabulary_wider_than_the_model_ships_the_head_and_scores_as_the_logits_would() -> None:
+    """Memorize at 96 and 200 classes on a width-32 model: the worker ships each member's head once per epoch
+    and the head's inputs per chunk (no logits), far fewer bytes; the parent's scores match in-process scoring
+    of the same trainings, and the causality probes still hold."""
+    from mixerlab.config import TrainConfig
+    from mixerlab.evaluate.audit import serve
+    from mixerlab.mixers import resolve_mixer
+    from mixerlab.sandbox.scoring import RemoteScorer, TrustedScorer, test_set_id
+    from mixerlab.tasks import Task, TaskSetting
+    from mixerlab.train.batched import BatchedTrainer
+    from mixerlab.train.job import TrainJob
+    from mixerlab.train.scoring import Scoring, TestSet
+
+    train = TrainConfig(d_model=32, batch_size=32, max_epochs=2)
+    settings = [TaskSetting(task=Task.memorize, vocab_size=v, seq_len=16, num_train=64, num_test=64) for v in (96, 200)]
+    jobs = [TrainJob(setting=s, lr=3e-3, weight_decay=0.0) for s in settings]
+    keys = ["a", "b"]
+    served = {test_set_id(s, 0): serve(s, 0, torch.Generator().manual_seed(3)) for s in settings}
+    factory = resolve_mixer("delta_net").factory()
+    here = BatchedTrainer(jobs, keys, train, factory).run()
+
+    scorer = TrustedScorer(dict(zip(keys, jobs)), train, served, "fp32")
+    channel = Loopback(scorer)
+
+    def test_source(job) -> TestSet:
+        entry = served[test_set_id(job.setting, job.seed)]
+        return TestSet(entry.inputs, entry.scored)
+
+    remote = Scoring(test_source=test_source, remote=lambda tests: RemoteScorer(channel, tests))
+    there = BatchedTrainer(jobs, keys, train, factory, scoring=remote).run()
+    kinds = [m["type"] for m in channel.sent]
+    assert "logits" not in kinds and kinds.count("head") == 2 * 2  # two members, two epochs
+    assert {m["dim"] for m in channel.sent if m["type"] == "features"} == {32}
+    for a, b in zip(here, there):
+        assert len(a.history) == len(b.history) == 2
+        for x, y in zip(a.history, b.history):
+            assert y.test_loss == pytest.approx(x.test_loss, rel=1e-5)
+            assert y.test_acc == pytest.approx(x.test_acc, abs=1e-6)
+            assert y.test_token_acc == pytest.approx(x.test_token_acc, abs=1e-6)
+    assert scorer.probes_checked > 0 and scorer.largest_leak < 1e-5 and scorer.failure is None
+
+
+def test_features_without_a_head_or_logits_after_one_are_refused() -> None:
+    from mixerlab.config import TrainConfig
+    from mixerlab.evaluate.audit import serve
+    from mixerlab.sandbox.scoring import TrustedScorer, test_set_id
+    from mixerlab.tasks import Task, TaskSetting
+    from mixerlab.train.job import TrainJob
+
+    setting = TaskSetting(task=Task.memorize, vocab_size=96, seq_len=16, num_train=64, num_test=64)
+    served = {test_set_id(setting, 0): serve(setting, 0, torch.Generator().manual_seed(0))}
+    rows = int(served[test_set_id(setting, 0)].scored[:4].sum())
+
+    def scorer() -> TrustedScorer:
+        return TrustedScorer({"k": TrainJob(setting=setting, lr=1e-3, weight_decay=0.0)}, TrainConfig(), served, "fp32")
+
+    features = {"type": "features", "key": "k", "epoch": 0, "start": 0, "stop": 4, "dim": 8, "dtype": "float32"}
+    with pytest.raises(ProtocolError, match="without a head"):
+        scorer().handle(features, bytearray(rows * 8 * 4))
+    head = {"type": "head", "key": "k", "epoch": 0, "vocab": 96, "dim": 8, "dtype": "float32"}
+    with pytest.raises(ProtocolError, match="bytes of float32"):  # a head short of its bias
+        scorer().handle(head, bytearray(96 * 8 * 4))
+    with pytest.raises(ProtocolError, match="classes for a 96-token task"):
+        scorer().handle({**head, "vocab": 95}, bytearray((95 * 8 + 95) * 4))
+    s = scorer()
+    s.handle(head, bytearray((96 * 8 + 96) * 4))
+    logits = {"type": "logits", "key": "k", "epoch": 0, "start": 0, "stop": 4, "vocab": 96}
+    with pytest.raises(ProtocolError, match="after its head"):
+        s.handle(logits, bytearray(rows * 96 * 4))
+    with pytest.raises(ProtocolError, match="without a head of 16"):
+        s.handle({**features, "dim": 16}, bytearray(rows * 16 * 4))
+    s.handle(features, bytearray(rows * 8 * 4))  # the right frame is taken
+    assert s.current["k"].received == 4

@@ -109,8 +109,10 @@ class LanguageModel(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.normal_(self.embed.weight, std=0.02)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(encode(self.embed, self.blocks, tokens)))
+    def forward(self, tokens: torch.Tensor, features: bool = False) -> torch.Tensor:
+        """Logits [B, T, V]; with `features`, the head's inputs [B, T, D] (the trusted scorer applies the head)."""
+        x = self.norm(encode(self.embed, self.blocks, tokens))
+        return x if features else self.head(x)
 
 
 def sincos_positions(length: int, dim: int) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch
 from torch.func import functional_call, stack_module_state
 
 from mixerlab.config import TrainConfig
-from mixerlab.model import MixerFactory
+from mixerlab.model import LanguageModel, MixerFactory
 from mixerlab.ops.depthwise import use_library_depthwise_convs, use_shifted_depthwise_convs
 from mixerlab.ops.tril_solve import fast_triangular_solves, kernel_available
 from mixerlab.tasks import IGNORE_INDEX, generate
@@ -251,11 +251,15 @@ class BatchedTrainer:
         parts = flat.split(self.sizes, 1)
         return {n: p.reshape(flat.shape[0], *s) for n, p, s in zip(self.names, parts, self.shapes)}
 
-    def _logits(self, flat: torch.Tensor, buffers: dict[str, torch.Tensor], x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Logits [M, B, T, V] of every member on its own batch x [M, B, T]."""
+    def _logits(self, flat: torch.Tensor, buffers: dict[str, torch.Tensor], x: torch.Tensor, mask: torch.Tensor,
+                features: bool = False) -> torch.Tensor:
+        """Logits [M, B, T, V] of every member on its own batch x [M, B, T]; with `features`, the language model
+        head's inputs [M, B, T, D] instead."""
         params = self._views(flat)
 
         def one(p, b, tokens, vocab_mask):
+            if features:
+                return functional_call(self.base, (p, b), (tokens,), {"features": True})
             return functional_call(self.base, (p, b), (tokens,)).float() + vocab_mask
 
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None,
@@ -400,17 +404,24 @@ class BatchedTrainer:
         # forward calls within blocks of `forward_rows` rows, never across: the trusted scorer serves each causality
         # probe in another block than its example (evaluate/audit.py), so no call holds both; inside a block, as
         # many rows per call as a budget of tokens and of logits allows
+        # where the vocabulary is wider than the model, a remote scorer takes the head and its inputs instead of
+        # the logits (sandbox/scoring.py): up to 64x fewer bytes to ship in a memorize group
+        features = isinstance(self.base, LanguageModel) and self.scorer.ships_features(self.base.head.in_features)
+        if features:
+            head = self._views(flat)
+            self.scorer.head(head["head.weight"], head.get("head.bias"), self.autocast or torch.float32)
         length = self.x_test.shape[1]
         block = forward_rows(self.num_test, length, self.train.eval_batch_size)
         per_row = len(rows) * length
-        call = max(1, min(block, EVAL_TOKENS // per_row, EVAL_LOGITS // (per_row * self.vocab)))
+        width = self.base.head.in_features if features else self.vocab  # values per position out of a call
+        call = max(1, min(block, EVAL_TOKENS // per_row, EVAL_LOGITS // (per_row * width)))
         self.base.eval()
         try:
             for start, stop in forward_calls(self.num_test, block, call):
                 test_rows = offsets[:, None] + torch.arange(start, stop, device=self.device)
                 self.clock.switch("test forward")
                 with fast_triangular_solves(self.fast_solves):
-                    logits = self._logits(flat, buffers, self.x_test[test_rows], mask)
+                    logits = self._logits(flat, buffers, self.x_test[test_rows], mask, features)
                 self.clock.switch("ship logits")
                 self.scorer.add(start, stop, logits)
                 del logits

@@ -84,8 +84,16 @@ class Scorer(Protocol):
         """keys/epochs: the members' cache keys and the epoch just finished; members: their indices in the
         trainer's job list (which test set each uses)."""
 
+    def ships_features(self, width: int) -> bool:
+        """Whether this scorer wants the language model head's inputs (`width` per position) and the head itself,
+        rather than the logits: a remote scorer does where the vocabulary is wider than the model."""
+
+    def head(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+        """The members' heads ([M, V, D], [M, V]) and the dtype they compute in; `add` then gets features."""
+
     def add(self, start: int, stop: int, logits: torch.Tensor) -> None:
-        """logits [M, stop - start, L, V]: the members' outputs on rows start..stop of their test sets."""
+        """logits [M, stop - start, L, V]: the members' outputs on rows start..stop of their test sets (after
+        `head`: the head's inputs [M, stop - start, L, D])."""
 
     def end(self) -> torch.Tensor:
         """[M, 4] metrics in METRIC_NAMES order, on the trainer's device."""
@@ -122,6 +130,12 @@ class LocalScorer:
         self._targets = self.targets[self._rows]
         self._nll = torch.zeros(self._targets.shape, device=device)
         self._preds = torch.zeros(self._targets.shape, dtype=torch.long, device=device)
+
+    def ships_features(self, width: int) -> bool:
+        return False  # in-process the logits cross no boundary
+
+    def head(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+        raise TypeError("the local scorer takes logits, not features")
 
     def add(self, start: int, stop: int, logits: torch.Tensor) -> None:
         targets = self._targets[:, start:stop]
