@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from pydantic import BaseModel, ConfigDict, Field
 
-from mixerlab.config import GroupMembers, GroupTokens, Patience, Seconds, Seeds, SequenceLength
+from mixerlab.config import GroupMembers, GroupTokens, Patience, SandboxWorkers, Seconds, Seeds, SequenceLength
 
 from .base import UserError, app, console, err_console, fail, parse_tasks, resolve_device, validated, writable_file
 
@@ -37,6 +37,7 @@ class EvalArgs(BaseModel):
     lr_schedule: Optional[str] = None
     max_group_tokens: Optional[GroupTokens] = None
     max_group_members: Optional[GroupMembers] = None
+    workers: SandboxWorkers = 1
     name: Optional[str] = None
     time_limit: Optional[Seconds] = None
     init: Optional[str] = None
@@ -89,6 +90,9 @@ def eval_command(
     max_group_tokens: Optional[int] = typer.Option(None, help="tokens per batched step (memory budget, >= 1024)"),
     max_group_members: Optional[int] = typer.Option(None, help="at most this many trainings per batched group (keeps "
                                                     "each group's checkpoint small enough to carry)"),
+    workers: int = typer.Option(1, help="a .py file: this many sandboxed workers share the device, each training "
+                                "its share of the trainings at the same time (1-8; overlaps one worker's compiles, "
+                                "evaluations and small groups with another's steps)"),
     name: Optional[str] = typer.Option(None, help="row name in the table (default: the mixer's)"),
     time_limit: Optional[float] = typer.Option(None, help="seconds (> 0); stop cleanly after it (finished trainings "
                                                "are cached)"),
@@ -313,6 +317,11 @@ def prepare(args: EvalArgs, train: bool):
         overrides = train_overrides(lr_schedule=args.lr_schedule, init=args.init, init_seed=args.init_seed)
         if args.patience is not None:
             overrides["patience"] = args.patience
+        if args.workers > 1 and not args.untrusted:
+            raise UserError("--workers splits a sandboxed evaluation (a .py file); a builtin mixer or --trusted file "
+                            "trains in this process: drop --workers (or use --devices for several GPUs)")
+        if args.workers > 1 and args.devices:
+            raise UserError("--workers and --devices both split the trainings: give one of them")
         if args.compile_step and not dev.startswith("cuda"):
             raise UserError("--compile speeds up CUDA training only; drop it or pass --device cuda")
         store = None if args.no_cache else ResultCache(args.cache)
@@ -327,5 +336,5 @@ def prepare(args: EvalArgs, train: bool):
                           max_group_members=args.max_group_members, train_overrides=overrides,
                           time_limit=args.time_limit, compile_step=args.compile_step,
                           checkpoint_every=args.checkpoint_every, max_seq_len=args.max_seq_len, settings=chosen,
-                          library_solves=args.library_solves, train=train, only_keys=keys)
+                          library_solves=args.library_solves, train=train, only_keys=keys, workers=args.workers)
     return spec, prof, options, store

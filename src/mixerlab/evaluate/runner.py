@@ -99,6 +99,7 @@ class EvalOptions:
     only_keys: frozenset[str] | None = None  # train only the trainings of these cache keys (a worker's share)
     scoring: Scoring = LOCAL_SCORING  # where test sets come from and who scores them (the sandbox: its parent)
     time_parts: bool = False  # measure seconds by part (syncs the device at each change of part: a profile)
+    workers: int = 1  # sandboxed: this many workers share the device, each training its share at the same time
     shared_logits: bool = True  # sandboxed on CUDA: test logits through shared memory where the system has it (sandbox/shared.py)
 
 

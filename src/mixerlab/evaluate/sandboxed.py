@@ -10,8 +10,10 @@ and audit hook hold the worker (sandbox/).
 from __future__ import annotations
 
 import io
+import threading
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -19,6 +21,7 @@ import torch
 from mixerlab.config import Profile
 from mixerlab.mixers.loading import MixerSpec
 from mixerlab.sandbox import SandboxLimits, SandboxOutcome, run_sandboxed
+from mixerlab.sandbox.channel import ProtocolError
 from mixerlab.sandbox.scoring import TrustedScorer, test_set_id
 from mixerlab.sandbox.shared import SLOT_BYTES
 from mixerlab.sandbox.tasks import TEST_SETS_FILE, EvaluationRequest
@@ -42,6 +45,7 @@ class SandboxedEvaluation:
     # seconds by part (options.time_parts): the worker's parts (train/timing.py), and this side's "worker start"
     # (launch to the worker's first frame) and "parent scoring" (reading and scoring frames, beside the worker's work)
     parts: dict[str, float] = field(default_factory=dict)
+    workers: int = 1  # sandboxed workers that shared the trainings (options.workers, at most one per training)
 
     @property
     def ok(self) -> bool:
@@ -84,49 +88,108 @@ def evaluate_sandboxed(
         if on_result:
             on_result(result)
 
-    scorer = TrustedScorer({plan.keys[j]: j for j in plan.todo}, plan.train, served, numerics, on_result=record,
-                           on_steps=progress.advance_steps if progress else None,
-                           device=_scoring_device(options.device, cuda_device))
-    request = EvaluationRequest(
-        profile=profile.name, tasks=[t.value for t in options.tasks], seeds=options.seeds, device=options.device,
-        train_overrides=dict(options.train_overrides), keys=[plan.keys[j] for j in plan.todo],
-        time_limit=options.time_limit, compile_step=options.compile_step, library_solves=options.library_solves,
-        max_group_tokens=options.max_group_tokens, max_group_members=options.max_group_members,
-        time_parts=options.time_parts)
+    lock = threading.Lock()  # the shares' scorers record from their own threads
+    stop = threading.Event()  # set when one share fails: the others are stopped at their next frame
+
+    def locked_record(result: TrainResult) -> None:
+        with lock:
+            record(result)
+
+    def advance(steps: int) -> None:
+        with lock:
+            progress.advance_steps(steps)
+
     buffer = io.BytesIO()
     torch.save({ident: {"inputs": s.inputs, "scored": s.scored} for ident, s in served.items()}, buffer)
-    payload = {"kind": "evaluate", "device": options.device, "options": request.model_dump(mode="json"),
-               "spec": {"name": spec.name, "source": spec.source, "filename": spec.filename, "class_name": spec.class_name}}
-    parent = {"worker start": 0.0, "parent scoring": 0.0}
-    launched = time.perf_counter()
+    files = {TEST_SETS_FILE: buffer.getvalue()}
+    shares = _shares(plan, options.workers)
+    if len(shares) > 1:  # each worker gets its share of the GPU's memory and its own clock
+        limits = replace(limits, gpu_memory_fraction=limits.gpu_memory_fraction / len(shares)
+                         if limits.gpu_memory_fraction else None)
 
-    def handle(message: dict, payload: bytes):
-        began = time.perf_counter()
-        if not parent["worker start"]:
-            parent["worker start"] = began - launched
-        try:
-            return scorer.handle(message, payload)
-        finally:
-            parent["parent scoring"] += time.perf_counter() - began
+    def run_share(share: list) -> _Share:
+        scorer = TrustedScorer({plan.keys[j]: j for j in share}, plan.train, served, numerics, on_result=locked_record,
+                               on_steps=advance if progress else None,
+                               device=_scoring_device(options.device, cuda_device))
+        request = EvaluationRequest(
+            profile=profile.name, tasks=[t.value for t in options.tasks], seeds=options.seeds, device=options.device,
+            train_overrides=dict(options.train_overrides), keys=[plan.keys[j] for j in share],
+            time_limit=options.time_limit, compile_step=options.compile_step, library_solves=options.library_solves,
+            max_group_tokens=options.max_group_tokens, max_group_members=options.max_group_members,
+            time_parts=options.time_parts)
+        payload = {"kind": "evaluate", "device": options.device, "options": request.model_dump(mode="json"),
+                   "spec": {"name": spec.name, "source": spec.source, "filename": spec.filename,
+                            "class_name": spec.class_name}}
+        parent = {"worker start": 0.0, "parent scoring": 0.0}
+        launched = time.perf_counter()
 
-    outcome = run_sandboxed(payload, limits, handle, files={TEST_SETS_FILE: buffer.getvalue()},
-                            shared_slot_bytes=SLOT_BYTES if options.shared_logits and options.device.startswith("cuda") else 0)
+        def handle(message: dict, payload: bytes):
+            began = time.perf_counter()
+            if not parent["worker start"]:
+                parent["worker start"] = began - launched
+            if stop.is_set():
+                raise ProtocolError("stopped: another worker of this evaluation failed")
+            try:
+                return scorer.handle(message, payload)
+            finally:
+                parent["parent scoring"] += time.perf_counter() - began
+
+        outcome = run_sandboxed(payload, limits, handle, files=files,
+                                shared_slot_bytes=SLOT_BYTES if options.shared_logits and options.device.startswith("cuda")
+                                else 0)
+        if scorer.failure or outcome.status != "ok":
+            stop.set()
+        return _Share(scorer, outcome, parent)
+
+    if len(shares) == 1:
+        done = [run_share(shares[0])]
+    else:
+        with ThreadPoolExecutor(len(shares), thread_name_prefix="share") as pool:
+            done = list(pool.map(run_share, shares))
     if progress:
         progress.stop()
-    audit = {"probes_checked": scorer.probes_checked, "largest_probe_change": scorer.largest_leak}
-    parts = {**scorer.worker_parts, **parent} if options.time_parts else {}
-    trainings = [results[key] for key in scorer.results]  # as recorded: on the GPU this process named
-    if scorer.failure:
-        return SandboxedEvaluation(None, trainings, scorer.failure, outcome, audit, parts)
-    if outcome.status != "ok":
-        reason = outcome.reason(limits)
-        tail = outcome.traceback_tail
+    audit = {"probes_checked": sum(d.scorer.probes_checked for d in done),
+             "largest_probe_change": max(d.scorer.largest_leak for d in done)}
+    parts: dict[str, float] = {}
+    if options.time_parts:  # seconds summed over the workers (each its own clock)
+        for d in done:
+            for name, seconds in {**d.scorer.worker_parts, **d.parent}.items():
+                parts[name] = parts.get(name, 0.0) + seconds
+    trainings = [results[key] for d in done for key in d.scorer.results]  # as recorded: on the GPU this process named
+    # the first share to fail says why (the others were stopped because of it)
+    failed = sorted((d for d in done if d.scorer.failure or d.outcome.status != "ok"),
+                    key=lambda d: "stopped: another worker" in d.outcome.protocol_error)
+    if failed:
+        first = failed[0]
+        if first.scorer.failure:
+            return SandboxedEvaluation(None, trainings, first.scorer.failure, first.outcome, audit, parts, len(done))
+        reason = first.outcome.reason(limits)
+        tail = first.outcome.traceback_tail
         error = f"{reason}" + (f"\n{tail}" if tail and tail not in reason else "")
-        return SandboxedEvaluation(None, trainings, error, outcome, audit, parts)
-    report = build_report(spec, profile, options, plan, results, time.perf_counter() - start, scorer.member_steps)
+        return SandboxedEvaluation(None, trainings, error, first.outcome, audit, parts, len(done))
+    report = build_report(spec, profile, options, plan, results, time.perf_counter() - start,
+                          sum(d.scorer.member_steps for d in done))
     if parts:
         report = report.model_copy(update={"parts": parts})
-    return SandboxedEvaluation(report, trainings, "", outcome, audit, parts)
+    return SandboxedEvaluation(report, trainings, "", done[0].outcome, audit, parts, len(done))
+
+
+@dataclass
+class _Share:
+    """One worker's part of an evaluation: its scorer, its sandbox outcome, this side's timings of it."""
+
+    scorer: TrustedScorer
+    outcome: SandboxOutcome
+    parent: dict[str, float]
+
+
+def _shares(plan, workers: int) -> list[list]:
+    """The trainings to do, split over `workers` workers by training tokens (evaluate/devices.py's rule)."""
+    if workers <= 1 or len(plan.todo) <= 1:
+        return [list(plan.todo)]
+    from .devices import split_jobs
+
+    return split_jobs(plan.todo, lambda job: max_steps(job, plan.train) * job.setting.input_len, [], workers)
 
 
 def _scoring_device(device: str, cuda_device: int | None) -> str:
