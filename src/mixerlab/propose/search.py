@@ -267,7 +267,7 @@ class _SearchWriter:
             k = card(c)
             helped = [t for t in self.plan.weak if t in k.helps]
             if helped:
-                lines.append(f"• [{c}] for {', '.join(helped)}: {k.helps[helped[0]]}.")
+                lines.append(f"• [{c}] for {', '.join(helped)}: {k.helps[helped[0]].why} ({k.helps[helped[0]].tag()}).")
         lines.append("• Rendered from the design space (`mixerlab.propose.space`): causal, chunkwise and linear in T; "
                      "the checker verifies it before training.")
         return "\n".join(lines)
