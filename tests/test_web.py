@@ -128,4 +128,6 @@ def test_the_knowledge_cards_are_browsable(tmp_path) -> None:
     one = web.get("/api/knowledge/gated_deltanet").json()
     assert "decay=data_dependent" in one["options"]
     page = web.get("/knowledge", params={"ability": "selective_copy"})
-    assert page.status_code == 200 and 'id="card-mamba"' in page.text and "helps selective_copy" in page.text
+    assert page.status_code == 200 and 'id="card-deltanet"' in page.text and "helps selective_copy" in page.text
+    assert "evidence: selective copy 100" in page.text and "unmeasured" in page.text  # each claim says what it rests on
+    assert 'id="card-mamba"' not in page.text  # published MAD tables put Mamba lowest on selective copy

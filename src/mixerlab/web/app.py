@@ -239,7 +239,14 @@ def create_app(db_url: str, token: str | None = None, host: str = "127.0.0.1") -
             for option in axis.options:
                 for card_id in option.cards:
                     options.setdefault(card_id, []).append(f"{axis.name}={option.name}")
-        return [{**c.model_dump(), "options": options.get(c.id, [])} for c in cards]
+        shown = []
+        for c in cards:
+            data = {**c.model_dump(), "options": options.get(c.id, [])}
+            for side in ("helps", "hurts"):  # each claim with its evidence in words, as the page shows it
+                for task, claim in getattr(c, side).items():
+                    data[side][task]["tag"] = claim.tag()
+            shown.append(data)
+        return shown
 
     @app.get("/api/knowledge", summary="The knowledge cards (filtered by words and by an ability they help)")
     def api_knowledge(q: Annotated[str, Query(max_length=200)] = "", ability: str | None = None) -> list[dict[str, Any]]:
