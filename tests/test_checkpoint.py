@@ -73,6 +73,7 @@ def test_a_resumed_group_trains_exactly_like_an_uninterrupted_one(tmp_path: Path
     assert not store.path(ident).exists(), "a finished group's checkpoint is deleted"
 
 
+@pytest.mark.slow
 def test_eval_picks_up_checkpoints_and_skips_unreadable_ones(tmp_path: Path) -> None:
     spec = resolve_mixer("delta_net")
     jobs = plan_jobs(PROFILE, (Task.context_recall,), 1)
@@ -90,6 +91,7 @@ def test_eval_picks_up_checkpoints_and_skips_unreadable_ones(tmp_path: Path) -> 
     assert [p.name for p in store.folder.glob("*.pt")] == ["0000garbage.pt"], "the resumed group's file is gone"
 
 
+@pytest.mark.slow
 def test_packed_checkpoints_resume_their_members_exactly_and_the_rest_start_over(tmp_path: Path) -> None:
     """A lent GPU returns only small files: packing splits a group by member and keeps what fits the budget."""
     spec = resolve_mixer("delta_net")
@@ -144,6 +146,7 @@ def test_without_members_drops_only_finished_members_and_copies_nothing_else(tmp
     assert all(torch.equal(fewer["buffers"][name], b[1:]) for name, b in whole["buffers"].items())
 
 
+@pytest.mark.slow
 def test_pack_checkpoints_command(tmp_path: Path) -> None:
     cache = ResultCache(tmp_path / "cache.sqlite")
     jobs = plan_jobs(PROFILE, (Task.context_recall,), 1)
@@ -190,6 +193,7 @@ def test_a_killed_eval_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert "Fuzzy Recall" in again.stdout and not list(folder.glob("*.pt"))
 
 
+@pytest.mark.slow
 def test_sigusr1_checkpoints_now_and_ctrl_c_checkpoints_and_stops(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     train = TrainConfig(d_model=32, batch_size=32, max_epochs=12)  # 96 steps, a sync point every 20
     jobs = plan_jobs(PROFILE, (Task.context_recall,), 1)
@@ -255,6 +259,7 @@ def test_eval_checkpoints_on_sigusr1_and_stops_resumably_on_sigterm(tmp_path: Pa
     assert "1 trainings continued from a checkpoint" in again.stdout and not list(folder.glob("*.pt"))
 
 
+@pytest.mark.slow
 def test_cache_info_names_the_checkpointed_trainings_and_scores_them_so_far(tmp_path: Path) -> None:
     """What a carried checkpoint holds, before deciding the next call: mixer, training, epochs, score so far."""
     tiny = get_profile("tiny")

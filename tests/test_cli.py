@@ -48,6 +48,7 @@ def assert_one_line_error(result, *fragments: str) -> None:
         assert fragment in result.output, result.output
 
 
+@pytest.mark.slow
 def test_eval_prints_the_seed_table_writes_json_and_reuses_the_cache(tmp_path: Path) -> None:
     env = {"MIXERLAB_CACHE": str(tmp_path / "c.sqlite")}
     out = tmp_path / "report.json"
@@ -147,6 +148,7 @@ def test_bad_mixer_files(tmp_path: Path, source: str, fragment: str) -> None:
     assert_one_line_error(invoke("eval", "--mixer", str(path), "--profile", "tiny"), fragment)
 
 
+@pytest.mark.slow
 def test_eval_of_a_file_runs_it_in_the_sandbox_unless_trusted(tmp_path: Path) -> None:
     """`eval FILE.py` checks the file and trains it in the sandbox: its code never runs in the eval process. The
     file prints a marker when imported; the sandbox keeps the worker's output, --trusted imports it here."""
@@ -164,6 +166,7 @@ def test_eval_of_a_file_runs_it_in_the_sandbox_unless_trusted(tmp_path: Path) ->
     assert score(sandboxed.stdout) == score(trusted.stdout)  # scored on the trusted side, the same numbers
 
 
+@pytest.mark.slow
 def test_check_exit_codes_and_json(tmp_path: Path) -> None:
     candidates = Path(__file__).parent / "candidates"
     bad = mixerlab("check", str(candidates / "reversed_cumsum.py"))
@@ -184,6 +187,7 @@ def test_serve_history_and_report_bad_input(tmp_path: Path) -> None:
     assert_one_line_error(invoke("history", "--run-dir", str(tmp_path), "--format", "xml"), "unknown format 'xml'")
 
 
+@pytest.mark.slow
 def test_cache_import_export_round_trip_and_bad_file(tmp_path: Path) -> None:
     committed = Path(__file__).parents[1] / "benchmarks" / "results" / "cache" / "gpu_results.jsonl.gz"
     proc = mixerlab("cache", "import", str(committed), "--cache", str(tmp_path / "a.sqlite"))
@@ -219,6 +223,7 @@ def test_a_partial_row_says_how_far_each_unfinished_task_can_still_move(tmp_path
     assert "1 of 2 trainings were left out" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cache_info_mixer_narrows_the_sweep_tables(tmp_path: Path) -> None:
     committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cache" / "gpu_results.jsonl.gz"
     env = {"MIXERLAB_CACHE": str(tmp_path / "c.sqlite"), "COLUMNS": "160"}

@@ -6,6 +6,8 @@ import gzip
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks.reproduction import fla_parity as script
 from mixerlab.evaluate import ResultCache
 from mixerlab.mixers import resolve_mixer
@@ -23,6 +25,7 @@ def test_the_written_comparison_is_what_the_committed_trainings_give(tmp_path, m
     assert json.loads((tmp_path / "fla_parity.json").read_text()) == json.loads((results / "fla_parity.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_setting_missing_one_training_drops_out_of_the_comparison(tmp_path) -> None:
     """A task's score is the mean over settings whose `quick` trainings are all in on both sides: with one fla
     training of a compared setting gone (cut off by the device time, say), that setting leaves the comparison

@@ -50,6 +50,7 @@ def keys(path: Path) -> set[str]:
         return {json.loads(line)["result"]["key"] for line in lines}
 
 
+@pytest.mark.slow
 def test_home_merges_returned_results_and_refreshes_the_carry(tmp_path: Path) -> None:
     with gzip.open(COMMITTED, "rt") as lines:
         records = [line for _, line in zip(range(15), lines)]

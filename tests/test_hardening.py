@@ -238,6 +238,7 @@ def test_an_empty_run_prints_a_table_header_not_pandas_internals(tmp_path: Path)
 
 
 # 11. discover says where it is, and stops cleanly (the tiny run's log and a SIGTERM)
+@pytest.mark.slow  # uses the session's tiny run, which the fast tier does not start
 def test_discover_logs_its_progress_in_plain_lines_and_stops_resumably(tmp_path: Path, baseline_cache: Path) -> None:
     import signal
 
@@ -260,6 +261,7 @@ def test_discover_logs_its_progress_in_plain_lines_and_stops_resumably(tmp_path:
 
 
 # issue 43: a candidate that cannot differ from its parent at the run's profile is recorded, not trained
+@pytest.mark.slow  # uses the session's tiny run, which the fast tier does not start
 def test_an_inert_candidate_is_recorded_as_such_and_not_trained(tmp_path: Path, baseline_cache: Path) -> None:
     from mixerlab.config import LoopConfig
     from mixerlab.evaluate import ResultCache
@@ -322,6 +324,7 @@ def run_copy(tiny_run, shared_cache: Path, tmp_path: Path) -> Path:
 
 
 # 1. a read-only command never writes over what it reads, nor over any SQLite database
+@pytest.mark.slow  # uses the session's tiny run, which the fast tier does not start
 def test_exports_never_overwrite_a_database(run_copy: Path, tmp_path: Path) -> None:
     db, cache = run_copy / "mixerlab.db", run_copy / "cache.sqlite"
     before = db.read_bytes(), cache.read_bytes()
@@ -392,6 +395,7 @@ def test_a_postgresql_password_is_never_stored_printed_or_served(tmp_path: Path,
 
 
 # 4. a resumed run keeps its options; the printed resume command is complete and quoted
+@pytest.mark.slow  # uses the session's tiny run, which the fast tier does not start
 def test_resume_keeps_the_runs_options(run_copy: Path) -> None:
     one_line_error(invoke("discover", "--profile", "smoke", "--device", "cpu", "--run-dir", str(run_copy),
                           "--resume"), "--profile 'smoke' differs from the run's 'tiny'")
@@ -594,6 +598,7 @@ def test_check_shows_candidate_text_literally(tmp_path: Path) -> None:
     assert "[/bold] closing tag [red]not markup[/red]" in result.output
 
 
+@pytest.mark.slow  # uses the session's tiny run, which the fast tier does not start
 def test_another_folder_cannot_attach_to_a_sqlite_run_in_use(run_copy: Path, tmp_path: Path) -> None:
     """6. The lock is the run's, not the folder's: `--db R/mixerlab.db --resume` from another folder is refused
     while R's run is held (it once attached and marked R's run finished)."""
@@ -703,6 +708,7 @@ def test_candidate_text_in_the_llm_prompt_is_quoted_data() -> None:
 HOSTILE_TEXT = "[/bold] [red]not markup[/red] <script>alert('x')</script> ``` \x1b[2J\x1b]0;owned\x07"
 
 
+@pytest.mark.slow  # uses the session's tiny run, which the fast tier does not start
 def test_candidate_text_is_shown_literally_and_bounded_everywhere_it_reaches(tmp_path: Path, baseline_cache: Path) -> None:
     """A candidate whose error is markup, HTML, a Markdown fence, terminal escapes and a megabyte, with insights
     and code comments alike, goes through the loop (checked in the sandbox, repair refused, recorded), `check` and

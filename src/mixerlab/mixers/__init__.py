@@ -10,7 +10,7 @@ import ast
 from functools import lru_cache
 from pathlib import Path
 
-from .loading import MixerLoadError, MixerSpec, preflight, spec_from_file
+from .loading import MixerLoadError, MixerSpec, parse_source, preflight, spec_from_file
 
 _HERE = Path(__file__).parent
 
@@ -34,7 +34,7 @@ def template_definition(template: str, definition: str) -> str:
     """The source text of one top-level function or class of a template (to copy into a candidate file,
     which must be self-contained)."""
     source = template_source(template)
-    for node in ast.parse(source).body:
+    for node in parse_source(source).body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == definition:
             return ast.get_source_segment(source, node)
     raise KeyError(f"template {template!r} defines no {definition!r}")

@@ -7,6 +7,7 @@ stable id for caching, and rebuilds the same class anywhere.
 from __future__ import annotations
 
 import ast
+import gc
 import hashlib
 import sys
 import threading
@@ -57,10 +58,19 @@ def parse_source(source: str, filename: str = "<unknown>") -> ast.Module:
 
     CPython 3.11's AST conversion keeps its recursion counter in interpreter-global state, so two threads
     parsing at once (proposal threads do) can fail with "SystemError: AST constructor recursion depth
-    mismatch". Parsing a candidate takes milliseconds; serialising it costs nothing measurable.
+    mismatch". Every parse in mixerlab goes through here. The lock alone was not enough: once in a full test run
+    (2026-12-06) the threaded test still met the mismatch, and a garbage collection inside the parse can run a
+    finaliser that lets another thread run; so the collector is paused for the parse too. Parsing a candidate
+    takes milliseconds; serialising it costs nothing measurable.
     """
     with _AST_LOCK:
-        return ast.parse(source, filename)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return ast.parse(source, filename)
+        finally:
+            if collecting:
+                gc.enable()
 
 
 def normalized_code(source: str) -> str:
