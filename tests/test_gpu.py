@@ -245,3 +245,23 @@ def test_cuda_only_leaks_are_rejected_under_cuda_conditions() -> None:
         assert report.first_failure is not None and report.first_failure.name == "causality", report.summary()
     good = check_candidate(resolve_mixer("delta_net"), limits=limits, conditions=conditions, check_novelty=False)
     assert good.passed, good.summary()
+
+
+def test_a_vocabulary_wider_than_the_model_ships_the_head_on_cuda_and_scores_as_in_process() -> None:
+    """At width 32, tiny's memorize (64 classes) sends the head and its bf16 inputs, not the logits; the parent
+    applies the head on its GPU. Same trainings in-process: the scores agree to within bf16 rounding of the head
+    (a different matmul may round a few logits the other way)."""
+    from mixerlab.config import get_profile
+    from mixerlab.evaluate.runner import EvalOptions, evaluate_mixer
+    from mixerlab.evaluate.sandboxed import evaluate_sandboxed
+    from mixerlab.mixers import builtin_spec
+    from mixerlab.sandbox import SandboxLimits
+
+    options = EvalOptions(tasks=(Task.memorize,), device="cuda", train_overrides={"d_model": 32})
+    limits = SandboxLimits(timeout_s=600, memory_gb=16.0, output_bytes=20_000_000, cuda_device=0, gpu_memory_fraction=0.5)
+    spec, profile = builtin_spec("delta_net"), get_profile("tiny")
+    there = evaluate_sandboxed(spec, profile, options, limits, cuda_device=0)
+    here = evaluate_mixer(spec, profile, options)
+    assert there.ok, there.error
+    assert there.audit["probes_checked"] > 0
+    assert abs(there.report.row()["memorize"] - here.row()["memorize"]) < 0.01, (there.report.row(), here.row())
