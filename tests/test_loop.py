@@ -147,9 +147,12 @@ def test_resume_after_kill_9_on_postgresql(tmp_path: Path) -> None:
 
 def test_llm_loop_on_a_real_server_records_failures_with_reasons(tmp_path: Path, shared_cache: Path) -> None:
     with llama_server() as url:
-        # one iteration (a proposal and its repair) with one knowledge card: SmolLM2 on 2 CPUs reads ~40 tokens/s
+        # one iteration (a proposal and its repair), no knowledge card: SmolLM2 on 2 CPUs reads ~40 tokens/s, and at
+        # temperature 0 its reply depends on the whole prompt: with the audited cards (2026-12-06) the one retrieved
+        # card led it to write past 600 tokens before any code, so this test, about the server path and how failures
+        # are recorded, leaves the cards out (retrieval has its own tests: test_knowledge.py)
         proc = discover("--proposer", "llm", "--base-url", url, "--iterations", "1", "--max-repairs", "1",
-                        "--max-tokens", "400", "--temperature", "0", "--cards", "1", "--run-dir", str(tmp_path / "run"),
+                        "--max-tokens", "400", "--temperature", "0", "--cards", "0", "--run-dir", str(tmp_path / "run"),
                         "--cache", str(shared_cache))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     store = Store(f"sqlite:///{tmp_path / 'run' / 'mixerlab.db'}")

@@ -88,3 +88,27 @@ def test_mutation_changes_the_asked_number_of_axes_and_crossover_mixes_parents()
     weights = {("decay", "data_dependent"): 1e6}  # every axis changes, and decay goes where the weight is
     assert all(space.mutate(base, random.Random(s), weights, changes=len(space.AXES))["decay"] == "data_dependent"
                for s in range(20))
+
+
+@pytest.mark.parametrize("edit, card", [("position=data_rope", "mamba3"), ("read_correction=comba", "comba")])
+def test_the_2025_2026_mechanisms_render_as_causal_trainable_options(edit: str, card: str) -> None:
+    """Mamba-3's data-dependent rotation (angles summed over the prefix) and Comba's read correction are options of
+    the space, named for their cards; each renders a candidate that passes the static checks, stays causal and
+    trains, and retrieval sees that a parent already has it."""
+    from mixerlab.knowledge.retrieve import implemented_by
+
+    axis, option = edit.split("=")
+    assert card in space.AXES_BY_NAME[axis].option(option).cards
+    source = space.render(space.from_edits([edit]))
+    result, _ = static_check(source)
+    assert result.passed, result.message
+    mixer = build(source, option)
+    x = torch.randn(2, 90, 128, requires_grad=True)
+    mixer(x).square().mean().backward()
+    assert all(p.grad is not None for p in mixer.parameters())
+    changed = x.detach().clone()
+    changed[:, 60:] += torch.randn_like(changed[:, 60:])
+    with torch.no_grad():
+        assert torch.allclose(mixer(x.detach())[:, :60], mixer(changed)[:, :60], atol=1e-5)
+        assert not torch.allclose(mixer(x.detach())[:, 60:], mixer(changed)[:, 60:], atol=1e-3)
+    assert card in implemented_by(source) and card not in implemented_by(space.render({}))

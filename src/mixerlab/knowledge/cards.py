@@ -72,6 +72,10 @@ class Claim(BaseModel):
     def tag(self) -> str:
         return f"evidence: {self.evidence.short()}" if isinstance(self.evidence, Evidence) else "unmeasured"
 
+    def brief_tag(self) -> str:
+        """The evidence in a few words, for prompts: the number, not where it is printed."""
+        return f"measured: {self.evidence.figure}" if isinstance(self.evidence, Evidence) else "unmeasured"
+
 
 class Card(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -110,8 +114,8 @@ class Card(BaseModel):
 
     def brief(self) -> str:
         """A few lines for a prompt or an Insights document."""
-        helps = "; ".join(f"{a}: {c.why} [{c.tag()}]" for a, c in self.helps.items()) or "none claimed"
-        hurts = "; ".join(f"{a}: {c.why} [{c.tag()}]" for a, c in self.hurts.items()) or "none claimed"
+        helps = "; ".join(f"{a}: {c.why} [{c.brief_tag()}]" for a, c in self.helps.items()) or "none claimed"
+        hurts = "; ".join(f"{a}: {c.why} [{c.brief_tag()}]" for a, c in self.hurts.items()) or "none claimed"
         return (f"[{self.id}] {self.name} ({self.citation.authors} {self.citation.year}). {self.mechanism} "
                 f"Equation: {self.equation}. Helps: {helps}. Hurts: {hurts}. Cost: {self.cost.time}; state "
                 f"{self.cost.state}. Fails when: {'; '.join(self.failure_modes)}.")

@@ -60,7 +60,8 @@ def code_features(code: str) -> list[str]:
         found.append("beta up to 2 negative eigenvalues")
     elif "torch.sigmoid(self.b_proj" in code:
         found.append("beta sigmoid in (0, 1): eigenvalues in [0, 1] only")
-    found.append("rotary position" if "rotate_positions" in code else "no position information in q and k")
+    found.append("rotary position" if "rotate_positions" in code or "rotate_by" in code
+                 else "no position information in q and k")
     if any(s in code for s in ("torch.tanh(u_i)", "softsign(u_i)", "u_i.clamp")):
         found.append("bounded error transform")
     else:
@@ -77,6 +78,7 @@ SIGNATURES = {
     "gated_deltanet": r"A_log", "mamba2": r"A_log",
     "rope": r"def rotate_positions", "robust_updates": r"u_i = (torch\.tanh|F\.softsign)",
     "negative_eigenvalues": r"2 \* torch\.sigmoid\(self\.b_proj", "momentum_updates": r"momentum",
+    "mamba3": r"def rotate_by", "comba": r"self\.correction \* torch\.sigmoid",
 }
 
 

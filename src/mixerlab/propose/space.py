@@ -61,6 +61,8 @@ AXES: tuple[Axis, ...] = (
         Option("none", "no positional signal beyond the convolutions", ("short_convolution",)),
         Option("rope", "rotary embedding on all of q and k", ("rope",)),
         Option("rope_half", "rotary embedding on half of each head's dimensions", ("rope", "path_attention")),
+        Option("data_rope", "rotation by angles the tokens set, summed over the prefix (Mamba-3's complex transition)",
+               ("mamba3", "path_attention")),
     )),
     Axis("beta", "the write strength beta of the delta rule", (
         Option("sigmoid", "beta = sigmoid(W_b x) in (0, 1)", ("deltanet",)),
@@ -75,9 +77,10 @@ AXES: tuple[Axis, ...] = (
     )),
     Axis("error", "the transform of the prediction error before it is written", (
         Option("identity", "write the raw error v - S k", ("deltanet",)),
-        Option("tanh", "tanh of the error (bounded, Huber-like)", ("robust_updates",)),
+        Option("tanh", "tanh of the error (bounded, Huber-like)", ("robust_updates", "miras_attentional_bias")),
         Option("softsign", "softsign of the error (bounded, slower saturation)", ("robust_updates",)),
-        Option("clip", "clip the error to [-1, 1]", ("robust_updates", "ttt")),
+        Option("clip", "clip the error to [-1, 1]: the gradient of a Huber objective (Miras's Yaad)",
+               ("robust_updates", "miras_attentional_bias", "ttt")),
     )),
     Axis("momentum", "whether state updates carry momentum across chunks", (
         Option("none", "each chunk's correction applied once", ("deltanet",)),
@@ -118,6 +121,10 @@ AXES: tuple[Axis, ...] = (
     Axis("skip", "a direct path from the values to the output", (
         Option("none", "the output is the state's read-out only", ("deltanet",)),
         Option("value_skip", "o + D v with a learned per-head D (Mamba's D term)", ("value_skip", "mamba")),
+    )),
+    Axis("read_correction", "whether the query is corrected before it reads the state", (
+        Option("none", "read with the query as it is", ("deltanet",)),
+        Option("comba", "q - D sigmoid(d) k before the L2 norm (Comba's output feedback)", ("comba",)),
     )),
 )
 AXES_BY_NAME = {axis.name: axis for axis in AXES}
@@ -214,6 +221,16 @@ FEATURES = {
     "layernorm": "q, k = F.layer_norm(q, q.shape[-1:], eps=1e-5), F.layer_norm(k, k.shape[-1:], eps=1e-5)",
 }
 ERRORS = {"tanh": "torch.tanh(u_i)", "softsign": "F.softsign(u_i)", "clip": "u_i.clamp(-1.0, 1.0)"}
+
+DATA_ROTARY = '''
+
+def rotate_by(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs of the first 2P dims of x [B, H, T, D] by angles [B, T, P] (every head alike; norm-preserving)."""
+    pairs = angles.shape[-1]
+    cos, sin = angles.cos()[:, None].to(x.dtype), angles.sin()[:, None].to(x.dtype)
+    x1, x2 = x[..., :pairs], x[..., pairs : 2 * pairs]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * pairs :]], -1)
+'''
 
 ROTARY = '''
 
@@ -352,6 +369,11 @@ def _init(c: Choices) -> list[str]:
         lines.append("        self.g_proj = nn.Linear(d_model, d_model, bias=False)")
     if c["skip"] == "value_skip":
         lines.append("        self.d_skip = nn.Parameter(torch.ones(num_heads))")
+    if c["position"] == "data_rope":  # a quarter of each head's dims: half of them rotate, in pairs
+        lines.append("        self.angle_proj = nn.Linear(d_model, self.head_dim // 4, bias=False)")
+    if c["read_correction"] == "comba":
+        lines += ["        self.correction = nn.Parameter(torch.full((num_heads,), 0.02))  # small: fla finds 0.02 better at this scale",
+                  "        self.inner_decay = nn.Parameter(torch.ones(num_heads))"]
     return lines
 
 
@@ -371,7 +393,12 @@ def _forward(c: Choices) -> list[str]:
     ]
     if c["qk_feature"] in FEATURES:
         lines.append(f"        {FEATURES[c['qk_feature']]}")
+    if c["read_correction"] == "comba":
+        lines.append("        q = q - (self.correction * torch.sigmoid(self.inner_decay))[None, :, None, None] * k")
     lines.append("        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)")
+    if c["position"] == "data_rope":
+        lines += ["        angles = torch.cumsum(self.angle_proj(x).float(), dim=1)  # [B, T, P]: set by the tokens so far",
+                  "        q, k = rotate_by(q, angles), rotate_by(k, angles)"]
     if c["position"] == "rope":
         lines.append("        q, k = rotate_positions(q), rotate_positions(k)")
     elif c["position"] == "rope_half":
@@ -423,8 +450,10 @@ def render(choices: Choices) -> str:
         "",
     ]
     body = "\n".join(header) + _chunk_function(c)
-    if c["position"] != "none":
+    if c["position"] in ("rope", "rope_half"):
         body += ROTARY
+    elif c["position"] == "data_rope":
+        body += DATA_ROTARY
     if c["conv"] != "0":
         body += "\n\n" + template_definition("delta_net", "ShortConvolution") + "\n"
     klass = [
