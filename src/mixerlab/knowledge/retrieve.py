@@ -130,7 +130,7 @@ def embedding_available() -> bool:
 
 
 class Retriever:
-    """Ranks cards for a query. `lexical` (BM25, the default) ranked the labelled set better than MiniLM embeddings
+    """Ranks cards for a query. `lexical` (BM25, the default) ranked the frozen query set better than MiniLM embeddings
     (benchmarks/results/retrieval.md); `embedding` needs `pip install 'mixerlab[knowledge]'`."""
 
     def __init__(self, cards: Sequence[Card] | None = None, backend: Backend = "lexical", ability_weight: float = 0.35) -> None:
