@@ -159,33 +159,40 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LogitsMessage(_Message):
+WireDtype = Literal["float32", "bfloat16"]
+
+
+class _TrainingMessage(_Message):
+    """A frame about one training's evaluation in progress."""
+
+    key: str
+    epoch: int = Field(ge=0)
+
+
+class _RowsMessage(_TrainingMessage):
+    """Values for the scored positions of test rows start..stop."""
+
+    start: int = Field(ge=0)
+    stop: int = Field(gt=0)
+
+
+class LogitsMessage(_RowsMessage):
     type: Literal["logits"]
-    key: str
-    epoch: int = Field(ge=0)
-    start: int = Field(ge=0)
-    stop: int = Field(gt=0)
     vocab: int = Field(ge=1, le=MAX_VOCAB)
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: WireDtype = "float32"
 
 
-class HeadMessage(_Message):
-    type: Literal["head"]
-    key: str
-    epoch: int = Field(ge=0)
-    vocab: int = Field(ge=1, le=MAX_VOCAB)
-    dim: int = Field(ge=1, le=MAX_WIDTH)
-    dtype: Literal["float32", "bfloat16"]
-
-
-class FeaturesMessage(_Message):
+class FeaturesMessage(_RowsMessage):
     type: Literal["features"]
-    key: str
-    epoch: int = Field(ge=0)
-    start: int = Field(ge=0)
-    stop: int = Field(gt=0)
     dim: int = Field(ge=1, le=MAX_WIDTH)
-    dtype: Literal["float32", "bfloat16"]
+    dtype: WireDtype
+
+
+class HeadMessage(_TrainingMessage):
+    type: Literal["head"]
+    vocab: int = Field(ge=1, le=MAX_VOCAB)
+    dim: int = Field(ge=1, le=MAX_WIDTH)
+    dtype: WireDtype
 
 
 class ScoreMessage(_Message):
