@@ -118,10 +118,26 @@ def _apart(order: torch.Tensor, n: int, originals: list[int], block: int, rng: t
 
 def leak(probe_logits: torch.Tensor, original_logits: torch.Tensor) -> float:
     """Relative change of the logits at the shared scored positions: max |difference| / max |logit|."""
-    finite_probe, finite_original = torch.isfinite(probe_logits), torch.isfinite(original_logits)
-    if not torch.equal(finite_probe, finite_original):
-        return float("inf")  # a diverged model is NaN alike in both; NaN in only one is a change
-    if not finite_original.any():
-        return 0.0
-    scale = original_logits[finite_original].abs().max().item() + 1e-6
-    return (probe_logits - original_logits)[finite_original].abs().max().item() / scale
+    return leaks([(probe_logits, original_logits)])[0]
+
+
+def leaks(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+    """`leak` of every (probe, original) pair, read from the device once for all of them. A diverged model is
+    NaN alike in both (no change); a non-finite value in one only is an infinite change."""
+    if not pairs:
+        return []
+    stats = []
+    for probe_logits, original_logits in pairs:
+        finite_probe, finite_original = torch.isfinite(probe_logits), torch.isfinite(original_logits)
+        zero = original_logits.new_zeros(())
+        stats.append(torch.stack([
+            (finite_probe != finite_original).any().float(),
+            finite_original.any().float(),
+            torch.where(finite_original, original_logits.abs(), zero).amax() if original_logits.numel() else zero,
+            torch.where(finite_original, (probe_logits - original_logits).abs(), zero).amax()
+            if original_logits.numel() else zero,
+        ]).float())
+    out = []
+    for mismatch, any_finite, scale, change in torch.stack(stats).tolist():
+        out.append(float("inf") if mismatch else 0.0 if not any_finite else change / (scale + 1e-6))
+    return out

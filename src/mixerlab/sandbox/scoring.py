@@ -19,6 +19,7 @@ it could make this way it could have shipped directly.
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any, Callable, Literal
@@ -27,8 +28,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mixerlab.config import TrainConfig
-from mixerlab.evaluate.audit import AUDIT_TOLERANCE, ServedTestSet, leak
-from mixerlab.tasks import TaskSetting
+from mixerlab.evaluate.audit import AUDIT_TOLERANCE, ServedTestSet, leaks
+from mixerlab.tasks import IGNORE_INDEX, TaskSetting
 from mixerlab.train.common import make_result
 from mixerlab.train.job import TrainJob
 from mixerlab.train.metrics import position_stats
@@ -221,16 +222,63 @@ class StepsMessage(_Message):
 
 
 @dataclass
+class _Layout:
+    """A served test set's scored positions, flattened in the order the worker ships them (served rows in order,
+    a row's positions in order), with what scoring needs at each, on the scorer's device. Built once per test
+    set: a frame for rows start..stop is then the flat range row_ptr[start]..row_ptr[stop], scored with a few
+    kernels and no wait for the device (the per-row and per-probe searches it replaced cost ~20 ms a training and
+    epoch on the parent, on quick's recall tasks)."""
+
+    row_ptr: list[int]  # [rows + 1]: where each served row's positions start
+    target: torch.Tensor  # [P] the target at each position; IGNORE_INDEX on probe rows (scored by the audit only)
+    real: torch.Tensor  # [R] the positions on real test rows
+    dest: torch.Tensor  # [R] where each goes in the original test set's [N * L] layout
+    audit_flat: list[int]  # the positions the causality audit compares, ascending
+    audit_at: torch.Tensor  # the same, on the device
+    audit_slot: torch.Tensor  # for each, its row in the audit buffer
+    audit_ranges: list[tuple[int, int, int, int]]  # per probe: its own rows [a, b) and its example's [c, d)
+    slots: int
+    targets: torch.Tensor  # [N, L] the original test set's targets
+
+    @classmethod
+    def of(cls, served: ServedTestSet, device: torch.device) -> "_Layout":
+        rows, positions = served.scored.nonzero(as_tuple=True)
+        row_ptr = [0, *accumulate(served.scored.sum(1).tolist())]
+        origin = served.origin[rows]
+        is_real = origin >= 0
+        target = torch.full((len(rows),), IGNORE_INDEX, dtype=torch.long)
+        target[is_real] = served.targets[origin[is_real], positions[is_real]]
+        real = is_real.nonzero().flatten()
+        length = served.targets.shape[1]
+        slot = torch.full((len(rows),), -1, dtype=torch.long)
+        ranges, cursor = [], 0
+        for probe in served.probes:
+            shared = positions <= probe.cut
+            span = []
+            for mine in (rows == probe.served) & shared, (origin == probe.original) & shared:
+                where = mine.nonzero().flatten()
+                if (slot[where] >= 0).any():
+                    raise RuntimeError("two probes share a scored position")  # serve() never makes such a set
+                slot[where] = torch.arange(cursor, cursor + len(where))
+                span += [cursor, cursor + len(where)]
+                cursor += len(where)
+            ranges.append(tuple(span))
+        at = (slot >= 0).nonzero().flatten()
+        return cls(row_ptr, target.to(device), real.to(device), (origin[real] * length + positions[real]).to(device),
+                   at.tolist(), at.to(device), slot[at].to(device), ranges, cursor, served.targets.to(device))
+
+
+@dataclass
 class _Epoch:
-    """One training's evaluation in progress: rows received so far and what they scored."""
+    """One training's evaluation in progress: rows received so far and what they scored, per flat position of
+    its test set's layout (on the scorer's device)."""
 
     epoch: int
     received: int = 0
-    nll: torch.Tensor | None = None
-    preds: torch.Tensor | None = None
+    nll: torch.Tensor | None = None  # [P]
+    preds: torch.Tensor | None = None  # [P]
+    audit: torch.Tensor | None = None  # [slots, vocab]: the logits the causality audit compares
     vocab: int = 0
-    probe_rows: dict[int, torch.Tensor] = field(default_factory=dict)  # probe -> its logits at positions <= cut
-    original_rows: dict[int, torch.Tensor] = field(default_factory=dict)  # probe -> its example's logits there
     head: tuple[torch.Tensor, torch.Tensor] | None = None  # (weight [V, D], bias [V]) where features are shipped
 
 
@@ -254,10 +302,18 @@ class TrustedScorer:
         self.largest_leak = 0.0
         self.probes_checked = 0
         self.worker_parts: dict[str, float] = {}  # the worker's own timing of its parts (a profile, not a score)
+        self.layouts: dict[str, _Layout] = {}
 
     def _served(self, key: str) -> ServedTestSet:
         job = self.jobs[key]
         return self.served[test_set_id(job.setting, job.seed)]
+
+    def _layout(self, key: str) -> _Layout:
+        job = self.jobs[key]
+        ident = test_set_id(job.setting, job.seed)
+        if ident not in self.layouts:
+            self.layouts[ident] = _Layout.of(self.served[ident], self.device)
+        return self.layouts[ident]
 
     def handle(self, message: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes] | None:
         kind = message.get("type")
@@ -296,9 +352,12 @@ class TrustedScorer:
                 raise ProtocolError(f"test outputs for epoch {epoch} of {key[:12]}, expected {len(self.history[key])}")
             if vocab != self.jobs[key].setting.vocab_size:  # the worker ships a member's own classes only
                 raise ProtocolError(f"outputs over {vocab} classes for a {self.jobs[key].setting.vocab_size}-token task")
-            targets = self._served(key).targets
-            state = self.current[key] = _Epoch(epoch, nll=torch.zeros(targets.shape),
-                                               preds=torch.zeros(targets.shape, dtype=torch.long), vocab=vocab)
+            layout = self._layout(key)
+            positions = layout.row_ptr[-1]
+            state = self.current[key] = _Epoch(
+                epoch, nll=torch.zeros(positions, device=self.device),
+                preds=torch.zeros(positions, dtype=torch.long, device=self.device),
+                audit=torch.zeros(layout.slots, vocab, device=self.device), vocab=vocab)
         return state
 
     def _head(self, m: HeadMessage, payload: bytes) -> None:
@@ -320,6 +379,8 @@ class TrustedScorer:
 
     def _logits(self, m: LogitsMessage, payload: bytes) -> None:
         state = self._epoch(m.key, m.epoch, m.vocab)
+        if m.vocab != state.vocab:
+            raise ProtocolError(f"logits over {m.vocab} classes for {m.key[:12]} after {state.vocab} in this evaluation")
         if state.head is not None:
             raise ProtocolError(f"logits for {m.key[:12]} after its head: send features")
         self._rows(m.key, m.epoch, m.start, m.stop, payload, m.dtype, m.vocab, lambda x: x.float())
@@ -327,66 +388,68 @@ class TrustedScorer:
     def _rows(self, key: str, epoch: int, start: int, stop: int, payload: bytes, dtype: str, width: int,
               to_logits: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Score the test rows start..stop of one training's evaluation: `payload` holds `width` values for each
-        scored position, which `to_logits` turns into the logits there (on this scorer's device)."""
+        scored position, which `to_logits` turns into the logits there (on this scorer's device). Nothing here
+        waits for the device: the metrics are read once per evaluation, in `_score`."""
         state, served = self.current.get(key), self._served(key)
         if state is None or (epoch, start) != (state.epoch, state.received) or stop > len(served.inputs) \
                 or stop <= start:
             raise ProtocolError(f"test outputs out of order for {key[:12]} (rows {start}..{stop}, epoch {epoch})")
-        rows, positions = served.scored[start:stop].nonzero(as_tuple=True)
-        rows = rows + start
-        values = _tensor(payload, dtype, (len(rows), width), f"{len(rows)} scored positions x {width}")
-        logits = to_logits(values.to(self.device)) if rows.numel() else torch.zeros(0, state.vocab, device=self.device)
-        origin = served.origin[rows]
-        real = origin >= 0
-        targets = served.targets[origin[real], positions[real]].to(self.device)
-        nll, preds = position_stats(logits[real.to(self.device)], targets)
-        state.nll[origin[real], positions[real]] = nll.cpu()
-        state.preds[origin[real], positions[real]] = preds.cpu()
-        for k, probe in enumerate(served.probes):
-            shared = positions <= probe.cut
-            here = (rows == probe.served) & shared
-            if here.any():
-                state.probe_rows[k] = logits[here.to(self.device)].cpu()
-            here = (origin == probe.original) & shared
-            if here.any():
-                state.original_rows[k] = logits[here.to(self.device)].cpu()
+        layout = self._layout(key)
+        first, last = layout.row_ptr[start], layout.row_ptr[stop]
+        values = _tensor(payload, dtype, (last - first, width), f"{last - first} scored positions x {width}")
+        if self.device.type == "cuda":  # a page-locked copy goes to the GPU without waiting for it
+            values = values.pin_memory().to(self.device, non_blocking=True)
+        logits = to_logits(values)
+        nll, preds = position_stats(logits, layout.target[first:last])  # 0 at probe rows (ignored targets)
+        state.nll[first:last] = nll
+        state.preds[first:last] = preds
+        a, b = bisect_left(layout.audit_flat, first), bisect_left(layout.audit_flat, last)
+        if b > a:
+            state.audit[layout.audit_slot[a:b]] = logits[layout.audit_at[a:b] - first]
         state.received = stop
 
     def _score(self, m: ScoreMessage) -> list[list[float]]:
         if len(m.epochs) != len(m.keys) or len(set(m.keys)) != len(m.keys):
             raise ProtocolError("a score request with mismatched keys and epochs")
-        metrics = []
+        rows = []
         for key, epoch in zip(m.keys, m.epochs):
             state = self.current.get(key)
             served = self._served(key) if key in self.jobs else None
             if state is None or served is None or state.epoch != epoch or state.received != len(served.inputs):
                 raise ProtocolError(f"a score request for {key[:12]} epoch {epoch} before all its test rows arrived")
-            self._audit(key, served, state)
-            targets = served.targets
-            row = epoch_metrics(state.nll[None], state.preds[None], targets[None], state.vocab,
-                                self.train.eval_batch_size)[0].tolist()
+            layout = self._layout(key)
+            shape = layout.targets.shape
+            nll = torch.zeros(shape.numel(), device=self.device)
+            preds = torch.zeros(shape.numel(), dtype=torch.long, device=self.device)
+            nll[layout.dest] = state.nll[layout.real]
+            preds[layout.dest] = state.preds[layout.real]
+            rows.append(epoch_metrics(nll.view(1, *shape), preds.view(1, *shape), layout.targets[None], state.vocab,
+                                      self.train.eval_batch_size)[0])
+        changes = leaks([(self.current[key].audit[a:b], self.current[key].audit[c:d])
+                         for key in m.keys for a, b, c, d in self._layout(key).audit_ranges])
+        self._audit(m.keys, changes)
+        metrics = torch.stack(rows).tolist()
+        for key, row in zip(m.keys, metrics):
             self.history[key].append(row)
             del self.current[key]
-            metrics.append(row)
         return metrics
 
-    def _audit(self, key: str, served: ServedTestSet, state: _Epoch) -> None:
-        for k, probe in enumerate(served.probes):
-            ours, theirs = state.probe_rows.get(k), state.original_rows.get(k)
-            if ours is None or theirs is None or ours.shape != theirs.shape:
-                raise ProtocolError("a probe's logits are missing")
-            change = leak(ours, theirs)
-            self.probes_checked += 1
-            self.largest_leak = max(self.largest_leak, change)
-            if change > self.tolerance:
-                self.failure = (
-                    f"causality audit failed during the scored evaluation of {self.jobs[key].setting.label} (epoch "
-                    f"{state.epoch}): a copy of a test sequence with other tokens after position {probe.cut}, "
-                    f"evaluated in another forward call, got other logits at positions <= {probe.cut} (relative "
-                    f"change {change:.2e}, allowed {self.tolerance:g}); the mixer looks ahead, or mixes the rows of "
-                    "its batch, when its test set is scored: make every output depend on its own row's earlier "
-                    "tokens only")
-                raise ProtocolError(self.failure)
+    def _audit(self, keys: list[str], changes: list[float]) -> None:
+        found = iter(changes)
+        for key in keys:
+            for probe in self._served(key).probes:
+                change = next(found)
+                self.probes_checked += 1
+                self.largest_leak = max(self.largest_leak, change)
+                if change > self.tolerance:
+                    self.failure = (
+                        f"causality audit failed during the scored evaluation of {self.jobs[key].setting.label} (epoch "
+                        f"{self.current[key].epoch}): a copy of a test sequence with other tokens after position "
+                        f"{probe.cut}, evaluated in another forward call, got other logits at positions <= {probe.cut} "
+                        f"(relative change {change:.2e}, allowed {self.tolerance:g}); the mixer looks ahead, or mixes "
+                        "the rows of its batch, when its test set is scored: make every output depend on its own row's "
+                        "earlier tokens only")
+                    raise ProtocolError(self.failure)
 
     def _trained(self, m: TrainedMessage) -> None:
         if m.key not in self.jobs or m.key in self.results:
