@@ -96,31 +96,35 @@ def test_the_worker_never_runs_more_threads_than_the_callers_cpus() -> None:
     assert replace(LIMITS, cpu_threads=4).threads == min(4, len(before))
 
 
-def test_sandboxed_scores_equal_in_process_scores_exactly() -> None:
-    """Two workers, each training its share of the trainings at once (options.workers): the parent's scores of
+@pytest.mark.parametrize("workers, concurrent", [(2, 1), (1, 2)])
+def test_sandboxed_scores_equal_in_process_scores_exactly(workers: int, concurrent: int) -> None:
+    """Two workers, each training its share of the trainings at once (options.workers), or one worker training
+    two groups at once in threads that share its channel (options.concurrent_groups): the parent's scores of
     their logits equal the in-process scores bit for bit."""
     spec, profile = builtin_spec("delta_net"), get_profile("tiny")
     options = EvalOptions(tasks=(Task.memorize, Task.compress))  # the two cheapest tasks: both backbones
     here = evaluate_mixer(spec, profile, options)
-    there = evaluate_sandboxed(spec, profile, replace(options, workers=2), EVAL_LIMITS)
+    there = evaluate_sandboxed(spec, profile, replace(options, workers=workers, concurrent_groups=concurrent),
+                               EVAL_LIMITS)
     assert there.ok, there.error
-    assert there.workers == 2 and len(there.trainings) == here.trainings  # every training, scored once
+    assert there.workers == workers and len(there.trainings) == here.trainings  # every training, scored once
     assert there.report.row() == here.row()  # the worker's logits, scored by the parent: bit for bit
     assert there.audit["probes_checked"] > 0 and there.audit["largest_probe_change"] == 0.0
     assert {t.device for t in there.trainings} == {"cpu"}
 
 
-@pytest.mark.parametrize("filename, workers", [("leak_in_eval_mode.py", 2), ("batch_aware_leak.py", 1)])
-def test_the_scored_evaluation_catches_a_leak_the_checks_never_saw(filename: str, workers: int) -> None:
+@pytest.mark.parametrize("filename, workers, concurrent", [("leak_in_eval_mode.py", 2, 1), ("batch_aware_leak.py", 1, 1),
+                                                      ("leak_in_eval_mode.py", 1, 2)])
+def test_the_scored_evaluation_catches_a_leak_the_checks_never_saw(filename: str, workers: int, concurrent: int) -> None:
     """batch_aware_leak.py looks ahead only on rows no other row of its forward call shares a prefix with, once
     trained: it passed the audit while probes were scored beside their examples (its score was recorded). With
-    two workers, the one that leaks names the failure, not the one stopped because of it."""
-    tasks = (Task.context_recall, Task.memorize)[:workers]  # a training for each worker
+    two workers, or two groups at once in one worker, the leak is named, not the stop it caused beside it."""
+    tasks = (Task.context_recall, Task.memorize)[: max(workers, concurrent)]  # a training for each worker or group
     result = evaluate_sandboxed(spec_from_file(HOSTILE / filename), get_profile("tiny"),
-                                replace(RECALL, tasks=tasks, workers=workers), EVAL_LIMITS)
+                                replace(RECALL, tasks=tasks, workers=workers, concurrent_groups=concurrent), EVAL_LIMITS)
     assert not result.ok and "causality audit failed during the scored evaluation" in result.error
     assert result.workers == workers
-    if workers == 1:
+    if workers == concurrent == 1:
         assert result.trainings == []
 
 

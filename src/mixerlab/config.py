@@ -23,6 +23,7 @@ Patience = Annotated[int, Field(ge=1, le=999, description="epochs without a bett
 GroupTokens = Annotated[int, Field(ge=1024, le=1 << 32, description="tokens per batched step")]
 GroupMembers = Annotated[int, Field(ge=1, le=4096, description="trainings per batched group")]
 SandboxWorkers = Annotated[int, Field(ge=1, le=8)]  # sandboxed workers sharing one device
+ConcurrentGroups = Annotated[int, Field(ge=1, le=64)]  # training groups at once in one process (threads, streams)
 SequenceLength = Annotated[int, Field(ge=1, le=1 << 20, description="tokens")]
 Iterations = Annotated[int, Field(ge=0, le=100_000, description="candidates in a run")]
 Workers = Annotated[int, Field(ge=1, le=512, description="evaluations at once (also capped by the CPUs and GPUs)")]

@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from pydantic import BaseModel, ConfigDict, Field
 
-from mixerlab.config import GroupMembers, GroupTokens, Patience, SandboxWorkers, Seconds, Seeds, SequenceLength
+from mixerlab.config import ConcurrentGroups, GroupMembers, GroupTokens, Patience, SandboxWorkers, Seconds, Seeds, SequenceLength
 
 from .base import UserError, app, console, err_console, fail, parse_tasks, resolve_device, validated, writable_file
 
@@ -38,6 +38,7 @@ class EvalArgs(BaseModel):
     max_group_tokens: Optional[GroupTokens] = None
     max_group_members: Optional[GroupMembers] = None
     workers: SandboxWorkers = 1
+    concurrent_groups: ConcurrentGroups = 1
     name: Optional[str] = None
     time_limit: Optional[Seconds] = None
     init: Optional[str] = None
@@ -93,6 +94,9 @@ def eval_command(
     workers: int = typer.Option(1, help="a .py file: this many sandboxed workers share the device, each training "
                                 "its share of the trainings at the same time (1-8; overlaps one worker's compiles, "
                                 "evaluations and small groups with another's steps)"),
+    concurrent_groups: int = typer.Option(1, help="training groups at once on the device, a thread and CUDA stream "
+                                          "each (1-64); same results as one at a time (docs/evaluation.md: what it "
+                                          "gains where)"),
     name: Optional[str] = typer.Option(None, help="row name in the table (default: the mixer's)"),
     time_limit: Optional[float] = typer.Option(None, help="seconds (> 0); stop cleanly after it (finished trainings "
                                                "are cached)"),
@@ -336,5 +340,6 @@ def prepare(args: EvalArgs, train: bool):
                           max_group_members=args.max_group_members, train_overrides=overrides,
                           time_limit=args.time_limit, compile_step=args.compile_step,
                           checkpoint_every=args.checkpoint_every, max_seq_len=args.max_seq_len, settings=chosen,
-                          library_solves=args.library_solves, train=train, only_keys=keys, workers=args.workers)
+                          library_solves=args.library_solves, train=train, only_keys=keys, workers=args.workers,
+                          concurrent_groups=args.concurrent_groups)
     return spec, prof, options, store

@@ -6,6 +6,7 @@ This is what `mixerlab eval` runs, and what the research loop calls for every ca
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from mixerlab.train.timing import NoClock, PartClock
 
 from .aggregate import TaskScore, aggregate, score_range
 from .cache import ResultCache
+from .concurrent import locked, run_groups
 from .plan import group_jobs, plan_jobs, token_capacity
 from .prefix import find_finished
 
@@ -100,11 +102,13 @@ class EvalOptions:
     scoring: Scoring = LOCAL_SCORING  # where test sets come from and who scores them (the sandbox: its parent)
     time_parts: bool = False  # measure seconds by part (syncs the device at each change of part: a profile)
     workers: int = 1  # sandboxed: this many workers share the device, each training its share at the same time
+    concurrent_groups: int = 1  # groups training at once, a thread and CUDA stream each (evaluate/concurrent.py)
     shared_logits: bool = True  # sandboxed on CUDA: test logits through shared memory where the system has it (sandbox/shared.py)
 
 
 def group_capacity(train: TrainConfig, factory, device: str, max_tokens: int | None,
-                   max_members: int | None = None, scoring: Scoring = LOCAL_SCORING) -> Callable[[TrainJob], int]:
+                   max_members: int | None = None, scoring: Scoring = LOCAL_SCORING,
+                   concurrent: int = 1) -> Callable[[TrainJob], int]:
     """How many members of a job's shape fit in one group: a token budget on the CPU (or when given), and
     on CUDA a measured memory probe (candidates differ wildly in activation memory); at most `max_members`.
 
@@ -112,14 +116,14 @@ def group_capacity(train: TrainConfig, factory, device: str, max_tokens: int | N
     past ~100k tokens per step a larger group barely trains faster (benchmarks/results/eval_speed.md), so on
     long settings a cap costs little and lets every group's checkpoint travel whole."""
     if max_members is not None:
-        inner = group_capacity(train, factory, device, max_tokens, scoring=scoring)
+        inner = group_capacity(train, factory, device, max_tokens, scoring=scoring, concurrent=concurrent)
         return lambda job: min(max_members, inner(job))
     if max_tokens or not device.startswith("cuda"):
         return token_capacity(train.batch_size, max_tokens or 64 * 1024)
     from mixerlab.train.batched import probe_member_bytes
 
     free, _ = torch.cuda.mem_get_info(torch.device(device))
-    budget = 0.55 * free
+    budget = 0.55 * free / max(1, concurrent)  # groups that train at once share the memory
     measured: dict[tuple, int] = {}
 
     def capacity(job: TrainJob) -> int:
@@ -206,35 +210,50 @@ def evaluate_mixer(
             progress.advance_steps(n)
 
     deadline = time.monotonic() + options.time_limit if options.time_limit else None
+    concurrency = options.concurrent_groups
     clock = PartClock(options.device) if options.time_parts else NoClock()
+    clocks: list[PartClock] = [clock]
+    lock = threading.Lock()
+    on_trained, on_steps = (locked(record, lock), locked(count_steps, lock)) if concurrency > 1 else (record, count_steps)
     if todo:
         factory = spec.factory()
         fast_solves = False if options.library_solves else None  # None: the kernel where it runs (CUDA)
+
+        def train_one(group: list[TrainJob], halt: threading.Event, resume: tuple[str, dict] | None = None) -> None:
+            own = clock
+            if concurrency > 1 and options.time_parts:  # a clock per group thread, summed at the end
+                own = PartClock(options.device)
+                with lock:
+                    clocks.append(own)
+            train_group(group, [keys[j] for j in group], train, factory, options.device, on_result=on_trained,
+                        on_steps=on_steps, deadline=deadline, compile_step=options.compile_step,
+                        checkpoints=checkpoints, resume=resume, fast_solves=fast_solves, scoring=options.scoring,
+                        clock=own, halt=halt)
+            own.switch(None)
+
         claimed = set()
         for ident, state, group in resumable:
             if should_stop(deadline):
                 break
             log.info("resuming %d jobs of %s at step %d", len(group), group[0].setting.task.value, state["steps_done"])
             try:
-                train_group(group, [keys[j] for j in group], train, factory, options.device, on_result=record,
-                            on_steps=count_steps, deadline=deadline, compile_step=options.compile_step,
-                            checkpoints=checkpoints, resume=(ident, state), fast_solves=fast_solves,
-                            scoring=options.scoring, clock=clock)
+                train_one(group, threading.Event(), resume=(ident, state))
                 claimed.update(group)
             except ValueError as err:  # e.g. written by another mixerlab version: train these from the start
                 log.warning("cannot resume checkpoint %s (%s); training its jobs from the start", ident, err)
         fresh = [j for j in todo if j not in claimed and keys[j] not in results]
         clock.switch("setup")  # the memory probe of group_capacity runs on the first group it sizes
         capacity = group_capacity(train, factory, options.device, options.max_group_tokens,
-                                  options.max_group_members, options.scoring) if fresh else None
-        # cheapest groups first: a time-limited run finishes as many trainings as it can
-        for group in sorted(group_jobs(fresh, capacity), key=lambda g: _group_cost(g, train)) if fresh else []:
-            if should_stop(deadline):
-                break
-            log.info("training %d jobs of %s (T=%d)", len(group), group[0].setting.task.value, group[0].setting.input_len)
-            train_group(group, [keys[j] for j in group], train, factory, options.device,
-                        on_result=record, on_steps=count_steps, deadline=deadline, compile_step=options.compile_step,
-                        checkpoints=checkpoints, fast_solves=fast_solves, scoring=options.scoring, clock=clock)
+                                  options.max_group_members, options.scoring, concurrency) if fresh else None
+        groups = group_jobs(fresh, capacity) if fresh else []
+        # one at a time: cheapest first, so a time-limited run finishes as many trainings as it can; several at
+        # once: most expensive first, so the longest group is not the one left running alone at the end
+        groups.sort(key=lambda g: _group_cost(g, train), reverse=concurrency > 1)
+        clock.switch(None)
+        run_groups(groups, train_one, concurrency, options.device, deadline)
+        if len(clocks) > 1:
+            for other in clocks[1:]:
+                clock.add(other.seconds)
     clock.switch(None)
     if progress:
         progress.stop()

@@ -116,7 +116,7 @@ def evaluate_sandboxed(
             train_overrides=dict(options.train_overrides), keys=[plan.keys[j] for j in share],
             time_limit=options.time_limit, compile_step=options.compile_step, library_solves=options.library_solves,
             max_group_tokens=options.max_group_tokens, max_group_members=options.max_group_members,
-            time_parts=options.time_parts)
+            time_parts=options.time_parts, concurrent_groups=options.concurrent_groups)
         payload = {"kind": "evaluate", "device": options.device, "options": request.model_dump(mode="json"),
                    "spec": {"name": spec.name, "source": spec.source, "filename": spec.filename,
                             "class_name": spec.class_name}}

@@ -16,6 +16,7 @@ import hmac
 import json
 import os
 import struct
+import threading
 from typing import Any
 
 HEADER = struct.Struct(">IQ32s")  # header bytes, payload bytes, HMAC-SHA256
@@ -122,17 +123,23 @@ class FrameReader:
 
 class WorkerChannel:
     """The worker's end: `send` frames to the parent, `send_bytes` a payload through a shared slot where there
-    are slots (sandbox/shared.py), `request` a reply (scores) and wait for it."""
+    are slots (sandbox/shared.py), `request` a reply (scores) and wait for it.
+
+    Safe to share between threads (groups training at once): a frame is written whole, and a request holds the
+    channel until its reply is read, so each reply goes to the thread that asked. The parent keys every frame by
+    training, so frames of different groups may interleave."""
 
     def __init__(self, out_fd: int, reply_fd: int | None, key: bytes, slots: Any = None) -> None:
         self.out_fd, self.reply_fd, self.key = out_fd, reply_fd, key
+        self._lock = threading.RLock()
         self.slots = slots  # a shared.WorkerSlots, or None: payloads go through the pipe
         self._reader: FrameReader | None = None
         self._replies: list[dict[str, Any]] = []
 
     def send(self, message: dict[str, Any], payload: bytes = b"") -> None:
-        self._write(encode_header(self.key, message, len(payload)))
-        self._write(payload)  # not copied into the header's buffer: logits can be hundreds of MB
+        with self._lock:
+            self._write(encode_header(self.key, message, len(payload)))
+            self._write(payload)  # not copied into the header's buffer: logits can be hundreds of MB
 
     def send_bytes(self, message: dict[str, Any], data: Any) -> None:
         """Send `data` (a 1-D uint8 torch tensor, on any device) as the frame's payload: copied into a free
@@ -142,15 +149,16 @@ class WorkerChannel:
         if slots is None or size > slots.slot_bytes or self.reply_fd is None:
             self.send(message, memoryview(data.cpu().numpy()))
             return
-        if data.is_cuda and not slots.pinned:
-            slots.pin()
-        slot = slots.next
-        slots.next = (slot + 1) % slots.slots
-        while slot in slots.busy:
-            self._read_replies()  # the parent answers "freed" once it has its own copy of the slot
-        slots.views()[slot][:size].copy_(data)
-        slots.busy.add(slot)
-        self.send({**message, "slot": slot, "bytes": size})
+        with self._lock:
+            if data.is_cuda and not slots.pinned:
+                slots.pin()
+            slot = slots.next
+            slots.next = (slot + 1) % slots.slots
+            while slot in slots.busy:
+                self._read_replies()  # the parent answers "freed" once it has its own copy of the slot
+            slots.views()[slot][:size].copy_(data)
+            slots.busy.add(slot)
+            self.send({**message, "slot": slot, "bytes": size})
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -176,7 +184,8 @@ class WorkerChannel:
     def request(self, message: dict[str, Any], payload: bytes = b"") -> dict[str, Any]:
         if self.reply_fd is None:
             raise RuntimeError("this worker has no reply channel")
-        self.send(message, payload)
-        while not self._replies:
-            self._read_replies()
-        return self._replies.pop(0)
+        with self._lock:
+            self.send(message, payload)
+            while not self._replies:
+                self._read_replies()
+            return self._replies.pop(0)

@@ -38,6 +38,7 @@ class EvaluationRequest(BaseModel):
     max_group_tokens: int | None = None
     max_group_members: int | None = None
     time_parts: bool = False  # send the seconds by part of the training at the end (train/timing.py)
+    concurrent_groups: int = Field(default=1, ge=1, le=64)  # training groups at once (evaluate/concurrent.py)
 
 
 def run_checks(spec: MixerSpec, options: dict[str, Any], send: Send, integrity: Integrity) -> None:
@@ -131,6 +132,7 @@ def run_evaluation(spec: MixerSpec, options: dict[str, Any], channel: WorkerChan
     from mixerlab.evaluate.runner import EvalOptions, evaluate_mixer
     from mixerlab.sandbox.scoring import RemoteScorer, test_set_id
     from mixerlab.tasks import parse_task
+    from mixerlab.train.batched import DEVICE_SETUP_LOCK
     from mixerlab.train.scoring import Scoring, TestSet
 
     request = EvaluationRequest.model_validate(options)
@@ -142,17 +144,23 @@ def run_evaluation(spec: MixerSpec, options: dict[str, Any], channel: WorkerChan
 
     spec.load_class()
     integrity.verify("while its module was loaded")
-    scoring = Scoring(test_source=test_source,
-                      remote=lambda tests: RemoteScorer(channel, tests, integrity.verify))
+
+    def verify(when: str) -> None:
+        # while torch.compile traces a group it patches nn.Module for a moment (and puts it back): groups training
+        # at once in other threads check once no trace is under way (train/batched.py DEVICE_SETUP_LOCK)
+        with DEVICE_SETUP_LOCK:
+            integrity.verify(when)
+
+    scoring = Scoring(test_source=test_source, remote=lambda tests: RemoteScorer(channel, tests, verify))
     eval_options = EvalOptions(
         tasks=tuple(parse_task(t) for t in request.tasks), seeds=request.seeds, device=request.device,
         time_limit=request.time_limit, train_overrides=request.train_overrides, compile_step=request.compile_step,
         library_solves=request.library_solves, max_group_tokens=request.max_group_tokens,
         max_group_members=request.max_group_members, only_keys=frozenset(request.keys), scoring=scoring,
-        time_parts=request.time_parts)
+        time_parts=request.time_parts, concurrent_groups=request.concurrent_groups)
 
     def trained(result) -> None:
-        integrity.verify("during training")
+        verify("during training")
         channel.send({"type": "trained", "key": result.key, "train_losses": [h.train_loss for h in result.history],
                       "seconds": result.seconds, "trainer": result.trainer, "device": result.device})
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -49,6 +51,12 @@ log = logging.getLogger(__name__)
 
 EVAL_TOKENS = 2_000_000  # tokens per evaluation forward (members x examples x length)
 EVAL_LOGITS = 400_000_000  # logits elements per evaluation forward
+
+# Several groups may train at once in one process, each in its own thread and CUDA stream (evaluate/runner.py,
+# EvalOptions.concurrent_groups). What is not safe to overlap with another thread's work on the device is done
+# under this lock: torch.compile's tracing, the eager steps before a CUDA graph capture, the capture itself, and
+# releasing a graph's memory pool. Replays, evaluations and host syncs overlap freely.
+DEVICE_SETUP_LOCK = threading.RLock()
 
 ResultCallback = Callable[[TrainResult], None]
 StepCallback = Callable[[int], None]  # called with the number of member-steps just done
@@ -189,10 +197,11 @@ class BatchedTrainer:
         """(Re)build every per-member tensor for the members `active` (indices into self.members)."""
         dev = self.device
         if getattr(self, "graph", None) is not None:  # release the old graph's memory pool first
-            self.graph = None
-            self.flat.grad = None
-            torch.cuda.synchronize(dev)
-            torch.cuda.empty_cache()
+            with DEVICE_SETUP_LOCK:
+                self.graph = None
+                self.flat.grad = None
+                torch.cuda.synchronize(dev)
+                torch.cuda.empty_cache()
         self.active = active
         members = [self.members[i] for i in active]
         self.flat = flat.detach().to(dev).clone().requires_grad_(True)
@@ -318,27 +327,35 @@ class BatchedTrainer:
         if self.graph is not None:
             self.graph.replay()
             return
-        if self.cuda_graph and self.eager_steps_since_build >= 2:
-            self._capture()
-            if self.graph is not None:
-                self.graph.replay()
-                return
-        self.flat.grad = None
-        if self.cuda_graph:  # warm-up before a capture must run on a side stream
-            side = self._side_stream = getattr(self, "_side_stream", None) or torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+        with DEVICE_SETUP_LOCK if warm and self.device.type == "cuda" else nullcontext():
+            if self.cuda_graph and self.eager_steps_since_build >= 2:
+                self._capture()
+                if self.graph is not None:
+                    self.graph.replay()
+                    return
+            self.flat.grad = None
+            if self.cuda_graph:  # warm-up before a capture must run on a side stream
+                side = self._capture_stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    self._step()
+                torch.cuda.current_stream().wait_stream(side)
+            else:
                 self._step()
-            torch.cuda.current_stream().wait_stream(side)
-        else:
-            self._step()
-        self.eager_steps_since_build += 1
+            self.eager_steps_since_build += 1
+
+    def _capture_stream(self) -> torch.cuda.Stream:
+        """This trainer's own side stream (warm-up and capture), never torch's shared default capture stream:
+        groups training at once in other threads capture on streams of their own."""
+        self._side_stream = getattr(self, "_side_stream", None) or torch.cuda.Stream(self.device)
+        return self._side_stream
 
     def _capture(self) -> None:
         try:
             self.flat.grad = None
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # thread_local: another thread's group may allocate or sync while this one captures
+            with torch.cuda.graph(graph, stream=self._capture_stream(), capture_error_mode="thread_local"):
                 self._step()
             self.graph = graph
         except Exception as err:  # a mixer that syncs with the host cannot be captured; stay eager
@@ -433,9 +450,10 @@ class BatchedTrainer:
     # --- the loop --------------------------------------------------------------------------------
 
     def run(self, on_result: ResultCallback | None = None, on_steps: StepCallback | None = None,
-            deadline: float | None = None) -> list[TrainResult]:
-        """Train to the end; with `deadline` (time.monotonic()), or on a stop signal (train/interrupts.py), stop
-        at the first sync after it and return only the trainings that finished. Unfinished ones are never
+            deadline: float | None = None, halt: threading.Event | None = None) -> list[TrainResult]:
+        """Train to the end; with `deadline` (time.monotonic()), on a stop signal (train/interrupts.py), or once
+        `halt` is set (a group beside this one failed), stop at the first sync after it and return only the
+        trainings that finished. Unfinished ones are never
         half-recorded: with a checkpoint store they are saved there (also every `checkpoints.every` seconds,
         against kills, and on SIGUSR1) to be resumed, else dropped."""
         start_time = time.perf_counter() - self.elapsed_before
@@ -476,7 +494,7 @@ class BatchedTrainer:
                 self._maybe_shrink()
                 self._maybe_compile()
                 # stop: the time limit or a signal (SIGTERM, Ctrl-C); save: a stop, SIGUSR1 or the save interval
-                stop = should_stop(deadline)
+                stop = should_stop(deadline) or (halt is not None and halt.is_set())
                 if self.checkpoints and self.active and (stop or time.monotonic() - last_save > self.checkpoints.every
                                                          or take_save_request()):  # kept for the next group if none
                     self.checkpoints.save(self.ident, self.state(time.perf_counter() - start_time))
@@ -551,6 +569,7 @@ def train_group(
     fast_solves: bool | None = None,
     scoring: Scoring = LOCAL_SCORING,
     clock: PartClock | None = None,
+    halt: threading.Event | None = None,
 ) -> list[TrainResult]:
     """Train jobs batched; if the mixer does not run under vmap, train them one by one on the same path.
     `resume` = (checkpoint id, state) continues a group a checkpoint saved; `jobs` are its unfinished members.
@@ -561,20 +580,20 @@ def train_group(
                                  compile_step=compile_step, vocab_size=state["vocab"], checkpoints=checkpoints,
                                  fast_solves=fast_solves, scoring=scoring, clock=clock)
         trainer.restore(state, ident)
-        return trainer.run(on_result, on_steps, deadline)
+        return trainer.run(on_result, on_steps, deadline, halt)
     if vectorize is None:
         vectorize = len(jobs) > 1 and supports_vmap(jobs[0], train, mixer_factory)
     if vectorize:
         trainer = BatchedTrainer(jobs, keys, train, mixer_factory, device, compile_step=compile_step,
                                  checkpoints=checkpoints, fast_solves=fast_solves, scoring=scoring, clock=clock)
-        return trainer.run(on_result, on_steps, deadline)
+        return trainer.run(on_result, on_steps, deadline, halt)
     results = []
     for job, key in zip(jobs, keys):
-        if should_stop(deadline):
+        if should_stop(deadline) or (halt is not None and halt.is_set()):
             break
         trainer = BatchedTrainer([job], [key], train, mixer_factory, device, vectorize=False, compile_step=compile_step,
                                  checkpoints=checkpoints, fast_solves=fast_solves, scoring=scoring, clock=clock)
-        results += trainer.run(on_result, on_steps, deadline)
+        results += trainer.run(on_result, on_steps, deadline, halt)
     return results
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,10 +15,14 @@ from .job import TrainJob
 from .result import EpochRecord, TrainResult, best_epoch, select_epochs
 
 
+_GLOBAL_RNG_LOCK = threading.Lock()
+
+
 def init_model(job: TrainJob, train: TrainConfig, mixer_factory: MixerFactory, vocab_size: int | None = None) -> nn.Module:
-    """Build the job's model on the CPU from its own seed (independent of any global RNG state)."""
+    """Build the job's model on the CPU from its own seed (independent of any global RNG state). Models are
+    seeded through torch's one global generator, so groups built in other threads at the same time wait."""
     setting = job.setting
-    with torch.random.fork_rng(devices=[]):
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(job.init_seed if train.init_seed == "setting" else job.run_init_seed)
         model = build_model(
             setting.task.backbone, setting.vocab_size, setting.input_len, train.d_model, mixer_factory, train.init

@@ -1,8 +1,11 @@
 """Where an evaluation's wall time goes, by part (setup, compile, steps, test forwards, shipping logits, ...).
 
 A `PartClock` attributes host wall time to the part that is running: `switch(name)` closes the current part and
-opens the next. On CUDA the work is asynchronous, so with `sync=True` every switch first waits for the device:
-each part then holds the GPU time its own kernels took, not whatever the next synchronising call waited for.
+opens the next. On CUDA the work is asynchronous, so with `sync=True` every switch first waits for the thread's
+current stream (the trainer's steps, evaluations and side-stream warm-ups all join it): each part then holds the GPU
+time its own kernels took, not whatever the next synchronising call waited for. Groups that train at once
+(EvalOptions.concurrent_groups) keep a clock each, on their own streams; their parts are summed, so the parts can add
+up to more than the wall time.
 Switches happen only where the part changes (a run of training steps is one part), so the syncs it adds are few.
 Off by default: `benchmarks/speed/profile_cost.py` turns it on (`EvalOptions.time_parts`).
 """
@@ -34,7 +37,7 @@ class PartClock:
         if name == self.current:
             return
         if self.sync:
-            torch.cuda.synchronize(self.device)
+            torch.cuda.current_stream(self.device).synchronize()
         now = time.perf_counter()
         if self.current is not None:
             self.seconds[self.current] = self.seconds.get(self.current, 0.0) + now - self.since
