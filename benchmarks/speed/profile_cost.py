@@ -4,6 +4,7 @@ checked, trained in the sandbox, scored here), one task at a time, with the trai
 
     python benchmarks/speed/profile_cost.py --profile quick --tasks memorize --label before
     python benchmarks/speed/profile_cost.py --profile quick --label after          # every task, then the total
+    python benchmarks/speed/profile_cost.py --together --concurrent-groups 8 --label c8  # all tasks in one evaluation
 
 Each run appends to benchmarks/results/profile_cost.json (keyed by device, profile, mixer, task and label) and
 rewrites profile_cost.md from all runs: per task, seconds, training tokens per second, the share of each part,
@@ -32,6 +33,7 @@ import torch
 
 from mixerlab.check import Conditions
 from mixerlab.config import get_profile
+from mixerlab.evaluate.plan import select_settings
 from mixerlab.evaluate.runner import EvalOptions
 from mixerlab.evaluate.sandboxed import evaluate_sandboxed
 from mixerlab.executor.base import KnownResults
@@ -68,9 +70,10 @@ def floors(tokens: int, d_model: int, device_name: str) -> dict[str, float]:
 
 
 def run_task(executor: LocalExecutor, spec, profile: str, task: str, compile_step: bool,
-             time_limit: float | None) -> dict:
-    """Check the file, then evaluate it on one task as the loop's executor does (its sandbox limits), with the
-    parts timed; `time_limit` stops the evaluation cleanly (the row then says how many trainings finished)."""
+             time_limit: float | None, concurrent: int | None = None, settings: str | None = None) -> dict:
+    """Check the file, then evaluate it on one task (or several, joined by '+': one evaluation) as the loop's
+    executor does (its sandbox limits), with the parts timed; `time_limit` stops the evaluation cleanly (the row
+    then says how many trainings finished); `settings` picks some of the profile's settings (plan.select_settings)."""
     prof = get_profile(profile)
     conditions = Conditions.for_profile(prof, executor.device)
     began = time.perf_counter()
@@ -82,20 +85,38 @@ def run_task(executor: LocalExecutor, spec, profile: str, task: str, compile_ste
     limits = SandboxLimits(timeout_s=(time_limit or 3 * 3600) + 600, memory_gb=executor.eval_memory_gb,
                            output_bytes=20_000_000, cpu_threads=executor.cpu_threads, cuda_device=gpu,
                            gpu_memory_fraction=0.9 if gpu is not None else None)  # as LocalExecutor.evaluate
-    options = EvalOptions(tasks=(parse_task(task),), device="cuda" if gpu is not None else "cpu",
-                          compile_step=compile_step, time_parts=True, time_limit=time_limit)
+    tasks = tuple(parse_task(t) for t in task.split("+"))
+    chosen = select_settings(prof, tasks, settings.split(",")) if settings else None
+    # `concurrent` only where given: this script also times older mixerlab trees (PYTHONPATH) for a "before"
+    options = EvalOptions(tasks=tasks, device="cuda" if gpu is not None else "cpu", settings=chosen,
+                          compile_step=compile_step, time_parts=True, time_limit=time_limit,
+                          **({"concurrent_groups": concurrent} if concurrent and concurrent > 1 else {}))
     began = time.perf_counter()
     result = evaluate_sandboxed(spec, prof, options, limits, cache=KnownResults([]), cuda_device=gpu)
     seconds = time.perf_counter() - began
     if not result.ok:
         raise SystemExit(f"the evaluation failed: {result.error}")
     report = result.report
-    tokens = sum(t.steps * prof.train.batch_size * _input_len(prof, task, t.setting) for t in result.trainings)
-    score = report.tasks[task].mean if task in report.tasks else None
-    return {"task": task, "seconds": seconds, "check_s": check_s, "score": score, "planned": report.trainings,
-            "trainings": len(result.trainings), "stopped_at_time_limit": bool(report.incomplete),
+    tokens = sum(t.steps * prof.train.batch_size * _input_len(prof, t.task, t.setting) for t in result.trainings)
+    present = [t.value for t in tasks if t.value in report.tasks]  # with --settings: the tasks that have them
+    score = sum(report.tasks[t].mean for t in present) / len(present) if present else None
+    planned = report.trainings if chosen is None else sum(1 for t in tasks for s in prof.settings[t] if s.label in chosen) \
+        * len(prof.lrs) * len(prof.weight_decays)
+    return {"task": task, "settings": settings, "concurrent_groups": getattr(options, "concurrent_groups", None) or 1,
+            "seconds": seconds, "check_s": check_s, "score": score, "planned": planned,
+            "trainings": len(result.trainings), "stopped_at_time_limit": report.incomplete > report.trainings - planned,
             "training_tokens": tokens, "tokens_per_s": tokens / seconds, "parts": result.parts,
             **floors(tokens, prof.train.d_model, device_name(executor.device))}
+
+
+def _task_cell(row: dict) -> str:
+    """The task(s) of a row, with the settings and the groups at once where the run chose them."""
+    cell = row["task"].replace("+", " + ")
+    if row.get("settings"):
+        cell += f" [{row['settings']}]"
+    if row.get("concurrent_groups", 1) > 1:
+        cell += f", {row['concurrent_groups']} groups at once"
+    return cell
 
 
 def _input_len(prof, task: str, label: str) -> int:
@@ -128,7 +149,7 @@ def write_tables(runs: list[dict]) -> str:
             score = "-" if r["score"] is None else f"{r['score']:.4f}"
             done = f"{r['trainings']} of {r['planned']}" + (" (time limit)" if r["stopped_at_time_limit"] else "")
             lines.append(
-                f"| {r['task']} | {r['label']} | {r['date']} | {r['seconds']:.1f} | "
+                f"| {_task_cell(r)} | {r['label']} | {r['date']} | {r['seconds']:.1f} | "
                 f"{'' if before is None else f'{before:.1f}'} | {r['check_s']:.1f} | {score} | {done} | "
                 f"{r['tokens_per_s'] / 1e6:.2f} | {share} | {parts.get('worker start', 0):.1f} | "
                 f"{parts.get('parent scoring', 0):.1f} | "
@@ -158,6 +179,9 @@ def main() -> None:
                         help="auto: as the loop does (compiled on CUDA for every profile but tiny and smoke)")
     parser.add_argument("--label", default="after", help="before | after | any name")
     parser.add_argument("--time-limit", type=float, help="seconds per task; stop there (a partial row says so)")
+    parser.add_argument("--together", action="store_true", help="all the tasks in one evaluation (one row)")
+    parser.add_argument("--concurrent-groups", type=int, help="groups training at once (default: by device)")
+    parser.add_argument("--settings", help="only these settings, e.g. num_train=800,num_train=1600")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--tables-only", action="store_true", help="rewrite profile_cost.md from the JSON, run nothing")
     args = parser.parse_args()
@@ -173,17 +197,17 @@ def main() -> None:
     json_path = args.out / "profile_cost.json"
     data = json.loads(json_path.read_text()) if json_path.exists() else {"runs": []}
     device = device_name(args.device)
-    for task in args.tasks.split(","):
-        row = run_task(executor, spec, args.profile, task, compile_step, args.time_limit)
+    for task in ["+".join(args.tasks.split(","))] if args.together else args.tasks.split(","):
+        row = run_task(executor, spec, args.profile, task, compile_step, args.time_limit, args.concurrent_groups,
+                       args.settings)
         row.update(device=device, profile=args.profile, mixer=spec.name, compile=compile_step, label=args.label,
                    date=dt.date.today().isoformat(), torch=torch.__version__)
-        before = [r for r in data["runs"] if r["label"] == "before" and all(
-            r[k] == row[k] for k in ("device", "profile", "mixer", "task", "compile"))]
+        same = ("device", "profile", "mixer", "task", "compile", "settings")
+        before = [r for r in data["runs"] if r["label"] == "before" and all(r.get(k) == row[k] for k in same)]
         # a before figure only where both runs finished: a time-limited run's seconds are its limit, not its cost
         if args.label != "before" and before and not (before[-1]["stopped_at_time_limit"] or row["stopped_at_time_limit"]):
             row["seconds_before"] = before[-1]["seconds"]
-        data["runs"] = [r for r in data["runs"] if not all(
-            r[k] == row[k] for k in ("device", "profile", "mixer", "task", "compile", "label"))] + [row]
+        data["runs"] = [r for r in data["runs"] if not all(r.get(k) == row[k] for k in (*same, "label"))] + [row]
         print(json.dumps({k: v for k, v in row.items() if k != "parts"}), json.dumps(row["parts"]), flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(data, indent=1))
