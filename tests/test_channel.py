@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mixerlab.sandbox.channel import FrameReader, ProtocolError, WorkerChannel, encode, encode_header
-from mixerlab.sandbox.scoring import lossless_half
+from mixerlab.evaluate.remote_scoring import lossless_half
 
 KEY = b"k" * 32
 
@@ -94,7 +94,7 @@ def test_a_member_padded_to_its_groups_vocabulary_ships_and_scores_its_own_class
     members score exactly as when each is evaluated alone at its own vocabulary."""
     from mixerlab.config import TrainConfig
     from mixerlab.evaluate.audit import serve
-    from mixerlab.sandbox.scoring import RemoteScorer, TrustedScorer, test_set_id
+    from mixerlab.evaluate.remote_scoring import RemoteScorer, TrustedScorer, test_set_id
     from mixerlab.tasks import Task, TaskSetting
     from mixerlab.train.job import TrainJob
     from mixerlab.train.scoring import TestSet
@@ -164,7 +164,7 @@ def test_a_vocabulary_wider_than_the_model_ships_the_head_and_scores_as_the_logi
     from mixerlab.config import TrainConfig
     from mixerlab.evaluate.audit import serve
     from mixerlab.mixers import resolve_mixer
-    from mixerlab.sandbox.scoring import RemoteScorer, TrustedScorer, test_set_id
+    from mixerlab.evaluate.remote_scoring import RemoteScorer, TrustedScorer, test_set_id
     from mixerlab.tasks import Task, TaskSetting
     from mixerlab.train.batched import BatchedTrainer
     from mixerlab.train.job import TrainJob
@@ -202,7 +202,7 @@ def test_a_vocabulary_wider_than_the_model_ships_the_head_and_scores_as_the_logi
 def test_features_without_a_head_or_logits_after_one_are_refused() -> None:
     from mixerlab.config import TrainConfig
     from mixerlab.evaluate.audit import serve
-    from mixerlab.sandbox.scoring import TrustedScorer, test_set_id
+    from mixerlab.evaluate.remote_scoring import TrustedScorer, test_set_id
     from mixerlab.tasks import Task, TaskSetting
     from mixerlab.train.job import TrainJob
 

@@ -70,7 +70,7 @@ def test_fla_op_under_vmap_and_compile_matches_the_pytorch_form() -> None:
     """The custom op folds members into fla's batch and compiles as one graph; outputs and gradients per member
     match the PyTorch chunkwise form (bfloat16 kernel against float32)."""
     pytest.importorskip("fla", reason="fla kernels need flash-linear-attention on the device")
-    from mixerlab.ops.fla_ops import fla_delta_rule
+    from mixerlab.mixers.fla_ops import fla_delta_rule
 
     tensors = inputs(200, batch=6)[:4]  # 3 members of batch 2, length 200 (not a multiple of the chunk)
     members = [[t[2 * m: 2 * m + 2] for t in tensors] for m in range(3)]

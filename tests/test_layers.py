@@ -15,10 +15,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("mixerlab.config", "mixerlab.tasks", "mixerlab.text"),
     ("mixerlab.ops", "mixerlab.mixers", "mixerlab.model", "mixerlab.knowledge"),
     ("mixerlab.train",),
-    ("mixerlab.sandbox", "mixerlab.sandbox.confine", "mixerlab.sandbox.channel", "mixerlab.sandbox.integrity"),
-    ("mixerlab.check", "mixerlab.evaluate", "mixerlab.sandbox.scoring"),
-    ("mixerlab.sandbox.tasks", "mixerlab.sandbox.worker", "mixerlab.evaluate.sandboxed"),
-    ("mixerlab.executor", "mixerlab.propose", "mixerlab.select", "mixerlab.judge", "mixerlab.insights",
+    ("mixerlab.sandbox",),
+    ("mixerlab.check", "mixerlab.evaluate"),
+    ("mixerlab.executor", "mixerlab.propose", "mixerlab.judge", "mixerlab.insights",
      "mixerlab.table", "mixerlab.store", "mixerlab.progress", "mixerlab.noise", "mixerlab.reproduction"),
     ("mixerlab.loop",),
     ("mixerlab.web", "mixerlab.cli"),
@@ -76,3 +75,36 @@ def test_the_layers_cover_every_module_and_the_doc_lists_them() -> None:
             assert f"`{prefix.removeprefix('mixerlab.')}`" in doc, f"docs/architecture.md's layer table lacks {prefix}"
     for path in MODULES:
         layer_of(module_name(path))
+
+
+def package_of(module: str) -> str:
+    """`mixerlab.evaluate.runner` -> `mixerlab.evaluate`: the top-level package or module a module belongs to."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_each_layer_holds_whole_packages() -> None:
+    """A package is one stage with one place in the layering: no package is split across layers."""
+    split = [prefix for prefixes in LAYERS for prefix in prefixes if prefix.count(".") != 1]
+    assert not split, f"layers name parts of packages: {split}; move the code so that its package has one layer"
+
+
+def test_no_import_cycle_between_packages() -> None:
+    graph: dict[str, set[str]] = {}
+    for path in MODULES:
+        own = package_of(module_name(path))
+        graph.setdefault(own, set()).update(package_of(name) for _, name in imports(path) if package_of(name) != own)
+    state: dict[str, str] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycle = trail[trail.index(nxt):] + [nxt] if nxt in trail else [node, nxt]
+                raise AssertionError(f"import cycle between packages: {' -> '.join(cycle)}")
+            if nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = "done"
+
+    for package in sorted(graph):
+        if package not in state:
+            visit(package, [package])

@@ -12,7 +12,7 @@ from torch.func import functional_call, stack_module_state
 
 from mixerlab.mixers import resolve_mixer
 from mixerlab.ops.depthwise import depthwise_conv1d, use_library_depthwise_convs, use_shifted_depthwise_convs
-from mixerlab.ops import fla_ops
+from mixerlab.mixers import fla_ops
 
 
 @pytest.mark.parametrize("taps, padding, bias", [(4, 3, False), (3, 1, True), (1, 0, False), (5, 4, True)])

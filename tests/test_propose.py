@@ -15,7 +15,7 @@ from mixerlab.mixers.loading import MixerSpec
 from mixerlab.propose import EDITS, CatalogProposer, ExperimentView, ProposalContext
 from mixerlab.propose.edits import EditNotApplicable, compatible
 from mixerlab.sandbox import SandboxLimits
-from mixerlab.select import select_parent
+from mixerlab.propose.select import select_parent
 from mixerlab.table import accuracies_df
 
 TASKS = ["compress", "context_recall", "fuzzy_recall", "memorize", "noisy_recall", "selective_copy"]

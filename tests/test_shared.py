@@ -9,7 +9,7 @@ import os
 import pytest
 
 from mixerlab.sandbox import SandboxLimits, run_sandboxed
-from mixerlab.sandbox.scoring import pieces
+from mixerlab.evaluate.remote_scoring import pieces
 from mixerlab.sandbox.shared import SharedSlots
 
 LIMITS = SandboxLimits(timeout_s=120, memory_gb=3.0)

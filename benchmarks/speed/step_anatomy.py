@@ -4,7 +4,7 @@ Times the compiled, CUDA-graphed step of the batched trainer (what `eval --compi
 shapes and mixer variants in one process, so the ratios are comparable: the DeltaNet baseline with the
 library triangular solve and with mixerlab's kernel (ops/tril_solve.py), DeltaNet without the solve, without
 the delta rule (values straight to the output norm), a one-Linear mixer (the backbone's own cost), other
-chunk sizes, Gated DeltaNet, and both with fla's kernels (ops/fla_ops.py). Also times the solve alone and
+chunk sizes, Gated DeltaNet, and both with fla's kernels (mixers/fla_ops.py). Also times the solve alone and
 profiles steps. Prints tables; merges its results into step_anatomy.json/.md.
 GPU only. Variants that leave parts out compute something else: they are measurements, not mixers.
 """
@@ -70,7 +70,7 @@ VARIANTS = {
     "delta_net chunk 32": (functools.partial(DeltaNet, chunk_size=32), "library"),
     "gated_delta_net": (GatedDeltaNet, "library"),
     "gated_delta_net+kernel": (GatedDeltaNet, "kernel"),
-    "delta_net fla": (FlaDeltaNet, "library"),  # fla's kernels as custom ops (ops/fla_ops.py), compiled around
+    "delta_net fla": (FlaDeltaNet, "library"),  # fla's kernels as custom ops (mixers/fla_ops.py), compiled around
     "gated_delta_net fla": (FlaGatedDeltaNet, "library"),
 }
 

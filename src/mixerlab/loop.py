@@ -50,7 +50,7 @@ from mixerlab.noise import noise_for
 from mixerlab.progress import LoopProgress
 from mixerlab.propose import ExperimentView, Proposal, ProposalContext, Proposer, ProposerError, TokenUse
 from mixerlab.propose.base import unique_name
-from mixerlab.select import references
+from mixerlab.propose.select import references
 from mixerlab.store import Experiment, Store
 from mixerlab.store.db import without_password
 from mixerlab.store.lock import RecordLock, RunLock

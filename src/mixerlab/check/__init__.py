@@ -16,6 +16,7 @@ from mixerlab.mixers import builtin_spec
 from mixerlab.mixers.loading import MixerSpec, normalized_code
 from mixerlab.sandbox import SandboxLimits, run_sandboxed
 from mixerlab.sandbox.channel import ProtocolError
+from mixerlab.sandbox.entry import WorkerRequest
 
 from .contract import DEFAULT_PARAM_BUDGET
 from .dynamic import CheckRequest, Conditions
@@ -115,14 +116,12 @@ def check_candidate(
         elif kind not in ("error", "done"):
             raise ProtocolError(f"an unexpected message {kind!r} from a check")
 
-    request = {
-        "kind": "check",
-        "spec": {"name": spec.name, "source": spec.source, "filename": spec.filename, "class_name": spec.class_name},
-        "device": (conditions or Conditions()).device,
-        "options": CheckRequest(d_model=d_model, budget=budget, conditions=conditions or Conditions(),
-                                reference_params=_reference_params(reference_for(spec.source), d_model)).model_dump(mode="json"),
-    }
-    outcome = run_sandboxed(request, limits, on_message)
+    from mixerlab.check.remote import run_checks
+
+    options = CheckRequest(d_model=d_model, budget=budget, conditions=conditions or Conditions(),
+                           reference_params=_reference_params(reference_for(spec.source), d_model))
+    request = WorkerRequest.of(run_checks, spec, (conditions or Conditions()).device, options.model_dump(mode="json"))
+    outcome = run_sandboxed(request.model_dump(mode="json"), limits, on_message)
     failed = any(not c.passed for c in checks)
     if outcome.status != "ok" or (not failed and expected):
         # the check that was running when the worker stopped; after the last one, the last one (the worker

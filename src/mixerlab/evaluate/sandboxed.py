@@ -3,7 +3,7 @@
 `evaluate_sandboxed` is what the research loop (through its executor) and `mixerlab eval FILE.py` run for a
 candidate. The plan (which trainings, which are cached), the test sets, the causality probes, the metrics,
 every `TrainResult` and the final report are made in this process; the worker only trains and returns the
-logits of the served test rows (sandbox/scoring.py, evaluate/audit.py). The sandbox's OS-level confinement
+logits of the served test rows (evaluate/remote_scoring.py, evaluate/audit.py). The sandbox's OS-level confinement
 and audit hook hold the worker (sandbox/).
 """
 
@@ -22,13 +22,14 @@ from mixerlab.config import Profile
 from mixerlab.mixers.loading import MixerSpec
 from mixerlab.sandbox import SandboxLimits, SandboxOutcome, run_sandboxed
 from mixerlab.sandbox.channel import ProtocolError
-from mixerlab.sandbox.scoring import TrustedScorer, test_set_id
+from mixerlab.sandbox.entry import WorkerRequest
 from mixerlab.sandbox.shared import SLOT_BYTES
-from mixerlab.sandbox.tasks import TEST_SETS_FILE, EvaluationRequest
 from mixerlab.train.result import TrainResult
 
 from .audit import serve
 from .cache import ResultCache
+from .remote import TEST_SETS_FILE, EvaluationRequest, run_evaluation
+from .remote_scoring import TrustedScorer, test_set_id
 from .runner import EvalOptions, EvalReport, Progress, build_report, max_steps, plan_evaluation
 
 
@@ -117,9 +118,7 @@ def evaluate_sandboxed(
             time_limit=options.time_limit, compile_step=options.compile_step, library_solves=options.library_solves,
             max_group_tokens=options.max_group_tokens, max_group_members=options.max_group_members,
             time_parts=options.time_parts, concurrent_groups=options.concurrent_groups)
-        payload = {"kind": "evaluate", "device": options.device, "options": request.model_dump(mode="json"),
-                   "spec": {"name": spec.name, "source": spec.source, "filename": spec.filename,
-                            "class_name": spec.class_name}}
+        payload = WorkerRequest.of(run_evaluation, spec, options.device, request.model_dump(mode="json")).model_dump(mode="json")
         parent = {"worker start": 0.0, "parent scoring": 0.0}
         launched = time.perf_counter()
 

@@ -45,7 +45,7 @@ def builtin_spec(name: str) -> MixerSpec:
     extras: tuple[str, ...] = ()
     if file == "fla_kernels.py":  # it builds on both templates and the fla ops
         extras = (template_source("delta_net"), template_source("gated_delta_net"),
-                  (_HERE.parent / "ops" / "fla_ops.py").read_text())
+                  (_HERE / "fla_ops.py").read_text())
     return MixerSpec(name=display, source=(_HERE / file).read_text(), filename=str(_HERE / file),
                      class_name=cls, extra_sources=extras)
 

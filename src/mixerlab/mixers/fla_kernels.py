@@ -1,7 +1,7 @@
 """The baselines with flash-linear-attention's Triton kernels in place of the PyTorch chunkwise op.
 
 Optional (`pip install mixerlab[fla]`). Same parameters and layer as the PyTorch templates; only `mix`
-differs: it calls fla's kernels through the custom ops of `mixerlab.ops.fla_ops`, which autograd, vmap (the
+differs: it calls fla's kernels through the custom ops of `mixerlab.mixers.fla_ops`, which autograd, vmap (the
 batched trainer) and torch.compile (the compiled step) treat as one opaque operator each. fla's ops are
 time-first ([B, T, H, D]) and refuse float32 inputs on CUDA, hence the transposes and casts, which the
 compiler fuses with their neighbours. On CPU tensors (fla has no CPU kernels) the ops run the PyTorch
@@ -14,7 +14,7 @@ import torch
 
 from mixerlab.mixers.delta_net import DeltaNet
 from mixerlab.mixers.gated_delta_net import GatedDeltaNet
-from mixerlab.ops.fla_ops import fla_delta_rule, fla_gated_delta_rule
+from mixerlab.mixers.fla_ops import fla_delta_rule, fla_gated_delta_rule
 
 
 def _time_first(*tensors: torch.Tensor) -> list[torch.Tensor]:

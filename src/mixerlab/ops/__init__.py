@@ -5,13 +5,11 @@
   edits them; tests hold every fast form against `naive`.
 - `depthwise`: depthwise convolution as shifted multiply-adds (fast under torch.compile; `nn.Conv1d` is the
   reference).
-- `fla_ops`: flash-linear-attention's chunkwise delta-rule kernels (CUDA) as custom ops with autograd, vmap
-  (members folded into the kernel's batch) and compile support; the PyTorch chunkwise forms are the reference
-  and the CPU stand-in.
 - `tril_solve`: the unit-lower-triangular solve of the chunkwise WY step as a Triton kernel (CUDA), wrapped as
   a custom op with autograd, vmap and compile support; `torch.linalg.solve_triangular` is the reference, and
   the batched trainer routes the library's calls there (`fast_triangular_solves`).
-- `members`: what the ops' vmap rules share (the member dimension moved to the front, or folded into the batch).
+- `members`: what the ops' vmap rules share (and `mixers/fla_ops.py`'s, which wraps fla's kernels beside the
+  chunkwise forms it falls back to) (the member dimension moved to the front, or folded into the batch).
 """
 
 from .naive import delta_rule_recurrent, gated_delta_rule_recurrent

@@ -132,7 +132,7 @@ class BaseProposer:
 
     def choose_parent(self, history: list[ExperimentView], ucb_c: float) -> ExperimentView | None:
         """The experiment to build on next; None when none is eligible (the loop stops)."""
-        from mixerlab.select import select_parent
+        from .select import select_parent
 
         return select_parent(history, self.eligible, ucb_c)
 

@@ -6,7 +6,7 @@ from a process that ran candidate code, so `FrameReader` treats it as hostile da
 only, and a valid HMAC over the header and the payload's length with the key the parent handed to the trusted
 worker code on stdin (code that merely finds the pipe cannot forge a frame; payloads, up to hundreds of MB of
 logits, are not hashed: only the worker's own code writes after a signed header). Message contents are validated by their
-consumers (pydantic models in sandbox/scoring.py and check/__init__.py).
+consumers (pydantic models in evaluate/remote_scoring.py and check/__init__.py).
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ WATCHED_MODULES = (
     "torch.random", "torch.nn.modules.module",
     "mixerlab.model", "mixerlab.train.batched", "mixerlab.train.common", "mixerlab.train.metrics",
     "mixerlab.train.result", "mixerlab.train.scoring", "mixerlab.train.schedule", "mixerlab.evaluate.runner",
-    "mixerlab.check.dynamic", "mixerlab.sandbox.channel", "mixerlab.sandbox.scoring", "mixerlab.sandbox.tasks",
+    "mixerlab.check.dynamic", "mixerlab.check.remote", "mixerlab.sandbox.channel", "mixerlab.evaluate.remote_scoring",
+    "mixerlab.evaluate.remote", "mixerlab.sandbox.entry",
     "mixerlab.sandbox.worker", "mixerlab.tasks",
 )
 # classes whose attributes must not change, nor gain new ones (a new `argmax` on Tensor shadows the real one)

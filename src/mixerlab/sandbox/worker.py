@@ -4,8 +4,9 @@ Imports everything trusted it needs (torch; on a GPU also CUDA and Triton's driv
 JSON request on stdin (a spare worker waits there, warm, for the next candidate), snapshots the torch functions
 that training and scoring rely on (sandbox/integrity.py), then locks itself
 down (audit hook) before any candidate code runs. It talks to its parent in signed frames
-(sandbox/channel.py). Requests: {"kind": "check", ...} runs checks 2-7; {"kind": "evaluate", ...} trains the
-candidate and has the parent score every epoch; {"kind": "run", "source": ...} executes code (tests only).
+(sandbox/channel.py). A request is a `sandbox.entry.WorkerRequest`: the trusted entry point to run (the checks,
+check/remote.py; the training, evaluate/remote.py) and its candidate; {"kind": "run", "source": ...} executes
+code (the sandbox's own tests only).
 The process itself is already confined by the OS (sandbox/confine.py) from before this module's first line.
 """
 
@@ -134,10 +135,14 @@ def main() -> None:
 
     install_generation_tagging_init()  # what torch.compile's first trace patches into nn.Module: before the snapshot
 
-    import mixerlab.check.dynamic  # noqa: F401
-    import mixerlab.evaluate.runner  # noqa: F401
+    import importlib
+
     from mixerlab.mixers.loading import MixerSpec
+    from mixerlab.sandbox.entry import KNOWN_MODULES, WorkerRequest, resolve
     from mixerlab.sandbox.integrity import Integrity
+
+    for module in KNOWN_MODULES:  # the entry points and all they train and check with, before the snapshot
+        importlib.import_module(module)
 
     threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
     torch.set_num_threads(threads)
@@ -148,27 +153,18 @@ def main() -> None:
         warm_up("cuda")
     request = json.loads(sys.stdin.read())
     CHANNEL.key = bytes.fromhex(request.pop("channel_key", ""))
-    kind = request["kind"]
-    if kind == "run":  # for the sandbox's own tests: raw code, no static checks
+    if request.get("kind") == "run":  # for the sandbox's own tests: raw code, no static checks
         lock_down() if request.get("lock_down", True) else None
         exec(compile(request["source"], "<sandbox-test>", "exec"),
              {"__name__": "__sandbox__", "send": send, "channel": CHANNEL})
         send({"type": "done"})
         return
+    typed = WorkerRequest.model_validate(request)
+    entry = resolve(typed.entry)
     integrity = Integrity.snapshot()
-    spec = MixerSpec(**request["spec"])
-    if kind == "check":
-        from mixerlab.sandbox.tasks import run_checks
-
-        lock_down()
-        run_checks(spec, request["options"], send, integrity)
-    elif kind == "evaluate":
-        from mixerlab.sandbox.tasks import run_evaluation
-
-        lock_down()
-        run_evaluation(spec, request["options"], CHANNEL, integrity)
-    else:
-        raise ValueError(f"unknown request kind {kind!r}")
+    spec = MixerSpec(**typed.spec.model_dump())
+    lock_down()
+    entry(spec, typed.options, CHANNEL, integrity)
     integrity.verify("at the end of the run")
     send({"type": "done"})
 

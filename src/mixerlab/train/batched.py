@@ -422,7 +422,7 @@ class BatchedTrainer:
         # probe in another block than its example (evaluate/audit.py), so no call holds both; inside a block, as
         # many rows per call as a budget of tokens and of logits allows
         # where the vocabulary is wider than the model, a remote scorer takes the head and its inputs instead of
-        # the logits (sandbox/scoring.py): up to 64x fewer bytes to ship in a memorize group
+        # the logits (evaluate/remote_scoring.py): up to 64x fewer bytes to ship in a memorize group
         features = isinstance(self.base, LanguageModel) and self.scorer.ships_features(self.base.head.in_features)
         if features:
             head = self._views(flat)

@@ -4,7 +4,7 @@ A trainer produces logits on a test set; a `Scorer` turns them into (nll, macro 
 perplexity) per member. In-process (`mixerlab eval` of a builtin mixer) the `LocalScorer` holds the test
 targets and scores directly. Inside the sandbox the trainer gets a `TestSet` without targets and a scorer
 that ships the logits of the scored positions to the trusted parent process, which alone holds the targets
-and computes the metrics (mixerlab/sandbox/scoring.py): candidate code never sees a test target and never
+and computes the metrics (mixerlab/evaluate/remote_scoring.py): candidate code never sees a test target and never
 computes its own loss or score.
 
 Every scorer reduces the same way: per scored position `metrics.position_stats` (nll, argmax), then MAD's

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from mixerlab.propose.base import ExperimentView
+from .base import ExperimentView
 
 
 def select_parent(history: list[ExperimentView], eligible: Callable[[ExperimentView], bool], c: float = 0.5) -> ExperimentView | None:

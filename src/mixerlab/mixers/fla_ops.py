@@ -19,7 +19,7 @@ import functools
 
 import torch
 
-from .members import fold_members
+from mixerlab.ops.members import fold_members
 
 CHUNK = 64  # fla's chunk size: the WY matrix saved for backward is [B, T, H, CHUNK]
 

@@ -1,23 +1,24 @@
-"""What the sandbox worker does with a candidate: run the checks that execute it, or train it. Runs inside
-the worker, after its lock-down; `integrity` (sandbox/integrity.py) is verified after the candidate's module
-is loaded and after every check or evaluation step."""
+"""Training a candidate on the worker's side of the sandbox (the parent's side: evaluate/sandboxed.py).
+
+The sandbox worker calls `run_evaluation` after its lock-down, as the entry point the parent names in its request
+(sandbox/worker.py). It trains on the served test sets (inputs and scored positions, no targets) and ships every
+evaluation's outputs to the parent, which scores them (evaluate/remote_scoring.py); `integrity`
+(sandbox/integrity.py) is verified after the candidate's module is loaded and at every scored evaluation."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mixerlab.check import dynamic
-from mixerlab.check.report import CheckResult
 from mixerlab.mixers.loading import MixerSpec
 from mixerlab.sandbox.channel import WorkerChannel
 from mixerlab.sandbox.integrity import Integrity
+from mixerlab.sandbox.entry import entry_point
 
-Send = Callable[[dict], None]
 TEST_SETS_FILE = "test_sets.pt"  # the served test sets (inputs and scored positions only), written by the parent
 
 
@@ -39,62 +40,6 @@ class EvaluationRequest(BaseModel):
     max_group_members: int | None = None
     time_parts: bool = False  # send the seconds by part of the training at the end (train/timing.py)
     concurrent_groups: int = Field(default=1, ge=1, le=64)  # training groups at once (evaluate/concurrent.py)
-
-
-def run_checks(spec: MixerSpec, options: dict[str, Any], send: Send, integrity: Integrity) -> None:
-    request = dynamic.CheckRequest.model_validate(options)
-    cond, d_model = request.conditions, request.d_model
-
-    def emit(result: CheckResult, started: float) -> bool:
-        result = result.model_copy(update={"seconds": time.perf_counter() - started})
-        send({"type": "check", "result": result.model_dump()})
-        return result.passed
-
-    send({"type": "start", "name": "instantiate"})
-    started = time.perf_counter()
-    try:
-        cls = spec.load_class()
-        integrity.verify("while its module was loaded")
-    except Exception as err:  # a MixerLoadError, an IntegrityError, or anything the module's top level raised
-        emit(CheckResult.fail("instantiate", str(err)), started)
-        return
-    result, module = dynamic.check_instantiate(cls, d_model, request.reference_params, request.budget)
-    if not emit(result, started):
-        return
-    trained = _at_conditions(cls, cond)  # the width and device the evaluation trains at
-    checks: tuple[tuple[str, Callable[[], CheckResult]], ...] = (
-        ("forward", lambda: _both(dynamic.check_forward(module, d_model), lambda: dynamic.check_forward_as_trained(trained, cond))),
-        ("backward", lambda: dynamic.check_backward(module, d_model)),
-        ("state", lambda: dynamic.check_state(trained, cond)),
-        ("causality", lambda: dynamic.check_causality(trained, cond)),
-        ("determinism", lambda: dynamic.check_determinism(module, d_model)),
-        ("cost", lambda: dynamic.check_cost(module, d_model)),
-    )
-    for name, check in checks:
-        send({"type": "start", "name": name})
-        started = time.perf_counter()
-        try:
-            result = check()
-            integrity.verify(f"during the {name} check")
-        except Exception as err:
-            result = CheckResult.fail(name, f"raised {type(err).__name__}: {str(err)[:400]}")
-        if not emit(result, started):
-            return
-    send({"type": "fingerprint", "values": dynamic.fingerprint(cls, cond)})
-    integrity.verify("while its fingerprint was taken")
-
-
-def _at_conditions(cls: type, cond: dynamic.Conditions) -> torch.nn.Module:
-    """The mixer at the evaluation's width on its device, seeded like the budget check's instance."""
-    torch.manual_seed(0)
-    return cls(d_model=cond.d_model).to(cond.device)
-
-
-def _both(first: CheckResult, second: Callable[[], CheckResult]) -> CheckResult:
-    if not first.passed:
-        return first
-    then = second()
-    return then if not then.passed else first.model_copy(update={"reason": f"{first.reason}; {then.reason}"})
 
 
 class _StepReporter:
@@ -125,12 +70,13 @@ class _StepReporter:
         self.flush()
 
 
+@entry_point
 def run_evaluation(spec: MixerSpec, options: dict[str, Any], channel: WorkerChannel, integrity: Integrity) -> None:
     """Train the trainings the parent asked for on the served test sets; every epoch's test logits go to the
-    parent, which scores them (sandbox/scoring.py). Nothing this process computes is taken as a score."""
+    parent, which scores them (evaluate/remote_scoring.py). Nothing this process computes is taken as a score."""
     from mixerlab.config import get_profile
     from mixerlab.evaluate.runner import EvalOptions, evaluate_mixer
-    from mixerlab.sandbox.scoring import RemoteScorer, test_set_id
+    from mixerlab.evaluate.remote_scoring import RemoteScorer, test_set_id
     from mixerlab.tasks import parse_task
     from mixerlab.train.batched import DEVICE_SETUP_LOCK
     from mixerlab.train.scoring import Scoring, TestSet

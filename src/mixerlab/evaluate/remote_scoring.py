@@ -37,7 +37,7 @@ from mixerlab.train.result import EpochRecord, TrainResult, select_epochs
 from mixerlab.train.schedule import batches_per_epoch
 from mixerlab.train.scoring import TestSet, epoch_metrics
 
-from .channel import ProtocolError, WorkerChannel
+from mixerlab.sandbox.channel import ProtocolError, WorkerChannel
 
 MAX_VOCAB = 1 << 16
 
