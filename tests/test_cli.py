@@ -243,3 +243,19 @@ def test_cache_info_mixer_narrows_the_sweep_tables(tmp_path: Path) -> None:
     assert sweeps("--mixer", delta_hash[:6], "--mixer", "gdn_v1") == ["delta_net_4layer", "gdn_v1"]
     assert_user_error(mixerlab("cache", "info", "--mixer", "gdn_v2", env=env),
                       "no mixer 'gdn_v2' in this cache", "gated_delta_net_4layer", "pass --mixer")
+
+
+def test_the_eval_options_are_declared_once_in_their_model() -> None:
+    """`mixerlab eval`'s options are generated from EvalArgs: every field is an option with the model's flag,
+    default and description, and nothing else is."""
+    import inspect
+
+    from mixerlab.cli.evaluate import EvalArgs, eval_command
+
+    options = inspect.signature(eval_command).parameters
+    assert list(options) == list(EvalArgs.model_fields)
+    for name, info in EvalArgs.model_fields.items():
+        option = options[name].default
+        assert option.param_decls == (EvalArgs.flag(name),) and option.default == info.default
+        assert option.help == info.description and option.help
+    assert options["only_keys"].default.hidden and not options["seeds"].default.hidden

@@ -1,7 +1,8 @@
 """`mixerlab eval`: train a mixer on a profile's MAD tasks and print its accuracy row.
 
 The command's options are one typed model, `EvalArgs` (ranges from config.py): the command builds it, the
-`--devices` workers get it back as flags (`EvalArgs.flags`), and `prepare` turns it into what the evaluation
+`--devices` workers get it back as flags (`EvalArgs.flags`), the command's options and --help are generated from
+it (`command_signature`), and `prepare` turns it into what the evaluation
 engine takes. A builtin mixer trains in this process; a file is untrusted unless --trusted: checked, trained
 in the sandbox and scored here (evaluate/sandboxed.py), as the research loop does.
 """
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import ClassVar, Optional
+import inspect
+from types import UnionType
+from typing import Annotated, ClassVar, Optional, Union, get_args, get_origin
 
 import typer
 from rich.markup import escape
@@ -26,39 +29,71 @@ class EvalArgs(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    mixer: str = "delta_net"
-    profile: str = "tiny"
-    tasks: Optional[str] = None
-    seeds: Seeds = 1
-    device: str = "auto"
-    json_out: Optional[Path] = None
-    cache: Optional[Path] = None
-    no_cache: bool = False
-    lr_schedule: Optional[str] = None
-    max_group_tokens: Optional[GroupTokens] = None
-    max_group_members: Optional[GroupMembers] = None
-    workers: SandboxWorkers = 1
-    concurrent_groups: ConcurrentGroups = 1
-    name: Optional[str] = None
-    time_limit: Optional[Seconds] = None
-    init: Optional[str] = None
-    init_seed: Optional[str] = None
-    patience: Optional[Patience] = None
-    compile_step: bool = False
-    library_solves: bool = False
-    checkpoint_every: float = Field(default=120.0, ge=0, le=86_400)  # 0: at every sync point
-    max_seq_len: Optional[SequenceLength] = None
-    settings: Optional[str] = None
-    devices: Optional[str] = None
-    only_keys: Optional[Path] = None
-    trusted: bool = False
+    mixer: str = Field("delta_net", description=(
+        'delta_net | gated_delta_net | delta_net_fla | gated_delta_net_fla | PATH.py'))
+    profile: str = Field("tiny", description='smoke | tiny | quick | baseline | full')
+    tasks: Optional[str] = Field(None, description='comma-separated tasks (default: all six), e.g. memorize,compress')
+    seeds: Seeds = Field(1, description='seeds per training (1-100); scores are mean and std over seeds')
+    device: str = Field("auto", description='cpu | cuda | auto')
+    json_out: Optional[Path] = Field(None, description='write the full report (per task, per setting) here')
+    cache: Optional[Path] = Field(None, description='result cache (SQLite); default ~/.cache/mixerlab/results.sqlite')
+    no_cache: bool = Field(False, description='neither read nor write the result cache')
+    lr_schedule: Optional[str] = Field(None, description="override the profile's schedule: constant | cosine")
+    max_group_tokens: Optional[GroupTokens] = Field(None, description=(
+        'tokens per batched step (memory budget, >= 1024)'))
+    max_group_members: Optional[GroupMembers] = Field(None, description=(
+        "at most this many trainings per batched group (keeps each group's checkpoint small enough to carry)"))
+    workers: SandboxWorkers = Field(1, description=(
+        'a .py file: this many sandboxed workers share the device, each training its share of the trainings '
+        "at the same time (1-8; overlaps one worker's compiles, evaluations and small groups with another's "
+        'steps)'))
+    concurrent_groups: ConcurrentGroups = Field(1, description=(
+        'training groups at once on the device, a thread and CUDA stream each (1-64); same results as one at '
+        'a time (docs/evaluation.md: what it gains where)'))
+    name: Optional[str] = Field(None, description="row name in the table (default: the mixer's)")
+    time_limit: Optional[Seconds] = Field(None, description=(
+        'seconds (> 0); stop cleanly after it (finished trainings are cached)'))
+    init: Optional[str] = Field(None, description=(
+        'override the model init: mad-lab (as released) | normal (every Linear N(0, 0.02), mad-lab before Dec'
+        " 2024) | fla-xavier (the mixers' Linears xavier-uniform, gain 2^-2.5, fla's layers before 2025)"))
+    init_seed: Optional[str] = Field(None, description=(
+        'setting (the six lr x wd runs of a setting share their initial weights) | run (each its own, as mad-'
+        "lab's unseeded init)"))
+    patience: Optional[Patience] = Field(None, description=(
+        "also stop a training once its test perplexity has not improved for this many epochs (not MAD's "
+        'protocol: cheaper, and read off cached trainings without it; benchmarks/results/baselines.md '
+        'measures what it changes)'))
+    compile_step: bool = Field(False, description=(
+        "CUDA: torch.compile each group's training step once the group has trained 150M tokens eagerly "
+        '(faster on long groups; tens of seconds to compile per shape)'))
+    library_solves: bool = Field(False, description=(
+        "CUDA: solve the chunkwise WY systems with torch.linalg.solve_triangular instead of mixerlab's Triton"
+        ' kernel (same results within float32 rounding; for comparisons)'))
+    checkpoint_every: float = Field(120.0, ge=0, le=86_400, description=(
+        'seconds between saves of unfinished groups beside the cache (a kill or --time-limit resumes from '
+        'there)'))
+    max_seq_len: Optional[SequenceLength] = Field(None, description=(
+        'train only the settings up to this sequence length now (run a long sweep in parts; the row stays '
+        'partial until all ran)'))
+    settings: Optional[str] = Field(None, description=(
+        'train only these settings now, comma-separated, e.g. vocab_size=128,baseline or '
+        'selective_copy[num_train=800] (a probe; the row covers what is cached)'))
+    devices: Optional[str] = Field(None, description=(
+        'spread the trainings over several devices of this host, one worker process each: cuda:0,cuda:1 | all'
+        ' (every visible GPU) | cpu,cpu; workers log beside the cache (CACHE.logs/)'))
+    only_keys: Optional[Path] = Field(None, description=(
+        "a file of cache keys, one per line: train only those (a --devices worker's share)"), json_schema_extra={"hidden": True})
+    trusted: bool = Field(False, description=(
+        'run a mixer FILE in this process, unchecked and unconfined (your own code only); by default a file '
+        'is checked, trained in the sandbox and scored here, as the research loop does'))
 
     # options that name a thing in this process only, and the spelling of options whose flag is not their name
     LOCAL: ClassVar[tuple[str, ...]] = ("json_out", "devices", "only_keys", "cache", "no_cache", "device")
     FLAGS: ClassVar[dict[str, str]] = {"json_out": "--json", "compile_step": "--compile"}
 
-    def flag(self, field: str) -> str:
-        return self.FLAGS.get(field, "--" + field.replace("_", "-"))
+    @classmethod
+    def flag(cls, field: str) -> str:
+        return cls.FLAGS.get(field, "--" + field.replace("_", "-"))
 
     def flags(self) -> list[str]:
         """The options that differ from their defaults, as `mixerlab eval` flags (a --devices worker's command)."""
@@ -77,60 +112,7 @@ class EvalArgs(BaseModel):
         return self.mixer not in BUILTINS and not self.trusted
 
 
-@app.command("eval")
-def eval_command(
-    mixer: str = typer.Option("delta_net", help="delta_net | gated_delta_net | delta_net_fla | gated_delta_net_fla | PATH.py"),
-    profile: str = typer.Option("tiny", help="smoke | tiny | quick | baseline | full"),
-    tasks: Optional[str] = typer.Option(None, help="comma-separated tasks (default: all six), e.g. memorize,compress"),
-    seeds: int = typer.Option(1, help="seeds per training (1-100); scores are mean and std over seeds"),
-    device: str = typer.Option("auto", help="cpu | cuda | auto"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report (per task, per setting) here"),
-    cache: Optional[Path] = typer.Option(None, help="result cache (SQLite); default ~/.cache/mixerlab/results.sqlite"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the result cache"),
-    lr_schedule: Optional[str] = typer.Option(None, help="override the profile's schedule: constant | cosine"),
-    max_group_tokens: Optional[int] = typer.Option(None, help="tokens per batched step (memory budget, >= 1024)"),
-    max_group_members: Optional[int] = typer.Option(None, help="at most this many trainings per batched group (keeps "
-                                                    "each group's checkpoint small enough to carry)"),
-    workers: int = typer.Option(1, help="a .py file: this many sandboxed workers share the device, each training "
-                                "its share of the trainings at the same time (1-8; overlaps one worker's compiles, "
-                                "evaluations and small groups with another's steps)"),
-    concurrent_groups: int = typer.Option(1, help="training groups at once on the device, a thread and CUDA stream "
-                                          "each (1-64); same results as one at a time (docs/evaluation.md: what it "
-                                          "gains where)"),
-    name: Optional[str] = typer.Option(None, help="row name in the table (default: the mixer's)"),
-    time_limit: Optional[float] = typer.Option(None, help="seconds (> 0); stop cleanly after it (finished trainings "
-                                               "are cached)"),
-    init: Optional[str] = typer.Option(None, help="override the model init: mad-lab (as released) | normal (every "
-                                       "Linear N(0, 0.02), mad-lab before Dec 2024) | fla-xavier (the mixers' "
-                                       "Linears xavier-uniform, gain 2^-2.5, fla's layers before 2025)"),
-    init_seed: Optional[str] = typer.Option(None, help="setting (the six lr x wd runs of a setting share their "
-                                            "initial weights) | run (each its own, as mad-lab's unseeded init)"),
-    patience: Optional[int] = typer.Option(None, help="also stop a training once its test perplexity has not "
-                                           "improved for this many epochs (not MAD's protocol: cheaper, and read off "
-                                           "cached trainings without it; benchmarks/results/baselines.md measures "
-                                           "what it changes)"),
-    compile_step: bool = typer.Option(False, "--compile", help="CUDA: torch.compile each group's training step "
-                                      "once the group has trained 150M tokens eagerly (faster on long groups; tens "
-                                      "of seconds to compile per shape)"),
-    library_solves: bool = typer.Option(False, "--library-solves", help="CUDA: solve the chunkwise WY systems with "
-                                        "torch.linalg.solve_triangular instead of mixerlab's Triton kernel (same "
-                                        "results within float32 rounding; for comparisons)"),
-    checkpoint_every: float = typer.Option(120.0, help="seconds between saves of unfinished groups beside the cache "
-                                           "(a kill or --time-limit resumes from there)"),
-    max_seq_len: Optional[int] = typer.Option(None, help="train only the settings up to this sequence length now "
-                                              "(run a long sweep in parts; the row stays partial until all ran)"),
-    settings: Optional[str] = typer.Option(None, help="train only these settings now, comma-separated, e.g. "
-                                           "vocab_size=128,baseline or selective_copy[num_train=800] (a probe; the "
-                                           "row covers what is cached)"),
-    devices: Optional[str] = typer.Option(None, help="spread the trainings over several devices of this host, one "
-                                          "worker process each: cuda:0,cuda:1 | all (every visible GPU) | cpu,cpu; "
-                                          "workers log beside the cache (CACHE.logs/)"),
-    only_keys: Optional[Path] = typer.Option(None, hidden=True, help="a file of cache keys, one per line: train "
-                                             "only those (a --devices worker's share)"),
-    trusted: bool = typer.Option(False, "--trusted", help="run a mixer FILE in this process, unchecked and "
-                                 "unconfined (your own code only); by default a file is checked, trained in the "
-                                 "sandbox and scored here, as the research loop does"),
-) -> None:
+def eval_command(**options) -> None:
     """Train a mixer on the MAD tasks of a profile and print its accuracy row.
 
     A .py file is untrusted unless --trusted: it is checked first (a failed check is a usage error naming it),
@@ -140,7 +122,7 @@ def eval_command(
 
     failed_workers = []
     try:
-        args = validated(EvalArgs, EvalArgs.FLAGS, **{k: v for k, v in locals().items() if k in EvalArgs.model_fields})
+        args = validated(EvalArgs, EvalArgs.FLAGS, **options)
         writable_file(args.json_out, "--json")
         with answering_signals():
             if args.devices:
@@ -159,6 +141,34 @@ def eval_command(
             err_console.print(f"[red]the worker on {worker.device} exited with status {worker.returncode}; its log: "
                               f"{worker.log}[/]")
         raise typer.Exit(1)
+
+
+def command_signature(model: type[BaseModel]) -> inspect.Signature:
+    """The typer options of every field of `model` (its flag, default and description): the command's options are
+    declared once, in the model, and the --help text, the checks and a worker's flags all come from there."""
+    parameters = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if get_origin(annotation) is Annotated:  # a constrained type (config.py): typer parses the base type
+            annotation = get_args(annotation)[0]
+        hidden = bool((info.json_schema_extra or {}).get("hidden"))  # type: ignore[union-attr]
+        option = typer.Option(info.default, model.flag(name), help=info.description, hidden=hidden)
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                            annotation=_plain(annotation)))
+    return inspect.Signature(parameters)
+
+
+def _plain(annotation):
+    """Optional[Annotated[int, ...]] -> Optional[int]: typer reads plain types only."""
+    args = get_args(annotation)
+    if get_origin(annotation) in (Union, UnionType) and type(None) in args:
+        inner = next(a for a in args if a is not type(None))
+        return Optional[get_args(inner)[0] if get_origin(inner) is Annotated else inner]
+    return annotation
+
+
+eval_command.__signature__ = command_signature(EvalArgs)  # type: ignore[attr-defined]
+app.command("eval")(eval_command)
 
 
 def print_report(report, args: EvalArgs) -> None:
