@@ -230,3 +230,19 @@ def test_features_without_a_head_or_logits_after_one_are_refused() -> None:
         s.handle({**features, "dim": 16}, bytearray(rows * 16 * 4))
     s.handle(features, bytearray(rows * 8 * 4))  # the right frame is taken
     assert s.current["k"].received == 4
+
+
+def test_the_worker_imports_everything_it_watches_before_its_snapshot() -> None:
+    """The worker imports the entry points' modules before its integrity snapshot and lock-down: every trusted
+    module the snapshot watches must be loaded by then (a module imported later, inside the entry point, would
+    be neither warm in a spare worker nor watched)."""
+    import subprocess
+    import sys
+
+    code = ("import importlib, sys\n"
+            "from mixerlab.sandbox.entry import KNOWN_MODULES\n"
+            "from mixerlab.sandbox.integrity import WATCHED_MODULES\n"
+            "[importlib.import_module(m) for m in KNOWN_MODULES]\n"
+            "print(sorted(m for m in WATCHED_MODULES if m not in sys.modules and m != 'mixerlab.sandbox.worker'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", f"watched but not imported before the snapshot: {out}"

@@ -14,10 +14,19 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+# everything the training runs is imported with this module, which the worker imports before its integrity snapshot
+# and its lock-down (sandbox/entry.py KNOWN_MODULES): a spare worker waits warm, and all of it is watched
+from mixerlab.config import get_profile
 from mixerlab.mixers.loading import MixerSpec
 from mixerlab.sandbox.channel import WorkerChannel
-from mixerlab.sandbox.integrity import Integrity
 from mixerlab.sandbox.entry import entry_point
+from mixerlab.sandbox.integrity import Integrity
+from mixerlab.tasks import parse_task
+from mixerlab.train.batched import DEVICE_SETUP_LOCK
+from mixerlab.train.scoring import Scoring, TestSet
+
+from .remote_scoring import RemoteScorer, test_set_id
+from .runner import EvalOptions, evaluate_mixer
 
 TEST_SETS_FILE = "test_sets.pt"  # the served test sets (inputs and scored positions only), written by the parent
 
@@ -74,12 +83,6 @@ class _StepReporter:
 def run_evaluation(spec: MixerSpec, options: dict[str, Any], channel: WorkerChannel, integrity: Integrity) -> None:
     """Train the trainings the parent asked for on the served test sets; every epoch's test logits go to the
     parent, which scores them (evaluate/remote_scoring.py). Nothing this process computes is taken as a score."""
-    from mixerlab.config import get_profile
-    from mixerlab.evaluate.runner import EvalOptions, evaluate_mixer
-    from mixerlab.evaluate.remote_scoring import RemoteScorer, test_set_id
-    from mixerlab.tasks import parse_task
-    from mixerlab.train.batched import DEVICE_SETUP_LOCK
-    from mixerlab.train.scoring import Scoring, TestSet
 
     request = EvaluationRequest.model_validate(options)
     served = torch.load(Path.cwd() / TEST_SETS_FILE, weights_only=True)
