@@ -116,14 +116,10 @@ def _apart(order: torch.Tensor, n: int, originals: list[int], block: int, rng: t
     raise RuntimeError("could not serve every probe apart from its example")  # not reached: a swap fixes one clash
 
 
-def leak(probe_logits: torch.Tensor, original_logits: torch.Tensor) -> float:
-    """Relative change of the logits at the shared scored positions: max |difference| / max |logit|."""
-    return leaks([(probe_logits, original_logits)])[0]
-
-
 def leaks(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
-    """`leak` of every (probe, original) pair, read from the device once for all of them. A diverged model is
-    NaN alike in both (no change); a non-finite value in one only is an infinite change."""
+    """For every (probe, original) pair of logits at their shared scored positions, the relative change
+    max |difference| / max |logit|, read from the device once for all pairs. A diverged model is NaN alike in
+    both (no change); a non-finite value in one only is an infinite change."""
     if not pairs:
         return []
     stats = []
