@@ -149,7 +149,7 @@ def _row(name: str, parent: str | None, edits: list[str], scores: dict[str, floa
     from mixerlab.propose.base import ExperimentView
 
     return ExperimentView(name=name, kind=kind, parent=parent, edits=edits, status="done", success=True,
-                          scores={t: {"mean": s, "std": 0.0, "seeds": 1} for t, s in scores.items()},
+                          scores={t: {"mean": s, "std": 0.0, "seeds": [s]} for t, s in scores.items()},
                           mean_score=sum(scores.values()) / len(scores))
 
 

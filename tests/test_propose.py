@@ -9,6 +9,7 @@ import pytest
 
 from mixerlab.check import check_candidate
 from mixerlab.insights import Insights, parse_block, render_block, valid_name
+from mixerlab.evaluate.aggregate import Scores, as_scores
 from mixerlab.judge import compare, judge
 from mixerlab.mixers import template_source
 from mixerlab.mixers.loading import MixerSpec
@@ -21,8 +22,8 @@ from mixerlab.table import accuracies_df
 TASKS = ["compress", "context_recall", "fuzzy_recall", "memorize", "noisy_recall", "selective_copy"]
 
 
-def scores(values: list[float], std: float = 0.0, seeds: int = 1) -> dict:
-    return {t: {"mean": v, "std": std, "seeds": [v] * seeds} for t, v in zip(TASKS, values)}
+def scores(values: list[float], std: float = 0.0, seeds: int = 1) -> Scores:
+    return as_scores({t: {"mean": v, "std": std, "seeds": [v] * seeds} for t, v in zip(TASKS, values)})
 
 
 def view(name: str, values: list[float] | None, parent: str | None = None, edits: list[str] | None = None,

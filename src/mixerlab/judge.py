@@ -12,23 +12,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from mixerlab.evaluate.aggregate import Score, Scores
 from mixerlab.noise import Z, NoiseModel
 from mixerlab.tasks import TASK_NAMES
 
 VERDICTS = ("better", "worse", "within noise", "noise unknown")
 
 
-def _seeds(score: dict) -> int:
-    return max(1, len(score.get("seeds") or [0]))
-
-
-def _threshold(a: dict, b: dict, task: str | None, noise: NoiseModel | None) -> float | None:
+def _threshold(a: Score, b: Score, task: str | None, noise: NoiseModel | None) -> float | None:
     """Z standard deviations of a - b: from the measured noise, else from the evaluations' own seeds."""
-    na, nb = _seeds(a), _seeds(b)
+    na, nb = a.n_seeds, b.n_seeds
     if noise is not None and (task is None or task in noise.task_std):
         return noise.mean_threshold(na, nb) if task is None else noise.threshold(task, na, nb)
     if na >= 2 and nb >= 2:
-        return Z * math.sqrt(a.get("std", 0.0) ** 2 / na + b.get("std", 0.0) ** 2 / nb)
+        return Z * math.sqrt(a.std ** 2 / na + b.std ** 2 / nb)
     return None
 
 
@@ -38,12 +35,12 @@ def _verdict(delta: float, threshold: float | None) -> str:
     return "better" if delta > threshold else "worse" if delta < -threshold else "within noise"
 
 
-def compare(scores: dict[str, dict], other: dict[str, dict], noise: NoiseModel | None) -> dict[str, Any]:
+def compare(scores: Scores, other: Scores, noise: NoiseModel | None) -> dict[str, Any]:
     per_task = {}
     for task in TASK_NAMES:
         if task not in scores or task not in other:
             continue
-        delta = scores[task]["mean"] - other[task]["mean"]
+        delta = scores[task].mean - other[task].mean
         threshold = _threshold(scores[task], other[task], task, noise)
         per_task[task] = {"delta": delta, "noise": threshold, "verdict": _verdict(delta, threshold)}
     if not per_task:
@@ -60,8 +57,9 @@ def compare(scores: dict[str, dict], other: dict[str, dict], noise: NoiseModel |
             "verdict": _verdict(mean_delta, mean_noise)}
 
 
-def judge(scores: dict[str, dict], parent: dict[str, dict] | None, baselines: dict[str, dict[str, dict]],
+def judge(scores: Scores, parent: Scores | None, baselines: dict[str, Scores],
           expected: dict[str, float], noise: NoiseModel | None) -> dict[str, Any]:
+    """The record's `judgement`: the verdicts against the parent and each baseline, and which targets were met."""
     result: dict[str, Any] = {"noise": noise.source if noise else "unknown: this profile's seed noise was never "
                               "measured (benchmarks/reproduction/noise.py measures it)"}
     if parent:
@@ -70,8 +68,8 @@ def judge(scores: dict[str, dict], parent: dict[str, dict] | None, baselines: di
     met = {}
     for task, target in expected.items():
         if task in scores:
-            margin = noise.threshold(task, _seeds(scores[task]), 1) if noise and task in noise.task_std else 0.0
-            met[task] = {"target": target, "actual": scores[task]["mean"], "met": scores[task]["mean"] >= target - margin}
+            margin = noise.threshold(task, scores[task].n_seeds, 1) if noise and task in noise.task_std else 0.0
+            met[task] = {"target": target, "actual": scores[task].mean, "met": scores[task].mean >= target - margin}
     result["expected"] = met
     result["expected_met"] = sum(v["met"] for v in met.values())
     return result

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from mixerlab.tasks import Task
 from mixerlab.train.result import TrainResult
@@ -21,11 +23,36 @@ class SettingScore(BaseModel):
     epochs: int
 
 
-class TaskScore(BaseModel):
-    task: str
+class Score(BaseModel):
+    """A task's score as the record keeps it and the judge compares it (the `scores` column holds one per task)."""
+
     mean: float
-    std: float  # sample std over seeds (0 with one seed)
-    seeds: list[float]  # one MAD score per seed
+    std: float = 0.0  # sample std over seeds (0 with one seed)
+    seeds: list[float] = Field(default_factory=list)  # one MAD score per seed
+
+    @property
+    def n_seeds(self) -> int:
+        return max(1, len(self.seeds))
+
+
+Scores = dict[str, Score]  # task -> its score
+
+
+def as_scores(recorded: Mapping[str, Any] | None) -> Scores:
+    """The typed scores of a record's JSON column; entries that are not a score (a damaged value) are left out."""
+    return {task: value if isinstance(value, Score) else Score.model_validate(value)
+            for task, value in (recorded or {}).items() if isinstance(value, Score) or (isinstance(value, dict) and "mean" in value)}
+
+
+def recorded(scores: Mapping[str, Score]) -> dict[str, dict[str, Any]]:
+    """The JSON the record's `scores` column keeps: per task its mean, std and per-seed scores."""
+    return {task: {"mean": s.mean, "std": s.std, "seeds": list(s.seeds)} for task, s in scores.items()}
+
+
+class TaskScore(Score):
+    """A task's score with how it was reached: the best (lr, weight decay) of each setting and seed."""
+
+    task: str
     settings: list[SettingScore]
 
 

@@ -8,8 +8,9 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from mixerlab.noise import NoiseModel
+from mixerlab.evaluate.aggregate import Scores, as_scores
 from mixerlab.insights import Insights
+from mixerlab.noise import NoiseModel
 from mixerlab.tasks import TASK_NAMES
 
 Language = Literal["en", "zh"]
@@ -45,19 +46,22 @@ class ExperimentView:
     edits: list[str]
     status: str
     success: bool | None
-    scores: dict[str, dict]  # task -> {mean, std, seeds}
+    scores: Scores  # task -> its score (the record's JSON is read into `Score`s here)
     mean_score: float | None
     failure_reason: str = ""
     expected: dict[str, float] = field(default_factory=dict)
     code: str = ""
 
+    def __post_init__(self) -> None:
+        self.scores = as_scores(self.scores)
+
     def score(self, task: str) -> float | None:
         value = self.scores.get(task)
-        return None if value is None else value["mean"]
+        return None if value is None else value.mean
 
     def std(self, task: str) -> float:
         value = self.scores.get(task)
-        return 0.0 if value is None else value.get("std", 0.0)
+        return 0.0 if value is None else value.std
 
 
 @dataclass
