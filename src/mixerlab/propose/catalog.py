@@ -13,14 +13,10 @@ from __future__ import annotations
 import difflib
 import statistics
 
-from mixerlab.noise import Z
-from mixerlab.insights import Insights
-from mixerlab.tasks import TASK_ORDER
-
 from .base import BaseProposer, ExperimentView, Proposal, ProposalContext, ProposerError, TASK_NAMES, unique_name
 from .edits import EDITS, EDITS_BY_NAME, Edit, EditNotApplicable, compatible
+from .writer import InsightsWriter
 
-COLUMN = {t.value: t.column for t in TASK_ORDER}
 ZH_COLUMN = {"compress": "Compress", "context_recall": "Context Recall", "fuzzy_recall": "Fuzzy Recall",
              "memorize": "Memorize", "noisy_recall": "Noisy Recall", "selective_copy": "Selective Copy"}
 
@@ -129,48 +125,23 @@ class CatalogProposer(BaseProposer):
                         edits=[*parent.edits, edit.name])
 
 
-class _Writer:
-    """Writes the five sections from the context's numbers, in the context's language."""
+class _Writer(InsightsWriter):
+    """The catalog's sections: which edit, the line it changes, what this run measured for it."""
 
     def __init__(self, ctx: ProposalContext, edit: Edit, code: str, deltas: dict[str, float],
                  expected: dict[str, float], repair_note: str) -> None:
-        self.ctx, self.edit, self.code, self.deltas, self.expected = ctx, edit, code, deltas, expected
-        self.zh = ctx.language == "zh"
-        self.repair_note = repair_note
-        self.parent = ctx.parent
+        super().__init__(ctx, expected, repair_note)
+        self.edit, self.code, self.deltas = edit, code, deltas
         self.effects = measured_effects(ctx.history)
 
-    def t(self, en: str, zh: str) -> str:
-        return zh if self.zh else en
-
     def col(self, task: str) -> str:
-        return ZH_COLUMN[task] if self.zh else COLUMN[task]
+        return ZH_COLUMN[task] if self.zh else super().col(task)
 
-    def insights(self) -> Insights:
-        return Insights(observations=self.observations(), code_issues=self.code_issues(), reasoning=self.reasoning(),
-                        expected=self.expected_text(), lessons=self.lessons())
-
-    def _noise_text(self) -> str:
-        noise = self.ctx.noise
-        if noise is None:
-            return self.t("seed noise of this profile: unknown (never measured; `python benchmarks/reproduction/noise.py` measures "
-                          "it), so no difference is called beyond noise",
-                          "本配置的种子噪声：未知（从未测量；`python benchmarks/reproduction/noise.py` 可测量），因此任何差异都不判定为超出噪声")
-        return self.t(f"noise: {noise.describe()}", f"噪声：{noise.describe()}")
-
-    def _beyond_noise(self, delta: float) -> str:
-        noise = self.ctx.noise
-        if noise is None:
-            return self.t("noise unknown", "噪声未知")
-        beyond = abs(delta) > noise.mean_threshold()
-        return self.t("beyond noise" if beyond else "within noise", "超出噪声" if beyond else "在噪声范围内")
+    def change(self, task: str) -> float:
+        return self.deltas[task]  # the edit's change, which the target clips to [0, 1]
 
     def observations(self) -> str:
-        p, lines = self.parent, []
-        scores = ", ".join(f"{self.col(t)} {p.score(t):.3f}" for t in TASK_NAMES if p.score(t) is not None)
-        mean = f"{p.mean_score:.4f}" if p.mean_score is not None else "n/a"
-        lines.append(self.t(f"• Parent `{p.name}` (mean {mean}): {scores}.",
-                            f"• 父架构 `{p.name}`（均值 {mean}）：{scores}。"))
+        p, lines = self.parent, [self.parent_line()]
         best = best_scores(self.ctx.history)
         gaps = sorted(((best[t][0] - (p.score(t) or 0.0), t) for t in best if p.score(t) is not None), reverse=True)
         top = [f"{self.col(t)} ({p.score(t):.3f} vs {best[t][0]:.3f} by `{best[t][1]}`)" for g, t in gaps[:3] if g > 0]
@@ -189,9 +160,9 @@ class _Writer:
         if ranked:
             lines.append(self.t(
                 f"• {len(done)} architectures evaluated, {len(failed)} failed; best mean so far `{ranked[0].name}` "
-                f"({ranked[0].mean_score:.4f}); {self._noise_text()}.",
+                f"({ranked[0].mean_score:.4f}); {self.noise_summary()}.",
                 f"• 已评估 {len(done)} 个架构，失败 {len(failed)} 个；当前最优均值为 `{ranked[0].name}`（{ranked[0].mean_score:.4f}）；"
-                f"{self._noise_text()}。"))
+                f"{self.noise_summary()}。"))
         return "\n".join(lines)
 
     def code_issues(self) -> str:
@@ -229,28 +200,14 @@ class _Writer:
                       f"我们{title}。\n• {mechanism}。\n• 代码修改（共 {len(diff)} 行）：\n{shown}\n"
                       f"• 因果性、次二次复杂度和接口保持不变；训练前由检查器验证。")
 
-    def expected_text(self) -> str:
-        lines = []
+    def targets_basis(self) -> str:
         tried = self.effects.get(self.edit.name)
-        for task in TASK_NAMES:
-            if task not in self.expected:
-                continue
-            now, target, delta = self.parent.score(task), self.expected[task], self.deltas[task]
-            lines.append(f"• {self.col(task)}: {now:.3f} -> {target:.3f} ({delta:+.3f})")
-        basis = (self.t(f"Targets = parent + the change measured for this edit in {len(next(iter(tried.values()), []))} earlier experiment(s).",
-                        f"目标 = 父架构得分 + 本修改在此前 {len(next(iter(tried.values()), []))} 次实验中测得的变化。")
-                 if tried else
-                 self.t("Targets = parent + the edit's prior (not yet measured in this run).",
-                        "目标 = 父架构得分 + 该修改的先验估计（本轮尚未测量）。"))
-        if self.ctx.noise is not None:
-            noise = self.t(f"Changes within {Z:g} standard deviations of the measured seed noise (per task "
-                           f"{Z:g} x sqrt(2) x std, {self.ctx.noise.source}) will not be called improvements.",
-                           f"小于实测种子噪声 {Z:g} 个标准差（每个任务 {Z:g} x sqrt(2) x std，{self.ctx.noise.source}）的变化不算改进。")
-        else:
-            noise = self.t("This profile's seed noise was never measured: no change will be called an improvement "
-                           "(`python benchmarks/reproduction/noise.py` measures it).",
-                           "本配置的种子噪声从未测量：任何变化都不算改进（`python benchmarks/reproduction/noise.py` 可测量）。")
-        return "\n".join(lines + [f"• {basis}", f"• {noise}"])
+        if tried:
+            n = len(next(iter(tried.values()), []))
+            return self.t(f"Targets = parent + the change measured for this edit in {n} earlier experiment(s).",
+                          f"目标 = 父架构得分 + 本修改在此前 {n} 次实验中测得的变化。")
+        return self.t("Targets = parent + the edit's prior (not yet measured in this run).",
+                      "目标 = 父架构得分 + 该修改的先验估计（本轮尚未测量）。")
 
     def lessons(self) -> str:
         lines = []
@@ -274,7 +231,7 @@ class _Writer:
             per_task = {t: (e.score(t) or 0) - (parent.score(t) or 0) for t in TASK_NAMES if e.score(t) is not None}
             best_t = max(per_task, key=per_task.get)
             worst_t = min(per_task, key=per_task.get)
-            verdict = self._beyond_noise(delta)
+            verdict = self.beyond_noise(delta)
             lines.append(self.t(
                 f"• `{e.name}` ({edit} on `{parent.name}`): mean {delta:+.4f} ({verdict}); best {self.col(best_t)} "
                 f"{per_task[best_t]:+.3f}, worst {self.col(worst_t)} {per_task[worst_t]:+.3f}.",

@@ -21,12 +21,11 @@ import random
 import statistics
 from dataclasses import dataclass
 
-from mixerlab.insights import Insights
 from mixerlab.knowledge import Retriever, card
-from mixerlab.noise import Z
 
 from . import space
 from .base import BaseProposer, ExperimentView, Proposal, ProposalContext, ProposerError, TASK_NAMES, unique_name
+from .writer import InsightsWriter
 
 
 def vector_of(e: ExperimentView) -> space.Choices | None:
@@ -213,22 +212,17 @@ class SearchProposer(BaseProposer):
         return out
 
 
-class _SearchWriter:
-    """The five sections, from the run's numbers, the archive and the cards drawn on."""
+class _SearchWriter(InsightsWriter):
+    """The search's sections: the axes changed, the archive and the cards drawn on (English only)."""
 
     def __init__(self, ctx: ProposalContext, plan: _Plan, changed: list[tuple[str, str, str]],
                  expected: dict[str, float], repair_note: str) -> None:
-        self.ctx, self.plan, self.changed, self.expected, self.repair_note = ctx, plan, changed, expected, repair_note
-
-    def insights(self) -> Insights:
-        return Insights(observations=self.observations(), code_issues=self.code_issues(), reasoning=self.reasoning(),
-                        expected=self.expected_text(), lessons=self.lessons())
+        super().__init__(ctx, expected, repair_note)
+        self.zh = False
+        self.parent, self.plan, self.changed = plan.parent, plan, changed
 
     def observations(self) -> str:
-        p = self.plan.parent
-        scores = ", ".join(f"{t} {p.score(t):.3f}" for t in TASK_NAMES if p.score(t) is not None)
-        mean = f"{p.mean_score:.4f}" if p.mean_score is not None else "n/a"
-        lines = [f"• Parent `{p.name}` (mean {mean}): {scores}."]
+        lines = [self.parent_line()]
         if self.plan.weak:
             lines.append(f"• Weakest against the best so far: {', '.join(self.plan.weak)}.")
         elites = archive(self.ctx.history)
@@ -237,9 +231,7 @@ class _SearchWriter:
                 f"{n}: `{e.name}` {e.mean_score:.4f}" for n, e in sorted(elites.items())) + ".")
         done = self.ctx.evaluated
         lines.append(f"• {len(done)} architectures evaluated; {sum(e.status == 'inert' for e in self.ctx.history)} inert, "
-                     f"{sum(e.status == 'failed' for e in self.ctx.history)} failed; "
-                     + (f"noise: {self.ctx.noise.describe()}." if self.ctx.noise else
-                        "seed noise of this profile: unknown (never measured), so no difference is called beyond noise."))
+                     f"{sum(e.status == 'failed' for e in self.ctx.history)} failed; {self.noise_summary()}.")
         return "\n".join(lines)
 
     def code_issues(self) -> str:
@@ -272,18 +264,9 @@ class _SearchWriter:
                      "the checker verifies it before training.")
         return "\n".join(lines)
 
-    def expected_text(self) -> str:
-        p = self.plan.parent
-        lines = [f"• {t}: {p.score(t):.3f} -> {self.expected[t]:.3f} ({self.expected[t] - p.score(t):+.3f})"
-                 for t in TASK_NAMES if t in self.expected]
-        lines.append("• Targets = parent + the options' changes measured in this run where they were tried, else the "
-                     "cards' claims (+-0.02 per task a card says the option helps or hurts).")
-        if self.ctx.noise is not None:
-            lines.append(f"• Changes within {Z:g} x sqrt(2) x the measured per-task seed std ({self.ctx.noise.source}) "
-                         "will not be called improvements.")
-        else:
-            lines.append("• This profile's seed noise was never measured: no change will be called an improvement.")
-        return "\n".join(lines)
+    def targets_basis(self) -> str:
+        return ("Targets = parent + the options' changes measured in this run where they were tried, else the cards' "
+                "claims (+-0.02 per task a card says the option helps or hurts).")
 
     def lessons(self) -> str:
         effects = option_effects(self.ctx.history)
