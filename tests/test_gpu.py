@@ -219,14 +219,14 @@ def test_compiled_training_inside_the_sandbox_on_cuda() -> None:
     compiling and capturing while the other may be replaying, in threads sharing the worker's channel."""
     from mixerlab.config import get_profile
     from mixerlab.evaluate.runner import EvalOptions
-    from mixerlab.evaluate.sandboxed import evaluate_sandboxed
+    from mixerlab.evaluate.sandboxed import evaluate_untrusted
     from mixerlab.mixers import builtin_spec
     from mixerlab.sandbox import SandboxLimits
 
     options = EvalOptions(tasks=(Task.context_recall, Task.compress), device="cuda", compile_step=True,
                           time_parts=True, train_overrides={"compile_after_tokens": 0}, concurrent_groups=2)
     limits = SandboxLimits(timeout_s=1200, memory_gb=16.0, output_bytes=20_000_000, cuda_device=0, gpu_memory_fraction=0.5)
-    result = evaluate_sandboxed(builtin_spec("delta_net"), get_profile("tiny"), options, limits, cuda_device=0)
+    result = evaluate_untrusted(builtin_spec("delta_net"), get_profile("tiny"), options, limits, cuda_device=0)
     assert result.ok, result.error
     assert result.report.incomplete == 0 and result.trainings and all(t.device == "cuda:0" for t in result.trainings)
     assert result.parts["warm-up"] > 5.0, result.parts  # a compile (tens of seconds), not two eager steps
@@ -256,14 +256,14 @@ def test_a_vocabulary_wider_than_the_model_ships_the_head_on_cuda_and_scores_as_
     (a different matmul may round a few logits the other way)."""
     from mixerlab.config import get_profile
     from mixerlab.evaluate.runner import EvalOptions, evaluate_mixer
-    from mixerlab.evaluate.sandboxed import evaluate_sandboxed
+    from mixerlab.evaluate.sandboxed import evaluate_untrusted
     from mixerlab.mixers import builtin_spec
     from mixerlab.sandbox import SandboxLimits
 
     options = EvalOptions(tasks=(Task.memorize,), device="cuda", train_overrides={"d_model": 32})
     limits = SandboxLimits(timeout_s=600, memory_gb=16.0, output_bytes=20_000_000, cuda_device=0, gpu_memory_fraction=0.5)
     spec, profile = builtin_spec("delta_net"), get_profile("tiny")
-    there = evaluate_sandboxed(spec, profile, options, limits, cuda_device=0)
+    there = evaluate_untrusted(spec, profile, options, limits, cuda_device=0)
     here = evaluate_mixer(spec, profile, options)
     assert there.ok, there.error
     assert there.audit["probes_checked"] > 0

@@ -12,7 +12,7 @@ import pytest
 
 from mixerlab.config import get_profile
 from mixerlab.evaluate.runner import EvalOptions, evaluate_mixer
-from mixerlab.evaluate.sandboxed import evaluate_sandboxed
+from mixerlab.evaluate.sandboxed import evaluate_untrusted
 from mixerlab.mixers import builtin_spec, template_source
 from mixerlab.mixers.loading import MixerSpec, spec_from_file
 from mixerlab.sandbox import SandboxLimits, run_sandboxed
@@ -103,7 +103,7 @@ def test_sandboxed_scores_equal_in_process_scores_exactly() -> None:
     spec, profile = builtin_spec("delta_net"), get_profile("tiny")
     options = EvalOptions(tasks=(Task.memorize, Task.compress, Task.context_recall))  # cheap; both backbones
     here = evaluate_mixer(spec, profile, options)
-    there = evaluate_sandboxed(spec, profile, replace(options, workers=2, concurrent_groups=2), EVAL_LIMITS)
+    there = evaluate_untrusted(spec, profile, replace(options, workers=2, concurrent_groups=2), EVAL_LIMITS)
     assert there.ok, there.error
     assert there.workers == 2 and len(there.trainings) == here.trainings  # every training, scored once
     assert there.report.row() == here.row()  # the worker's logits, scored by the parent: bit for bit
@@ -118,7 +118,7 @@ def test_the_scored_evaluation_catches_a_leak_the_checks_never_saw(filename: str
     trained: it passed the audit while probes were scored beside their examples (its score was recorded). With
     two workers, or two groups at once in one worker, the leak is named, not the stop it caused beside it."""
     tasks = (Task.context_recall, Task.memorize)[: max(workers, concurrent)]  # a training for each worker or group
-    result = evaluate_sandboxed(spec_from_file(HOSTILE / filename), get_profile("tiny"),
+    result = evaluate_untrusted(spec_from_file(HOSTILE / filename), get_profile("tiny"),
                                 replace(RECALL, tasks=tasks, workers=workers, concurrent_groups=concurrent), EVAL_LIMITS)
     assert not result.ok and "causality audit failed during the scored evaluation" in result.error
     assert result.workers == workers
@@ -128,7 +128,7 @@ def test_the_scored_evaluation_catches_a_leak_the_checks_never_saw(filename: str
 
 @pytest.mark.parametrize("filename", ["patch_argmax.py", "patch_through_a_method.py"])
 def test_a_patch_of_torch_stops_the_evaluation(filename: str) -> None:
-    result = evaluate_sandboxed(spec_from_file(HOSTILE / filename), get_profile("tiny"), RECALL, EVAL_LIMITS)
+    result = evaluate_untrusted(spec_from_file(HOSTILE / filename), get_profile("tiny"), RECALL, EVAL_LIMITS)
     assert not result.ok and "IntegrityError" in result.error and "torch.Tensor.argmax" in result.error
 
 
@@ -137,7 +137,7 @@ def test_the_workers_own_error_reaches_the_caller() -> None:
         "        batch, length, d_model = x.shape\n",
         "        batch, length, d_model = x.shape\n        if self.training:\n"
         "            raise RuntimeError(\"boom while training\")\n", 1)
-    result = evaluate_sandboxed(MixerSpec("boom", source, "boom.py"), get_profile("tiny"), RECALL, EVAL_LIMITS)
+    result = evaluate_untrusted(MixerSpec("boom", source, "boom.py"), get_profile("tiny"), RECALL, EVAL_LIMITS)
     assert not result.ok and "RuntimeError: boom while training" in result.error
     assert "Traceback" in result.error or "File " in result.error  # the end of the worker's traceback
 

@@ -84,14 +84,14 @@ def scored_audit(name: str) -> dict:
     """Check a file, then evaluate it as `mixerlab eval FILE.py` does: what stopped it, and when."""
     from mixerlab.config import get_profile
     from mixerlab.evaluate.runner import EvalOptions
-    from mixerlab.evaluate.sandboxed import evaluate_sandboxed
+    from mixerlab.evaluate.sandboxed import evaluate_untrusted
     from mixerlab.mixers.loading import spec_from_file
     from mixerlab.sandbox import SandboxLimits
     from mixerlab.tasks import Task
 
     check_seconds, code, _ = run_check(str(HOSTILE / name))
     start = time.perf_counter()
-    result = evaluate_sandboxed(spec_from_file(HOSTILE / name), get_profile("tiny"), EvalOptions(tasks=(Task.context_recall,)),
+    result = evaluate_untrusted(spec_from_file(HOSTILE / name), get_profile("tiny"), EvalOptions(tasks=(Task.context_recall,)),
                                 SandboxLimits(timeout_s=900, memory_gb=6.0, output_bytes=10_000_000))
     seconds = time.perf_counter() - start
     outcome = "recorded (not stopped)" if result.ok else result.error.splitlines()[0]

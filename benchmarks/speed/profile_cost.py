@@ -35,7 +35,10 @@ from mixerlab.check import Conditions
 from mixerlab.config import get_profile
 from mixerlab.evaluate.plan import select_settings
 from mixerlab.evaluate.runner import EvalOptions
-from mixerlab.evaluate.sandboxed import evaluate_sandboxed
+from mixerlab.evaluate import sandboxed
+
+# the code of an older commit (a "before" run through PYTHONPATH) names it evaluate_sandboxed
+evaluate_untrusted = getattr(sandboxed, "evaluate_untrusted", None) or sandboxed.evaluate_sandboxed
 from mixerlab.executor.base import KnownResults
 from mixerlab.executor.local import LocalExecutor
 from mixerlab.mixers import resolve_mixer, template_source
@@ -92,7 +95,7 @@ def run_task(executor: LocalExecutor, spec, profile: str, task: str, compile_ste
                           compile_step=compile_step, time_parts=True, time_limit=time_limit,
                           **({"concurrent_groups": concurrent} if concurrent and concurrent > 1 else {}))
     began = time.perf_counter()
-    result = evaluate_sandboxed(spec, prof, options, limits, cache=KnownResults([]), cuda_device=gpu)
+    result = evaluate_untrusted(spec, prof, options, limits, cache=KnownResults([]), cuda_device=gpu)
     seconds = time.perf_counter() - began
     if not result.ok:
         raise SystemExit(f"the evaluation failed: {result.error}")

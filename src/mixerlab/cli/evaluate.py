@@ -247,7 +247,7 @@ def sandboxed(spec, prof, options, store, progress):
     """`eval FILE.py`: the loop's path. Check the file (a failure is a usage error naming the check), then train it
     in the sandbox and score it here (evaluate/sandboxed.py)."""
     from mixerlab.check import Conditions, check_candidate
-    from mixerlab.evaluate.sandboxed import evaluate_sandboxed
+    from mixerlab.evaluate.sandboxed import evaluate_untrusted
     from mixerlab.sandbox import SandboxLimits
 
     device = "cuda" if options.device.startswith("cuda") else "cpu"
@@ -260,7 +260,7 @@ def sandboxed(spec, prof, options, store, progress):
         raise UserError(f"{spec.filename} failed its checks: {report.summary()}; `mixerlab check {spec.filename}` lists "
                         "them all (or pass --trusted to run your own file unchecked)")
     limits = SandboxLimits.for_evaluation(options.time_limit + 600 if options.time_limit else 7 * 24 * 3600.0, gpu)
-    result = evaluate_sandboxed(spec, prof, dataclasses.replace(options, device=device), limits, cache=store,
+    result = evaluate_untrusted(spec, prof, dataclasses.replace(options, device=device), limits, cache=store,
                                 progress=progress, cuda_device=gpu)
     if not result.ok:
         err_console.print(f"[bold red]the evaluation failed:[/] {escape(result.error)}", highlight=False)

@@ -1,6 +1,6 @@
 """Evaluate untrusted code: train it in the sandbox, score it here.
 
-`evaluate_sandboxed` is what the research loop (through its executor) and `mixerlab eval FILE.py` run for a
+`evaluate_untrusted` is what the research loop (through its executor) and `mixerlab eval FILE.py` run for a
 candidate. The plan (which trainings, which are cached), the test sets, the causality probes, the metrics,
 every `TrainResult` and the final report are made in this process; the worker only trains and returns the
 logits of the served test rows (evaluate/remote_scoring.py, evaluate/audit.py). The sandbox's OS-level confinement
@@ -53,7 +53,7 @@ class SandboxedEvaluation:
         return not self.error and self.report is not None
 
 
-def evaluate_sandboxed(
+def evaluate_untrusted(
     spec: MixerSpec,
     profile: Profile,
     options: EvalOptions,

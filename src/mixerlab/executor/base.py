@@ -79,14 +79,14 @@ def run_evaluation(spec: MixerSpec, job: EvaluationJob, device: str, limits, on_
 
     from mixerlab.config import get_profile
     from mixerlab.evaluate.runner import EvalOptions
-    from mixerlab.evaluate.sandboxed import evaluate_sandboxed
+    from mixerlab.evaluate.sandboxed import evaluate_untrusted
     from mixerlab.tasks import parse_task
 
     start = time.monotonic()
     options = EvalOptions(tasks=tuple(parse_task(t) for t in job.tasks), seeds=job.seeds, device=device,
                           train_overrides=job.train_overrides, compile_step=job.compile_step,
                           time_parts=job.time_parts)
-    result = evaluate_sandboxed(spec, get_profile(job.profile), options, limits, cache=KnownResults(job.known),
+    result = evaluate_untrusted(spec, get_profile(job.profile), options, limits, cache=KnownResults(job.known),
                                 progress=progress, on_result=on_training, cuda_device=cuda_device)
     seconds = time.monotonic() - start
     if not result.ok:
