@@ -50,6 +50,27 @@ def fault():
     server.close()
 
 
+def test_the_structured_form_a_server_accepts_is_remembered_across_plain_requests(monkeypatch) -> None:
+    """A server that refuses json_schema is asked in json_object from then on; a plain request (no schema) between
+    two structured ones does not make the next structured one skip straight to no format."""
+    from mixerlab.propose import llm
+
+    client = LLMClient(settings("http://127.0.0.1:9"))
+    asked: list[str | None] = []
+
+    def chat(messages, form, response_schema=None):
+        asked.append(form)
+        if form == "json_schema":
+            raise llm._SchemaRefused()
+        return "reply"
+
+    monkeypatch.setattr(client, "_chat", chat)
+    assert client.chat([], schema=True) == "reply" and asked == ["json_schema", "json_object"]
+    client.chat([], schema=False)
+    client.chat([], schema=True)
+    assert asked == ["json_schema", "json_object", None, "json_object"]
+
+
 def test_http_500_and_429_are_retried_with_backoff(fault: FaultServer) -> None:
     fault.mode, fault.fail_times = "500", 2
     proposal = LLMProposer(settings(fault.url)).propose(context())

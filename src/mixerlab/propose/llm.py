@@ -92,6 +92,7 @@ class LLMClient:
                                  timeout=httpx.Timeout(settings.timeout_s, connect=10.0))
         self._rate_lock = threading.Lock()
         self._next_call = 0.0
+        self._form: str | None = self.FORMATS[0]  # the structured-output form this server last accepted
 
     def _wait_for_rate_limit(self) -> None:
         """Space calls at least 60 / max_calls_per_minute seconds apart (shared by every thread)."""
@@ -109,13 +110,14 @@ class LLMClient:
     def chat(self, messages: list[dict], schema: bool, response_schema: dict | None = None) -> Reply:
         """One chat completion; structured output in the first form this server accepts."""
         forms = self.FORMATS if schema else (None,)
-        start = forms.index(getattr(self, "_form", forms[0])) if getattr(self, "_form", forms[0]) in forms else 0
+        start = forms.index(self._form) if self._form in forms else 0
         for form in forms[start:]:
             try:
                 reply = self._chat(messages, form, response_schema or RESPONSE_SCHEMA)
             except _SchemaRefused:
                 continue
-            self._form = form
+            if schema:  # a plain request says nothing of which structured form the server takes
+                self._form = form
             return reply
         raise LLMError("the endpoint refused every request format")  # pragma: no cover - None is never refused
 
