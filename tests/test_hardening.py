@@ -660,20 +660,22 @@ def test_an_improvement_is_checked_under_its_promotion_profile_before_it_trains(
     128). A candidate that breaks only at quick's batch is refused promotion, the conditions named, untrained."""
     from mixerlab.config import LoopConfig
     from mixerlab.executor.local import LocalExecutor
-    from mixerlab.loop import ResearchLoop
+    from mixerlab.loop import Candidate, LoopState, stages
     from mixerlab.mixers import template_source
-    from mixerlab.mixers.loading import MixerSpec
+    from mixerlab.store import Experiment
 
     source = template_source("delta_net").replace(
         "        batch, length, d_model = x.shape\n",
         "        batch, length, d_model = x.shape\n        if batch > 100:\n"
         "            raise RuntimeError(\"a batch this large was never checked\")\n", 1)
-    spec = MixerSpec("delta_net_4layer_big_batch", source, "delta_net_4layer_big_batch.py")
-    loop = ResearchLoop(LoopConfig(run_dir=str(tmp_path), promote_to="quick"), proposer=None, executor=LocalExecutor())
-    assert loop.conditions.batch_size == 64 and loop.conditions_for("quick").batch_size == 128
+    config = LoopConfig(run_dir=str(tmp_path), promote_to="quick")
+    state = LoopState(config=config, store=None, cache=None, executor=LocalExecutor(), proposer=None, run_id=0,
+                      run_dir=tmp_path, noise=None, conditions=LoopState.conditions_for_device(config, "tiny"))
+    assert state.conditions.batch_size == 64 and state.conditions_for("quick").batch_size == 128
     trained: list = []
-    monkeypatch.setattr(loop, "run_profile", lambda *args: trained.append(args))
-    promoted = loop.promote(None, spec, "quick", slot=0)
+    monkeypatch.setattr(stages, "run_profile", lambda *args: trained.append(args))
+    candidate = Candidate(row=Experiment(name="delta_net_4layer_big_batch", code=source))
+    promoted = stages.promote(state, candidate, "quick", slot=0)
     assert promoted["profile"] == "quick" and trained == []
     assert "not trained on quick" in promoted["error"] and "the `quick` profile's conditions" in promoted["error"]
     assert "batch 128" in promoted["error"] and "a batch this large was never checked" in promoted["error"]

@@ -98,9 +98,9 @@ def wait_for_status(proc: subprocess.Popen, db_url: str, status: str, timeout: f
     raise AssertionError(f"no candidate reached {status!r} (exit status {proc.poll()}):\n{output[-3000:]}")
 
 
-def kill_and_resume(run_dir: Path, db_url: str, status: str, cache: Path, extra: list[str]) -> str:
+def kill_and_resume(run_dir: Path, db_url: str, status: str, cache: Path, extra: list[str], iterations: int = 2):
     """On the `smoke` profile (plumbing, seconds per mixer): the kill, the refusal and the resume are what is tested."""
-    args = ["--run-dir", str(run_dir), "--profile", "smoke", "--iterations", "2", "--cache", str(cache), *extra]
+    args = ["--run-dir", str(run_dir), "--profile", "smoke", "--iterations", str(iterations), "--cache", str(cache), *extra]
     proc = discover(*args, wait=False)
     interrupted = wait_for_status(proc, db_url, status)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -115,7 +115,7 @@ def kill_and_resume(run_dir: Path, db_url: str, status: str, cache: Path, extra:
     names = [r.name for r in rows]
     assert len(names) == len(set(names)), "no experiment recorded twice"
     assert sum(r.kind == "baseline" for r in rows) == 2
-    assert sum(r.kind == "candidate" for r in rows) == 2
+    assert sum(r.kind == "candidate" for r in rows) == iterations
     assert all(r.status in ("done", "failed") for r in rows), [(r.name, r.status) for r in rows]
     finished = next(r for r in rows if r.name == interrupted)
     assert finished.status == "done" and finished.scores
@@ -142,7 +142,9 @@ def test_resume_after_kill_9_on_sqlite(tmp_path: Path) -> None:
 
 def test_resume_after_kill_9_on_postgresql(tmp_path: Path) -> None:
     with postgres_server() as url:
-        kill_and_resume(tmp_path / "run", url, "checking", tmp_path / "cache.sqlite", ["--db", url])
+        # one iteration: the kill lands in its checks (what a PostgreSQL record must survive); the SQLite test above
+        # covers what a second iteration sees after a resume
+        kill_and_resume(tmp_path / "run", url, "checking", tmp_path / "cache.sqlite", ["--db", url], iterations=1)
 
 
 def test_llm_loop_on_a_real_server_records_failures_with_reasons(tmp_path: Path, shared_cache: Path) -> None:
@@ -204,18 +206,6 @@ def test_unwritable_run_dir(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     proc = discover("--run-dir", str(blocker / "run"))
     assert proc.returncode == 2 and "is not writable" in proc.stderr and "--run-dir" in proc.stderr
-
-
-def test_proposal_threads_hand_out_each_iteration_once(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    # two threads proposing two iterations at once (`smoke`: the plumbing, not the scores): each iteration
-    # handed out once, no edit claimed twice
-    proc = discover("--run-dir", str(run_dir), "--profile", "smoke", "--iterations", "2", "--proposal-threads", "2",
-                    "--proposals-ahead", "1", "--cache", str(tmp_path / "cache.sqlite"))
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    candidates = [e for e in Store(f"sqlite:///{run_dir / 'mixerlab.db'}").experiments() if e.kind == "candidate"]
-    assert sorted(e.iteration for e in candidates) == [1, 2]
-    assert len({e.name for e in candidates}) == 2 and len({(e.parent_id, tuple(e.edits)) for e in candidates}) == 2
 
 
 def test_a_patience_run_cuts_the_baselines_trainings_where_perplexity_stalls(tmp_path: Path, tiny_run,

@@ -68,6 +68,46 @@ def test_statuses_are_the_documented_ones(tmp_path) -> None:
         store.set_run_status(run.id, status)
     with pytest.raises(ValueError, match="unknown run status 'paused'; use one of running, finished"):
         store.set_run_status(run.id, "paused")
-    loop_source = (Path(__file__).parents[1] / "src" / "mixerlab" / "loop.py").read_text()
+    loop_source = "\n".join(f.read_text() for f in (Path(__file__).parents[1] / "src" / "mixerlab" / "loop").glob("*.py"))
+    assert 'status="inert"' in loop_source and 'set_run_status(self.run_id, "finished")' in loop_source
     written = set(re.findall(r'status="(\w+)"|"status": "(\w+)"|set_run_status\([^,]+, "(\w+)"\)', loop_source))
     assert {w for group in written for w in group if w} <= set(EXPERIMENT_STATUSES) | set(RUN_STATUSES)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_from_before_the_fingerprint_column_is_upgraded_on_a_write_open(tmp_path, backend) -> None:
+    """An older mixerlab kept an experiment's fingerprint inside its check report. Opening such a database for
+    writing adds the column (every row kept) and fills it from the reports; a read-only open says what to do."""
+    import sqlalchemy as sa
+
+    from mixerlab.store.db import DatabaseError
+
+    def older(url: str) -> None:
+        Store(url)
+        with sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://")).begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE experiments DROP COLUMN fingerprint")
+            connection.exec_driver_sql(
+                "INSERT INTO runs (name, config, status, created, updated) VALUES ('r', '{}', 'finished', "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)")
+            for name, report in (("a", '{"fingerprint": [0.25, 0.5]}'), ("b", '{}')):
+                connection.exec_driver_sql(
+                    "INSERT INTO experiments (run_id, name, kind, iteration, proposer, edits, code, code_hash, novelty_hash, "
+                    "diff, insights, expected, status, failure_reason, check_report, profile, scores, promoted, judgement, "
+                    "curves, summary, timings, tokens, timestamp, created, updated) VALUES (1, '" + name + "', 'candidate', 1, "
+                    "'catalog', '[]', 'code', 'h', 'n', '', '{}', '{}', 'done', '', '" + report + "', 'tiny', '{}', '{}', '{}', "
+                    "'{}', '{}', '{}', '{}', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)")
+
+    def check(url: str) -> None:
+        older(url)
+        with pytest.raises(DatabaseError, match=r"written by a different mixerlab version \(it lacks "
+                                                r"experiments.fingerprint\); open it once for writing"):
+            Store(url, read_only=True)
+        rows = {e.name: e for e in Store(url).experiments()}
+        assert rows["a"].fingerprint == [0.25, 0.5] and rows["b"].fingerprint is None and rows["a"].code == "code"
+        assert Store(url, read_only=True).experiments()[0].fingerprint == [0.25, 0.5]
+
+    if backend == "sqlite":
+        check(f"sqlite:///{tmp_path / 'old.db'}")
+    else:
+        with postgres_server() as url:
+            check(url)

@@ -521,7 +521,7 @@ def fingerprint(cls: type[nn.Module], cond: Conditions) -> list[float]:
     fixed inputs at the profile's lengths (up to 256) on the CPU in float32, with the weights as built and then
     scaled up 4x (the large states training can reach); sampled outputs and gradients of the input. Two mixers whose fingerprints agree start training identically: a candidate whose edit never acts at
     these lengths (a clamp that never fires) has its parent's fingerprint, and training it again teaches nothing
-    (loop.py records it as inert instead). Same seed, same parameter order: the same initial weights wherever
+    (the loop records it as inert instead: loop/stages.py). Same seed, same parameter order: the same initial weights wherever
     the parameters match."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(FINGERPRINT_SEED)

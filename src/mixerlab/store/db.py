@@ -96,6 +96,7 @@ def open_engine(url: str, read_only: bool = False, follow_writers: bool = False)
     try:
         if not read_only:
             _create_tables(engine)
+            _add_new_columns(engine)
         tables = set(inspect(engine).get_table_names())
     except OperationalError as err:
         hint = "is the server running and the URL right?" if backend == "postgresql" else \
@@ -110,7 +111,64 @@ def open_engine(url: str, read_only: bool = False, follow_writers: bool = False)
     missing = {"runs", "experiments", "attempts", "events"} - tables
     if missing:
         raise DatabaseError(f"database {url!r} lacks tables {sorted(missing)}; it is not a mixerlab database")
+    if read_only and (older := _missing_columns(engine)):
+        raise _other_version(parsed.render_as_string(hide_password=True), older)
     return engine
+
+
+def _addable(name: str) -> bool:
+    table_name, column_name = name.split(".")
+    return Base.metadata.tables[table_name].columns[column_name].nullable
+
+
+def _other_version(where: str, missing: list[str]) -> DatabaseError:
+    fix = ("open it once for writing with this version to add them (e.g. `mixerlab discover --resume --run-dir <its "
+           "run folder>`), then read it again" if all(map(_addable, missing)) else
+           "open it with the version that wrote it, or start a new run with another --run-dir")
+    return DatabaseError(f"database {where!r} was written by a different mixerlab version (it lacks "
+                         f"{', '.join(missing)}); {fix}")
+
+
+def _missing_columns(engine: Engine) -> list[str]:
+    """Columns the models have and the database's tables lack (`table.column`)."""
+    inspector = inspect(engine)
+    missing = []
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
+    return missing
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """Bring a database written by an older mixerlab up to the models: every column added since is nullable (or
+    has a default), so adding it keeps every recorded row as it was. A race with another opener adding the same
+    column is harmless: the second ALTER fails and the column is there."""
+    missing = _missing_columns(engine)
+    if not all(map(_addable, missing)):
+        raise _other_version(engine.url.render_as_string(hide_password=True), missing)
+    for name in missing:
+        table_name, column_name = name.split(".")
+        column = Base.metadata.tables[table_name].columns[column_name]
+        kind = column.type.compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as connection:
+                connection.exec_driver_sql(f'ALTER TABLE {table_name} ADD COLUMN {column_name} {kind}')
+        except SQLAlchemyError:
+            if name in _missing_columns(engine):
+                raise
+        if name == "experiments.fingerprint":  # before it had a column, the fingerprint was kept in the check report
+            _fingerprints_from_check_reports(engine)
+
+
+def _fingerprints_from_check_reports(engine: Engine) -> None:
+    from sqlalchemy import select, update
+
+    from .models import Experiment
+
+    with Session(engine) as session, session.begin():
+        for ident, report in session.execute(select(Experiment.id, Experiment.check_report)).all():
+            if isinstance(report, dict) and isinstance(report.get("fingerprint"), list):
+                session.execute(update(Experiment).where(Experiment.id == ident).values(fingerprint=report["fingerprint"]))
 
 
 def _readable_sqlite(path: Path) -> None:
