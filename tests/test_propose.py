@@ -139,17 +139,18 @@ def test_judging_counts_the_measured_noise_and_says_when_there_is_none() -> None
     noise = NoiseModel(source="test", task_std={t: 0.03 for t in TASKS}, mean_std=0.01)
     a, b = scores([0.50] * 6), scores([0.53] * 6)
     within = compare(b, a, noise)
-    assert within["tasks"]["compress"]["verdict"] == "within noise"  # 0.03 < 2 * sqrt(2) * 0.03
-    assert within["verdict"] == "better"  # the mean over six tasks is less noisy: 0.03 > 2 * sqrt(2) * 0.01
+    assert within.tasks["compress"].verdict == "within noise"  # 0.03 < 2 * sqrt(2) * 0.03
+    assert within.verdict == "better"  # the mean over six tasks is less noisy: 0.03 > 2 * sqrt(2) * 0.01
     clear = compare(scores([0.60] * 6), a, noise)
-    assert clear["tasks"]["compress"]["verdict"] == "better"  # 0.10 > 0.085
+    assert clear.tasks["compress"].verdict == "better"  # 0.10 > 0.085
     unknown = compare(b, a, None)  # one seed each and nothing measured: no figure is invented
-    assert {v["verdict"] for v in unknown["tasks"].values()} == {"noise unknown"} and unknown["verdict"] == "noise unknown"
+    assert {v.verdict for v in unknown.tasks.values()} == {"noise unknown"} and unknown.verdict == "noise unknown"
     seeded_a, seeded_b = scores([0.50] * 6, std=0.01, seeds=3), scores([0.53] * 6, std=0.01, seeds=3)
-    assert compare(seeded_b, seeded_a, None)["tasks"]["compress"]["verdict"] == "better"  # their own seeds' estimate
+    assert compare(seeded_b, seeded_a, None).tasks["compress"].verdict == "better"  # their own seeds' estimate
     result = judge(b, a, {"delta_net_4layer": a}, {"compress": 0.52, "memorize": 0.65}, noise)
-    assert result["expected"]["compress"]["met"] and not result["expected"]["memorize"]["met"]
-    assert result["noise"] == "test"
+    assert result.expected["compress"].met and not result.expected["memorize"].met
+    assert result.noise == "test" and result.expected_met == 1 and result.improves  # the mean is beyond its noise
+    assert "vs_parent" in result.recorded() and "vs_parent" not in judge(b, None, {}, {}, noise).recorded()
 
 
 def test_the_committed_noise_of_tiny_is_read_by_the_judge() -> None:

@@ -145,7 +145,8 @@ def test_check_and_repair_records_every_attempt_and_sums_the_tokens(tmp_path: Pa
     checked = stages.check_and_repair(state, proposed(state))
     assert checked is not None and proposer.repairs == 1
     row = state.store.experiment(checked.row.id)
-    assert row.status == "evaluating" and "# fixed" in row.code and row.fingerprint == fingerprint_of(row.code)
+    assert row.status == "evaluating" and "# fixed" in row.code
+    assert state.store.fingerprints(state.run_id)[row.id] == fingerprint_of(row.code)
     assert [a.passed for a in state.store.attempts(row.id)] == [False, True]
     assert row.tokens["prompt"] == 13 and row.timings["check_s"] >= 0 and checked.parent.name == "delta_net_4layer"
     assert state.executor.checked[0][1] is state.conditions  # checked under the run profile's conditions
@@ -208,7 +209,7 @@ def test_an_improvement_is_promoted_after_checks_under_the_promotion_profile(tmp
                                                      for t in TASK_NAMES})
     candidate.parent = state.store.experiment(parent.id)
     verdict = stages.judge_and_promote(state, candidate, evaluated, slot=0)
-    assert verdict.judgement["vs_parent"]["verdict"] == "better"
+    assert verdict.judgement.vs_parent.verdict == "better" and verdict.judgement.improves
     assert verdict.promoted["profile"] == "quick" and verdict.promoted["scores"]["compress"]["mean"] == pytest.approx(0.9)
     quick = Conditions.for_profile(get_profile("quick"), "cpu")
     assert state.executor.checked[-1][1] == quick and quick.batch_size != state.conditions.batch_size

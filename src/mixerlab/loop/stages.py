@@ -25,7 +25,7 @@ from mixerlab.evaluate.plan import plan_jobs
 from mixerlab.evaluate.prefix import find_finished
 from mixerlab.evaluate.runner import EvalReport
 from mixerlab.executor import EvaluationJob, Executor
-from mixerlab.judge import improves, judge
+from mixerlab.judge import Judgement, judge
 from mixerlab.mixers.loading import MixerSpec
 from mixerlab.noise import NoiseModel
 from mixerlab.progress import LoopProgress
@@ -236,11 +236,11 @@ def behaves_like(state: LoopState, report: CheckReport, row: Experiment) -> tupl
     """An earlier experiment of the run (its parent first) whose fingerprint this candidate's matches."""
     if not report.fingerprint:
         return None
-    earlier = [e for e in state.store.experiments(state.run_id) if e.id != row.id and e.status in ("done", "evaluating")
-               and isinstance(e.fingerprint, list)]
+    known = state.store.fingerprints(state.run_id, statuses=("done", "evaluating"))
+    earlier = [e for e in state.store.experiments(state.run_id) if e.id != row.id and e.id in known]
     earlier.sort(key=lambda e: e.id != row.parent_id)
     for e in earlier:
-        change = same_behaviour(report.fingerprint, e.fingerprint)
+        change = same_behaviour(report.fingerprint, known[e.id])
         if change is not None and change <= FINGERPRINT_TOLERANCE:
             return e.name, change
     return None
@@ -306,7 +306,7 @@ class Verdict:
 
     scores: Scores
     mean: float
-    judgement: dict[str, Any]
+    judgement: Judgement
     promoted: dict[str, Any] | None = None
     promote_s: float | None = None
 
@@ -322,7 +322,7 @@ def judge_and_promote(state: LoopState, candidate: Candidate, evaluated: Evaluat
     verdict = Verdict(scores=scores, mean=statistics.fmean(s.mean for s in scores.values()),
                       judgement=judge(scores, parent or None, baselines, row.expected or {}, state.noise))
     promotion = state.config.promotion_profile()
-    if row.kind == "candidate" and promotion and improves(verdict.judgement):
+    if row.kind == "candidate" and promotion and verdict.judgement.improves:
         state.event("promoting", f"to {promotion}", row.iteration, row.name)
         start = time.perf_counter()
         verdict.promoted = promote(state, candidate, promotion, slot)
@@ -350,7 +350,7 @@ def promote(state: LoopState, candidate: Candidate, promotion: str, slot: int) -
 def record(state: LoopState, candidate: Candidate, evaluated: Evaluated, verdict: Verdict, timings: dict[str, float]) -> Experiment:
     """Write the finished experiment (status `done`), keep the best score so far and print the iteration block."""
     fields: dict[str, Any] = {"status": "done", "success": True, "scores": recorded(verdict.scores),
-                              "mean_score": verdict.mean, "judgement": verdict.judgement,
+                              "mean_score": verdict.mean, "judgement": verdict.judgement.recorded(),
                               "curves": curves(evaluated.trainings), "timings": timings}
     if verdict.promoted is not None:
         fields["promoted"] = verdict.promoted
