@@ -138,3 +138,18 @@ def test_a_small_model_picks_design_choices_that_render_valid_code(llama_url: st
     assert proposal.code == space.render(child) and static_check(proposal.code)[0].passed
     assert proposal.insights.reasoning.startswith("The model's reasoning:") and "Cards drawn on: [" in proposal.insights.reasoning
     assert proposal.tokens.completion > 0
+
+
+def test_the_llm_settings_are_typed_with_the_run_config() -> None:
+    """The run's config carries LLMSettings, not a dict: a wrong field or value is refused, named, at the start."""
+    from pydantic import ValidationError
+
+    from mixerlab.config import LoopConfig
+
+    config = LoopConfig(run_dir="r", llm={"base_url": "http://127.0.0.1:9/v1", "cards": 2})
+    assert isinstance(config.llm, LLMSettings) and config.llm.cards == 2 and config.llm.max_retries == 4
+    assert LoopConfig.model_validate(config.model_dump(mode="json")).llm == config.llm  # as a run records it
+    with pytest.raises(ValidationError, match="llm.temperature"):
+        LoopConfig(run_dir="r", llm={"temperature": -1})
+    with pytest.raises(ValidationError, match="llm.max_token"):
+        LoopConfig(run_dir="r", llm={"max_token": 10})  # a misspelt field is not silently dropped

@@ -240,6 +240,31 @@ def get_profile(name: str) -> Profile:
     return PROFILES[name]
 
 
+class LLMSettings(BaseModel):
+    """How the llm proposer talks to an OpenAI-compatible endpoint (`mixerlab discover --proposer llm`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = "http://127.0.0.1:8080/v1"
+    model: str = "default"
+    api_key_env: str = "OPENAI_API_KEY"
+    require_key: bool = False  # hosted APIs need a key; local servers usually do not
+    timeout_s: float = Field(default=300.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    format_retries: int = Field(default=2, ge=0)
+    backoff_s: float = Field(default=1.0, ge=0)
+    max_tokens: int = Field(default=4096, ge=1)
+    temperature: float = Field(default=0.7, ge=0)
+    use_json_schema: bool = True
+    # "code": the model writes the whole file; "choices": it picks options of the design space (propose/space.py)
+    # by schema-constrained JSON and mixerlab renders the file, so even a small local model yields valid code
+    format: Literal["code", "choices"] = "code"
+    cards: int = Field(default=4, ge=0)  # knowledge cards retrieved for the parent's weaknesses and put in the prompt
+    max_calls_per_minute: float | None = Field(default=None, gt=0)  # the endpoint's rate limit: calls are spaced
+    price_prompt_per_1k: float = Field(default=0.0, ge=0)
+    price_completion_per_1k: float = Field(default=0.0, ge=0)
+
+
 class LoopConfig(BaseModel):
     """One discovery run (`mixerlab discover`)."""
 
@@ -287,7 +312,7 @@ class LoopConfig(BaseModel):
     compile: bool | None = Field(default=None, description="torch.compile each training step on CUDA; None: where it "
                                  "pays (every profile but tiny, whose groups train for seconds)")
     cache_path: str | None = None  # default: <run_dir>/cache.sqlite
-    llm: dict = Field(default_factory=dict)  # LLMSettings fields
+    llm: LLMSettings = Field(default_factory=LLMSettings)
 
     @property
     def database_url(self) -> str:

@@ -129,7 +129,7 @@ def discover_command(
     from mixerlab.executor import make_executor
     from mixerlab.loop import ResearchLoop, RunExists, RunFailed
     from mixerlab.propose import CatalogProposer
-    from mixerlab.propose.llm import LLMProposer, LLMSettings
+    from mixerlab.propose.llm import LLMProposer
     from mixerlab.sandbox import SandboxLimits
     from mixerlab.config import available_cpus
     from mixerlab.store import DatabaseError
@@ -187,7 +187,7 @@ def discover_command(
                            cache_path=str(cache) if cache else None, proposal_threads=proposal_threads,
                            proposals_ahead=proposals_ahead, compile=compile_step)
         if proposer == "llm":
-            settings = LLMSettings(**llm)
+            settings = config.llm
             _llm_preflight(settings)
             chosen = LLMProposer(settings)
         elif proposer == "search":

@@ -28,6 +28,7 @@ from typing import Literal
 import httpx
 from pydantic import BaseModel
 
+from mixerlab.config import LLMSettings  # noqa: F401 - defined with every setting, used here
 from mixerlab.insights import SECTIONS, Insights, snake_case, valid_name
 
 from .base import BaseProposer, Proposal, ProposalContext, ProposerError, TASK_NAMES, TokenUse, unique_name
@@ -37,27 +38,6 @@ from .prompts import choices_system_prompt, choices_user_prompt, repair_messages
 
 class LLMError(ProposerError):
     """The endpoint or its reply could not be used; the message says what to fix."""
-
-
-class LLMSettings(BaseModel):
-    base_url: str = "http://127.0.0.1:8080/v1"
-    model: str = "default"
-    api_key_env: str = "OPENAI_API_KEY"
-    require_key: bool = False  # hosted APIs need a key; local servers usually do not
-    timeout_s: float = 300.0
-    max_retries: int = 4
-    format_retries: int = 2
-    backoff_s: float = 1.0
-    max_tokens: int = 4096
-    temperature: float = 0.7
-    use_json_schema: bool = True
-    # "code": the model writes the whole file; "choices": it picks options of the design space (propose/space.py)
-    # by schema-constrained JSON and mixerlab renders the file, so even a small local model yields valid code
-    format: Literal["code", "choices"] = "code"
-    cards: int = 4  # knowledge cards retrieved for the parent's weaknesses and put in the prompt (0: none)
-    max_calls_per_minute: float | None = None  # the endpoint's rate limit: calls are spaced to respect it
-    price_prompt_per_1k: float = 0.0
-    price_completion_per_1k: float = 0.0
 
 
 # name and code first: constrained decoders emit properties in this order, so a reply cut off by the token
