@@ -151,13 +151,14 @@ class ResearchLoop:
         for name in BASELINES:
             spec = builtin_spec(name)
             row = next((e for e in self.store.experiments(self.run_id) if e.name == spec.name), None)
+            fingerprints = self.store.fingerprints(self.run_id)
             if row is None:
                 row = self.store.add_experiment(
                     run_id=self.run_id, name=spec.name, kind="baseline", iteration=0, proposer="baseline",
                     code=spec.source, code_hash=spec.code_hash, novelty_hash=novelty_hash(spec.source),
                     status="evaluating", profile=self.config.profile_label, timestamp=timestamp(),
                 )
-            if row.fingerprint is None:  # trusted code: taken here, not in the sandbox
+            if row.id not in fingerprints:  # trusted code: taken here, not in the sandbox
                 row = self.store.update_experiment(row.id, fingerprint=fingerprint(spec.load_class(), state.conditions))
             if row.status != "done":
                 stages.evaluate_and_record(state, Candidate(row=row), slot=0)

@@ -111,9 +111,22 @@ def open_engine(url: str, read_only: bool = False, follow_writers: bool = False)
     missing = {"runs", "experiments", "attempts", "events"} - tables
     if missing:
         raise DatabaseError(f"database {url!r} lacks tables {sorted(missing)}; it is not a mixerlab database")
-    if read_only and (older := _missing_columns(engine)):
+    if read_only and not all(map(_deferred, older := _missing_columns(engine))):  # a deferred one is never read here
         raise _other_version(parsed.render_as_string(hide_password=True), older)
     return engine
+
+
+def _deferred(name: str) -> bool:
+    """Whether the models read this column only when asked (a read-only open of a database without it still works)."""
+    from sqlalchemy import inspect as inspect_mapper
+
+    from .models import Experiment
+
+    table_name, column_name = name.split(".")
+    if table_name != Experiment.__tablename__:
+        return False
+    prop = inspect_mapper(Experiment).attrs.get(column_name)
+    return bool(prop is not None and getattr(prop, "deferred", False))
 
 
 def _addable(name: str) -> bool:

@@ -83,8 +83,9 @@ class Experiment(Base):
     success: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     failure_reason: Mapped[str] = mapped_column(Text, default="")
     check_report: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)
-    # what it does under the run's conditions (check.dynamic.fingerprint): the inert stage compares these
-    fingerprint: Mapped[list[Any] | None] = mapped_column(SafeJSON, nullable=True)
+    # what it does under the run's conditions (check.dynamic.fingerprint): the inert stage compares these. Deferred:
+    # read only through Store.fingerprints, so listings never load it and a database from before it reads as ever
+    fingerprint: Mapped[list[Any] | None] = mapped_column(SafeJSON, nullable=True, deferred=True)
     profile: Mapped[str] = mapped_column(String(20), default="")
     scores: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)  # task -> {mean, std, seeds}
     mean_score: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -88,6 +88,14 @@ class Store:
                     rows.append(e)
             return rows
 
+    def fingerprints(self, run_id: int, statuses: Iterable[str] | None = None) -> dict[int, list[float]]:
+        """Experiment id -> its behavioural fingerprint, for the run's experiments that have one."""
+        with self.session() as s:
+            query = select(Experiment.id, Experiment.fingerprint).where(Experiment.run_id == run_id).order_by(Experiment.id)
+            if statuses is not None:
+                query = query.where(Experiment.status.in_(list(statuses)))
+            return {ident: values for ident, values in s.execute(query) if isinstance(values, list)}
+
     def name_taken(self, run_id: int, name: str) -> bool:
         with self.session() as s:
             return s.scalar(select(Experiment.id).where(Experiment.run_id == run_id, Experiment.name == name)) is not None
