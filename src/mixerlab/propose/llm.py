@@ -23,12 +23,11 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import httpx
 from pydantic import BaseModel
 
-from mixerlab.config import LLMSettings  # noqa: F401 - defined with every setting, used here
+from mixerlab.config import LLMSettings  # defined with every other setting
 from mixerlab.insights import SECTIONS, Insights, snake_case, valid_name
 
 from .base import BaseProposer, Proposal, ProposalContext, ProposerError, TASK_NAMES, TokenUse, unique_name
