@@ -56,7 +56,6 @@ class ResearchLoop:
         self.stop_at = time.monotonic() + config.budget_minutes * 60 if config.budget_minutes else None
         numerics = get_profile(config.profile).train.numerics(config.device)
         self.noise = noise_for(config.profile_label, numerics)  # the yardstick of every verdict (None: unmeasured)
-        self.state: LoopState | None = None
 
     # the run's record ------------------------------------------------------------------------------------------
 
@@ -95,7 +94,6 @@ class ResearchLoop:
                           console=self.console)
         for e in self.store.experiments(self.run_id):  # the best so far, kept from here on
             state.best.offer(e.name, e.mean_score)
-        self.state = state
         return state
 
     def _lock_record(self, run_id: int) -> None:

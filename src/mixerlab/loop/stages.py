@@ -257,7 +257,7 @@ class Evaluated:
 
     @property
     def scores(self) -> Scores:
-        return as_scores({task: s.model_dump(include={"mean", "std", "seeds"}) for task, s in self.report.tasks.items()})
+        return dict(self.report.tasks)  # a TaskScore is a Score (with how it was reached, which the record leaves out)
 
 
 def run_profile(state: LoopState, candidate: Candidate, profile_name: str, slot: int) -> Evaluated | str:
