@@ -28,7 +28,7 @@ STAGES = ("propose_s", "check_s", "eval_s")
 
 def summarise(db: Path, util: Path, device: str, command: str) -> dict:
     rows = sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute(
-        "select name, kind, status, profile, timings, created, updated from experiments order by id").fetchall()
+        "select name, kind, status, profile, timings, created, updated, check_report from experiments order by id").fetchall()
     candidates = [r for r in rows if r[1] == "candidate"]
     if not candidates:
         raise SystemExit(f"{db}: no candidates recorded; run discover with --iterations >= 1 first")
@@ -47,11 +47,25 @@ def summarise(db: Path, util: Path, device: str, command: str) -> dict:
         "candidates_per_gpu_hour": round(3600 * len(candidates) / span, 1),
         "stage_seconds_mean": {s: round(statistics.mean(t.get(s, 0.0) for t in timings), 2) for s in STAGES},
         "stage_seconds_max": {s: round(max(t.get(s, 0.0) for t in timings), 2) for s in STAGES},
+        "check_seconds_mean": _check_seconds(r[7] for r in candidates),
         "baseline_eval_s": [round(json.loads(r[4] or "{}").get("eval_s", 0.0), 1) for r in rows if r[1] == "baseline"],
         "gpu_utilisation_mean_pct": round(statistics.mean(samples), 1) if samples else None,
         "gpu_busy_sample_share": round(sum(s > 0 for s in samples) / len(samples), 3) if samples else None,
         "utilisation_samples": len(samples),
     }
+
+
+def _check_seconds(reports) -> dict[str, float]:
+    """Mean seconds of each check over the candidates that ran it (from their check reports), and of the whole
+    check stage's report (`total`: the worker's start and the checks' own bookkeeping are the difference)."""
+    per: dict[str, list[float]] = {}
+    for text in reports:
+        report = json.loads(text or "{}")
+        for check in report.get("checks", []):
+            per.setdefault(check["name"], []).append(check.get("seconds") or 0.0)
+        if "seconds" in report:
+            per.setdefault("total", []).append(report["seconds"])
+    return {name: round(statistics.mean(values), 2) for name, values in per.items()}
 
 
 def write_markdown(runs: dict) -> None:
