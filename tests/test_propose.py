@@ -162,6 +162,22 @@ def test_the_committed_noise_of_tiny_is_read_by_the_judge() -> None:
     assert noise_for("quick", "bf16") is None or noise_for("quick", "bf16").task_std
 
 
+def test_noise_measured_on_some_tasks_judges_those_tasks_only() -> None:
+    """A costly profile is measured a task at a time (noise.py --tasks): the measured tasks get a yardstick, the
+    others and the six-task mean stay 'noise unknown' rather than borrowing a figure."""
+    from mixerlab.noise import Measurement, from_measurement
+
+    measured = Measurement(profile="quick", numerics="bf16", hardware="H", command="c", date="d", seeds=3,
+                           scores={"delta_net_4layer": {"memorize": [0.90, 0.92, 0.94]}})
+    noise = from_measurement(measured)
+    assert set(noise.task_std) == {"memorize"} and noise.mean_std is None and noise.mean_threshold() is None
+    assert "unmeasured" in noise.describe()
+    a, b = scores([0.50] * 6), scores([0.80] * 6)
+    verdicts = compare(b, a, noise)
+    assert verdicts.tasks["memorize"].verdict == "better"  # 0.30 > 2 * sqrt(2) * 0.02
+    assert verdicts.tasks["compress"].verdict == "noise unknown" and verdicts.verdict == "noise unknown"
+
+
 def test_iteration_block_round_trip() -> None:
     table = accuracies_df({"delta_net_4layer": {t: 0.5 for t in TASKS}, "delta_net_4layer_x_y": {t: 0.25 for t in TASKS}})
     insights = Insights(observations="• a\n• b", code_issues="1. c", reasoning="r", expected="• Compress: 0.5 -> 0.6", lessons="• l")

@@ -3,6 +3,9 @@
     python benchmarks/reproduction/noise.py --profile tiny --device cpu --seeds 3
         -> src/mixerlab/data/noise.json (the measurement, merged with the other profiles')
         -> benchmarks/results/noise.md (per task and of the six-task mean, with each baseline's seeds)
+    python benchmarks/reproduction/noise.py --profile quick --device cuda --tasks memorize --mixers delta_net --compile
+        (a costly profile a task at a time: tasks measured earlier on the same hardware with as many seeds are kept;
+        until all six are measured the six-task mean has no yardstick)
 
 Both baselines are trained with `--seeds N` (each seed draws its own data, shuffles and initial weights);
 finished trainings come from the result cache (`--cache`), so a measurement can be rerun for free.
@@ -25,6 +28,7 @@ from mixerlab.config import get_profile  # noqa: E402
 from mixerlab.evaluate import EvalOptions, ResultCache, evaluate_mixer  # noqa: E402
 from mixerlab.mixers import builtin_spec  # noqa: E402
 from mixerlab.noise import DATA, Measurement, from_measurement  # noqa: E402
+from mixerlab.tasks import TASK_ORDER, parse_task  # noqa: E402
 
 
 def hardware(device: str) -> str:
@@ -44,34 +48,66 @@ def main() -> None:
     parser.add_argument("--cached-only", metavar="HARDWARE", default=None,
                         help="train nothing: read every training from --cache (e.g. the committed GPU trainings, "
                         "imported with `mixerlab cache import`) and record HARDWARE as where they ran")
+    parser.add_argument("--tasks", default=",".join(t.value for t in TASK_ORDER), help="comma-separated tasks")
+    parser.add_argument("--mixers", default="delta_net,gated_delta_net", help="comma-separated baselines")
+    parser.add_argument("--compile", action="store_true", help="CUDA: torch.compile long groups, as `eval --compile`")
     args = parser.parse_args()
+    try:
+        tasks = tuple(parse_task(t) for t in args.tasks.split(","))
+        mixers = [builtin_spec(name) for name in args.mixers.split(",")]
+    except ValueError as err:
+        parser.error(str(err))
+    except KeyError as err:
+        parser.error(f"--mixers: {err} is not a baseline; use delta_net and/or gated_delta_net")
     if args.cached_only and not args.cache:
         parser.error("--cached-only reads the trainings from a cache: give --cache FILE.sqlite")
     profile = get_profile(args.profile)
     cache = ResultCache(args.cache) if args.cache else None
     numerics = "bf16" if args.device.startswith("cuda") else "fp32"
     scores = {}
-    for name in ("delta_net", "gated_delta_net"):
-        options = EvalOptions(seeds=args.seeds, device=args.device, train=not args.cached_only)
-        report = evaluate_mixer(builtin_spec(name), profile, options, cache=cache)
+    for spec in mixers:
+        options = EvalOptions(tasks=tasks, seeds=args.seeds, device=args.device, train=not args.cached_only,
+                              compile_step=args.compile)
+        report = evaluate_mixer(spec, profile, options, cache=cache)
         if report.incomplete:
-            raise SystemExit(f"{name}: {report.incomplete} trainings are missing"
+            raise SystemExit(f"{spec.name}: {report.incomplete} trainings are missing"
                              + (" from the cache" if args.cached_only else " (did not finish); run again"))
         scores[report.mixer] = {task: score.seeds for task, score in report.tasks.items()}
         print(f"{report.mixer}: " + ", ".join(f"{t} {s.mean:.4f}+-{s.std:.4f}" for t, s in report.tasks.items()))
     command = f"python benchmarks/reproduction/noise.py --profile {args.profile} --device {args.device} --seeds {args.seeds}"
+    if tasks != TASK_ORDER:
+        command += f" --tasks {args.tasks}"
+    if args.mixers != parser.get_default("mixers"):
+        command += f" --mixers {args.mixers}"
+    if args.compile:
+        command += " --compile"
     if args.cached_only:
         command += f" --cache CACHE --cached-only '{args.cached_only}'"
     measurement = Measurement(profile=args.profile, numerics=numerics, hardware=args.cached_only or hardware(args.device),
                               command=command,
                               date=date.today().isoformat(), seeds=args.seeds, scores=scores)
     stored = json.loads(DATA.read_text()) if DATA.is_file() else {"measurements": []}
+    same = [Measurement.model_validate(m) for m in stored["measurements"] if (m["profile"], m["numerics"]) == (args.profile, numerics)]
+    if same and tasks != TASK_ORDER:
+        measurement = merged(same[0], measurement)
     stored["measurements"] = [m for m in stored["measurements"]
                               if (m["profile"], m["numerics"]) != (args.profile, numerics)] + [measurement.model_dump()]
     stored["measurements"].sort(key=lambda m: (m["profile"], m["numerics"]))
     DATA.parent.mkdir(parents=True, exist_ok=True)
     DATA.write_text(json.dumps(stored, indent=1) + "\n")
     write_markdown([Measurement.model_validate(m) for m in stored["measurements"]])
+
+
+def merged(old: Measurement, new: Measurement) -> Measurement:
+    """A measurement of some tasks added to an earlier one of other tasks (same hardware and seeds: one
+    yardstick); otherwise the new one replaces it."""
+    if (old.hardware, old.seeds) != (new.hardware, new.seeds):
+        return new
+    scores = {mixer: dict(per_task) for mixer, per_task in old.scores.items()}
+    for mixer, per_task in new.scores.items():
+        scores.setdefault(mixer, {}).update(per_task)
+    commands = old.command if new.command in old.command.split("; ") else f"{old.command}; {new.command}"
+    return new.model_copy(update={"scores": scores, "command": commands})
 
 
 def write_markdown(measurements: list[Measurement]) -> None:
@@ -83,16 +119,19 @@ def write_markdown(measurements: list[Measurement]) -> None:
     for m in measurements:
         model = from_measurement(m)
         tasks = list(model.task_std)
-        lines += [f"## `{m.profile}`, {m.numerics} on {m.hardware} ({m.date})", "", f"`{m.command}`", "",
+        commands = " and ".join(f"`{c}`" for c in m.command.split("; "))
+        lines += [f"## `{m.profile}`, {m.numerics} on {m.hardware} ({m.date})", "", commands, "",
                   "| | " + " | ".join(tasks) + " | six-task mean |", "|---|" + "---|" * (len(tasks) + 1)]
         for mixer, per_task in m.scores.items():
-            means = [sum(per_task[t][s] for t in tasks) / len(tasks) for s in range(m.seeds)]
-            lines.append(f"| {mixer}: seeds | " + " | ".join(", ".join(f"{v:.3f}" for v in per_task[t]) for t in tasks)
-                         + " | " + ", ".join(f"{v:.3f}" for v in means) + " |")
+            cells = " | ".join(", ".join(f"{v:.3f}" for v in per_task[t]) if t in per_task else "-" for t in tasks)
+            whole = all(t in per_task for t in tasks) and model.mean_std is not None
+            means = ", ".join(f"{sum(per_task[t][s] for t in tasks) / len(tasks):.3f}" for s in range(m.seeds)) if whole else "-"
+            lines.append(f"| {mixer}: seeds | {cells} | {means} |")
+        mean_std, mean_threshold = model.mean_std, model.mean_threshold()
         lines.append("| **pooled std** | " + " | ".join(f"**{model.task_std[t]:.4f}**" for t in tasks)
-                     + f" | **{model.mean_std:.4f}** |")
+                     + (f" | **{mean_std:.4f}** |" if mean_std is not None else " | not every task measured |"))
         lines.append("| threshold, one seed vs one | " + " | ".join(f"{model.threshold(t):.4f}" for t in tasks)
-                     + f" | {model.mean_threshold():.4f} |")
+                     + (f" | {mean_threshold:.4f} |" if mean_threshold is not None else " | - |"))
         lines.append("")
     (ROOT / "results" / "noise.md").write_text("\n".join(lines))
 

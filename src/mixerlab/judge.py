@@ -25,7 +25,7 @@ Verdict = Literal["better", "worse", "within noise", "noise unknown"]
 def _threshold(a: Score, b: Score, task: str | None, noise: NoiseModel | None) -> float | None:
     """Z standard deviations of a - b: from the measured noise, else from the evaluations' own seeds."""
     na, nb = a.n_seeds, b.n_seeds
-    if noise is not None and (task is None or task in noise.task_std):
+    if noise is not None and (noise.mean_std is not None if task is None else task in noise.task_std):
         return noise.mean_threshold(na, nb) if task is None else noise.threshold(task, na, nb)
     if na >= 2 and nb >= 2:
         return Z * math.sqrt(a.std ** 2 / na + b.std ** 2 / nb)

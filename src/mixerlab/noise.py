@@ -4,7 +4,8 @@
 shuffles and initial weights) and writes `mixerlab/data/noise.json`. For each profile and numerics (fp32 on
 the CPU, bf16 on CUDA) it holds every baseline's per-seed task scores; from them `NoiseModel` takes the
 per-task seed-to-seed standard deviation, pooled over the baselines (the root of the mean variance), and the
-standard deviation of the six-task mean.
+standard deviation of the six-task mean. A measurement may cover some tasks only (a costly profile measured a
+task at a time, `noise.py --tasks`): the tasks it lacks, and then the six-task mean, have no yardstick.
 
 A difference between two evaluations is called better or worse only beyond `Z` standard deviations of the
 difference: for one seed against one seed, Z * sqrt(2) * std. Where a profile was never measured there is no
@@ -21,6 +22,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from mixerlab.tasks.settings import TASK_ORDER
+
+ALL_TASKS = frozenset(t.value for t in TASK_ORDER)
 DATA = Path(__file__).parent / "data" / "noise.json"
 Z = 2.0  # standard deviations of a difference before it counts (about 95% of seed-only differences stay inside)
 
@@ -42,18 +46,21 @@ class NoiseModel(BaseModel):
 
     source: str  # where the figures come from, for the Insights
     task_std: dict[str, float]
-    mean_std: float
+    mean_std: float | None  # None: not every task was measured, so the six-task mean has no yardstick
 
     def threshold(self, task: str, seeds_a: int = 1, seeds_b: int = 1) -> float:
         std = self.task_std[task]
         return Z * std * math.sqrt(1 / seeds_a + 1 / seeds_b)
 
-    def mean_threshold(self, seeds_a: int = 1, seeds_b: int = 1) -> float:
+    def mean_threshold(self, seeds_a: int = 1, seeds_b: int = 1) -> float | None:
+        if self.mean_std is None:
+            return None
         return Z * self.mean_std * math.sqrt(1 / seeds_a + 1 / seeds_b)
 
     def describe(self) -> str:
         spread = ", ".join(f"{task} {std:.3f}" for task, std in self.task_std.items())
-        return f"seed-to-seed std per task ({self.source}): {spread}; of the mean {self.mean_std:.3f}"
+        mean = "unmeasured (not every task was)" if self.mean_std is None else f"{self.mean_std:.3f}"
+        return f"seed-to-seed std per task ({self.source}): {spread}; of the mean {mean}"
 
 
 def from_measurement(m: Measurement) -> NoiseModel:
@@ -64,13 +71,13 @@ def from_measurement(m: Measurement) -> NoiseModel:
         task_std[task] = math.sqrt(statistics.fmean(variances)) if variances else 0.0
     mean_variances = []
     for runs in m.scores.values():
-        if all(len(runs.get(t, [])) == m.seeds for t in tasks):
+        if set(tasks) >= ALL_TASKS and all(len(runs.get(t, [])) == m.seeds for t in tasks):
             means = [statistics.fmean(runs[t][s] for t in tasks) for s in range(m.seeds)]
             mean_variances.append(statistics.variance(means))
     source = (f"`{m.profile}` on {m.hardware}, {m.numerics}, {m.seeds} seeds x {len(m.scores)} baselines, "
               f"{m.date}, mixerlab/data/noise.json")
     return NoiseModel(source=source, task_std=task_std,
-                      mean_std=math.sqrt(statistics.fmean(mean_variances)) if mean_variances else 0.0)
+                      mean_std=math.sqrt(statistics.fmean(mean_variances)) if mean_variances else None)
 
 
 @lru_cache(maxsize=1)

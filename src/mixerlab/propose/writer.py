@@ -53,9 +53,10 @@ class InsightsWriter:
     def beyond_noise(self, delta: float) -> str:
         """Whether a change of the six-task mean is beyond the profile's measured noise."""
         noise = self.ctx.noise
-        if noise is None:
+        threshold = noise.mean_threshold() if noise is not None else None
+        if threshold is None:
             return self.t("noise unknown", "噪声未知")
-        beyond = abs(delta) > noise.mean_threshold()
+        beyond = abs(delta) > threshold
         return self.t("beyond noise" if beyond else "within noise", "超出噪声" if beyond else "在噪声范围内")
 
     # 2-3. Code Issues and Technical Reasoning: the proposer's own --------------------------------------------------
