@@ -67,13 +67,15 @@ class SandboxLimits:
     isolate_network: bool = True
     confine: bool = True  # Landlock + seccomp (sandbox/confine.py); off only to test the layers one by one
     spare: bool = False  # keep a started worker of these limits waiting for the next run (a GPU worker's start is ~9 s)
+    # trusted work the worker does before it reads its request (a spare: while it waits), by name (worker.AHEAD)
+    ahead: tuple[str, ...] = ()
 
     @classmethod
     def for_checks(cls, base: "SandboxLimits | None" = None, cuda_device: int | None = None, gpu_share: float = 1.0,
                    spare: bool = False) -> "SandboxLimits":
         """The checks' limits (the time and memory of `base`): on a GPU, at most a fifth of it, divided among the
         workers that share the GPU (`gpu_share`: this worker's share)."""
-        return replace(base or cls(), cuda_device=cuda_device, spare=spare,
+        return replace(base or cls(), cuda_device=cuda_device, spare=spare, ahead=("cost-reference",),
                        gpu_memory_fraction=CHECK_GPU_FRACTION * gpu_share if cuda_device is not None else None)
 
     @classmethod
@@ -234,6 +236,8 @@ def _launch(limits: SandboxLimits, shared_slot_bytes: int, cpu_seconds: float) -
     }
     if limits.gpu_memory_fraction:
         env["MIXERLAB_GPU_FRACTION"] = str(limits.gpu_memory_fraction)
+    if limits.ahead:
+        env["MIXERLAB_SANDBOX_AHEAD"] = ",".join(limits.ahead)
     shared = SharedSlots.create(slot_bytes=shared_slot_bytes) if shared_slot_bytes else None
     if shared:
         env.update(shared.environment())

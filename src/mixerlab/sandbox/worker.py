@@ -126,6 +126,16 @@ def warm_up(device: str) -> None:
             pass
 
 
+def _time_cost_reference() -> None:
+    from mixerlab.check.dynamic import time_reference_ahead
+
+    time_reference_ahead()
+
+
+# trusted work a worker may do before its request (SandboxLimits.ahead), so a spare has it done when a candidate comes
+AHEAD = {"cost-reference": _time_cost_reference}
+
+
 def main() -> None:
     # everything up to the request is the same for every candidate: a spare worker (sandbox/__init__.py) does it
     # while it waits, so a candidate's checks or evaluation start on a warm process
@@ -151,6 +161,8 @@ def main() -> None:
         torch.cuda.set_per_process_memory_fraction(float(os.environ["MIXERLAB_GPU_FRACTION"]))
     if os.environ.get("CUDA_VISIBLE_DEVICES"):  # a worker that sees no GPU has nothing to warm up
         warm_up("cuda")
+    for name in filter(None, os.environ.get("MIXERLAB_SANDBOX_AHEAD", "").split(",")):
+        AHEAD[name]()
     request = json.loads(sys.stdin.read())
     CHANNEL.key = bytes.fromhex(request.pop("channel_key", ""))
     if request.get("kind") == "run":  # for the sandbox's own tests: raw code, no static checks
