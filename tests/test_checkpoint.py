@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -191,6 +192,46 @@ def test_a_killed_eval_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert "1 trainings continued from a checkpoint" in again.stdout
     assert "Fuzzy Recall" in again.stdout and not list(folder.glob("*.pt"))
+
+
+@pytest.mark.slow
+def test_sigusr1_checkpoints_every_group_training_at_once(tmp_path: Path) -> None:
+    """Groups that train at once (EvalOptions.concurrent_groups: a thread each) each save once per SIGUSR1; the
+    first group to reach a sync point used to consume the request, leaving the others' work unsaved."""
+    train = TrainConfig(d_model=32, batch_size=32, max_epochs=12)  # a sync point every 20 steps
+    store = CheckpointStore(tmp_path / "ckpt", every=3600)  # no save falls due by the clock
+    factory = resolve_mixer("delta_net").factory()
+    trainers = []
+    for group in "ab":  # two groups of the same trainings under other keys: two checkpoints
+        jobs = plan_jobs(PROFILE, (Task.context_recall,), 1)
+        trainers.append(BatchedTrainer(jobs, [f"{group}{i}" for i in range(len(jobs))], train, factory, "cpu",
+                                       checkpoints=store))
+    halt, stepped = threading.Event(), [threading.Event() for _ in trainers]
+    saved_at: dict[int, int] = {}
+
+    def runner(i: int) -> threading.Thread:
+        trainer = trainers[i]
+
+        def on_steps(_: int) -> None:
+            stepped[i].set()
+            if i not in saved_at and not halt.is_set() and store.path(trainer.ident).exists():
+                saved_at[i] = torch.load(store.path(trainer.ident), weights_only=False)["steps_done"]
+        return threading.Thread(target=trainer.run, kwargs=dict(on_steps=on_steps, halt=halt))
+
+    with answering_signals():
+        threads = [runner(i) for i in range(len(trainers))]
+        for thread in threads:
+            thread.start()
+        assert all(event.wait(60) for event in stepped)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        deadline = time.monotonic() + 60
+        while len(saved_at) < len(trainers) and time.monotonic() < deadline and any(t.is_alive() for t in threads):
+            time.sleep(0.02)
+        halt.set()
+        for thread in threads:
+            thread.join()
+    assert sorted(saved_at) == [0, 1], f"one SIGUSR1 saved every group, each at a sync point: {saved_at}"
+    assert all(steps % 20 == 0 and steps < 96 for steps in saved_at.values()), saved_at
 
 
 @pytest.mark.slow

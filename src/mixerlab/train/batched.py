@@ -40,7 +40,7 @@ from mixerlab.tasks import IGNORE_INDEX, generate
 
 from .checkpoint import CheckpointStore, group_id
 from .common import init_model, make_result, token_losses
-from .interrupts import should_stop, take_save_request
+from .interrupts import SaveRequests, should_stop
 from .job import TrainJob
 from .result import EpochRecord, TrainResult, select_epochs
 from .scoring import LOCAL_SCORING, LocalScorer, Scorer, Scoring, TestSet, TestSource, forward_rows
@@ -458,6 +458,7 @@ class BatchedTrainer:
         against kills, and on SIGUSR1) to be resumed, else dropped."""
         start_time = time.perf_counter() - self.elapsed_before
         last_save = time.monotonic()
+        save_requests = SaveRequests()
         results: dict[int, TrainResult] = {}
         pending: list[tuple[int, int, torch.Tensor]] = []  # (member index, epoch, metrics on device)
         max_steps = max(m.steps_per_epoch for m in self.members) * self.train.max_epochs
@@ -496,7 +497,7 @@ class BatchedTrainer:
                 # stop: the time limit or a signal (SIGTERM, Ctrl-C); save: a stop, SIGUSR1 or the save interval
                 stop = should_stop(deadline) or (halt is not None and halt.is_set())
                 if self.checkpoints and self.active and (stop or time.monotonic() - last_save > self.checkpoints.every
-                                                         or take_save_request()):  # kept for the next group if none
+                                                         or save_requests.take()):
                     self.checkpoints.save(self.ident, self.state(time.perf_counter() - start_time))
                     last_save = time.monotonic()
                 if stop:

@@ -1,6 +1,6 @@
 """Signals a running evaluation answers, so that nothing trained is lost to a kill or a stale checkpoint.
 
-- SIGUSR1: checkpoint the unfinished group now, at the trainer's next sync point, and go on training. A
+- SIGUSR1: checkpoint the unfinished groups now (each at its next sync point), and go on training. A
   machine that must ship its state out at a moment of its choosing (a lent GPU whose call ends) asks for a
   fresh checkpoint instead of taking one up to `--checkpoint-every` seconds old, or none at all when a new
   group has not reached its first save (`benchmarks/tools/gpu_sweep.sh poll` sends it).
@@ -24,17 +24,29 @@ from typing import Iterator
 
 @dataclass
 class _Requests:
-    save: bool = False
+    saves: int = 0  # checkpoint requests (SIGUSR1) so far
+    served: int = 0  # the last of them that some group has saved for
     stop: signal.Signals | None = None
 
 
 _requests = _Requests()
 
 
-def take_save_request() -> bool:
-    """Whether a checkpoint was asked for since the last call (the request is consumed)."""
-    asked, _requests.save = _requests.save, False
-    return asked
+class SaveRequests:
+    """One training group's view of the checkpoint requests: every group that trains at once (several groups in
+    threads) saves once per request; a group that starts after a request nobody has served yet serves it."""
+
+    def __init__(self) -> None:
+        self.seen = _requests.served
+
+    def take(self) -> bool:
+        """Whether a checkpoint was asked for since this group last saved for one (then it counts as served)."""
+        asked = _requests.saves
+        if asked <= self.seen:
+            return False
+        self.seen = asked
+        _requests.served = max(_requests.served, asked)
+        return True
 
 
 def stop_requested() -> signal.Signals | None:
@@ -48,7 +60,7 @@ def should_stop(deadline: float | None) -> bool:
 
 
 def _on_save(signum, frame) -> None:
-    _requests.save = True
+    _requests.saves += 1
 
 
 def _on_stop(signum, frame) -> None:
@@ -70,10 +82,10 @@ def answering_signals() -> Iterator[None]:
         return
     handlers = {signal.SIGUSR1: _on_save, signal.SIGTERM: _on_stop, signal.SIGINT: _on_stop, signal.SIGHUP: _on_stop}
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
-    _requests.save, _requests.stop = False, None
+    _requests.saves, _requests.served, _requests.stop = 0, 0, None
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _requests.save, _requests.stop = False, None
+        _requests.saves, _requests.served, _requests.stop = 0, 0, None
