@@ -16,7 +16,7 @@ from mixerlab.check.report import CheckResult
 from mixerlab.mixers.loading import MixerSpec
 from mixerlab.sandbox.channel import WorkerChannel
 from mixerlab.sandbox.integrity import Integrity
-from mixerlab.sandbox.entry import entry_point
+from mixerlab.sandbox.entry import ahead_of_request, entry_point
 
 
 @entry_point
@@ -62,6 +62,11 @@ def run_checks(spec: MixerSpec, options: dict[str, Any], channel: WorkerChannel,
             return
     send({"type": "fingerprint", "values": dynamic.fingerprint(cls, cond)})
     integrity.verify("while its fingerprint was taken")
+
+
+@ahead_of_request("cost-reference")
+def _time_cost_reference() -> None:
+    dynamic.time_reference_ahead()  # the cost check's first reference timing, before any candidate is loaded
 
 
 def _at_conditions(cls: type, cond: dynamic.Conditions) -> torch.nn.Module:

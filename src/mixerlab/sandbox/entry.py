@@ -20,6 +20,19 @@ _MARK = "__mixerlab_sandbox_entry__"
 KNOWN_MODULES = ("mixerlab.check.remote", "mixerlab.evaluate.remote")
 
 
+# Trusted work a worker may do before it reads its request, by the name SandboxLimits.ahead gives it (a spare
+# worker has it done by the time a candidate comes); the entry points' modules register theirs.
+AHEAD: dict[str, Callable[[], None]] = {}
+
+
+def ahead_of_request(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    """Register `function()` as the work `name` in SandboxLimits.ahead asks a worker to do before its request."""
+    def register(function: Callable[[], None]) -> Callable[[], None]:
+        AHEAD[name] = function
+        return function
+    return register
+
+
 def entry_point(function: Callable) -> Callable:
     """Mark `function(spec, options, channel, integrity)` as one the sandbox worker may run."""
     setattr(function, _MARK, True)

@@ -126,16 +126,6 @@ def warm_up(device: str) -> None:
             pass
 
 
-def _time_cost_reference() -> None:
-    from mixerlab.check.dynamic import time_reference_ahead
-
-    time_reference_ahead()
-
-
-# trusted work a worker may do before its request (SandboxLimits.ahead), so a spare has it done when a candidate comes
-AHEAD = {"cost-reference": _time_cost_reference}
-
-
 def main() -> None:
     # everything up to the request is the same for every candidate: a spare worker (sandbox/__init__.py) does it
     # while it waits, so a candidate's checks or evaluation start on a warm process
@@ -148,7 +138,7 @@ def main() -> None:
     import importlib
 
     from mixerlab.mixers.loading import MixerSpec
-    from mixerlab.sandbox.entry import KNOWN_MODULES, WorkerRequest, resolve
+    from mixerlab.sandbox.entry import AHEAD, KNOWN_MODULES, WorkerRequest, resolve
     from mixerlab.sandbox.integrity import Integrity
 
     for module in KNOWN_MODULES:  # the entry points and all they train and check with, before the snapshot
@@ -162,7 +152,7 @@ def main() -> None:
     if os.environ.get("CUDA_VISIBLE_DEVICES"):  # a worker that sees no GPU has nothing to warm up
         warm_up("cuda")
     for name in filter(None, os.environ.get("MIXERLAB_SANDBOX_AHEAD", "").split(",")):
-        AHEAD[name]()
+        AHEAD[name]()  # trusted work before the request (SandboxLimits.ahead): a spare does it while it waits
     request = json.loads(sys.stdin.read())
     CHANNEL.key = bytes.fromhex(request.pop("channel_key", ""))
     if request.get("kind") == "run":  # for the sandbox's own tests: raw code, no static checks
