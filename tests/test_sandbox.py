@@ -111,6 +111,26 @@ def test_sandboxed_scores_equal_in_process_scores_exactly() -> None:
     assert {t.device for t in there.trainings} == {"cpu"}
 
 
+def test_a_spare_that_trained_its_warm_up_ahead_scores_exactly_as_in_process() -> None:
+    """A spare evaluation worker trains the DeltaNet template briefly at the profile's shapes while it waits
+    (SandboxLimits.ahead, evaluate/remote.py warm_up_training): the candidate's trainings after it are the same,
+    bit for bit, as in a process that never trained anything else."""
+    from mixerlab.sandbox import close_spares
+
+    spec, profile = builtin_spec("delta_net"), get_profile("smoke")
+    options = EvalOptions(tasks=(Task.memorize, Task.compress))
+    here = evaluate_mixer(spec, profile, options)
+    limits = replace(EVAL_LIMITS, spare=True, ahead=("train-warm-up:smoke",))
+    close_spares()
+    try:
+        for _ in range(2):  # a fresh worker (the warm-up before its request), then the spare it left waiting
+            there = evaluate_untrusted(spec, profile, options, limits)
+            assert there.ok, there.error
+            assert there.report.row() == here.row()
+    finally:
+        close_spares()
+
+
 @pytest.mark.parametrize("filename, workers, concurrent", [("leak_in_eval_mode.py", 2, 1), ("batch_aware_leak.py", 1, 1),
                                                       ("leak_in_eval_mode.py", 1, 2)])
 def test_the_scored_evaluation_catches_a_leak_the_checks_never_saw(filename: str, workers: int, concurrent: int) -> None:

@@ -65,7 +65,7 @@ def run_checks(spec: MixerSpec, options: dict[str, Any], channel: WorkerChannel,
 
 
 @ahead_of_request("cost-reference")
-def _time_cost_reference() -> None:
+def _time_cost_reference(_: str | None = None) -> None:
     dynamic.time_reference_ahead()  # the cost check's first reference timing, before any candidate is loaded
 
 

@@ -16,10 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # everything the training runs is imported with this module, which the worker imports before its integrity snapshot
 # and its lock-down (sandbox/entry.py KNOWN_MODULES): a spare worker waits warm, and all of it is watched
-from mixerlab.config import get_profile
+from mixerlab.config import Profile, get_profile
 from mixerlab.mixers.loading import MixerSpec
 from mixerlab.sandbox.channel import WorkerChannel
-from mixerlab.sandbox.entry import entry_point
+from mixerlab.sandbox.entry import ahead_of_request, entry_point
 from mixerlab.sandbox.integrity import Integrity
 from mixerlab.tasks import parse_task
 from mixerlab.train.batched import DEVICE_SETUP_LOCK
@@ -77,6 +77,39 @@ class _StepReporter:
 
     def stop(self) -> None:
         self.flush()
+
+
+@ahead_of_request("train-warm-up")
+def warm_up_training(profile_name: str | None) -> None:
+    """Train the DeltaNet template three one-step epochs at each input length of a profile's tasks (one member:
+    two eager steps, a CUDA graph capture, test forwards), and throw the results away: a spare evaluation worker
+    does this while it waits (SandboxLimits.ahead), so the candidate's evaluation finds CUDA's libraries, the
+    kernels and the allocator started. Trusted code only, before the request and the lock-down. Asked for on
+    CUDA workers only (SandboxLimits.for_evaluation): a CPU has little to start, and no spare to hide the time in."""
+    if not profile_name:
+        raise ValueError("train-warm-up needs a profile: train-warm-up:NAME")
+    cuda = torch.cuda.is_available()
+    train_briefly(get_profile(profile_name), "cuda" if cuda else "cpu")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # the memory goes back to the device: an evaluation may be training beside this spare
+
+
+def train_briefly(profile: Profile, device: str) -> None:
+    """The warm-up's trainings: the DeltaNet template, three one-step epochs at each of `profile`'s tasks'
+    input lengths, the first learning rate and weight decay; results thrown away."""
+    from mixerlab.mixers import builtin_spec
+
+    train = profile.train.model_copy(update={"max_epochs": 3, "patience": None})
+    settings = {}
+    for task, group in profile.settings.items():
+        lengths = {s.input_len: s for s in group}.values()  # one setting per input length
+        settings[task] = tuple(s.model_copy(update={"num_train": train.batch_size,
+                                                     "num_test": min(s.num_test, train.eval_batch_size)})
+                               for s in lengths)
+    warm = profile.model_copy(update={"train": train, "settings": settings, "lrs": profile.lrs[:1],
+                                      "weight_decays": profile.weight_decays[:1]})
+    evaluate_mixer(builtin_spec("delta_net"), warm, EvalOptions(tasks=tuple(settings), device=device))
 
 
 @entry_point

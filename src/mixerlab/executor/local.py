@@ -39,7 +39,7 @@ class LocalExecutor:
         gpu = self._gpu(slot)
         # on a GPU the next candidate's worker starts (torch, CUDA: ~9 s) while this one trains
         limits = SandboxLimits.for_evaluation(job.timeout_s, gpu, 1 / self.workers_per_gpu, self.eval_memory_gb,
-                                              self.cpu_threads, spare=gpu is not None)
+                                              self.cpu_threads, spare=gpu is not None, profile=job.profile)
         return run_evaluation(spec, job, "cuda" if gpu is not None else "cpu", limits, on_training, cuda_device=gpu,
                               progress=progress)
 

@@ -80,10 +80,13 @@ class SandboxLimits:
 
     @classmethod
     def for_evaluation(cls, timeout_s: float, cuda_device: int | None = None, gpu_share: float = 1.0,
-                       memory_gb: float = EVAL_MEMORY_GB, cpu_threads: int = 2, spare: bool = False) -> "SandboxLimits":
-        """An evaluation's limits: room for training's memory and logs; on a GPU, most of its share of it."""
+                       memory_gb: float = EVAL_MEMORY_GB, cpu_threads: int = 2, spare: bool = False,
+                       profile: str | None = None) -> "SandboxLimits":
+        """An evaluation's limits: room for training's memory and logs; on a GPU, most of its share of it. A spare
+        on a GPU trains a few warm-up steps at `profile`'s shapes while it waits (evaluate/remote.py)."""
+        ahead = (f"train-warm-up:{profile}",) if spare and cuda_device is not None and profile else ()
         return cls(timeout_s=timeout_s, memory_gb=memory_gb, output_bytes=EVAL_OUTPUT_BYTES, cpu_threads=cpu_threads,
-                   cuda_device=cuda_device, spare=spare,
+                   cuda_device=cuda_device, spare=spare, ahead=ahead,
                    gpu_memory_fraction=EVAL_GPU_FRACTION * gpu_share if cuda_device is not None else None)
 
     @property

@@ -21,16 +21,25 @@ KNOWN_MODULES = ("mixerlab.check.remote", "mixerlab.evaluate.remote")
 
 
 # Trusted work a worker may do before it reads its request, by the name SandboxLimits.ahead gives it (a spare
-# worker has it done by the time a candidate comes); the entry points' modules register theirs.
-AHEAD: dict[str, Callable[[], None]] = {}
+# worker has it done by the time a candidate comes); the entry points' modules register theirs. A name may carry
+# one argument after a colon ("train-warm-up:tiny").
+AHEAD: dict[str, Callable[[str | None], None]] = {}
 
 
-def ahead_of_request(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
-    """Register `function()` as the work `name` in SandboxLimits.ahead asks a worker to do before its request."""
-    def register(function: Callable[[], None]) -> Callable[[], None]:
+def ahead_of_request(name: str) -> Callable[[Callable[[str | None], None]], Callable[[str | None], None]]:
+    """Register `function(argument)` as the work `name` in SandboxLimits.ahead asks a worker to do before its
+    request."""
+    def register(function: Callable[[str | None], None]) -> Callable[[str | None], None]:
         AHEAD[name] = function
         return function
     return register
+
+
+def do_ahead(names: str) -> None:
+    """The work SandboxLimits.ahead named (comma-separated `name` or `name:argument`), in order."""
+    for item in filter(None, names.split(",")):
+        name, _, argument = item.partition(":")
+        AHEAD[name](argument or None)
 
 
 def entry_point(function: Callable) -> Callable:

@@ -138,7 +138,7 @@ def main() -> None:
     import importlib
 
     from mixerlab.mixers.loading import MixerSpec
-    from mixerlab.sandbox.entry import AHEAD, KNOWN_MODULES, WorkerRequest, resolve
+    from mixerlab.sandbox.entry import KNOWN_MODULES, WorkerRequest, do_ahead, resolve
     from mixerlab.sandbox.integrity import Integrity
 
     for module in KNOWN_MODULES:  # the entry points and all they train and check with, before the snapshot
@@ -151,8 +151,7 @@ def main() -> None:
         torch.cuda.set_per_process_memory_fraction(float(os.environ["MIXERLAB_GPU_FRACTION"]))
     if os.environ.get("CUDA_VISIBLE_DEVICES"):  # a worker that sees no GPU has nothing to warm up
         warm_up("cuda")
-    for name in filter(None, os.environ.get("MIXERLAB_SANDBOX_AHEAD", "").split(",")):
-        AHEAD[name]()  # trusted work before the request (SandboxLimits.ahead): a spare does it while it waits
+    do_ahead(os.environ.get("MIXERLAB_SANDBOX_AHEAD", ""))  # trusted work (SandboxLimits.ahead): a spare's while it waits
     request = json.loads(sys.stdin.read())
     CHANNEL.key = bytes.fromhex(request.pop("channel_key", ""))
     if request.get("kind") == "run":  # for the sandbox's own tests: raw code, no static checks
