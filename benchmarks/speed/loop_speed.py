@@ -68,6 +68,16 @@ def _check_seconds(reports) -> dict[str, float]:
     return {name: round(statistics.mean(values), 2) for name, values in per.items()}
 
 
+def _check_split(checks: dict[str, float] | None) -> str:
+    """The check stage's mean split: the cost check, the other checks, and the rest of the stage (the worker's
+    start or hand-over, its integrity snapshots and verifications, the fingerprint, the parent's side)."""
+    if not checks or "total" not in checks:
+        return "-"
+    timed = sum(v for k, v in checks.items() if k != "total")
+    cost = checks.get("cost", 0.0)
+    return f"{cost:.2f} / {timed - cost:.2f} / {checks['total'] - timed:.2f}"
+
+
 def write_markdown(runs: dict) -> None:
     lines = ["# The research loop's speed on a GPU", "",
              "Written by `python benchmarks/speed/loop_speed.py` from a `discover` run's database and `nvidia-smi` "
@@ -75,12 +85,13 @@ def write_markdown(runs: dict) -> None:
              "(the baselines train once per run). Stage seconds are per candidate, from the run's own timings "
              "(the judge is not timed separately: it takes milliseconds).", "",
              "| run | device | profile | candidates | s per candidate | candidates per GPU-hour | propose s | check s | "
-             "evaluate s | GPU utilisation (mean, busy samples) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "of which cost check / other checks / outside the checks | evaluate s | GPU utilisation (mean, busy samples) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in runs.items():
         stage = r["stage_seconds_mean"]
         lines.append(f"| {label} | {r['device']} | `{r['profile']}` | {r['candidates']} | {r['seconds_per_candidate']} | "
-                     f"{r['candidates_per_gpu_hour']} | {stage['propose_s']} | {stage['check_s']} | {stage['eval_s']} | "
+                     f"{r['candidates_per_gpu_hour']} | {stage['propose_s']} | {stage['check_s']} | "
+                     f"{_check_split(r.get('check_seconds_mean'))} | {stage['eval_s']} | "
                      f"{r['gpu_utilisation_mean_pct']}%, {100 * r['gpu_busy_sample_share']:.0f}% |")
     lines += ["", "Commands:", ""] + [f"- {label}: `{r['command']}`" for label, r in runs.items()]
     notes = RESULTS / "loop_speed_notes.md"  # what the figures mean and the idle gap they show
@@ -91,12 +102,20 @@ def write_markdown(runs: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--label", required=True)
-    parser.add_argument("--db", type=Path, required=True)
-    parser.add_argument("--util", type=Path, required=True, help="nvidia-smi utilisation samples, one per line")
-    parser.add_argument("--device", required=True, help="the GPU's name, as nvidia-smi gives it")
-    parser.add_argument("--command", required=True, help="the discover command that made the run")
+    parser.add_argument("--label")
+    parser.add_argument("--db", type=Path)
+    parser.add_argument("--util", type=Path, help="nvidia-smi utilisation samples, one per line")
+    parser.add_argument("--device", help="the GPU's name, as nvidia-smi gives it")
+    parser.add_argument("--command", help="the discover command that made the run")
+    parser.add_argument("--tables-only", action="store_true", help="rewrite loop_speed.md from the JSON, add nothing")
     args = parser.parse_args()
+    path = RESULTS / "loop_speed.json"
+    if args.tables_only:
+        write_markdown(json.loads(path.read_text()))
+        return
+    missing = [f"--{name}" for name in ("label", "db", "util", "device", "command") if getattr(args, name) is None]
+    if missing:
+        parser.error(f"{', '.join(missing)} required (or --tables-only)")
     for path in (args.db, args.util):
         if not path.is_file():
             parser.error(f"{path} does not exist")

@@ -317,6 +317,27 @@ def close_spares() -> None:
 atexit.register(close_spares)
 
 
+def _drain(stream) -> bytes:
+    """What a pipe holds now, without waiting for more."""
+    os.set_blocking(stream.fileno(), False)
+    try:
+        return stream.read() or b""
+    except OSError:
+        return b""
+
+
+def _stop_after_closing(proc: subprocess.Popen) -> int:
+    """The worker sent its closing message (sandbox/worker.py exits right after it): its exit status is taken as
+    0 and its process is not waited for. A worker on a GPU spends seconds releasing the device as it exits; it is
+    killed and reaped in the background instead, so the caller goes on at once."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    threading.Thread(target=proc.wait, daemon=True, name="sandbox-reaper").start()
+    return 0
+
+
 def run_sandboxed(
     request: dict[str, Any],
     limits: SandboxLimits = SandboxLimits(),
@@ -354,6 +375,7 @@ def run_sandboxed(
     selector.register(read_fd, selectors.EVENT_READ, "msg")
     open_streams = 2
     killed_for: str | None = None
+    closed = False  # the worker's closing message came: its outcome is known, its exit is not waited for
 
     def kill(reason: str) -> None:
         nonlocal killed_for
@@ -416,15 +438,22 @@ def run_sandboxed(
                     answer = on_message(message, payload) if on_message else None
                     if answer is not None:
                         reply(*answer)
+                    closed = closed or message.get("type") == "done"
             except ProtocolError as err:
                 outcome.protocol_error = str(err)[:500]
                 kill("protocol")
+        if closed and not killed_for:
+            break
         if killed_for is None and _rss_bytes(proc.pid) > limits.memory_gb * 2**30:
             kill("memory")
     os.close(read_fd), os.close(reply_write)
     if shared:
         shared.close()
-    returncode = proc.wait()
+    if closed and not killed_for:
+        output += _drain(proc.stdout)
+        returncode = _stop_after_closing(proc)
+    else:
+        returncode = proc.wait()
     outcome.returncode = returncode
     outcome.seconds = time.monotonic() - start
     outcome.output_tail = shown(output[-4000:].decode(errors="replace"), 4000)  # the candidate's prints: no controls
