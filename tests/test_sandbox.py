@@ -169,10 +169,10 @@ def test_a_worker_exiting_early_is_no_success() -> None:
 
 
 def test_a_spare_worker_serves_the_next_run_once_and_fresh() -> None:
-    """With `spare`, a run leaves a started worker waiting for the next run of the same limits: that run gets it
-    (another process than the first, in its own scratch folder, confined), it is never reused, and
-    `close_spares` stops the one left waiting."""
-    from mixerlab.sandbox import _SPARES, close_spares
+    """With `spare`, a run leaves started workers (SPARES_PER_KIND) waiting for the next runs of the same limits:
+    the next run gets the oldest (another process than the first, in its own scratch folder, confined), it is
+    never reused, the waiting ones are topped up, and `close_spares` stops those left waiting."""
+    from mixerlab.sandbox import _SPARES, SPARES_PER_KIND, close_spares
 
     source = ("import os, pathlib\nleft = sorted(p.name for p in pathlib.Path('.').iterdir())\n"
               "pathlib.Path('mine.txt').write_text('x')\n"
@@ -182,14 +182,17 @@ def test_a_spare_worker_serves_the_next_run_once_and_fresh() -> None:
     close_spares()
     try:
         first = run_sandboxed({"kind": "run", "source": source}, limits)
-        waiting = next(iter(_SPARES.values())).proc.pid
+        [waiting] = _SPARES.values()
+        assert len(waiting) == SPARES_PER_KIND >= 2
+        oldest = waiting[0].proc.pid
         second = run_sandboxed({"kind": "run", "source": source}, replace(limits, timeout_s=200))  # same kind of limits
         me = [next(m for m in o.messages if m["type"] == "me") for o in (first, second)]
         assert first.status == second.status == "ok"
-        assert me[1]["pid"] == waiting != me[0]["pid"]
+        assert me[1]["pid"] == oldest != me[0]["pid"]
         assert "mine.txt" not in me[1]["left"] and not me[1]["wrote_outside"]  # nothing of the first run; confined
-        assert len(_SPARES) == 1 and next(iter(_SPARES.values())).proc.pid not in (me[0]["pid"], me[1]["pid"])
-        spare = next(iter(_SPARES.values())).proc
+        [waiting] = _SPARES.values()
+        assert len(waiting) == SPARES_PER_KIND and not {w.proc.pid for w in waiting} & {me[0]["pid"], me[1]["pid"]}
+        spares = [w.proc for w in waiting]
     finally:
         close_spares()
-    assert not _SPARES and spare.poll() is not None
+    assert not _SPARES and all(spare.poll() is not None for spare in spares)

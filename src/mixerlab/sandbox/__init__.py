@@ -266,9 +266,12 @@ def _launch(limits: SandboxLimits, shared_slot_bytes: int, cpu_seconds: float) -
     return _Worker(proc, scratch, read_fd, reply_write, shared, confinement.summary(), confinement.network_namespace)
 
 
-# Spare workers (limits.spare): one started worker per kind of limits, waiting for the next request of that kind.
-# Each serves one request and is never reused, so no candidate sees another's process.
-_SPARES: dict[tuple, _Worker] = {}
+# Spare workers (limits.spare): started workers of each kind of limits, waiting for the next requests of that kind.
+# Each serves one request and is never reused, so no candidate sees another's process. A GPU worker takes ~9 s to
+# start (more with its work ahead); one spare was not ready for every other candidate when the loop asks for a
+# worker every ~10 s (benchmarks/results/loop_speed_notes.md), so each kind keeps two, the oldest taken first.
+SPARES_PER_KIND = 2
+_SPARES: dict[tuple, list[_Worker]] = {}
 _SPARES_LOCK = threading.Lock()
 SPARE_CPU_SECONDS = 24 * 3600.0  # a spare's CPU-time limit until it is taken (then its request's, see `_take`)
 
@@ -278,16 +281,21 @@ def _cpu_limit(limits: SandboxLimits) -> float:
 
 
 def _take(limits: SandboxLimits, shared_slot_bytes: int) -> _Worker | str:
-    """A worker for one request: a waiting spare of these limits where there is one (then another spare is
-    started for the next request), else a fresh one."""
+    """A worker for one request: the oldest waiting spare of these limits where there is one (then the spares are
+    topped up for the next requests), else a fresh one."""
     if not limits.spare:
         return _launch(limits, shared_slot_bytes, _cpu_limit(limits))
     key = (replace(limits, timeout_s=0.0), shared_slot_bytes)
-    with _SPARES_LOCK:
-        worker = _SPARES.pop(key, None)
-    if worker is not None and worker.proc.poll() is not None:  # it died waiting (killed from outside)
-        worker.discard()
-        worker = None
+    worker = None
+    while worker is None:
+        with _SPARES_LOCK:
+            waiting = _SPARES.setdefault(key, [])
+            worker = waiting.pop(0) if waiting else None
+        if worker is None:
+            break
+        if worker.proc.poll() is not None:  # it died waiting (killed from outside)
+            worker.discard()
+            worker = None
     if worker is not None:
         try:  # the request's CPU-time limit, with room for what the spare spent starting
             cpu = int(_cpu_limit(limits) + 60)
@@ -296,19 +304,26 @@ def _take(limits: SandboxLimits, shared_slot_bytes: int) -> _Worker | str:
             pass
     else:
         worker = _launch(limits, shared_slot_bytes, _cpu_limit(limits))
-    spare = _launch(limits, shared_slot_bytes, SPARE_CPU_SECONDS)
-    if isinstance(spare, _Worker):
+    with _SPARES_LOCK:
+        missing = SPARES_PER_KIND - len(_SPARES.get(key, []))
+    for _ in range(missing):
+        spare = _launch(limits, shared_slot_bytes, SPARE_CPU_SECONDS)
+        if not isinstance(spare, _Worker):
+            break
         with _SPARES_LOCK:
-            spare, _SPARES[key] = _SPARES.get(key), spare
-        if spare is not None:
-            spare.discard()
+            waiting = _SPARES.setdefault(key, [])
+            extra = spare if len(waiting) >= SPARES_PER_KIND else None  # another thread topped it up meanwhile
+            if extra is None:
+                waiting.append(spare)
+        if extra is not None:
+            extra.discard()
     return worker
 
 
 def close_spares() -> None:
     """Stop every waiting spare worker (at exit, and when an executor closes)."""
     with _SPARES_LOCK:
-        spares = list(_SPARES.values())
+        spares = [worker for waiting in _SPARES.values() for worker in waiting]
         _SPARES.clear()
     for worker in spares:
         worker.discard()
