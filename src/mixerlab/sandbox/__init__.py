@@ -67,7 +67,7 @@ class SandboxLimits:
     isolate_network: bool = True
     confine: bool = True  # Landlock + seccomp (sandbox/confine.py); off only to test the layers one by one
     spare: bool = False  # keep a started worker of these limits waiting for the next run (a GPU worker's start is ~9 s)
-    # trusted work the worker does before it reads its request (a spare: while it waits), by name (worker.AHEAD)
+    # trusted work the worker does before it reads its request (a spare: while it waits), by name (entry.AHEAD)
     ahead: tuple[str, ...] = ()
 
     @classmethod
