@@ -300,3 +300,30 @@ def test_groups_trained_at_once_on_cuda_train_as_one_at_a_time() -> None:
     print(f"relative train-loss drift over 8 epochs: run to run {noise:.2e}, three groups at once {together:.2e}")
     assert first_epoch(runs["alone"], runs["together"]) < 2e-3
     assert together <= 3 * noise + 2e-3, (noise, together)
+
+
+def test_a_spare_that_trained_its_warm_up_ahead_on_cuda_scores_as_a_fresh_worker() -> None:
+    """On a GPU a spare evaluation worker trains the DeltaNet template at the profile's shapes while it waits
+    (SandboxLimits.for_evaluation, evaluate/remote.py warm_up_training); the candidate's evaluation after it
+    scores as a fresh worker's (within run-to-run drift: CUDA's atomics make two runs differ in the last bits)."""
+    from mixerlab.config import get_profile
+    from mixerlab.evaluate.runner import EvalOptions
+    from mixerlab.evaluate.sandboxed import evaluate_untrusted
+    from mixerlab.mixers import builtin_spec
+    from mixerlab.sandbox import SandboxLimits, close_spares
+
+    options = EvalOptions(tasks=(Task.context_recall, Task.compress), device="cuda")
+    spec, profile = builtin_spec("delta_net"), get_profile("tiny")
+    fresh = evaluate_untrusted(spec, profile, options, SandboxLimits.for_evaluation(600, 0), cuda_device=0)
+    warmed = SandboxLimits.for_evaluation(600, 0, spare=True, profile="tiny")
+    assert warmed.ahead == ("train-warm-up:tiny",)
+    close_spares()
+    try:
+        runs = [evaluate_untrusted(spec, profile, options, warmed, cuda_device=0) for _ in range(2)]  # then a spare's
+    finally:
+        close_spares()
+    assert fresh.ok and all(run.ok for run in runs), [fresh.error] + [run.error for run in runs]
+    for run in runs:
+        assert run.audit["probes_checked"] > 0
+        for task, score in fresh.report.row().items():
+            assert abs(run.report.row()[task] - score) < 0.02, (task, run.report.row(), fresh.report.row())
