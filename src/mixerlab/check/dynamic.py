@@ -403,8 +403,7 @@ def check_cost(module: nn.Module, d_model: int, lengths: tuple[int, ...] = COST_
     Time is measured as training runs (train mode, recording the graph for a backward), the largest tensor in
     both modes: a mixer cannot be linear only where it is looked at.
     """
-    gen = torch.Generator().manual_seed(COST_INPUT_SEED)
-    inputs = [torch.randn(2, length, d_model, generator=gen) for length in lengths]
+    gen, inputs = _cost_inputs(d_model, lengths)
     largest = []
     for length, x in zip(lengths, inputs):
         sizes = []
@@ -475,10 +474,16 @@ def time_reference_ahead(d_model: int = 128, lengths: tuple[int, ...] = COST_LEN
     """Time the reference DeltaNet for the cost check's first round before any candidate exists: a check worker
     does it while it waits for its request (sandbox/worker.py), so a candidate's check times only the candidate.
     A failing or borderline first round times both again, side by side (check_cost)."""
-    gen = torch.Generator().manual_seed(COST_INPUT_SEED)
-    inputs = [torch.randn(2, length, d_model, generator=gen) for length in lengths]
+    _, inputs = _cost_inputs(d_model, lengths)
     reference = _reference_mixer(d_model).train(train_mode)
     _REFERENCE_TIMES[(d_model, tuple(lengths), train_mode)] = _fastest(reference, inputs, [math.inf] * len(inputs))
+
+
+def _cost_inputs(d_model: int, lengths: tuple[int, ...]) -> tuple[torch.Generator, list[torch.Tensor]]:
+    """The cost check's inputs (the same for the candidate and the reference timed ahead), and the generator that
+    draws any longer ones."""
+    gen = torch.Generator().manual_seed(COST_INPUT_SEED)
+    return gen, [torch.randn(2, length, d_model, generator=gen) for length in lengths]
 
 
 def _fastest(module: nn.Module, inputs: list[torch.Tensor], best: list[float]) -> list[float]:
