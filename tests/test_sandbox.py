@@ -196,3 +196,26 @@ def test_a_spare_worker_serves_the_next_run_once_and_fresh() -> None:
     finally:
         close_spares()
     assert not _SPARES and all(spare.poll() is not None for spare in spares)
+
+
+def test_spares_started_ahead_serve_the_first_run() -> None:
+    """`start_spares` fills the pool before any request (the loop does so before its baselines train), so the first
+    run of that kind is served by a waiting worker, not a fresh start; limits without `spare` start nothing."""
+    from mixerlab.sandbox import _SPARES, SPARES_PER_KIND, close_spares, start_spares
+
+    source = "import os\nsend({'type': 'me', 'pid': os.getpid()})"
+    close_spares()
+    try:
+        start_spares(replace(LIMITS, timeout_s=100))
+        assert not _SPARES
+        limits = replace(LIMITS, spare=True, timeout_s=100)
+        start_spares(limits)
+        start_spares(limits)  # already full: no more
+        [waiting] = _SPARES.values()
+        assert len(waiting) == SPARES_PER_KIND
+        ahead = [w.proc.pid for w in waiting]
+        first = run_sandboxed({"kind": "run", "source": source}, replace(limits, timeout_s=50))
+        assert first.status == "ok"
+        assert next(m for m in first.messages if m["type"] == "me")["pid"] == ahead[0]
+    finally:
+        close_spares()

@@ -43,6 +43,7 @@ class FakeExecutor:
         self.scores = scores or {}
         self.checked: list[tuple[str, Conditions | None]] = []
         self.evaluated: list[str] = []
+        self.prepared: list[tuple[str, int]] = []  # (profile, evaluations before it)
 
     def check(self, spec, known, slot, conditions=None) -> CheckReport:
         self.checked.append((spec.name, conditions))
@@ -62,6 +63,9 @@ class FakeExecutor:
                             tasks=tasks, trainings=0, trained_now=0, from_cache=0, wall_seconds=0.0, optimizer_steps=0,
                             steps_per_second=0.0, lr_schedule="cosine")
         return EvalOutcome(ok=True, report=report)
+
+    def prepare(self, profile: str) -> None:
+        self.prepared.append((profile, len(self.evaluated)))
 
     def close(self) -> None:
         pass
@@ -302,3 +306,4 @@ def test_proposal_threads_hand_out_each_iteration_once(tmp_path: Path) -> None:
     assert sorted(e.iteration for e in candidates) == [1, 2, 3, 4] and {e.status for e in candidates} == {"done"}
     assert len({e.name for e in candidates}) == 4 and len({(e.parent_id, tuple(e.edits)) for e in candidates}) == 4
     assert loop.store.runs()[0].status == "finished" and len(executor.evaluated) == 6
+    assert executor.prepared == [("smoke", 0)]  # the run's spares start before the baselines train

@@ -53,6 +53,12 @@ class SandboxedEvaluation:
         return not self.error and self.report is not None
 
 
+def shared_slot_bytes(device: str, shared_logits: bool = True) -> int:
+    """The shared-memory slot size of an evaluation's worker: logits come through shared memory on CUDA (where
+    they are large), through the pipe elsewhere (0). Part of a spare worker's kind (sandbox.start_spares)."""
+    return SLOT_BYTES if shared_logits and device.startswith("cuda") else 0
+
+
 def evaluate_untrusted(
     spec: MixerSpec,
     profile: Profile,
@@ -134,8 +140,7 @@ def evaluate_untrusted(
                 parent["parent scoring"] += time.perf_counter() - began
 
         outcome = run_sandboxed(payload, limits, handle, files=files,
-                                shared_slot_bytes=SLOT_BYTES if options.shared_logits and options.device.startswith("cuda")
-                                else 0)
+                                shared_slot_bytes=shared_slot_bytes(options.device, options.shared_logits))
         if scorer.failure or outcome.status != "ok":
             stop.set()
         return _Share(scorer, outcome, parent)

@@ -68,6 +68,10 @@ class Executor(Protocol):
         the caller's side for every finished training, as soon as it is known; only the caller writes the
         database. `progress` (evaluate.runner.Progress) follows trainings and steps where the executor can."""
 
+    def prepare(self, profile: str) -> None:
+        """Start ahead what the run's first checks and evaluations on `profile` will need (the local executor's
+        spare workers on a GPU), so that they do not wait for it. May do nothing."""
+
     def close(self) -> None:
         """Release resources (processes, cluster connections)."""
 

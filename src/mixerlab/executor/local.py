@@ -7,7 +7,8 @@ from __future__ import annotations
 from mixerlab.check import CheckReport, Conditions, check_candidate
 from mixerlab.config import available_cpus
 from mixerlab.mixers.loading import MixerSpec
-from mixerlab.sandbox import SandboxLimits, close_spares
+from mixerlab.evaluate.sandboxed import shared_slot_bytes
+from mixerlab.sandbox import SandboxLimits, close_spares, start_spares
 
 from .base import EvalOutcome, EvaluationJob, TrainingCallback, run_evaluation
 
@@ -27,19 +28,32 @@ class LocalExecutor:
     def _gpu(self, slot: int) -> int | None:
         return slot % self.gpus if self.device.startswith("cuda") and self.gpus > 0 else None
 
+    def _check_limits(self, gpu: int | None) -> SandboxLimits:
+        # the checks run where the evaluation will: on the GPU, on a worker started ahead (SandboxLimits.spare)
+        return SandboxLimits.for_checks(self.check_limits, gpu, 1 / self.workers_per_gpu, spare=gpu is not None)
+
+    def _evaluation_limits(self, gpu: int | None, timeout_s: float, profile: str) -> SandboxLimits:
+        # on a GPU the next candidate's worker starts (torch, CUDA: ~9 s) while this one trains
+        return SandboxLimits.for_evaluation(timeout_s, gpu, 1 / self.workers_per_gpu, self.eval_memory_gb,
+                                            self.cpu_threads, spare=gpu is not None, profile=profile)
+
+    def prepare(self, profile: str) -> None:
+        """On a GPU, start the spare check and evaluation workers of every GPU now: the first candidate's checks
+        would otherwise wait for a worker's start (~9 s, and its work ahead), as the baselines train."""
+        for gpu in sorted({self._gpu(slot) for slot in range(max(1, self.gpus))} - {None}):
+            start_spares(self._check_limits(gpu))
+            start_spares(self._evaluation_limits(gpu, 0.0, profile), shared_slot_bytes("cuda"))
+
     def check(self, spec: MixerSpec, known: dict[str, str], slot: int, conditions: Conditions | None = None) -> CheckReport:
         gpu = self._gpu(slot)
-        # the checks run where the evaluation will: on the GPU, on a worker started ahead (SandboxLimits.spare)
-        limits = SandboxLimits.for_checks(self.check_limits, gpu, 1 / self.workers_per_gpu, spare=gpu is not None)
+        limits = self._check_limits(gpu)
         conditions = (conditions or self.conditions).model_copy(update={"device": "cuda" if gpu is not None else "cpu"})
         return check_candidate(spec, known=known, limits=limits, conditions=conditions)
 
     def evaluate(self, spec: MixerSpec, job: EvaluationJob, on_training: TrainingCallback, slot: int,
                  progress=None) -> EvalOutcome:
         gpu = self._gpu(slot)
-        # on a GPU the next candidate's worker starts (torch, CUDA: ~9 s) while this one trains
-        limits = SandboxLimits.for_evaluation(job.timeout_s, gpu, 1 / self.workers_per_gpu, self.eval_memory_gb,
-                                              self.cpu_threads, spare=gpu is not None, profile=job.profile)
+        limits = self._evaluation_limits(gpu, job.timeout_s, job.profile)
         return run_evaluation(spec, job, "cuda" if gpu is not None else "cpu", limits, on_training, cuda_device=gpu,
                               progress=progress)
 

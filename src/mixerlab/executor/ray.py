@@ -125,6 +125,9 @@ class RayExecutor:
         merged.seconds = time.monotonic() - start
         return merged
 
+    def prepare(self, profile: str) -> None:
+        """Nothing: each Ray task starts its own sandboxed worker on the node that runs it."""
+
     def close(self) -> None:
         if ray.is_initialized():
             ray.shutdown()

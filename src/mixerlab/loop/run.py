@@ -115,6 +115,7 @@ class ResearchLoop:
         with LoopProgress(Console(stderr=True, soft_wrap=True)) as progress:  # logs on stderr, blocks on stdout
             state.progress = progress
             try:
+                self.executor.prepare(self.config.profile)  # a GPU's spare workers start as the baselines train
                 self.ensure_baselines(state)
                 self.resume_unfinished(state)
                 self.pipeline(state)

@@ -285,7 +285,7 @@ def _take(limits: SandboxLimits, shared_slot_bytes: int) -> _Worker | str:
     topped up for the next requests), else a fresh one."""
     if not limits.spare:
         return _launch(limits, shared_slot_bytes, _cpu_limit(limits))
-    key = (replace(limits, timeout_s=0.0), shared_slot_bytes)
+    key = _spare_key(limits, shared_slot_bytes)
     worker = None
     while worker is None:
         with _SPARES_LOCK:
@@ -304,6 +304,23 @@ def _take(limits: SandboxLimits, shared_slot_bytes: int) -> _Worker | str:
             pass
     else:
         worker = _launch(limits, shared_slot_bytes, _cpu_limit(limits))
+    _top_up(key, limits, shared_slot_bytes)
+    return worker
+
+
+def start_spares(limits: SandboxLimits, shared_slot_bytes: int = 0) -> None:
+    """Start the spares of these limits now (up to SPARES_PER_KIND waiting), so that the first request of their
+    kind finds one ready instead of waiting for a worker's start. Nothing for limits without `spare`."""
+    if limits.spare:
+        _top_up(_spare_key(limits, shared_slot_bytes), limits, shared_slot_bytes)
+
+
+def _spare_key(limits: SandboxLimits, shared_slot_bytes: int) -> tuple:
+    """What makes two requests' workers interchangeable (a request sets its own time limit when it takes one)."""
+    return replace(limits, timeout_s=0.0), shared_slot_bytes
+
+
+def _top_up(key: tuple, limits: SandboxLimits, shared_slot_bytes: int) -> None:
     with _SPARES_LOCK:
         missing = SPARES_PER_KIND - len(_SPARES.get(key, []))
     for _ in range(missing):
@@ -317,7 +334,6 @@ def _take(limits: SandboxLimits, shared_slot_bytes: int) -> _Worker | str:
                 waiting.append(spare)
         if extra is not None:
             extra.discard()
-    return worker
 
 
 def close_spares() -> None:
