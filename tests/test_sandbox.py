@@ -219,3 +219,35 @@ def test_spares_started_ahead_serve_the_first_run() -> None:
         assert next(m for m in first.messages if m["type"] == "me")["pid"] == ahead[0]
     finally:
         close_spares()
+
+
+def test_the_spares_prepare_starts_are_the_kinds_checks_and_evaluations_take(monkeypatch) -> None:
+    """The local executor's `prepare` on a GPU starts spares under the very key (limits and shared-memory slot) that
+    its checks and evaluations then ask for; a mismatch would leave them waiting unused. No GPU needed: the pool is
+    observed, no worker is started."""
+    import mixerlab.sandbox as sandbox
+    from mixerlab.executor import EvaluationJob
+    from mixerlab.executor.local import LocalExecutor
+    from mixerlab.mixers import MixerSpec, builtin_spec
+
+    started, taken = [], []
+    monkeypatch.setattr(sandbox, "_top_up", lambda key, limits, slot_bytes: started.append(key))
+
+    def take(limits, slot_bytes):
+        taken.append(sandbox._spare_key(limits, slot_bytes))
+        return "no worker in this test"
+
+    monkeypatch.setattr(sandbox, "_take", take)
+    executor = LocalExecutor(device="cuda", gpus=1)
+    executor.prepare("tiny")
+    template = builtin_spec("delta_net")
+    edit = ("u_i = u[:, :, i] - w[:, :, i] @ state", "u_i = torch.tanh(u[:, :, i] - w[:, :, i] @ state)")
+    assert edit[0] in template.source
+    spec = MixerSpec("tanh_on_error", template.source.replace(*edit), "tanh_on_error.py")  # new code: passes novelty
+    report = executor.check(spec, {}, slot=0)
+    assert report.checks[1].name == "novelty" and report.checks[1].status == "pass"
+    outcome = executor.evaluate(spec, EvaluationJob(profile="tiny", tasks=["memorize"], timeout_s=600.0),
+                                lambda result: None, slot=0)
+    assert not outcome.ok and "no worker in this test" in (outcome.error or "")
+    assert len(started) == 2 and started[0] != started[1]
+    assert taken == started  # the checks' kind, then the evaluation's
