@@ -40,7 +40,7 @@ class LocalExecutor:
     def prepare(self, profile: str) -> None:
         """On a GPU, start the spare check and evaluation workers of every GPU now: the first candidate's checks
         would otherwise wait for a worker's start (~9 s, and its work ahead), as the baselines train."""
-        for gpu in sorted({self._gpu(slot) for slot in range(max(1, self.gpus))} - {None}):
+        for gpu in sorted({self._gpu(slot) for slot in range(self.gpus)} - {None}):
             start_spares(self._check_limits(gpu))
             start_spares(self._evaluation_limits(gpu, 0.0, profile), shared_slot_bytes("cuda"))
 

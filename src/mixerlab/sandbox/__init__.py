@@ -286,16 +286,13 @@ def _take(limits: SandboxLimits, shared_slot_bytes: int) -> _Worker | str:
     if not limits.spare:
         return _launch(limits, shared_slot_bytes, _cpu_limit(limits))
     key = _spare_key(limits, shared_slot_bytes)
-    worker = None
-    while worker is None:
+    while True:
         with _SPARES_LOCK:
-            waiting = _SPARES.setdefault(key, [])
+            waiting = _SPARES.get(key)
             worker = waiting.pop(0) if waiting else None
-        if worker is None:
+        if worker is None or worker.proc.poll() is None:
             break
-        if worker.proc.poll() is not None:  # it died waiting (killed from outside)
-            worker.discard()
-            worker = None
+        worker.discard()  # it died waiting (killed from outside): try the next
     if worker is not None:
         try:  # the request's CPU-time limit, with room for what the spare spent starting
             cpu = int(_cpu_limit(limits) + 60)
