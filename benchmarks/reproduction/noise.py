@@ -6,6 +6,10 @@
     python benchmarks/reproduction/noise.py --profile quick --device cuda --tasks memorize --mixers delta_net --compile
         (a costly profile a task at a time: tasks measured earlier on the same hardware with as many seeds are kept;
         until all six are measured the six-task mean has no yardstick)
+    python benchmarks/reproduction/noise.py --profile quick --device cuda --seeds 3 --tasks context_recall,noisy_recall
+        --mixers delta_net --compile --concurrent-groups 4 --cache noise.sqlite --time-limit 480
+        (in parts, e.g. across lent-GPU calls: each stops cleanly after --time-limit, and the same command with the
+        same cache continues; the measurement is written once every training is in)
 
 Both baselines are trained with `--seeds N` (each seed draws its own data, shuffles and initial weights);
 finished trainings come from the result cache (`--cache`), so a measurement can be rerun for free.
@@ -51,6 +55,11 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(t.value for t in TASK_ORDER), help="comma-separated tasks")
     parser.add_argument("--mixers", default="delta_net,gated_delta_net", help="comma-separated baselines")
     parser.add_argument("--compile", action="store_true", help="CUDA: torch.compile long groups, as `eval --compile`")
+    parser.add_argument("--concurrent-groups", type=int, default=1,
+                        help="groups training at once on the device, as `eval --concurrent-groups` (same results)")
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="seconds: stop cleanly after it; finished trainings stay in --cache, so the same command "
+                        "continues (on a lent GPU, carry the cache to the next call)")
     args = parser.parse_args()
     try:
         tasks = tuple(parse_task(t) for t in args.tasks.split(","))
@@ -61,17 +70,22 @@ def main() -> None:
         parser.error(f"--mixers: {err} is not a baseline; use delta_net and/or gated_delta_net")
     if args.cached_only and not args.cache:
         parser.error("--cached-only reads the trainings from a cache: give --cache FILE.sqlite")
+    if args.time_limit is not None and (args.time_limit <= 0 or not args.cache):
+        parser.error("--time-limit needs a positive number of seconds and a --cache to keep what finished")
+    if not 1 <= args.concurrent_groups <= 64:
+        parser.error("--concurrent-groups: give 1-64 groups")
     profile = get_profile(args.profile)
     cache = ResultCache(args.cache) if args.cache else None
     numerics = "bf16" if args.device.startswith("cuda") else "fp32"
     scores = {}
     for spec in mixers:
         options = EvalOptions(tasks=tasks, seeds=args.seeds, device=args.device, train=not args.cached_only,
-                              compile_step=args.compile)
+                              compile_step=args.compile, concurrent_groups=args.concurrent_groups,
+                              time_limit=args.time_limit)
         report = evaluate_mixer(spec, profile, options, cache=cache)
         if report.incomplete:
             raise SystemExit(f"{spec.name}: {report.incomplete} trainings are missing"
-                             + (" from the cache" if args.cached_only else " (did not finish); run again"))
+                             + (" from the cache" if args.cached_only else " (did not finish); run the same command again"))
         scores[report.mixer] = {task: score.seeds for task, score in report.tasks.items()}
         print(f"{report.mixer}: " + ", ".join(f"{t} {s.mean:.4f}+-{s.std:.4f}" for t, s in report.tasks.items()))
     command = f"python benchmarks/reproduction/noise.py --profile {args.profile} --device {args.device} --seeds {args.seeds}"
