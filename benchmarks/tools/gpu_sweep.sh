@@ -55,10 +55,8 @@ HOME_MIXERS=${HOME_MIXERS:-delta_net gated_delta_net}  # whose standing `home` p
 CARRY=${CARRY:-.carry}
 
 python_env() {
-    # only where pydantic is missing (the GPU image): the wheels are built for its Python 3.12
-    if [ -d .whl ] && [ ! -d "$WORK/site" ] && ! python3 -c "import pydantic" 2>/dev/null; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" .whl/*.whl
-    fi
+    # the modules the GPU image lacks, from the carried .whl (benchmarks/tools/gpu_env.sh), once per machine
+    if [ -d .whl ] && [ ! -d "$WORK/site" ]; then source benchmarks/tools/gpu_env.sh install "$WORK/site"; fi
     export PYTHONPATH="$WORK/site:$PWD/src" PYTHONUNBUFFERED=1
 }
 
@@ -150,14 +148,7 @@ bring_home() {  # DIR: what a poll returned -> the committed results file and .c
 }
 
 case "${1:-}" in
-wheels)  # not in the GPU image (Python 3.12 there): pydantic and its parts, fla's kernels, pytest (tests/test_gpu.py)
-    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-        pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-        fla-core==0.6.0 einops==0.8.2 \
-        pytest==8.4.2 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.4 pytest-timeout==2.4.0
-    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
-    ls .whl ;;
+wheels) bash benchmarks/tools/gpu_env.sh wheels ;;  # here, once: what the GPU image lacks -> .whl/
 start) shift; start_sweep "$@" ;;
 poll) poll_sweep "${2:-500}" ;;
 cycle)  # SECONDS counts from here: the start's imports and the poll share it
