@@ -50,7 +50,7 @@ gpu_env_install() {
     done
     if [ ${#files[@]} -gt 0 ]; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "${files[@]}" \
-            || { echo "gpu_env: pip could not install ${missing[*]} from .whl (run \`bash $0 wheels\` here and carry .whl)" >&2; return 1; }
+            || { echo "gpu_env: pip could not install ${missing[*]} from .whl (run \`bash benchmarks/tools/gpu_env.sh wheels\` here and carry .whl)" >&2; return 1; }
     fi
     echo "gpu_env: installed into $site for the missing modules: ${missing[*]:-none}"
     export PYTHONPATH="$site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
