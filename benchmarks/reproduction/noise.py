@@ -4,8 +4,8 @@
         -> src/mixerlab/data/noise.json (the measurement, merged with the other profiles')
         -> benchmarks/results/noise.md (per task and of the six-task mean, with each baseline's seeds)
     python benchmarks/reproduction/noise.py --profile quick --device cuda --tasks memorize --mixers delta_net --compile
-        (a costly profile a task at a time: tasks measured earlier on the same hardware with as many seeds are kept;
-        until all six are measured the six-task mean has no yardstick)
+        (a costly profile a task at a time: tasks measured earlier with as many seeds are kept, and the hardware label
+        says which ran where; until all six are measured the six-task mean has no yardstick)
     python benchmarks/reproduction/noise.py --profile quick --device cuda --seeds 3 --tasks context_recall,noisy_recall
         --mixers delta_net --compile --concurrent-groups 4 --cache noise.sqlite --time-limit 480
         (in parts, e.g. across lent-GPU calls: each stops cleanly after --time-limit, and the same command with the
@@ -113,15 +113,25 @@ def main() -> None:
 
 
 def merged(old: Measurement, new: Measurement) -> Measurement:
-    """A measurement of some tasks added to an earlier one of other tasks (same hardware and seeds: one
-    yardstick); otherwise the new one replaces it."""
-    if (old.hardware, old.seeds) != (new.hardware, new.seeds):
+    """A measurement of some tasks added to an earlier one of other tasks with as many seeds (one table per profile).
+    Where they ran on other hardware (e.g. a task finished on another lent GPU), the label says which tasks ran
+    where. With other seeds the new one replaces it."""
+    if old.seeds != new.seeds:
         return new
     scores = {mixer: dict(per_task) for mixer, per_task in old.scores.items()}
     for mixer, per_task in new.scores.items():
         scores.setdefault(mixer, {}).update(per_task)
     commands = old.command if new.command in old.command.split("; ") else f"{old.command}; {new.command}"
-    return new.model_copy(update={"scores": scores, "command": commands})
+    hardware = new.hardware
+    if old.hardware != new.hardware:
+        new_tasks = {task for per_task in new.scores.values() for task in per_task}
+        old_tasks = sorted({task for per_task in old.scores.values() for task in per_task} - new_tasks)
+        where = f"{', '.join(sorted(new_tasks))}: {new.hardware}"
+        if ": " in old.hardware:  # already labelled per task
+            hardware = f"{old.hardware}; {where}"
+        else:
+            hardware = (f"{', '.join(old_tasks)}: {old.hardware}; " if old_tasks else "") + where
+    return new.model_copy(update={"scores": scores, "command": commands, "hardware": hardware})
 
 
 def write_markdown(measurements: list[Measurement]) -> None:
