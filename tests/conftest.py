@@ -133,3 +133,37 @@ def baseline_cache(shared_cache: Path, tmp_path: Path) -> Path:
     source.close()
     target.close()
     return path
+
+
+@pytest.fixture(scope="session")
+def smoke_baselines(run_root: Path) -> Path:
+    """Both baselines' `smoke` trainings on this CPU, trained once per test run (the first worker to ask trains
+    them, the other waits on the lock)."""
+    path, done = run_root / "smoke-baselines.sqlite", run_root / "smoke-baselines.done"
+    with FileLock(str(run_root / "smoke-baselines.lock")):
+        if not done.exists():
+            for name in ("delta_net", "gated_delta_net"):
+                proc = subprocess.run([sys.executable, "-m", "mixerlab.cli", "eval", "--mixer", name, "--profile", "smoke",
+                                       "--device", "cpu", "--cache", str(path)], capture_output=True, text=True, timeout=600)
+                assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+            done.touch()
+    return path
+
+
+@pytest.fixture
+def smoke_baseline_cache(smoke_baselines: Path, tmp_path: Path) -> Path:
+    """A new cache holding both baselines' `smoke` trainings: a discovery run on it trains only its candidates
+    (the tests of a kill, a resume or a retry are about the candidates; the baselines' evaluations only cost time)."""
+    from mixerlab.evaluate import ResultCache
+    from mixerlab.mixers import builtin_spec
+
+    source, path = ResultCache(smoke_baselines), tmp_path / "smoke-baselines.sqlite"
+    target = ResultCache(path)
+    for name in ("delta_net", "gated_delta_net"):
+        rows = tmp_path / f"{name}.jsonl"
+        source.export_jsonl(rows, builtin_spec(name).code_hash)
+        target.import_jsonl(rows)
+    assert target.count() == 12, "smoke trains 6 trainings per baseline"
+    source.close()
+    target.close()
+    return path

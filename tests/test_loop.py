@@ -122,10 +122,10 @@ def kill_and_resume(run_dir: Path, db_url: str, status: str, cache: Path, extra:
     return interrupted, resumed
 
 
-def test_resume_after_kill_9_on_sqlite(tmp_path: Path) -> None:
-    run_dir, cache = tmp_path / "run", tmp_path / "cache.sqlite"
+def test_resume_after_kill_9_on_sqlite(tmp_path: Path, smoke_baseline_cache: Path) -> None:
+    run_dir, cache = tmp_path / "run", smoke_baseline_cache
     db = f"sqlite:///{run_dir / 'mixerlab.db'}"
-    # nothing is in the cache: the kill lands in the middle of a candidate's real evaluation
+    # only the baselines are in the cache: the kill lands in the middle of a candidate's real evaluation
     interrupted, resumed = kill_and_resume(run_dir, db, "evaluating", cache, [])
     # by default the catalog proposes only after the previous result (it proposes instantly, so nothing is proposed
     # ahead): the resumed run finishes iteration 1, then iteration 2 is proposed and sees its scores
@@ -140,11 +140,11 @@ def test_resume_after_kill_9_on_sqlite(tmp_path: Path) -> None:
     assert {name: n for _, name, n in store.mixers()}[interrupted] == 6
 
 
-def test_resume_after_kill_9_on_postgresql(tmp_path: Path) -> None:
+def test_resume_after_kill_9_on_postgresql(tmp_path: Path, smoke_baseline_cache: Path) -> None:
     with postgres_server() as url:
         # one iteration: the kill lands in its checks (what a PostgreSQL record must survive); the SQLite test above
         # covers what a second iteration sees after a resume
-        kill_and_resume(tmp_path / "run", url, "checking", tmp_path / "cache.sqlite", ["--db", url], iterations=1)
+        kill_and_resume(tmp_path / "run", url, "checking", smoke_baseline_cache, ["--db", url], iterations=1)
 
 
 def test_llm_loop_on_a_real_server_records_failures_with_reasons(tmp_path: Path, shared_cache: Path) -> None:

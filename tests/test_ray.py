@@ -52,8 +52,8 @@ def ray_task_pids() -> list[int]:
     return [int(line.split()[0]) for line in out.splitlines() if "ray::_evaluation_task" in line]
 
 
-def test_a_killed_worker_is_retried_and_nothing_is_lost(tmp_path: Path) -> None:
-    run_dir, cache = tmp_path / "run", tmp_path / "cache.sqlite"  # empty: every training runs on Ray
+def test_a_killed_worker_is_retried_and_nothing_is_lost(tmp_path: Path, smoke_baseline_cache: Path) -> None:
+    run_dir, cache = tmp_path / "run", smoke_baseline_cache  # the baselines' trainings are in: the candidate's run on Ray
     killed: list[int] = []
 
     def killer() -> None:  # kill the first Ray worker seen evaluating, once, while it still is
