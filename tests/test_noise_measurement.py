@@ -27,10 +27,12 @@ def test_tasks_measured_on_other_hardware_are_kept_and_the_label_says_which_ran_
     assert set(other.scores["delta_net_4layer"]) == {"memorize", "context_recall"}
     assert other.hardware == "memorize: H100; context_recall: H200"
     assert other.command == "measure on H100; measure on H200"
-    # a third part on yet another machine adds its own label; a re-measured task takes the new figures
-    third = script.merged(other, measurement("A100", {"memorize": [0.1, 0.2, 0.3]}))
-    assert third.hardware == "memorize: H100; context_recall: H200; memorize: A100"
+    # a task measured again takes the new figures and the new machine's name
+    third = script.merged(other, measurement("A100", {"memorize": [0.1, 0.2, 0.3], "compress": [0.4, 0.5, 0.6]}))
+    assert third.hardware == "compress, memorize: A100; context_recall: H200"
     assert third.scores["delta_net_4layer"]["memorize"] == [0.1, 0.2, 0.3]
+    back = script.merged(third, measurement("H200", {"compress": [0.4, 0.5, 0.6], "memorize": [0.3, 0.3, 0.3]}))
+    assert back.hardware == "H200"  # every task now measured on one machine: a plain label again
 
     replaced = script.merged(old, measurement("H200", {"context_recall": [0.99, 0.98]}, seeds=2))
     assert replaced.hardware == "H200" and set(replaced.scores["delta_net_4layer"]) == {"context_recall"}

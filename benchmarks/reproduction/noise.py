@@ -122,16 +122,22 @@ def merged(old: Measurement, new: Measurement) -> Measurement:
     for mixer, per_task in new.scores.items():
         scores.setdefault(mixer, {}).update(per_task)
     commands = old.command if new.command in old.command.split("; ") else f"{old.command}; {new.command}"
-    hardware = new.hardware
-    if old.hardware != new.hardware:
-        new_tasks = {task for per_task in new.scores.values() for task in per_task}
-        old_tasks = sorted({task for per_task in old.scores.values() for task in per_task} - new_tasks)
-        where = f"{', '.join(sorted(new_tasks))}: {new.hardware}"
-        if ": " in old.hardware:  # already labelled per task
-            hardware = f"{old.hardware}; {where}"
-        else:
-            hardware = (f"{', '.join(old_tasks)}: {old.hardware}; " if old_tasks else "") + where
+    where = hardware_per_task(old)
+    where.update({task: new.hardware for per_task in new.scores.values() for task in per_task})
+    machines = list(dict.fromkeys(where.values()))
+    hardware = machines[0] if len(machines) == 1 else "; ".join(
+        f"{', '.join(sorted(t for t, h in where.items() if h == machine))}: {machine}" for machine in machines)
     return new.model_copy(update={"scores": scores, "command": commands, "hardware": hardware})
+
+
+def hardware_per_task(m: Measurement) -> dict[str, str]:
+    """Where each task of `m` ran: its label split back per task (`TASKS: MACHINE; ...`) where `merged` wrote one."""
+    tasks = [task for per_task in m.scores.values() for task in per_task]
+    parts = [part.partition(": ") for part in m.hardware.split("; ")]
+    named = {task.strip(): machine for names, sep, machine in parts if sep for task in names.split(",")}
+    if set(named) == set(tasks):
+        return named
+    return {task: m.hardware for task in tasks}
 
 
 def write_markdown(measurements: list[Measurement]) -> None:
