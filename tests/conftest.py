@@ -117,22 +117,26 @@ def shared_cache(tiny_run, run_root: Path) -> Path:
     return run_root / "results.sqlite"
 
 
-@pytest.fixture
-def baseline_cache(shared_cache: Path, tmp_path: Path) -> Path:
-    """A new cache holding only the two baselines' tiny trainings: a run on it trains its candidates cold."""
+def _baselines_only(source_path: Path, path: Path, trainings_each: int) -> Path:
+    """A new cache at `path` with only the two baselines' trainings of `source_path`."""
     from mixerlab.evaluate import ResultCache
     from mixerlab.mixers import builtin_spec
 
-    source, path = ResultCache(shared_cache), tmp_path / "baseline-cache.sqlite"
-    target = ResultCache(path)
+    source, target = ResultCache(source_path), ResultCache(path)
     for name in ("delta_net", "gated_delta_net"):
-        rows = tmp_path / f"{name}.jsonl"
+        rows = path.with_name(f"{path.stem}.{name}.jsonl")
         source.export_jsonl(rows, builtin_spec(name).code_hash)
         target.import_jsonl(rows)
-    assert target.count() == 12, "the tiny run left 6 trainings per baseline"
+    assert target.count() == 2 * trainings_each, f"expected {trainings_each} trainings per baseline"
     source.close()
     target.close()
     return path
+
+
+@pytest.fixture
+def baseline_cache(shared_cache: Path, tmp_path: Path) -> Path:
+    """A new cache holding only the two baselines' tiny trainings: a run on it trains its candidates cold."""
+    return _baselines_only(shared_cache, tmp_path / "baseline-cache.sqlite", 6)
 
 
 @pytest.fixture(scope="session")
@@ -154,16 +158,4 @@ def smoke_baselines(run_root: Path) -> Path:
 def smoke_baseline_cache(smoke_baselines: Path, tmp_path: Path) -> Path:
     """A new cache holding both baselines' `smoke` trainings: a discovery run on it trains only its candidates
     (the tests of a kill, a resume or a retry are about the candidates; the baselines' evaluations only cost time)."""
-    from mixerlab.evaluate import ResultCache
-    from mixerlab.mixers import builtin_spec
-
-    source, path = ResultCache(smoke_baselines), tmp_path / "smoke-baselines.sqlite"
-    target = ResultCache(path)
-    for name in ("delta_net", "gated_delta_net"):
-        rows = tmp_path / f"{name}.jsonl"
-        source.export_jsonl(rows, builtin_spec(name).code_hash)
-        target.import_jsonl(rows)
-    assert target.count() == 12, "smoke trains 6 trainings per baseline"
-    source.close()
-    target.close()
-    return path
+    return _baselines_only(smoke_baselines, tmp_path / "smoke-baselines.sqlite", 6)
